@@ -1,0 +1,50 @@
+"""Bearer key + ``X-Tasks-Owner-Id`` → the caller's owner id (spec 4).
+
+Malformed headers and unknown owners are 403; a well-formed key that is not the owner's
+is 401. Key digests are cached in memory, so a request costs no database read once its
+owner has been seen.
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.requests import Request
+
+from ..errors import Unauthenticated, WrongKey
+from ..sealing import keys_match
+from ..store import Store
+
+_KEY = re.compile(r"^[A-Za-z0-9]{64}$")
+_OWNER_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$", re.IGNORECASE)
+_CACHE_LIMIT = 10_000
+
+
+class Authenticator:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._digests: dict[str, bytes] = {}
+
+    async def owner_id(self, request: Request) -> str:
+        """The authenticated owner's id. Raises Unauthenticated (403) or WrongKey (401)."""
+        parts = request.headers.get("authorization", "").split(" ")
+        owner_id = request.headers.get("x-tasks-owner-id", "")
+        if len(parts) != 2 or parts[0] != "Bearer" or not _KEY.match(parts[1]):
+            raise Unauthenticated()
+        if not _OWNER_ID.match(owner_id):
+            raise Unauthenticated()
+        digest = self._digests.get(owner_id)
+        if digest is None:
+            digest = await self._store.owner_key_digest(owner_id)
+            if digest is None:
+                raise Unauthenticated()
+            if len(self._digests) >= _CACHE_LIMIT:
+                self._digests.clear()
+            self._digests[owner_id] = digest
+        if not keys_match(digest, parts[1]):
+            raise WrongKey()
+        return owner_id
+
+    def forget(self, owner_id: str) -> None:
+        """Drop a deleted owner from the cache."""
+        self._digests.pop(owner_id, None)

@@ -1,0 +1,312 @@
+"""Wire models ↔ domain values: the cross-field rules and normalisation of spec 7.5-7.6."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from ..errors import ValidationFailed
+from ..models import (
+    DEFAULT_USER_AGENT,
+    AwsSigv4,
+    ClientCert,
+    Cookie,
+    Credentials,
+    FormField,
+    HttpRequest,
+    NewTask,
+    Pem,
+    Proxy,
+    ResolveEntry,
+    TaskConfig,
+    TaskSpec,
+)
+from ..timing import first_due_ms
+from .schemas import ConfigIn, CredentialsIn, HttpRequestIn, TaskIn
+
+_CURL_ONLY_FETCH_FIELDS = ("credentials", "referrerPolicy", "mode")
+
+
+def field_error(path: tuple[str, ...], message: str) -> ValidationFailed:
+    """A ValidationFailed whose tree names one field, like the zod tree of spec 3.3."""
+    tree: dict[str, Any] = {"_errors": []}
+    node = tree
+    for part in path:
+        node[part] = {"_errors": []}
+        node = node[part]
+    node["_errors"].append(message)
+    return ValidationFailed(tree)
+
+
+def to_new_task(body: TaskIn, now_ms: int) -> NewTask:
+    """Apply the cross-field rules (raising ValidationFailed) and build the domain task."""
+    config_in = body.config
+    if config_in.executeAt is not None and config_in.executeAt <= now_ms:
+        raise field_error(("config", "executeAt"), "Execution date must be greater than today")
+    if body.httpRequest.transport == "curl":
+        for name in _CURL_ONLY_FETCH_FIELDS:
+            if getattr(config_in, name) is not None:
+                raise field_error(("config", name), "Invalid curl option")
+    config = to_config(config_in, body.httpRequest.transport)
+    due = first_due_ms(config, now_ms)
+    if config.retry_at_ms is not None and config.retry_at_ms < due + 1000:
+        raise field_error(("config", "retryAt"), "Retry date must be greater than execution date")
+    if (
+        config.retry_at_ms is None
+        and config.timeout_at_ms is not None
+        and config.timeout_at_ms < due + 1000
+    ):
+        raise field_error(
+            ("config", "timeoutAt"), "Timeout date must be greater than execution date"
+        )
+    metadata = tuple(body.metadata.items()) if body.metadata else None
+    spec = TaskSpec(to_request(body.httpRequest), config, metadata)
+    return NewTask(spec=spec, due_at_ms=due)
+
+
+def _credentials(value: CredentialsIn | None) -> Credentials | None:
+    return None if value is None else Credentials(value.username, value.password)
+
+
+def _pem(value: str | None) -> Pem | None:
+    if value is None:
+        return None
+    if value.lstrip().startswith("-----BEGIN"):
+        return Pem(content=value.encode())
+    try:
+        return Pem(content=base64.b64decode(value, validate=True))
+    except ValueError:
+        return Pem(path=value)
+
+
+def to_request(wire: HttpRequestIn) -> HttpRequest:
+    data = None if wire.method in ("GET", "DELETE") else wire.data
+    aws = wire.authAwsSigv4
+    return HttpRequest(
+        url=wire.url,
+        method=wire.method,
+        query=tuple((wire.query or {}).items()),
+        headers=tuple((wire.headers or {}).items()),
+        data_text=data if isinstance(data, str) else None,
+        data_json=json.dumps(data, separators=(",", ":")) if isinstance(data, dict) else None,
+        form=tuple(FormField(f.name, f.value) for f in data) if isinstance(data, list) else None,
+        cookie_file=(
+            base64.b64decode(wire.cookie).decode() if isinstance(wire.cookie, str) else None
+        ),
+        cookies=(
+            tuple(Cookie(c.name, c.value) for c in wire.cookie)
+            if isinstance(wire.cookie, list)
+            else None
+        ),
+        auth_basic=_credentials(wire.authBasic),
+        auth_digest=_credentials(wire.authDigest),
+        auth_ntlm=_credentials(wire.authNtlm),
+        auth_aws_sigv4=None if aws is None else AwsSigv4(**aws.model_dump()),
+        transport=wire.transport,
+    )
+
+
+def to_config(wire: ConfigIn, transport: str | None) -> TaskConfig:
+    retry_at = wire.retryAt
+    retry = 1 if retry_at is not None else int(wire.retry)
+    referer = wire.refererUrl
+    if referer is None and transport == "curl":
+        referer = "AUTO"
+    return TaskConfig(
+        execution_delay_ms=0 if wire.executeAt is not None else int(wire.executionDelay),
+        execute_at_ms=wire.executeAt,
+        execute_immediately=wire.executeImmediately,
+        retry=retry,
+        retry_at_ms=retry_at,
+        retry_interval_ms=0 if retry_at is not None else int(wire.retryInterval),
+        retry_exponential=wire.retryExponential and retry >= 2,
+        ignore_status_code=tuple(wire.ignoreStatusCode),
+        timeout_ms=int(wire.timeout),
+        timeout_at_ms=wire.timeoutAt,
+        http_version=wire.httpVersion,
+        user_agent=wire.userAgent or DEFAULT_USER_AGENT,
+        ip_version=wire.ipVersion,
+        credentials=wire.credentials,
+        referer_url=referer,
+        referrer_policy=wire.referrerPolicy,
+        mode=wire.mode,
+        keep_alive_duration_s=int(wire.keepAliveDuration),
+        hsts=base64.b64decode(wire.hsts).decode() if isinstance(wire.hsts, str) else wire.hsts,
+        session_id=wire.sessionId,
+        insecure=wire.insecure,
+        trace_response_data=wire.traceResponseData,
+        ca=_pem(wire.ca),
+        cert=(
+            None
+            if wire.cert is None
+            else ClientCert(_pem(wire.cert.value) or Pem(), wire.cert.password)
+        ),
+        cert_type=wire.certType,
+        cert_status=wire.certStatus,
+        key=_pem(wire.key),
+        key_type=wire.keyType,
+        location=wire.location,
+        location_trusted=_credentials(wire.locationTrusted),
+        redirect_attempts=int(wire.redirectAttempts),
+        proto=wire.proto,
+        proto_redirect=wire.protoRedirect,
+        dns_server=tuple(wire.dnsServer) if wire.dnsServer else None,
+        resolve=(
+            tuple(ResolveEntry(r.host, r.port, tuple(r.address)) for r in wire.resolve)
+            if wire.resolve
+            else None
+        ),
+        doh_url=wire.dohUrl,
+        doh_insecure=wire.dohInsecure,
+        tls_version=wire.tlsVersion,
+        tls_max_version=wire.tlsMaxVersion,
+        proxy=(
+            None
+            if wire.proxy is None
+            else Proxy(wire.proxy.protocol, wire.proxy.host, wire.proxy.port)
+        ),
+        proxy_headers=tuple(wire.proxyHeaders.items()) if wire.proxyHeaders else None,
+        proxy_insecure=wire.proxyInsecure,
+        proxy_http_version=wire.proxyHttpVersion,
+        proxy_auth_ntlm=_credentials(wire.proxyAuthNtlm),
+        proxy_auth_basic=_credentials(wire.proxyAuthBasic),
+        proxy_auth_digest=_credentials(wire.proxyAuthDigest),
+        ha_proxy_client_ip=wire.haProxyClientIp,
+        ha_proxy_protocol=wire.haProxyProtocol,
+    )
+
+
+# -- domain → wire ----------------------------------------------------------------------
+
+
+def _without_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _cred_out(value: Credentials | None) -> dict[str, str] | None:
+    return None if value is None else {"username": value.username, "password": value.password}
+
+
+def _pem_out(value: Pem | None) -> str | None:
+    if value is None:
+        return None
+    if value.path is not None:
+        return value.path
+    content = value.content or b""
+    if content.lstrip().startswith(b"-----BEGIN"):
+        return content.decode()
+    return base64.b64encode(content).decode()
+
+
+def request_to_wire(request: HttpRequest) -> dict[str, Any]:
+    data: Any = request.data_text
+    if request.data_json is not None:
+        data = json.loads(request.data_json)
+    elif request.form is not None:
+        data = [{"name": f.name, "value": f.value} for f in request.form]
+    cookie: Any = None
+    if request.cookie_file is not None:
+        cookie = base64.b64encode(request.cookie_file.encode()).decode()
+    elif request.cookies is not None:
+        cookie = [{"name": c.name, "value": c.value} for c in request.cookies]
+    aws = request.auth_aws_sigv4
+    wire = {
+        "url": request.url,
+        "method": request.method,
+        "query": dict(request.query) or None,
+        "headers": dict(request.headers) or None,
+        "data": data,
+        "cookie": cookie,
+        "authBasic": _cred_out(request.auth_basic),
+        "authDigest": _cred_out(request.auth_digest),
+        "authNtlm": _cred_out(request.auth_ntlm),
+        "authAwsSigv4": None
+        if aws is None
+        else {
+            "provider1": aws.provider1,
+            "provider2": aws.provider2,
+            "region": aws.region,
+            "service": aws.service,
+            "key": aws.key,
+            "secret": aws.secret,
+        },
+        "transport": request.transport,
+    }
+    return _without_none(wire)
+
+
+def config_to_wire(config: TaskConfig) -> dict[str, Any]:
+    c = config
+    wire: dict[str, Any] = {
+        "executionDelay": c.execution_delay_ms,
+        "executeAt": c.execute_at_ms,
+        "executeImmediately": c.execute_immediately,
+        "retry": c.retry,
+        "retryAt": c.retry_at_ms,
+        "retryInterval": c.retry_interval_ms if c.retry_at_ms is None else None,
+        "retryExponential": c.retry_exponential,
+        "ignoreStatusCode": list(c.ignore_status_code),
+        "timeout": c.timeout_ms,
+        "timeoutAt": c.timeout_at_ms,
+        "httpVersion": c.http_version,
+        "userAgent": c.user_agent,
+        "ipVersion": c.ip_version,
+        "credentials": c.credentials,
+        "refererUrl": c.referer_url,
+        "referrerPolicy": c.referrer_policy,
+        "mode": c.mode,
+        "keepAliveDuration": c.keep_alive_duration_s,
+        "hsts": base64.b64encode(c.hsts.encode()).decode() if isinstance(c.hsts, str) else c.hsts,
+        "sessionId": c.session_id,
+        "insecure": c.insecure,
+        "traceResponseData": c.trace_response_data,
+        "ca": _pem_out(c.ca),
+        "cert": None
+        if c.cert is None
+        else _without_none({"value": _pem_out(c.cert.value), "password": c.cert.password}),
+        "certType": c.cert_type,
+        "certStatus": c.cert_status,
+        "key": _pem_out(c.key),
+        "keyType": c.key_type,
+        "location": c.location,
+        "locationTrusted": _cred_out(c.location_trusted),
+        "redirectAttempts": c.redirect_attempts,
+        "proto": c.proto,
+        "protoRedirect": c.proto_redirect,
+        "dnsServer": list(c.dns_server) if c.dns_server else None,
+        "resolve": [
+            {"host": r.host, "port": r.port, "address": list(r.addresses)} for r in c.resolve
+        ]
+        if c.resolve
+        else None,
+        "dohUrl": c.doh_url,
+        "dohInsecure": c.doh_insecure,
+        "tlsVersion": c.tls_version,
+        "tlsMaxVersion": c.tls_max_version,
+        "proxy": None
+        if c.proxy is None
+        else _without_none(
+            {"protocol": c.proxy.protocol, "host": c.proxy.host, "port": c.proxy.port}
+        ),
+        "proxyHeaders": dict(c.proxy_headers) if c.proxy_headers else None,
+        "proxyInsecure": c.proxy_insecure,
+        "proxyHttpVersion": c.proxy_http_version,
+        "proxyAuthNtlm": _cred_out(c.proxy_auth_ntlm),
+        "proxyAuthBasic": _cred_out(c.proxy_auth_basic),
+        "proxyAuthDigest": _cred_out(c.proxy_auth_digest),
+        "haProxyClientIp": c.ha_proxy_client_ip,
+        "haProxyProtocol": c.ha_proxy_protocol,
+    }
+    return _without_none(wire)
+
+
+def spec_to_wire(spec: TaskSpec) -> dict[str, Any]:
+    """The stored task as a registration body: what GET …/config shows and PATCH merges."""
+    wire: dict[str, Any] = {
+        "httpRequest": request_to_wire(spec.request),
+        "config": config_to_wire(spec.config),
+    }
+    if spec.metadata:
+        wire["metadata"] = dict(spec.metadata)
+    return wire

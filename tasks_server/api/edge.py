@@ -1,0 +1,120 @@
+"""ASGI middleware at the edge: security headers, the throttle and a request log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..clock import Clock
+
+logger = logging.getLogger("tasks_server.access")
+
+SECURITY_HEADERS = [
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-xss-protection", b"0"),
+]
+
+
+class Throttle:
+    """Fixed window per client address (spec 14); pure bookkeeping, no I/O.
+
+    The original kept this in a second SQLite file and opened a connection per request
+    (W18); a dict is enough for one process.
+    """
+
+    def __init__(self, max_requests: int, window_ms: int) -> None:
+        self.max_requests = max_requests
+        self.window_ms = window_ms
+        self._windows: dict[str, tuple[int, int]] = {}  # client → (start ms, count)
+
+    def hit(self, client: str, now_ms: int) -> tuple[bool, int, int]:
+        """(allowed, remaining, seconds until the window ends) for one request."""
+        start, count = self._windows.get(client, (now_ms, 0))
+        if now_ms - start >= self.window_ms:
+            start, count = now_ms, 0
+        reset_s = math.ceil((start + self.window_ms - now_ms) / 1000)
+        if count >= self.max_requests:
+            return False, 0, reset_s
+        if len(self._windows) > 100_000:
+            self._windows.clear()
+        self._windows[client] = (start, count + 1)
+        return True, self.max_requests - count - 1, reset_s
+
+
+class Edge:
+    def __init__(
+        self,
+        app: ASGIApp,
+        clock: Clock,
+        throttle: Throttle | None,
+        log_requests: bool,
+        on_request: Callable[[str, int, float], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.clock = clock
+        self.throttle = throttle
+        self.log_requests = log_requests
+        self.on_request = on_request
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        extra: list[tuple[bytes, bytes]] = list(SECURITY_HEADERS)
+        status_holder = [500]
+        if self.throttle is not None:
+            client = (scope.get("client") or ("?", 0))[0]
+            allowed, remaining, reset_s = self.throttle.hit(client, self.clock.now_ms())
+            limit = self.throttle.max_requests
+            window_s = self.throttle.window_ms // 1000
+            extra += [
+                (b"ratelimit-policy", f"{limit};w={window_s}".encode()),
+                (b"ratelimit-limit", str(limit).encode()),
+                (b"ratelimit-remaining", str(remaining).encode()),
+            ]
+            if not allowed:
+                logger.warning("throttled %s", client)
+                await self._too_many(send, extra, reset_s)
+                return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if self.log_requests:
+                logger.info(
+                    "%s %s %d %.1fms", scope["method"], scope["path"], status_holder[0], elapsed_ms
+                )
+            if self.on_request is not None:
+                self.on_request(scope["method"], status_holder[0], elapsed_ms)
+
+    async def _too_many(self, send: Send, extra: list[tuple[bytes, bytes]], reset_s: int) -> None:
+        body = json.dumps(
+            {
+                "action": "Please wait until the server restore your connection",
+                "message": "Too many requests in a given amount of time",
+            }
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *[(k, v) for k, v in extra if k != b"ratelimit-remaining"],
+            (b"ratelimit-remaining", b"0"),
+            (b"ratelimit-reset", str(reset_s).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,183 @@
+"""Error responses: the one table from error class to status and the original's body.
+
+Every error answer is ``{"action": ..., "message": ...}`` (spec 3.1). Validation failures
+carry a zod-like tree as the message: it mirrors the input, with an ``_errors`` list at
+every level (spec 3.3).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..errors import (
+    AuthError,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    TasksServerError,
+    Throttled,
+    Unauthenticated,
+    ValidationFailed,
+    WrongKey,
+)
+
+logger = logging.getLogger(__name__)
+
+FIX = "Do not retry without fixing the problem"
+NO_REPEAT = "The request should not be repeated"
+
+# error class → (status, action); the first matching class (in MRO order) wins
+STATUS: dict[type[TasksServerError], tuple[int, str]] = {
+    ValidationFailed: (400, FIX),
+    WrongKey: (401, NO_REPEAT),
+    Unauthenticated: (403, NO_REPEAT),
+    AuthError: (403, NO_REPEAT),
+    NotFound: (404, FIX),
+    Conflict: (409, FIX),
+    PayloadTooLarge: (413, FIX),
+    PreconditionFailed: (422, FIX),
+    Throttled: (429, "Please wait until the server restore your connection"),
+}
+
+
+def error_response(exc: TasksServerError) -> JSONResponse:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            status, action = STATUS[cls]
+            break
+    else:
+        status, action = 500, "Do not retry this request more than once"
+    message: Any = exc.message
+    if isinstance(exc, ValidationFailed) and exc.tree is not None:
+        message = exc.tree
+    headers = None
+    if isinstance(exc, Throttled):
+        headers = {"RateLimit-Remaining": "0", "RateLimit-Reset": str(exc.reset_s)}
+    return JSONResponse({"action": action, "message": message}, status, headers=headers)
+
+
+async def handle_domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TasksServerError)
+    return error_response(exc)
+
+
+async def handle_http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors: unknown routes and methods answer 404 like the original,
+    but with a JSON body (the original's was empty)."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (404, 405):
+        return error_response(NotFound())
+    return JSONResponse(
+        {"action": FIX, "message": exc.detail}, exc.status_code, headers=exc.headers
+    )
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    request_id = secrets.token_hex(8)
+    logger.error(
+        "unexpected error in %s %s (request %s)",
+        request.method,
+        request.url.path,
+        request_id,
+        exc_info=exc,
+    )
+    return JSONResponse(
+        {
+            "action": "Do not retry this request more than once",
+            "message": "Internal server error",
+            "requestId": request_id,
+        },
+        500,
+    )
+
+
+# -- pydantic errors → zod-like tree ----------------------------------------------------
+
+_JSON_TYPES = {
+    str: "string",
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    dict: "object",
+    list: "array",
+    type(None): "null",
+}
+_EXPECTED = {
+    "string_type": "string",
+    "float_type": "number",
+    "int_type": "number",
+    "bool_type": "boolean",
+    "dict_type": "object",
+    "model_type": "object",
+    "model_attributes_type": "object",
+    "list_type": "array",
+    "tuple_type": "array",
+}
+
+
+_TEMPLATES = {
+    "missing": "Required",
+    "greater_than_equal": "Number must be greater than or equal to {ge:g}",
+    "less_than_equal": "Number must be less than or equal to {le:g}",
+    "string_too_short": "String must contain at least {min_length} character(s)",
+    "string_too_long": "String must contain at most {max_length} character(s)",
+    "too_short": "Must contain at least {min_length} element(s)",
+    "too_long": "Must contain at most {max_length} element(s)",
+    "literal_error": "Invalid enum value. Expected {expected}, received '{input}'",
+    "string_pattern_mismatch": "Invalid",
+}
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    if kind in _EXPECTED:
+        received = _JSON_TYPES.get(type(error.get("input")), "unknown")
+        return f"Expected {_EXPECTED[kind]}, received {received}"
+    if kind in _TEMPLATES:
+        return _TEMPLATES[kind].format(input=error.get("input"), **(error.get("ctx") or {}))
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _real_path(loc: tuple[Any, ...], data: Any, kind: str) -> list[str]:
+    """The error's location in the input, dropping pydantic's union-member tags."""
+    path: list[str] = []
+    node = data
+    for index, part in enumerate(loc):
+        last = index == len(loc) - 1
+        if isinstance(node, dict) and isinstance(part, str) and (part in node or last):
+            path.append(part)
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            path.append(str(part))
+            node = node[part]
+        elif kind == "missing" and last:
+            path.append(str(part))
+    return path
+
+
+def validation_tree(exc: ValidationError, data: Any) -> dict[str, Any]:
+    tree: dict[str, Any] = {"_errors": []}
+    for error in exc.errors():
+        kind = error["type"]
+        path = _real_path(tuple(error["loc"]), data, kind)
+        message = _message(error)
+        if kind == "extra_forbidden" and path:
+            message = f"Unrecognized key(s) in object: '{path.pop()}'"
+        node = tree
+        for part in path:
+            node = node.setdefault(part, {"_errors": []})
+        if message not in node["_errors"]:
+            node["_errors"].append(message)
+    return tree
+
+
+def validation_failed(exc: ValidationError, data: Any) -> ValidationFailed:
+    return ValidationFailed(validation_tree(exc, data))

@@ -1,0 +1,80 @@
+"""Owner endpoints (spec 5): register, read and delete the caller's own account."""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import NotFound, OwnerNotFound, PreconditionFailed
+from ..sealing import key_digest
+from . import services
+from .errors import validation_failed
+from .schemas import OwnerIn
+from .wire import DONE, answer, read_json
+
+_KEY_ALPHABET = string.digits + string.ascii_letters
+
+
+def new_owner_key() -> str:
+    """64 characters of [0-9A-Za-z] from the OS's CSPRNG (about 381 bits)."""
+    return "".join(secrets.choice(_KEY_ALPHABET) for _ in range(64))
+
+
+def _name(request: Request) -> str:
+    raw = request.path_params["name"]
+    try:
+        return OwnerIn.model_validate({"name": raw}).name
+    except ValidationError as exc:
+        raise validation_failed(exc, {"name": raw}) from exc
+
+
+async def register(request: Request) -> Response:
+    app = services(request)
+    data = await read_json(request, app.settings.max_size_body_request)
+    try:
+        body = OwnerIn.model_validate(data)
+    except ValidationError as exc:
+        raise validation_failed(exc, data) from exc
+    key = new_owner_key()
+    owner = await app.store.create_owner(
+        body.name, key_digest(key), app.clock.now_ms(), app.settings.tasks_in_queue_limit
+    )
+    return answer(request, {"id": owner.id, "key": key}, 201)
+
+
+async def get(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    name = _name(request)
+    try:
+        owner = await app.store.get_owner(owner_id)
+    except OwnerNotFound:
+        owner = None
+    if owner is None or owner.name != name:
+        raise NotFound()
+    return answer(
+        request,
+        {
+            "id": owner.id,
+            "name": owner.name,
+            "createdAt": owner.created_at_ms,
+            "tasksInQueue": owner.tasks_in_queue,
+            "tasksInQueueLimit": owner.tasks_in_queue_limit,
+        },
+    )
+
+
+async def delete(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    name = _name(request)
+    owner = await app.store.get_owner(owner_id)
+    if owner.name != name:
+        raise PreconditionFailed()
+    await app.store.delete_owner(owner_id)
+    app.auth.forget(owner_id)
+    return answer(request, DONE)

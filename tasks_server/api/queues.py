@@ -1,0 +1,227 @@
+"""Queue (task) endpoints (spec 6): register, read, list, edit and move tasks between
+states. Every call is scoped to the caller: another owner's task is a missing task."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import PreconditionFailed, TaskNotFound, Unsupported, ValidationFailed
+from ..models import NewTask, Task, TaskState
+from . import Services, services
+from .convert import field_error, spec_to_wire, to_new_task
+from .errors import validation_failed
+from .schemas import ListQuery, TaskIn
+from .wire import DONE, answer, read_json
+
+_TASK_ID = re.compile(r"^[A-Z0-9]{24}$")
+
+
+def summary(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "state": task.state.value,
+        "createdAt": task.created_at_ms,
+        "statusCode": task.status_code,
+        "estimateEndAt": task.estimate_end_at_ms,
+        "estimateExecutionAt": task.estimate_execution_at_ms,
+    }
+
+
+def record(task: Task) -> dict[str, Any]:
+    """The 8-field record; ``response`` is the base64 of the body, as in the original."""
+    out = summary(task)
+    out["response"] = None if task.response is None else base64.b64encode(task.response).decode()
+    out["metadata"] = None if task.metadata is None else dict(task.metadata)
+    return out
+
+
+def _task_id(request: Request) -> str:
+    raw = str(request.path_params["task_id"]).upper()
+    if not _TASK_ID.match(raw):
+        raise field_error(("queueId",), "Invalid queue id")
+    return raw
+
+
+def _validate(app: Services, data: Any, now_ms: int) -> NewTask:
+    context = {"tz": app.settings.tz, "cert_dir": app.settings.cert_dir}
+    try:
+        body = TaskIn.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise validation_failed(exc, data) from exc
+    new = to_new_task(body, now_ms)
+    missing = app.unsupported(new.spec.request, new.spec.config)
+    if missing:
+        raise Unsupported(f"Not supported by this server's libcurl: {', '.join(missing)}")
+    return new
+
+
+async def register(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    data = await read_json(request, app.settings.max_size_body_request)
+    now = app.clock.now_ms()
+    new = _validate(app, data, now)
+    task = await app.store.create_task(owner_id, new, now)
+    app.scheduler.notify(task.id, new.due_at_ms)
+    return answer(request, record(task), 201)
+
+
+async def list_tasks(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    raw = dict(request.query_params)
+    try:
+        query = ListQuery.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_failed(exc, raw) from exc
+    tasks = await app.store.list_tasks(
+        owner_id,
+        TaskState(query.state) if query.state else None,
+        query.order,
+        query.sort == "desc",
+        query.limit,
+        query.offset,
+    )
+    return answer(request, [summary(task) for task in tasks])
+
+
+async def get(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    return answer(request, record(await app.store.get_task(owner_id, _task_id(request))))
+
+
+async def get_config(request: Request) -> Response:
+    """The request and options as stored, in the registration body's shape."""
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    spec = await app.store.get_spec(owner_id, _task_id(request))
+    return answer(request, spec_to_wire(spec))
+
+
+async def attempts(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    history = await app.store.list_attempts(owner_id, _task_id(request))
+    return answer(
+        request,
+        [
+            {
+                "attempt": a.number,
+                "startedAt": a.started_at_ms,
+                "finishedAt": a.finished_at_ms,
+                "statusCode": a.status_code,
+                "error": a.error,
+                "durationMs": round(a.total_ms, 3),
+                "headers": [list(pair) for pair in a.headers],
+                "response": None if a.response is None else base64.b64encode(a.response).decode(),
+            }
+            for a in history
+        ],
+    )
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """JSON merge patch (RFC 7386): objects merge key by key, null removes a key."""
+    merged = dict(base)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+async def edit(request: Request) -> Response:
+    """Change a task that has not started: the body is merged into the stored
+    registration (JSON merge patch), re-validated whole, and the due time recomputed."""
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    task_id = _task_id(request)
+    patch = await read_json(request, app.settings.max_size_body_request)
+    if not isinstance(patch, dict) or not patch:
+        raise ValidationFailed(
+            {"_errors": ["Expected a non-empty object with httpRequest, config or metadata"]}
+        )
+    spec = await app.store.get_spec(owner_id, task_id)
+    data = _merge(spec_to_wire(spec), patch)
+    now = app.clock.now_ms()
+    new = _validate(app, data, now)
+    task = await app.store.edit_task(owner_id, task_id, new, now)
+    if task.state is TaskState.RUNNING:
+        app.scheduler.notify(task.id, new.due_at_ms)
+    return answer(request, record(task))
+
+
+async def execute(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    task = await _action(app, owner_id, _task_id(request), "execute")
+    if task.due_at_ms is not None:
+        app.scheduler.notify(task.id, task.due_at_ms)
+    return answer(request, DONE)
+
+
+async def pause(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    task = await _action(app, owner_id, _task_id(request), "pause")
+    app.scheduler.forget(task.id)
+    return answer(request, DONE)
+
+
+async def resume(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    task = await _action(app, owner_id, _task_id(request), "resume")
+    if task.due_at_ms is not None:
+        app.scheduler.notify(task.id, task.due_at_ms)
+    return answer(request, record(task))
+
+
+async def revoke(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    task = await _action(app, owner_id, _task_id(request), "revoke")
+    app.scheduler.forget(task.id)
+    return answer(request, DONE)
+
+
+async def delete(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    task_id = _task_id(request)
+    try:
+        await app.store.delete_task(owner_id, task_id)
+    except TaskNotFound as exc:
+        raise _missing() from exc
+    app.scheduler.forget(task_id)
+    return answer(request, DONE)
+
+
+async def _action(app: Services, owner_id: str, task_id: str, name: str) -> Task:
+    """Run a state transition; a missing (or foreign) task is a 422, as in the original."""
+    now = app.clock.now_ms()
+    store = app.store
+    transitions = {
+        "execute": store.execute_task,
+        "pause": store.pause_task,
+        "resume": store.resume_task,
+        "revoke": store.revoke_task,
+    }
+    try:
+        return await transitions[name](owner_id, task_id, now)
+    except TaskNotFound as exc:
+        raise _missing() from exc
+
+
+def _missing() -> PreconditionFailed:
+    return PreconditionFailed()

@@ -1,0 +1,406 @@
+"""Wire models: the original's request bodies and queries, validated once at the boundary.
+
+Field names are the wire's camelCase names. Every object is strict (unknown keys are
+refused) and numbers must be JSON numbers, as in the original's zod schemas (spec 7).
+Values that need server context (now, the time zone, the certificate directory) read it
+from the pydantic validation context.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo
+
+from dateutil import parser as date_parser
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+)
+from pydantic_core import PydanticCustomError
+
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# -- value rules (spec 7.1) -------------------------------------------------------------
+
+RecordKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9$_.\-\[\]]{1,64}$")]
+# header values reach curl: CR and LF would let a caller inject headers of their own
+HeaderValue = Annotated[
+    str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\r\n\x00]*$")
+]
+
+
+def _check_url(value: str) -> str:
+    if len(value) > 1024 or any(ch in value for ch in "\r\n\t\x00 "):
+        raise PydanticCustomError("url", "Invalid url")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise PydanticCustomError("url", "Invalid url") from exc
+    if not parts.hostname:
+        raise PydanticCustomError("url", "Invalid url")
+    scheme = parts.scheme.lower()
+    netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    if parts.username is not None:
+        auth = parts.username + (f":{parts.password}" if parts.password is not None else "")
+        netloc = f"{auth}@{netloc}"
+    if port is not None and (scheme, port) not in (("http", 80), ("https", 443)):
+        netloc = f"{netloc}:{port}"
+    normal = urlunsplit((scheme, netloc, parts.path or "/", parts.query, parts.fragment))
+    if value.endswith("?") and not parts.query:
+        normal += "?"
+    if scheme not in ("http", "https") or normal.endswith(("/", "?")):
+        raise PydanticCustomError(
+            "url", "URL must start with either http or https and cannot use / and ? at the end"
+        )
+    return normal
+
+
+HttpUrl = Annotated[str, AfterValidator(_check_url)]
+
+
+def _check_ip(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise PydanticCustomError("ip", "Invalid ip") from exc
+    return value
+
+
+Ip = Annotated[str, AfterValidator(_check_ip)]
+Hostname = Annotated[
+    str,
+    StringConstraints(
+        max_length=253,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$",
+    ),
+]
+
+
+def _date_ms(value: Any, info: ValidationInfo) -> int:
+    """A date as the original's ``new Date(v)`` would take it, as epoch ms."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise PydanticCustomError("date", "Invalid date")
+    if isinstance(value, int | float):
+        if abs(value) > 8.64e15:
+            raise PydanticCustomError("date", "Invalid date")
+        return int(value)
+    text = value.strip()
+    if not text or text.isdigit():
+        raise PydanticCustomError("date", "Invalid date")
+    try:
+        parsed = date_parser.parse(text)
+    except (ValueError, OverflowError) as exc:
+        raise PydanticCustomError("date", "Invalid date") from exc
+    if parsed.tzinfo is None:
+        zone = ZoneInfo((info.context or {}).get("tz", "UTC"))
+        date_only = re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) is not None
+        parsed = parsed.replace(tzinfo=ZoneInfo("UTC") if date_only else zone)
+    return int(parsed.timestamp() * 1000)
+
+
+DateMs = Annotated[int, BeforeValidator(_date_ms)]
+
+
+def _number(minimum: float, maximum: float = MAX_SAFE_INTEGER) -> Any:
+    # integers are not enforced by the original (1.5 passes); we keep the integer part
+    return Annotated[float, Field(ge=minimum, le=maximum), AfterValidator(int)]
+
+
+def _text(low: int, high: int) -> Any:
+    return Annotated[str, StringConstraints(min_length=low, max_length=high)]
+
+
+def _pem_source(value: str, info: ValidationInfo) -> str:
+    """Inline PEM, base64 content, or a path inside the configured certificate directory."""
+    if value.lstrip().startswith("-----BEGIN"):
+        return value
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if value and decoded:
+        return value
+    cert_dir = (info.context or {}).get("cert_dir")
+    if len(value) <= 256 and cert_dir:
+        root = os.path.realpath(cert_dir)
+        path = os.path.realpath(os.path.join(root, value))
+        if path.startswith(root + os.sep) and os.path.isfile(path):
+            return value
+    raise PydanticCustomError(
+        "pem", "Must be PEM text, base64 content, or a file inside the certificate directory"
+    )
+
+
+PemSource = Annotated[str, AfterValidator(_pem_source)]
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+# -- httpRequest (spec 7.2) -------------------------------------------------------------
+
+
+class CredentialsIn(Strict):
+    username: _text(1, 64)  # type: ignore[valid-type]
+    password: _text(1, 256)  # type: ignore[valid-type]
+
+
+class AwsSigv4In(Strict):
+    provider1: _text(3, 256)  # type: ignore[valid-type]
+    provider2: _text(3, 256)  # type: ignore[valid-type]
+    region: _text(1, 128)  # type: ignore[valid-type]
+    service: _text(1, 128)  # type: ignore[valid-type]
+    key: _text(1, 256)  # type: ignore[valid-type]
+    secret: _text(1, 256)  # type: ignore[valid-type]
+
+
+class FormFieldIn(Strict):
+    name: _text(1, 64)  # type: ignore[valid-type]
+    value: _text(1, 4096)  # type: ignore[valid-type]
+
+
+class CookieIn(Strict):
+    name: _text(1, 64)  # type: ignore[valid-type]
+    value: _text(1, 512)  # type: ignore[valid-type]
+
+
+def _json_record(value: Any, depth: int = 1) -> Any:
+    """A JSON object body: values are short strings, numbers, booleans, null or objects,
+    at most 3 object levels, no arrays (spec 7.2)."""
+    if not isinstance(value, dict) or depth > 3:
+        raise PydanticCustomError("json_record", "Invalid object (at most 3 levels, no arrays)")
+    for key, item in value.items():
+        if not re.fullmatch(r"[A-Za-z0-9$_.\-\[\]]{1,64}", key):
+            raise PydanticCustomError("json_record", "Invalid key {key}", {"key": key})
+        if isinstance(item, dict):
+            _json_record(item, depth + 1)
+        elif isinstance(item, str) and len(item) > 4096:
+            raise PydanticCustomError("json_record", "String must contain at most 4096 characters")
+        elif item is not None and not isinstance(item, str | int | float | bool):
+            raise PydanticCustomError("json_record", "Invalid object (at most 3 levels, no arrays)")
+    return value
+
+
+JsonRecord = Annotated[dict[str, Any], BeforeValidator(_json_record)]
+
+
+def _base64(value: str) -> str:
+    try:
+        base64.b64decode(value, validate=True).decode("ascii")
+    except (binascii.Error, ValueError) as exc:
+        raise PydanticCustomError("base64", "Invalid base64") from exc
+    if not value:
+        raise PydanticCustomError("base64", "Invalid base64")
+    return value
+
+
+Base64Text = Annotated[str, AfterValidator(_base64)]
+Method = Annotated[Literal["GET", "POST", "PUT", "PATCH", "DELETE"], BeforeValidator(_upper)]
+
+
+class HttpRequestIn(Strict):
+    url: HttpUrl
+    method: Method
+    query: dict[RecordKey, HeaderValue] | None = None
+    headers: dict[RecordKey, HeaderValue] | None = None
+    data: (
+        Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+        | Annotated[list[FormFieldIn], Field(min_length=1, max_length=64)]
+        | JsonRecord
+        | None
+    ) = None
+    cookie: Base64Text | Annotated[list[CookieIn], Field(min_length=1, max_length=16)] | None = None
+    authBasic: CredentialsIn | None = None
+    authDigest: CredentialsIn | None = None
+    authNtlm: CredentialsIn | None = None
+    authAwsSigv4: AwsSigv4In | None = None
+    transport: Literal["fetch", "curl"] | None = None
+
+
+# -- config (spec 7.3) ------------------------------------------------------------------
+
+
+class ClientCertIn(Strict):
+    value: PemSource
+    password: _text(1, 1024) | None = None  # type: ignore[valid-type]
+
+
+class ResolveIn(Strict):
+    host: Literal["*"] | Hostname
+    port: Annotated[int, Field(ge=1, le=65535)]
+    address: Annotated[list[Ip], Field(min_length=1, max_length=4)]
+
+
+def _proxy_port(value: int) -> int:
+    if value in (20, 21, 22, 23, 25, 53):
+        raise PydanticCustomError("port", "Port {port} is not allowed", {"port": value})
+    return value
+
+
+class ProxyIn(Strict):
+    protocol: Annotated[Literal["http", "https"], BeforeValidator(_lower)]
+    host: Annotated[str, StringConstraints(max_length=128)]
+    port: Annotated[int, Field(ge=1, le=65535), AfterValidator(_proxy_port)] | None = None
+
+
+Version = Literal["1.0", "1.1", "1.2", "1.3"]
+
+
+class ConfigIn(Strict):
+    executionDelay: _number(0) = 1  # type: ignore[valid-type]
+    executeAt: DateMs | None = None
+    executeImmediately: bool = False
+    retry: _number(0) = 0  # type: ignore[valid-type]
+    retryAt: DateMs | None = None
+    retryInterval: _number(1) = 1  # type: ignore[valid-type]
+    retryExponential: bool = True
+    ignoreStatusCode: Annotated[
+        list[Annotated[int, Field(ge=400, le=599)]], Field(max_length=40)
+    ] = Field(default_factory=list)
+    timeout: _number(1000) = 30_000  # type: ignore[valid-type]
+    timeoutAt: DateMs | None = None
+    httpVersion: Literal["0.9", "1.0", "1.1", "2", "2-prior-knowledge"] = "1.1"
+    userAgent: _text(8, 256) | None = None  # type: ignore[valid-type]
+    ipVersion: Literal[4, 6] = 4
+    credentials: Literal["include", "omit", "same-origin"] | None = None
+    refererUrl: Annotated[Literal["AUTO"], BeforeValidator(_upper)] | HttpUrl | None = None
+    referrerPolicy: (
+        Literal[
+            "",
+            "no-referrer",
+            "no-referrer-when-downgrade",
+            "origin",
+            "origin-when-cross-origin",
+            "same-origin",
+            "strict-origin",
+            "strict-origin-when-cross-origin",
+            "unsafe-url",
+        ]
+        | None
+    ) = None
+    mode: Literal["cors", "no-cors", "same-origin"] | None = None
+    keepAliveDuration: _number(0, 259_200) = 30  # type: ignore[valid-type]
+    hsts: Base64Text | bool | None = None
+    sessionId: bool = True
+    insecure: bool = False
+    traceResponseData: bool = True
+    ca: PemSource | None = None
+    cert: ClientCertIn | None = None
+    certType: Annotated[Literal["DER", "ENG", "P12", "PEM"], BeforeValidator(_upper)] | None = None
+    certStatus: bool | None = None
+    key: PemSource | None = None
+    keyType: Annotated[Literal["DER", "ENG", "PEM"], BeforeValidator(_upper)] | None = None
+    location: bool = True
+    locationTrusted: CredentialsIn | None = None
+    redirectAttempts: _number(0, 32) = 8  # type: ignore[valid-type]
+    proto: Annotated[Literal["http", "https"], BeforeValidator(_lower)] | None = None
+    protoRedirect: Annotated[Literal["http", "https"], BeforeValidator(_lower)] | None = None
+    dnsServer: Annotated[list[Ip], Field(min_length=1, max_length=4)] | None = None
+    resolve: Annotated[list[ResolveIn], Field(min_length=1, max_length=4)] | None = None
+    dohUrl: HttpUrl | None = None
+    dohInsecure: bool | None = None
+    tlsVersion: Version | None = None
+    tlsMaxVersion: Version | None = None
+    proxy: ProxyIn | None = None
+    proxyHeaders: dict[RecordKey, HeaderValue] | None = None
+    proxyInsecure: bool | None = None
+    proxyHttpVersion: Literal["1.0", "1.1"] = "1.1"
+    proxyAuthNtlm: CredentialsIn | None = None
+    proxyAuthBasic: CredentialsIn | None = None
+    proxyAuthDigest: CredentialsIn | None = None
+    haProxyClientIp: Ip | None = None
+    haProxyProtocol: bool | None = None
+
+
+Metadata = Annotated[
+    dict[RecordKey, Annotated[str, StringConstraints(min_length=1, max_length=512)]],
+    Field(min_length=1, max_length=8),
+]
+
+
+class TaskIn(Strict):
+    httpRequest: HttpRequestIn
+    config: ConfigIn = Field(default_factory=ConfigIn)
+    metadata: Metadata | None = None
+
+
+# -- owners and queries -----------------------------------------------------------------
+
+OwnerName = Annotated[
+    str,
+    StringConstraints(min_length=5, max_length=32),
+    AfterValidator(lambda v: _owner_name(v)),
+]
+
+
+def _owner_name(value: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", value):
+        raise PydanticCustomError(
+            "owner_name",
+            "String cannot start or end with a hyphen, contain consecutive hyphens, "
+            "or begin with a number",
+        )
+    return value
+
+
+class OwnerIn(Strict):
+    name: OwnerName
+
+
+def _digits(low: int, high: int) -> Any:
+    return Annotated[
+        str, StringConstraints(pattern=r"^\d{1,4}$"), AfterValidator(int), Field(ge=low, le=high)
+    ]
+
+
+class ListQuery(Strict):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    limit: Annotated[int, BeforeValidator(lambda v: _query_int(v, 1, 1000))] = 10
+    offset: Annotated[int, BeforeValidator(lambda v: _query_int(v, 0, 1_000_000))] = 0
+    order: Literal["createdAt", "estimateEndAt", "estimateExecutionAt"] = "createdAt"
+    sort: Annotated[Literal["asc", "desc"], BeforeValidator(_lower)] = "asc"
+    state: (
+        Annotated[
+            Literal["RUNNING", "PAUSED", "SUCCESS", "ERROR", "REVOKED"], BeforeValidator(_upper)
+        ]
+        | None
+    ) = None
+
+
+def _query_int(value: Any, low: int, high: int) -> int:
+    if not isinstance(value, str) or not re.fullmatch(r"\d{1,7}", value):
+        raise PydanticCustomError("query_int", "Expected a whole number")
+    number = int(value)
+    if not low <= number <= high:
+        raise PydanticCustomError(
+            "query_int", "Number must be between {low} and {high}", {"low": low, "high": high}
+        )
+    return number
+
+
+def parse_datetime_ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)

@@ -1,0 +1,244 @@
+"""Settings: read once from the environment and a ``.env`` file, cast and validated.
+
+This is the only module that reads ``os.environ``. Variable names follow the original
+Tasks Server where it had one (spec section 16).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the server, with the environment variable that sets it."""
+
+    host: str = "127.0.0.1"  # HOST
+    port: int = 9420  # PORT
+    path_sqlite: str = ".database/tasks.db"  # PATH_SQLITE
+    sqlite_synchronous: str = "FULL"  # SQLITE_SYNCHRONOUS: FULL survives power loss
+    cipher_key: str = ""  # CIPHER_KEY: mixed into the key that encrypts task secrets
+    tz: str = "UTC"  # TZ: zone of date strings without an offset
+    log: bool = False  # LOG=1: one line per attempt
+    log_format: str = "plain"  # LOG_FORMAT: plain | json
+    log_level: str = "INFO"  # LOG_LEVEL
+    max_size_body_request: int = 32_768  # MAX_SIZE_BODY_REQUEST (bytes)
+    max_size_data_response: int = 32_768  # MAX_SIZE_DATA_RESPONSE (bytes)
+    max_throttle_request: int = 0  # MAX_THROTTLE_REQUEST (0 with window 0 = off)
+    max_throttle_time_window: int = 0  # MAX_THROTTLE_TIME_WINDOW (ms)
+    tasks_in_queue_limit: int = 1000  # TASKS_IN_QUEUE_LIMIT (0 = unlimited)
+    cert_dir: str | None = None  # CERT_DIR: cert/key paths are accepted only inside it
+    path_tls_cert: str | None = None  # PATH_TLS_CERT: HTTPS for the listener
+    path_tls_key: str | None = None  # PATH_TLS_KEY
+    path_tls_ca: str | None = None  # PATH_TLS_CA
+    horizon_ms: int = 60_000  # SCHEDULER_HORIZON_MS: near future kept in memory
+    max_in_flight: int = 1000  # MAX_IN_FLIGHT: concurrent outgoing calls
+    shutdown_grace_s: float = 10.0  # SHUTDOWN_GRACE_S: wait for in-flight calls on stop
+    backup_method: str = "LOCAL"  # BACKUP_METHOD_SQLITE: LOCAL | OBJECT_STORAGE
+    backup_dir: str | None = None  # BACKUP_PATH_DIR_SQLITE (unset: no scheduled backups)
+    backup_cron: str | None = None  # BACKUP_CRON_PATTERN_SQLITE
+    backup_cron_tz: str | None = None  # BACKUP_CRON_TZ_SQLITE (default TZ)
+    backup_interval_s: int = 0  # BACKUP_INTERVAL_S: alternative to the cron pattern
+    backup_keep_last: int = 0  # BACKUP_KEEP_LAST (0 = keep all)
+    backup_keep_days: int = 0  # BACKUP_KEEP_DAYS (0 = keep all)
+    s3_endpoint: str | None = None  # BACKUP_OBJECT_STORAGE_ENDPOINT
+    s3_access_key: str | None = field(default=None, repr=False)  # ..._ACCESS_KEY
+    s3_secret_key: str | None = field(default=None, repr=False)  # ..._SECRET_KEY
+    s3_bucket: str | None = None  # BACKUP_OBJECT_STORAGE_BUCKET_NAME
+    s3_path: str = ""  # BACKUP_OBJECT_STORAGE_PATH (key prefix)
+    s3_region: str | None = None  # S3_REGION or AWS_REGION
+    s3_session_token: str | None = field(default=None, repr=False)  # S3_/AWS_SESSION_TOKEN
+    s3_path_style: bool = True  # BACKUP_OBJECT_STORAGE_PATH_STYLE
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.path_sqlite)
+
+    @property
+    def backup_is_scheduled(self) -> bool:
+        return bool(self.backup_cron or self.backup_interval_s)
+
+    @property
+    def throttle_enabled(self) -> bool:
+        return self.max_throttle_request > 0 and self.max_throttle_time_window > 0
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def cast(raw: str) -> int:
+        value = int(raw.strip())
+        if value < minimum or (maximum is not None and value > maximum):
+            high = "" if maximum is None else f" and at most {maximum}"
+            raise ValueError(f"must be at least {minimum}{high}")
+        return value
+
+    return cast
+
+
+def _float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be 1/0, true/false, yes/no or on/off")
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def cast(raw: str) -> str:
+        value = raw.strip().upper() if allowed[0].isupper() else raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return cast
+
+
+def _zone(raw: str) -> str:
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError("is not an IANA time zone") from exc
+    return raw
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw or None
+
+
+# setting name -> (environment variable names, first wins; cast)
+_SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
+    "host": (("HOST",), _text),
+    "port": (("PORT",), _int(0, 65535)),
+    "path_sqlite": (("PATH_SQLITE",), _text),
+    "sqlite_synchronous": (("SQLITE_SYNCHRONOUS",), _choice("FULL", "NORMAL", "EXTRA")),
+    "cipher_key": (("CIPHER_KEY",), _text),
+    "tz": (("TZ",), _zone),
+    "log": (("LOG",), _bool),
+    "log_format": (("LOG_FORMAT",), _choice("plain", "json")),
+    "log_level": (("LOG_LEVEL",), _choice("DEBUG", "INFO", "WARNING", "ERROR")),
+    "max_size_body_request": (("MAX_SIZE_BODY_REQUEST",), _int(1024)),
+    "max_size_data_response": (("MAX_SIZE_DATA_RESPONSE",), _int(0)),
+    "max_throttle_request": (("MAX_THROTTLE_REQUEST",), _int(0)),
+    "max_throttle_time_window": (("MAX_THROTTLE_TIME_WINDOW",), _int(0)),
+    "tasks_in_queue_limit": (("TASKS_IN_QUEUE_LIMIT",), _int(0)),
+    "cert_dir": (("CERT_DIR",), _optional_text),
+    "path_tls_cert": (("PATH_TLS_CERT",), _optional_text),
+    "path_tls_key": (("PATH_TLS_KEY",), _optional_text),
+    "path_tls_ca": (("PATH_TLS_CA",), _optional_text),
+    "horizon_ms": (("SCHEDULER_HORIZON_MS",), _int(1000)),
+    "max_in_flight": (("MAX_IN_FLIGHT",), _int(1)),
+    "shutdown_grace_s": (("SHUTDOWN_GRACE_S",), _float),
+    "backup_method": (("BACKUP_METHOD_SQLITE",), _choice("LOCAL", "OBJECT_STORAGE")),
+    "backup_dir": (("BACKUP_PATH_DIR_SQLITE",), _optional_text),
+    "backup_cron": (("BACKUP_CRON_PATTERN_SQLITE",), _optional_text),
+    "backup_cron_tz": (("BACKUP_CRON_TZ_SQLITE",), _optional_text),
+    "backup_interval_s": (("BACKUP_INTERVAL_S",), _int(0)),
+    "backup_keep_last": (("BACKUP_KEEP_LAST",), _int(0)),
+    "backup_keep_days": (("BACKUP_KEEP_DAYS",), _int(0)),
+    "s3_endpoint": (("BACKUP_OBJECT_STORAGE_ENDPOINT",), _optional_text),
+    "s3_access_key": (("BACKUP_OBJECT_STORAGE_ACCESS_KEY",), _optional_text),
+    "s3_secret_key": (("BACKUP_OBJECT_STORAGE_SECRET_KEY",), _optional_text),
+    "s3_bucket": (("BACKUP_OBJECT_STORAGE_BUCKET_NAME",), _optional_text),
+    "s3_path": (("BACKUP_OBJECT_STORAGE_PATH",), _text),
+    "s3_region": (("S3_REGION", "AWS_REGION"), _optional_text),
+    "s3_session_token": (("S3_SESSION_TOKEN", "AWS_SESSION_TOKEN"), _optional_text),
+    "s3_path_style": (("BACKUP_OBJECT_STORAGE_PATH_STYLE",), _bool),
+}
+
+ENV_VARIABLES: tuple[str, ...] = tuple(name for names, _ in _SOURCES.values() for name in names)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse ``KEY=VALUE`` lines; ``#`` comments, blank lines and quotes are allowed."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key, sep, value = stripped.removeprefix("export ").partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{number}", line, "expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def load(
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build Settings from ``.env`` (if present), then the environment, then overrides.
+
+    Raises ConfigError naming the first bad key and its value.
+    """
+    source: dict[str, str] = {}
+    path = env_file if env_file is not None else Path(".env")
+    if path.is_file():
+        source.update(read_env_file(path))
+    elif env_file is not None:
+        raise ConfigError("--env-file", str(env_file), "no such file")
+    source.update(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    for name, (keys, cast) in _SOURCES.items():
+        for key in keys:
+            if key in source:
+                values[name] = _cast(key, source[key], cast)
+                break
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return validate(Settings(**values))
+
+
+def _cast(key: str, raw: str, cast: Callable[[str], T]) -> T:
+    try:
+        return cast(raw)
+    except ValueError as exc:
+        raise ConfigError(key, raw, str(exc)) from exc
+
+
+def validate(settings: Settings) -> Settings:
+    """Cross-field rules that a single cast cannot see."""
+    if bool(settings.path_tls_cert) != bool(settings.path_tls_key):
+        raise ConfigError("PATH_TLS_CERT", settings.path_tls_cert, "needs PATH_TLS_KEY too")
+    if settings.backup_method == "OBJECT_STORAGE" and settings.backup_is_scheduled:
+        for key, value in (
+            ("BACKUP_OBJECT_STORAGE_BUCKET_NAME", settings.s3_bucket),
+            ("BACKUP_OBJECT_STORAGE_ACCESS_KEY", settings.s3_access_key),
+            ("BACKUP_OBJECT_STORAGE_SECRET_KEY", settings.s3_secret_key),
+        ):
+            if not value:
+                raise ConfigError(key, value, "is required for OBJECT_STORAGE backups")
+    return settings
+
+
+def describe(settings: Settings) -> dict[str, object]:
+    """Settings as a dict with secrets masked, for ``check-config`` and logs."""
+    masked = {"cipher_key", "s3_access_key", "s3_secret_key", "s3_session_token"}
+    return {
+        f.name: (
+            "***" if f.name in masked and getattr(settings, f.name) else getattr(settings, f.name)
+        )
+        for f in fields(settings)
+    }

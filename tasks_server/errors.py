@@ -1,0 +1,102 @@
+"""The error tree of tasks-server. Domain errors know nothing of HTTP.
+
+TasksServerError
+├── ConfigError (ValueError)            a bad setting, named by key
+├── ValidationFailed (ValueError)        request data that breaks a rule; carries a tree
+├── AuthError
+│   ├── Unauthenticated                 malformed credentials or unknown owner (403)
+│   └── WrongKey                        a well-formed key that is not the owner's (401)
+├── NotFound (LookupError)              missing, or another owner's (indistinguishable)
+│   ├── OwnerNotFound
+│   └── TaskNotFound
+├── Conflict                            e.g. an owner name already taken
+├── PreconditionFailed                  wrong state, queue limit reached (422)
+│   └── QueueLimitReached
+├── Unsupported                         an option this build of libcurl cannot do (422)
+├── PayloadTooLarge                     request body over the limit (413)
+└── Throttled                           too many requests in the window (429)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TasksServerError(Exception):
+    """Base of every error the server raises on purpose."""
+
+    default_message = "Internal server error"
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+
+class ConfigError(TasksServerError, ValueError):
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        self.key = key
+        super().__init__(f"{key}={value!r}: {reason}")
+
+
+class ValidationFailed(TasksServerError, ValueError):
+    """Bad input; ``tree`` mirrors the input with an ``_errors`` list at every level."""
+
+    default_message = "A request includes an invalid credential or value"
+
+    def __init__(self, tree: dict[str, Any] | None = None, message: str | None = None) -> None:
+        self.tree = tree
+        super().__init__(message)
+
+
+class AuthError(TasksServerError):
+    pass
+
+
+class Unauthenticated(AuthError):
+    default_message = "The server did not accept valid authentication"
+
+
+class WrongKey(AuthError):
+    default_message = "The request did not include valid authentication"
+
+
+class NotFound(TasksServerError, LookupError):
+    default_message = "The requested resource was not found"
+
+
+class OwnerNotFound(NotFound):
+    pass
+
+
+class TaskNotFound(NotFound):
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__()
+
+
+class Conflict(TasksServerError):
+    default_message = "The request cannot be completed due to a conflict"
+
+
+class PreconditionFailed(TasksServerError):
+    default_message = "The request did not meet one of it's preconditions"
+
+
+class QueueLimitReached(PreconditionFailed):
+    default_message = "Tasks in queue has reached it's limit"
+
+
+class Unsupported(PreconditionFailed):
+    pass
+
+
+class PayloadTooLarge(TasksServerError):
+    default_message = "The request is too large"
+
+
+class Throttled(TasksServerError):
+    default_message = "Too many requests in a given amount of time"
+
+    def __init__(self, reset_s: int) -> None:
+        self.reset_s = reset_s
+        super().__init__()

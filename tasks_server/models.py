@@ -1,0 +1,276 @@
+"""Domain values: owners, tasks, the HTTP request a task makes and its outcome.
+
+Frozen, typed and free of I/O. Times are integer epoch milliseconds (UTC); wire names and
+ISO strings exist only in ``api/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import ClassVar
+
+
+class TaskState(StrEnum):
+    """A task's state; the values are the original API's wire strings."""
+
+    RUNNING = "RUNNING"  # accepted and pending: waiting, in flight or between retries
+    PAUSED = "PAUSED"  # held by its owner; nothing is armed
+    SUCCESS = "SUCCESS"  # an attempt ended with a non-failure status
+    ERROR = "ERROR"  # the last attempt failed and no retry is left (or status ignored)
+    REVOKED = "REVOKED"  # cancelled by its owner
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (TaskState.SUCCESS, TaskState.ERROR, TaskState.REVOKED)
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    id: str
+    name: str
+    created_at_ms: int
+    tasks_in_queue: int
+    tasks_in_queue_limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    username: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class AwsSigv4:
+    provider1: str
+    provider2: str
+    region: str
+    service: str
+    key: str
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class FormField:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cookie:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pem:
+    """A certificate, key or CA bundle: inline content or a file inside the allowed dir."""
+
+    # read by pydantic when the store serialises a spec: binary content travels as base64
+    __pydantic_config__: ClassVar[dict[str, str]] = {
+        "ser_json_bytes": "base64",
+        "val_json_bytes": "base64",
+    }
+
+    content: bytes | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCert:
+    value: Pem
+    password: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveEntry:
+    host: str
+    port: int
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    protocol: str  # "http" or "https"
+    host: str
+    port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """The call a task makes. Bodies: ``data_text``, ``data_json`` (JSON text) or ``form``."""
+
+    url: str
+    method: str
+    query: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    data_text: str | None = None
+    data_json: str | None = None
+    form: tuple[FormField, ...] | None = None
+    cookie_file: str | None = None  # Netscape cookie-file text
+    cookies: tuple[Cookie, ...] | None = None
+    auth_basic: Credentials | None = None
+    auth_digest: Credentials | None = None
+    auth_ntlm: Credentials | None = None
+    auth_aws_sigv4: AwsSigv4 | None = None
+    transport: str | None = None  # "curl" or None; kept for the wire format only
+
+
+DEFAULT_USER_AGENT = "Tasks-Server/1.0 (compatible; Linux x86_64; +http://tasks-server)"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskConfig:
+    """Scheduling, retry and transfer options; defaults are the original's (spec 7.6)."""
+
+    execution_delay_ms: int = 1
+    execute_at_ms: int | None = None
+    execute_immediately: bool = False
+    retry: int = 0
+    retry_at_ms: int | None = None
+    retry_interval_ms: int = 1
+    retry_exponential: bool = False
+    ignore_status_code: tuple[int, ...] = ()
+    timeout_ms: int = 30_000
+    timeout_at_ms: int | None = None
+    http_version: str = "1.1"
+    user_agent: str = DEFAULT_USER_AGENT
+    ip_version: int = 4
+    credentials: str | None = None
+    referer_url: str | None = None  # a URL or "AUTO"
+    referrer_policy: str | None = None
+    mode: str | None = None
+    keep_alive_duration_s: int = 30
+    hsts: str | bool | None = None  # HSTS cache-file text, or a switch
+    session_id: bool = True
+    insecure: bool = False
+    trace_response_data: bool = True
+    ca: Pem | None = None
+    cert: ClientCert | None = None
+    cert_type: str | None = None
+    cert_status: bool | None = None
+    key: Pem | None = None
+    key_type: str | None = None
+    location: bool = True
+    location_trusted: Credentials | None = None
+    redirect_attempts: int = 8
+    proto: str | None = None
+    proto_redirect: str | None = None
+    dns_server: tuple[str, ...] | None = None
+    resolve: tuple[ResolveEntry, ...] | None = None
+    doh_url: str | None = None
+    doh_insecure: bool | None = None
+    tls_version: str | None = None
+    tls_max_version: str | None = None
+    proxy: Proxy | None = None
+    proxy_headers: tuple[tuple[str, str], ...] | None = None
+    proxy_insecure: bool | None = None
+    proxy_http_version: str = "1.1"
+    proxy_auth_ntlm: Credentials | None = None
+    proxy_auth_basic: Credentials | None = None
+    proxy_auth_digest: Credentials | None = None
+    ha_proxy_client_ip: str | None = None
+    ha_proxy_protocol: bool | None = None
+
+    @property
+    def retry_limit(self) -> int:
+        return 1 if self.retry_at_ms is not None else self.retry
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """Everything a client registered: the request, its options and its metadata."""
+
+    request: HttpRequest
+    config: TaskConfig
+    metadata: tuple[tuple[str, str], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    spec: TaskSpec
+    due_at_ms: int  # the planned first attempt (estimateExecutionAt)
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A stored task as its owner sees it."""
+
+    id: str
+    owner_id: str
+    state: TaskState
+    created_at_ms: int
+    status_code: int
+    estimate_end_at_ms: int
+    estimate_execution_at_ms: int
+    response: bytes | None
+    metadata: tuple[tuple[str, str], ...] | None
+    attempts: int = 0
+    retry_count: int = 0
+    due_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One claimed attempt: the durable record that a call is about to leave."""
+
+    task_id: str
+    number: int  # 1-based
+    spec: TaskSpec
+    retry_count: int  # retries made before this attempt (0 on the first)
+    due_at_ms: int  # when this attempt was planned
+    started_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a call produced. ``status`` is 0 when no HTTP response arrived."""
+
+    status: int
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    error: str | None = None  # curl's error text when the transfer failed
+    curl_code: int = 0
+    timed_out: bool = False
+    too_large: bool = False
+    total_ms: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """A finished attempt as stored in the history."""
+
+    number: int
+    started_at_ms: int
+    finished_at_ms: int | None
+    status_code: int
+    error: str | None
+    response: bytes | None
+    headers: tuple[tuple[str, str], ...]
+    total_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A decided attempt, ready to be written: the new state and what to show."""
+
+    task_id: str
+    attempt_number: int
+    finished_at_ms: int
+    state: TaskState
+    status_code: int
+    response: bytes | None  # what the task shows as its latest response
+    outcome: Outcome
+    next_due_at_ms: int | None = None  # set when a retry is planned
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One outgoing HTTP call as the dispatcher sees it; it knows nothing of tasks."""
+
+    request: HttpRequest
+    config: TaskConfig
+    headers: tuple[tuple[str, str], ...]  # added by the server (X-Tasks-*), sent last
+    timeout_ms: int
+    max_body_bytes: int

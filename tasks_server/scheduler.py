@@ -1,0 +1,277 @@
+"""Scheduler: turns due tasks into calls and outcomes into state, durably and on time.
+
+It keeps only the near future (a horizon) in memory, refilled from the store's due-time
+index; claims due tasks in one transaction before their calls leave; hands calls to the
+dispatcher; and writes finished attempts in batches. It is the only object that holds both
+the store and the dispatcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .clock import Clock
+from .dispatch import Dispatcher
+from .models import Attempt, Call, Outcome, Result, TaskState
+from .retry import decide
+from .store import Store
+from .timers import DueTimers
+from .timing import attempt_timeout_ms
+
+logger = logging.getLogger(__name__)
+task_logger = logging.getLogger("tasks_server.tasks")
+
+MAX_NAP_S = 1.0  # a wall-clock jump is noticed within this
+_REFILL_LIMIT = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerOptions:
+    horizon_ms: int = 60_000
+    max_in_flight: int = 1000
+    max_response_bytes: int = 32_768
+    log_attempts: bool = False
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    """Counters read by the metrics endpoint and the benchmarks."""
+
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    lateness_ms: list[float] = field(default_factory=list)  # drained by observers
+    observe: Callable[[Attempt, Result], None] | None = None
+
+
+def attempt_headers(attempt: Attempt) -> tuple[tuple[str, str], ...]:
+    """Headers the server adds (spec 9.5), plus the attempt number for deduplication."""
+    headers = [("X-Tasks-Queue-Id", attempt.task_id), ("X-Tasks-Attempt", str(attempt.number))]
+    if attempt.retry_count > 0:
+        headers += [
+            ("X-Tasks-Retry-Count", str(attempt.retry_count)),
+            ("X-Tasks-Retry-Limit", str(attempt.spec.config.retry_limit)),
+            ("X-Tasks-Estimate-Next-Retry-At", str(attempt.due_at_ms)),
+        ]
+    return tuple(headers)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        dispatcher: Dispatcher,
+        clock: Clock,
+        options: SchedulerOptions | None = None,
+    ) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+        self._clock = clock
+        self._options = options or SchedulerOptions()
+        self._timers = DueTimers()
+        self._horizon_end_ms = 0
+        self._refilling: list[tuple[str, int]] | None = None
+        self._wake = asyncio.Event()
+        self._wake_at_ms: int | None = None
+        self._results: list[Result] = []
+        self._results_ready = asyncio.Event()
+        self._in_flight: dict[str, asyncio.Future[Outcome]] = {}
+        self._stopping = False
+        self._abandoned = False
+        self.idle = asyncio.Event()  # set whenever the loop parks (tests wait on it)
+        self.stats = SchedulerStats()
+        self.alive = False
+
+    # -- called by the API (in-memory, never blocking) ----------------------------------
+
+    def notify(self, task_id: str, due_at_ms: int) -> None:
+        """A task became claimable at ``due_at_ms``; arm it if it is within the horizon."""
+        if self._refilling is not None:
+            self._refilling.append((task_id, due_at_ms))
+        if due_at_ms < self._horizon_end_ms:
+            self._timers.push(task_id, due_at_ms)
+            if self._wake_at_ms is None or due_at_ms < self._wake_at_ms:
+                self._wake.set()
+
+    def forget(self, task_id: str) -> None:
+        """A task stopped being claimable (paused, revoked, deleted)."""
+        self._timers.discard(task_id)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def armed(self) -> int:
+        return len(self._timers)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until ``stop``; the loop and the outcome writer share one task group."""
+        self.alive = True
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._record_loop(), name="scheduler-recorder")
+                await self._loop()
+                self._results_ready.set()
+        finally:
+            self.alive = False
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            now = self._clock.now_ms()
+            claimed = await self.tick(now)
+            if claimed and self._has_slots():
+                continue
+            self._wake.clear()
+            delay_s = self._nap_s(self._clock.now_ms())
+            if delay_s <= 0:
+                continue
+            self.idle.set()
+            await self._wait(delay_s)
+            self.idle.clear()
+
+    def _has_slots(self) -> bool:
+        return len(self._in_flight) < self._options.max_in_flight
+
+    def _nap_s(self, now_ms: int) -> float:
+        """How long to sleep: until the next due task, the refill point, or MAX_NAP_S."""
+        wake_at = self._refill_at_ms()
+        next_due = self._timers.next_due()
+        if next_due is not None and self._has_slots():
+            wake_at = min(wake_at, next_due)
+        self._wake_at_ms = wake_at
+        return min(max(wake_at - now_ms, 0) / 1000, MAX_NAP_S)
+
+    async def _wait(self, delay_s: float) -> None:
+        waker = asyncio.ensure_future(self._wake.wait())
+        sleeper = asyncio.ensure_future(self._clock.sleep(delay_s))
+        try:
+            await asyncio.wait((waker, sleeper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+            sleeper.cancel()
+        self._wake_at_ms = None
+
+    def _refill_at_ms(self) -> int:
+        return self._horizon_end_ms - self._options.horizon_ms // 2
+
+    async def tick(self, now_ms: int) -> int:
+        """One pass: refill the horizon if due, claim what is due, start its calls.
+
+        Returns the number of attempts started.
+        """
+        if now_ms >= self._refill_at_ms():
+            await self._refill(now_ms)
+        slots = self._options.max_in_flight - len(self._in_flight)
+        if slots <= 0:
+            return 0
+        due = self._timers.pop_due(now_ms, limit=slots)
+        if not due:
+            return 0
+        attempts = await self._store.claim_due(due, now_ms)
+        for attempt in attempts:
+            self._start(attempt, now_ms)
+        return len(attempts)
+
+    async def _refill(self, now_ms: int) -> None:
+        """Load every claimable task due before now + horizon into the timers."""
+        until = now_ms + self._options.horizon_ms
+        self._refilling = []
+        try:
+            rows = await self._store.due_before(until, _REFILL_LIMIT)
+            if len(rows) == _REFILL_LIMIT:
+                until = rows[-1][1]  # ties at the cut are loaded by the next refill
+            for task_id, due_ms in rows:
+                if due_ms < until and task_id not in self._in_flight:
+                    self._timers.push(task_id, due_ms)
+            self._horizon_end_ms = until
+            for task_id, due_ms in self._refilling:
+                if due_ms < until and task_id not in self._in_flight:
+                    self._timers.push(task_id, due_ms)
+        finally:
+            self._refilling = None
+
+    def _start(self, attempt: Attempt, now_ms: int) -> None:
+        config = attempt.spec.config
+        call = Call(
+            request=attempt.spec.request,
+            config=config,
+            headers=attempt_headers(attempt),
+            timeout_ms=attempt_timeout_ms(config, attempt.number, now_ms),
+            max_body_bytes=self._options.max_response_bytes,
+        )
+        self.stats.claimed += 1
+        self.stats.lateness_ms.append(float(now_ms - attempt.due_at_ms))
+        future = self._dispatcher.submit(call)
+        self._in_flight[attempt.task_id] = future
+        future.add_done_callback(lambda done: self._finished(attempt, done))
+
+    def _finished(self, attempt: Attempt, future: asyncio.Future[Outcome]) -> None:
+        if future.cancelled():
+            return  # shutting down: the claim stays durable and is retried at start-up
+        exc = future.exception()
+        outcome = future.result() if exc is None else Outcome(status=0, error=repr(exc))
+        result = decide(attempt, outcome, self._clock.now_ms(), self._options.max_response_bytes)
+        if self.stats.observe is not None:
+            self.stats.observe(attempt, result)
+        self._results.append(result)
+        self._results_ready.set()
+
+    async def _record_loop(self) -> None:
+        while True:
+            await self._results_ready.wait()
+            self._results_ready.clear()
+            if self._results:
+                batch, self._results = self._results, []
+                await self._record(batch)
+            elif self._stopping and (self._abandoned or not self._in_flight):
+                return
+
+    async def _record(self, batch: list[Result]) -> None:
+        updated = set(await self._store.record_outcomes(batch))
+        for result in batch:
+            self._in_flight.pop(result.task_id, None)
+            if result.task_id not in updated:
+                continue
+            self._count(result)
+            if result.next_due_at_ms is not None:
+                self.notify(result.task_id, result.next_due_at_ms)
+        self._wake.set()
+
+    def _count(self, result: Result) -> None:
+        stats = self.stats
+        if result.state is TaskState.SUCCESS:
+            stats.succeeded += 1
+        elif result.state is TaskState.ERROR:
+            stats.failed += 1
+        else:
+            stats.retried += 1
+        if self._options.log_attempts:
+            task_logger.info(
+                "task %s attempt %d: %s %d%s",
+                result.task_id,
+                result.attempt_number,
+                result.state.value,
+                result.status_code,
+                "" if result.outcome.error is None else f" ({result.outcome.error})",
+            )
+
+    async def stop(self, grace_s: float) -> None:
+        """Take no new work; let calls in flight finish for up to ``grace_s`` seconds.
+
+        Calls still running after that are abandoned: their claims stay in the store and
+        are attempted again at the next start (at-least-once).
+        """
+        self._stopping = True
+        self._wake.set()
+        pending = list(self._in_flight.values())
+        if pending:
+            await asyncio.wait(pending, timeout=grace_s)
+        self._abandoned = True
+        self._results_ready.set()

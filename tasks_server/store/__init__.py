@@ -1,0 +1,127 @@
+"""The persistence contract. SQLite implements it now; PostgreSQL later (DESIGN section 5).
+
+Every method that changes a task is one transaction named after the transition. Methods
+that take ``owner_id`` never touch another owner's rows: another owner's task and a missing
+one raise the same TaskNotFound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from ..models import Attempt, AttemptRecord, NewTask, Owner, Result, Task, TaskSpec, TaskState
+
+LIST_ORDERS = ("createdAt", "estimateEndAt", "estimateExecutionAt")
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Open connections and migrate the schema to the latest version."""
+
+    async def close(self) -> None:
+        """Finish queued writes and close every connection."""
+
+    # owners
+
+    async def create_owner(self, name: str, key_digest: bytes, now_ms: int, limit: int) -> Owner:
+        """Insert a new owner. Raises Conflict when the name is taken."""
+
+    async def get_owner(self, owner_id: str) -> Owner:
+        """Raises OwnerNotFound."""
+
+    async def owner_key_digest(self, owner_id: str) -> bytes | None:
+        """The stored key digest, or None when no such owner exists."""
+
+    async def list_owners(self) -> list[Owner]:
+        """Every owner, oldest first (for administrators)."""
+
+    async def delete_owner(self, owner_id: str) -> None:
+        """Delete an owner with no RUNNING or PAUSED task, and all its finished tasks.
+
+        Raises OwnerNotFound, or PreconditionFailed while tasks are still counted.
+        """
+
+    # tasks, as their owner sees them
+
+    async def create_task(self, owner_id: str, new: NewTask, now_ms: int) -> Task:
+        """Insert a RUNNING task due at ``new.due_at_ms``; returns once committed.
+
+        The per-owner limit is checked in the same transaction (QueueLimitReached).
+        """
+
+    async def get_task(self, owner_id: str, task_id: str) -> Task:
+        """Raises TaskNotFound."""
+
+    async def get_spec(self, owner_id: str, task_id: str) -> TaskSpec:
+        """The request and options as registered (or last edited). Raises TaskNotFound."""
+
+    async def list_tasks(
+        self,
+        owner_id: str,
+        state: TaskState | None,
+        order: str,
+        descending: bool,
+        limit: int,
+        offset: int,
+    ) -> list[Task]:
+        """A page of the owner's tasks; ``order`` is one of LIST_ORDERS (wire names)."""
+
+    async def list_attempts(self, owner_id: str, task_id: str) -> list[AttemptRecord]:
+        """The attempt history, first attempt first. Raises TaskNotFound."""
+
+    async def pause_task(self, owner_id: str, task_id: str, now_ms: int) -> Task:
+        """RUNNING → PAUSED; no new attempt starts after this returns.
+
+        An attempt in flight is not aborted; its result is recorded in the history only.
+        Raises TaskNotFound, PreconditionFailed when not RUNNING.
+        """
+
+    async def resume_task(self, owner_id: str, task_id: str, now_ms: int) -> Task:
+        """PAUSED → RUNNING with the remaining-time rule (timing.resume_due_ms)."""
+
+    async def revoke_task(self, owner_id: str, task_id: str, now_ms: int) -> Task:
+        """RUNNING or PAUSED → REVOKED; no new attempt starts after this returns."""
+
+    async def delete_task(self, owner_id: str, task_id: str) -> None:
+        """Remove a task in any state with its history. Raises TaskNotFound."""
+
+    async def execute_task(self, owner_id: str, task_id: str, now_ms: int) -> Task:
+        """Make a RUNNING task due now (also during a retry wait). PreconditionFailed if
+        not RUNNING; a task whose attempt is in flight is left as it is."""
+
+    async def edit_task(self, owner_id: str, task_id: str, new: NewTask, now_ms: int) -> Task:
+        """Replace the spec of a task that has not started any attempt.
+
+        Raises TaskNotFound, PreconditionFailed when final or already attempted.
+        """
+
+    # the engine
+
+    async def due_before(self, until_ms: int, limit: int) -> list[tuple[str, int]]:
+        """(task id, due ms) of claimable tasks due before ``until_ms``, earliest first."""
+
+    async def claim_due(self, task_ids: Sequence[str], now_ms: int) -> list[Attempt]:
+        """Mark the given tasks in flight and start an attempt for each, in one transaction.
+
+        Only tasks still RUNNING, not in flight and due by ``now_ms`` are claimed; the others
+        are silently skipped. Once this returns the claim is durable (at-least-once).
+        """
+
+    async def record_outcomes(self, results: Sequence[Result]) -> list[str]:
+        """Write finished attempts and the tasks' new states in one transaction.
+
+        A result whose task was paused, revoked, deleted or re-claimed meanwhile only
+        completes its attempt row. Returns the ids whose task state was updated.
+        """
+
+    async def requeue_interrupted(self, now_ms: int) -> int:
+        """At start-up: attempts left in flight by a crash end as interrupted and their
+        tasks become due at their planned time (at once when that has passed)."""
+
+    async def backup_to(self, path: Path) -> None:
+        """Write a consistent snapshot of the database to ``path`` while serving."""
+
+
+__all__ = ["LIST_ORDERS", "Store"]

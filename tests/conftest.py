@@ -1,0 +1,109 @@
+"""Shared fixtures: settings on a real SQLite file, a fake clock, the app and a client."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tasks_server.app import Server, build
+from tasks_server.config import Settings
+from tasks_server.dispatch import Dispatcher
+from tests.support.clock import FakeClock
+
+TARGET = "http://127.0.0.1:9/hook"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(path_sqlite=str(tmp_path / "tasks.db"), shutdown_grace_s=2.0)
+
+
+ServerFactory = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def make_server(
+    settings: Settings, clock: FakeClock
+) -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+    """Start servers with overridden settings (and optionally a dispatcher); all are
+    stopped at the end of the test."""
+    contexts: list[Any] = []
+
+    async def start(dispatcher: Dispatcher | None = None, **overrides: Any) -> Server:
+        server = build(dataclasses.replace(settings, **overrides), clock, dispatcher)
+        context = server.app.router.lifespan_context(server.app)
+        await context.__aenter__()
+        contexts.append(context)
+        return server
+
+    yield start
+    for context in reversed(contexts):
+        await context.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory) -> Server:
+    return await make_server()
+
+
+def client_for(server: Server) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=server.asgi, client=("127.0.0.1", 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://tasks.test")
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(server) as http:
+        yield http
+
+
+@dataclasses.dataclass
+class OwnerAuth:
+    id: str
+    key: str
+    name: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}", "X-Tasks-Owner-Id": self.id}
+
+
+async def register_owner(client: httpx.AsyncClient, name: str) -> OwnerAuth:
+    response = await client.post("/v1/owners/register", json={"name": name})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return OwnerAuth(body["id"], body["key"], name)
+
+
+@pytest.fixture
+async def owner(client: httpx.AsyncClient) -> OwnerAuth:
+    return await register_owner(client, "owner-one")
+
+
+@pytest.fixture
+async def other_owner(client: httpx.AsyncClient) -> OwnerAuth:
+    return await register_owner(client, "owner-two")
+
+
+async def register_task(
+    client: httpx.AsyncClient,
+    owner: OwnerAuth,
+    http_request: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    **extra: Any,
+) -> httpx.Response:
+    body: dict[str, Any] = {"httpRequest": http_request or {"url": TARGET, "method": "GET"}}
+    if config is not None:
+        body["config"] = config
+    body.update(extra)
+    return await client.post("/v1/queues/register", json=body, headers=owner.headers)

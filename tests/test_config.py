@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks_server.config import load
+from tasks_server.errors import ConfigError
+
+
+def test_defaults_without_environment(tmp_path: Path) -> None:
+    settings = load({}, env_file=_empty(tmp_path))
+    assert settings.port == 9420 and settings.host == "127.0.0.1"
+    assert settings.sqlite_synchronous == "FULL" and settings.tasks_in_queue_limit == 1000
+
+
+def test_environment_overrides_env_file(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("# comment\nPORT=9000\nexport PATH_SQLITE='a.db'\nLOG=1\n")
+    settings = load({"PORT": "9100"}, env_file=env)
+    assert (settings.port, settings.path_sqlite, settings.log) == (9100, "a.db", True)
+
+
+def test_flags_override_environment(tmp_path: Path) -> None:
+    settings = load({"PORT": "9100"}, env_file=_empty(tmp_path), port=9200)
+    assert settings.port == 9200
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("PORT", "abc"),
+        ("PORT", "70000"),
+        ("SQLITE_SYNCHRONOUS", "OFF"),
+        ("LOG", "maybe"),
+        ("TZ", "Mars/Olympus"),
+        ("TASKS_IN_QUEUE_LIMIT", "-1"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load({key: value}, env_file=_empty(tmp_path))
+    assert info.value.key == key and key in str(info.value)
+
+
+def test_tls_needs_both_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="PATH_TLS_CERT"):
+        load({"PATH_TLS_CERT": "c.pem"}, env_file=_empty(tmp_path))
+
+
+def test_object_storage_backups_need_credentials(tmp_path: Path) -> None:
+    environ = {"BACKUP_METHOD_SQLITE": "OBJECT_STORAGE", "BACKUP_INTERVAL_S": "60"}
+    with pytest.raises(ConfigError, match="BUCKET_NAME"):
+        load(environ, env_file=_empty(tmp_path))
+
+
+def test_missing_env_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load({}, env_file=tmp_path / "missing.env")
+
+
+def _empty(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.env"
+    path.write_text("")
+    return path
