@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import Protocol
 
 
@@ -14,8 +15,11 @@ class Clock(Protocol):
     def monotonic(self) -> float:
         """Seconds from an arbitrary origin; never goes backwards."""
 
-    async def sleep(self, seconds: float) -> None:
-        """Return after ``seconds`` of this clock's time have passed."""
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        """An awaitable that completes after ``seconds`` of this clock's time.
+
+        The deadline is fixed when ``sleep`` is called, not when it is first awaited.
+        """
 
 
 class SystemClock:
@@ -25,5 +29,5 @@ class SystemClock:
     def monotonic(self) -> float:
         return time.monotonic()
 
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(seconds, 0.0))
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        return asyncio.sleep(max(seconds, 0.0))

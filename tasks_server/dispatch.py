@@ -408,12 +408,15 @@ def _haproxy_options(config: TaskConfig) -> list[Option]:
 
 
 def _allowed_path(path: str, cert_dir: str | None) -> str:
-    """``path`` if it lies inside ``cert_dir`` (lexically; the API resolves links)."""
+    """The absolute form of ``path`` (relative ones are taken inside ``cert_dir``).
+
+    The check is lexical; the API already resolved links when it accepted the path.
+    """
     if cert_dir is None:
         raise ValueError("certificate paths are disabled: no certificate directory is set")
     root = os.path.normpath(cert_dir)
-    candidate = os.path.normpath(path)
-    if not os.path.isabs(candidate) or os.path.commonpath([root, candidate]) != root:
+    candidate = os.path.normpath(os.path.join(root, path))
+    if os.path.commonpath([root, candidate]) != root or candidate == root:
         raise ValueError(f"certificate path {path!r} is outside {cert_dir!r}")
     return candidate
 

@@ -128,7 +128,10 @@ class Scheduler:
             claimed = await self.tick(now)
             if claimed and self._has_slots():
                 continue
+            # clear before reading the timers: a notify from now on wakes the nap below
             self._wake.clear()
+            if self._stopping:
+                break
             delay_s = self._nap_s(self._clock.now_ms())
             if delay_s <= 0:
                 continue

@@ -39,10 +39,18 @@ def test_delay_is_interval_times_n_when_exponential(
         (Outcome(status=404, body=b"nf"), True, 404, b"nf"),
         (Outcome(status=599), True, 599, None),
         (Outcome(status=600, body=b"odd"), False, 600, b"odd"),
-        (Outcome(status=0, timed_out=True, error="timeout"), True, 408,
-         b"TimeoutError: Timeout has occurred"),
-        (Outcome(status=200, too_large=True), True, 422,
-         b"The response size cannot be more than 10"),
+        (
+            Outcome(status=0, timed_out=True, error="timeout"),
+            True,
+            408,
+            b"TimeoutError: Timeout has occurred",
+        ),
+        (
+            Outcome(status=200, too_large=True),
+            True,
+            422,
+            b"The response size cannot be more than 10",
+        ),
         (Outcome(status=0, error="Connection refused"), True, 500, b"Connection refused"),
     ],
 )

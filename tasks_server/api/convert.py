@@ -111,8 +111,10 @@ def to_config(wire: ConfigIn, transport: str | None) -> TaskConfig:
     retry_at = wire.retryAt
     retry = 1 if retry_at is not None else int(wire.retry)
     referer = wire.refererUrl
-    if referer is None and transport == "curl":
-        referer = "AUTO"
+    if transport == "curl":
+        referer = referer or "AUTO"
+    elif referer == "AUTO":
+        referer = None  # only curl has an automatic referer (spec 7.6)
     return TaskConfig(
         execution_delay_ms=0 if wire.executeAt is not None else int(wire.executionDelay),
         execute_at_ms=wire.executeAt,

@@ -125,10 +125,12 @@ _EXPECTED = {
 
 _TEMPLATES = {
     "missing": "Required",
-    "greater_than_equal": "Number must be greater than or equal to {ge:g}",
-    "less_than_equal": "Number must be less than or equal to {le:g}",
+    "greater_than_equal": "Number must be greater than or equal to {ge}",
+    "less_than_equal": "Number must be less than or equal to {le}",
     "string_too_short": "String must contain at least {min_length} character(s)",
     "string_too_long": "String must contain at most {max_length} character(s)",
+    "array_too_short": "Array must contain at least {min_length} element(s)",
+    "array_too_long": "Array must contain at most {max_length} element(s)",
     "too_short": "Must contain at least {min_length} element(s)",
     "too_long": "Must contain at most {max_length} element(s)",
     "literal_error": "Invalid enum value. Expected {expected}, received '{input}'",
@@ -136,25 +138,36 @@ _TEMPLATES = {
 }
 
 
+def _plain_number(value: Any) -> Any:
+    # zod prints bounds in full (9007199254740991), never as 9.0072e+15 or 1000.0
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _message(error: Any) -> str:
     kind = error["type"]
+    ctx = {key: _plain_number(value) for key, value in (error.get("ctx") or {}).items()}
     if kind in _EXPECTED:
         received = _JSON_TYPES.get(type(error.get("input")), "unknown")
         return f"Expected {_EXPECTED[kind]}, received {received}"
+    if kind in ("too_short", "too_long") and ctx.get("field_type") == "List":
+        kind = f"array_{kind}"
     if kind in _TEMPLATES:
-        return _TEMPLATES[kind].format(input=error.get("input"), **(error.get("ctx") or {}))
+        return _TEMPLATES[kind].format(input=error.get("input"), **ctx)
     return str(error["msg"]).removeprefix("Value error, ")
 
 
 def _real_path(loc: tuple[Any, ...], data: Any, kind: str) -> list[str]:
-    """The error's location in the input, dropping pydantic's union-member tags."""
+    """The error's location in the input, dropping pydantic's union-member tags.
+
+    Only a missing key may name something that is not in the input.
+    """
     path: list[str] = []
     node = data
     for index, part in enumerate(loc):
         last = index == len(loc) - 1
-        if isinstance(node, dict) and isinstance(part, str) and (part in node or last):
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
             path.append(part)
-            node = node.get(part)
+            node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             path.append(str(part))
             node = node[part]
@@ -163,19 +176,28 @@ def _real_path(loc: tuple[Any, ...], data: Any, kind: str) -> list[str]:
     return path
 
 
+def _add(tree: dict[str, Any], path: list[str], message: str) -> None:
+    node = tree
+    for part in path:
+        node = node.setdefault(part, {"_errors": []})
+    if message not in node["_errors"]:
+        node["_errors"].append(message)
+
+
 def validation_tree(exc: ValidationError, data: Any) -> dict[str, Any]:
     tree: dict[str, Any] = {"_errors": []}
+    unknown: dict[tuple[str, ...], list[str]] = {}  # object path → its unknown keys
     for error in exc.errors():
         kind = error["type"]
         path = _real_path(tuple(error["loc"]), data, kind)
-        message = _message(error)
         if kind == "extra_forbidden" and path:
-            message = f"Unrecognized key(s) in object: '{path.pop()}'"
-        node = tree
-        for part in path:
-            node = node.setdefault(part, {"_errors": []})
-        if message not in node["_errors"]:
-            node["_errors"].append(message)
+            unknown.setdefault(tuple(path[:-1]), []).append(path[-1])
+        else:
+            _add(tree, path, _message(error))
+    for parent, keys in unknown.items():
+        # zod names all unknown keys of one object in one message
+        names = ", ".join(f"'{key}'" for key in keys)
+        _add(tree, list(parent), f"Unrecognized key(s) in object: {names}")
     return tree
 
 

@@ -15,7 +15,7 @@ import os
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 from dateutil import parser as date_parser
@@ -46,15 +46,26 @@ HeaderValue = Annotated[
 ]
 
 
+# what the WHATWG URL serialiser percent-encodes besides controls and non-ASCII
+_PATH_UNSAFE = ' "<>`{}'
+_QUERY_UNSAFE = " \"<>'"
+_FRAGMENT_UNSAFE = ' "<>`'
+
+
+def _percent_encode(text: str, unsafe: str) -> str:
+    safe = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) not in unsafe)
+    return quote(text, safe=safe)
+
+
 def _check_url(value: str) -> str:
-    if len(value) > 1024 or any(ch in value for ch in "\r\n\t\x00 "):
+    if len(value) > 1024 or any(ch in value for ch in "\r\n\t\x00"):
         raise PydanticCustomError("url", "Invalid url")
     try:
         parts = urlsplit(value)
         port = parts.port
     except ValueError as exc:
         raise PydanticCustomError("url", "Invalid url") from exc
-    if not parts.hostname:
+    if not parts.hostname or " " in parts.netloc:
         raise PydanticCustomError("url", "Invalid url")
     scheme = parts.scheme.lower()
     netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
@@ -63,7 +74,15 @@ def _check_url(value: str) -> str:
         netloc = f"{auth}@{netloc}"
     if port is not None and (scheme, port) not in (("http", 80), ("https", 443)):
         netloc = f"{netloc}:{port}"
-    normal = urlunsplit((scheme, netloc, parts.path or "/", parts.query, parts.fragment))
+    normal = urlunsplit(
+        (
+            scheme,
+            netloc,
+            _percent_encode(parts.path or "/", _PATH_UNSAFE),
+            _percent_encode(parts.query, _QUERY_UNSAFE),
+            _percent_encode(parts.fragment, _FRAGMENT_UNSAFE),
+        )
+    )
     if value.endswith("?") and not parts.query:
         normal += "?"
     if scheme not in ("http", "https") or normal.endswith(("/", "?")):
@@ -85,13 +104,8 @@ def _check_ip(value: str) -> str:
 
 
 Ip = Annotated[str, AfterValidator(_check_ip)]
-Hostname = Annotated[
-    str,
-    StringConstraints(
-        max_length=253,
-        pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$",
-    ),
-]
+_HOSTNAME = r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$"
+Hostname = Annotated[str, StringConstraints(max_length=253, pattern=_HOSTNAME)]
 
 
 def _date_ms(value: Any, info: ValidationInfo) -> int:
@@ -105,6 +119,10 @@ def _date_ms(value: Any, info: ValidationInfo) -> int:
     text = value.strip()
     if not text or text.isdigit():
         raise PydanticCustomError("date", "Invalid date")
+    # JS engines skip "(zone name)" comments and read "GMT+0700" (Date.toString) as
+    # UTC+7; dateutil would read that sign POSIX-style, as UTC-7
+    text = re.sub(r"\([^)]*\)", " ", text).strip()
+    text = re.sub(r"(?i)\b(?:GMT|UTC)(?=[+-]\d)", "", text)
     try:
         parsed = date_parser.parse(text)
     except (ValueError, OverflowError) as exc:
@@ -198,7 +216,9 @@ def _json_record(value: Any, depth: int = 1) -> Any:
         if isinstance(item, dict):
             _json_record(item, depth + 1)
         elif isinstance(item, str) and len(item) > 4096:
-            raise PydanticCustomError("json_record", "String must contain at most 4096 characters")
+            raise PydanticCustomError(
+                "json_record", "String must contain at most 4096 character(s)"
+            )
         elif item is not None and not isinstance(item, str | int | float | bool):
             raise PydanticCustomError("json_record", "Invalid object (at most 3 levels, no arrays)")
     return value
@@ -248,22 +268,26 @@ class ClientCertIn(Strict):
     password: _text(1, 1024) | None = None  # type: ignore[valid-type]
 
 
+def _port_except(*refused: int) -> Any:
+    def check(value: int) -> int:
+        if value in refused:
+            raise PydanticCustomError("port", "Port {port} is not allowed", {"port": value})
+        return value
+
+    return Annotated[int, Field(ge=1, le=65535), AfterValidator(check)]
+
+
 class ResolveIn(Strict):
     host: Literal["*"] | Hostname
-    port: Annotated[int, Field(ge=1, le=65535)]
+    port: _port_except(22)  # type: ignore[valid-type]
     address: Annotated[list[Ip], Field(min_length=1, max_length=4)]
-
-
-def _proxy_port(value: int) -> int:
-    if value in (20, 21, 22, 23, 25, 53):
-        raise PydanticCustomError("port", "Port {port} is not allowed", {"port": value})
-    return value
 
 
 class ProxyIn(Strict):
     protocol: Annotated[Literal["http", "https"], BeforeValidator(_lower)]
-    host: Annotated[str, StringConstraints(max_length=128)]
-    port: Annotated[int, Field(ge=1, le=65535), AfterValidator(_proxy_port)] | None = None
+    # a hostname or an IPv4 address (dotted quads match the hostname pattern too)
+    host: Annotated[str, StringConstraints(max_length=128, pattern=_HOSTNAME)]
+    port: _port_except(20, 21, 22, 23, 25, 53) | None = None  # type: ignore[valid-type]
 
 
 Version = Literal["1.0", "1.1", "1.2", "1.3"]

@@ -213,9 +213,17 @@ async def test_claim_and_record_success(store: Store) -> None:
 async def test_retry_rearms_the_task(store: Store) -> None:
     owner = await make_owner(store)
     task = await store.create_task(owner.id, new_task(due=T0), T0)
-    [attempt] = await store.claim_due([task.id], T0)
-    retry = Result(task.id, 1, T0 + 5, TaskState.RUNNING, 503, b"busy",
-                   Outcome(status=503, body=b"busy"), next_due_at_ms=T0 + 1005)
+    await store.claim_due([task.id], T0)
+    retry = Result(
+        task.id,
+        1,
+        T0 + 5,
+        TaskState.RUNNING,
+        503,
+        b"busy",
+        Outcome(status=503, body=b"busy"),
+        next_due_at_ms=T0 + 1005,
+    )
     await store.record_outcomes([retry])
     waiting = await store.get_task(owner.id, task.id)
     assert (waiting.state, waiting.status_code, waiting.retry_count) == (TaskState.RUNNING, 503, 1)

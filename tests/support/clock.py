@@ -22,13 +22,14 @@ class FakeClock:
     def monotonic(self) -> float:
         return self._mono
 
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
+    def sleep(self, seconds: float) -> asyncio.Future[None]:
+        """A future resolved by ``advance``; its deadline is fixed now, at the call."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._mono + seconds, next(self._ids), future))
-        await future
+        if seconds <= 0:
+            future.set_result(None)
+        else:
+            heapq.heappush(self._sleepers, (self._mono + seconds, next(self._ids), future))
+        return future
 
     def advance(self, seconds: float) -> None:
         """Move both clocks forward and wake every sleeper whose deadline has passed."""

@@ -1,0 +1,173 @@
+"""Layer 2: the scheduler's tick(now) with a real store and a recording dispatcher.
+
+No loop runs here: each test calls tick() with explicit times and asserts what was
+claimed and what the store recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tasks_server.models import (
+    Call,
+    HttpRequest,
+    NewTask,
+    Outcome,
+    TaskConfig,
+    TaskSpec,
+    TaskState,
+)
+from tasks_server.scheduler import Scheduler, SchedulerOptions
+from tasks_server.sealing import Sealer, key_digest
+from tasks_server.store.sqlite import SqliteStore
+from tests.support.clock import FakeClock
+from tests.support.recording import RecordingDispatcher
+from tests.support.waiting import wait_until
+
+T0 = 1_767_225_600_000
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "s.db", Sealer("k"))
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def owner_id(store: SqliteStore) -> str:
+    return (await store.create_owner("owner-one", key_digest("k" * 64), T0, 0)).id
+
+
+def spec(**config: object) -> TaskSpec:
+    return TaskSpec(HttpRequest(url="http://t/x", method="GET"), TaskConfig(**config))  # type: ignore[arg-type]
+
+
+async def settle(scheduler: Scheduler) -> None:
+    """Let the recorder write every finished attempt."""
+    await wait_until(lambda: scheduler.in_flight == 0, message="outcomes recorded")
+
+
+async def add(
+    store: SqliteStore, owner_id: str, scheduler: Scheduler, due: int, **config: object
+) -> str:
+    task = await store.create_task(owner_id, NewTask(spec(**config), due), T0)
+    scheduler.notify(task.id, due)
+    return task.id
+
+
+@pytest.fixture
+def dispatcher() -> RecordingDispatcher:
+    return RecordingDispatcher()
+
+
+@pytest.fixture
+async def scheduler(
+    store: SqliteStore, dispatcher: RecordingDispatcher
+) -> AsyncIterator[Scheduler]:
+    scheduler = Scheduler(store, dispatcher, FakeClock(T0), SchedulerOptions(horizon_ms=60_000))
+    recorder = asyncio.create_task(scheduler._record_loop())
+    yield scheduler
+    await scheduler.stop(0.1)
+    await recorder
+
+
+async def test_only_due_tasks_are_claimed(
+    store: SqliteStore, owner_id: str, scheduler: Scheduler, dispatcher: RecordingDispatcher
+) -> None:
+    await scheduler.tick(T0)
+    now_id = await add(store, owner_id, scheduler, T0)
+    soon_id = await add(store, owner_id, scheduler, T0 + 5_000)
+    late_id = await add(store, owner_id, scheduler, T0 + 60_000)
+    assert await scheduler.tick(T0) == 1
+    assert [c.headers[0] for c in dispatcher.calls] == [("X-Tasks-Queue-Id", now_id)]
+    assert await scheduler.tick(T0 + 4_999) == 0
+    assert await scheduler.tick(T0 + 5_000) == 1
+    assert dispatcher.calls[-1].headers[0] == ("X-Tasks-Queue-Id", soon_id)
+    # beyond the first horizon: loaded by a later refill
+    assert await scheduler.tick(T0 + 59_999) == 0
+    assert await scheduler.tick(T0 + 60_000) == 1
+    assert dispatcher.calls[-1].headers[0] == ("X-Tasks-Queue-Id", late_id)
+    await settle(scheduler)
+    for task_id in (now_id, soon_id, late_id):
+        assert (await store.get_task(owner_id, task_id)).state is TaskState.SUCCESS
+
+
+async def test_far_future_tasks_stay_out_of_memory(
+    store: SqliteStore, owner_id: str, scheduler: Scheduler
+) -> None:
+    await scheduler.tick(T0)
+    for index in range(100):
+        await add(store, owner_id, scheduler, T0 + 3_600_000 + index)
+    await add(store, owner_id, scheduler, T0 + 10_000)
+    assert scheduler.armed == 1
+
+
+async def test_retries_follow_the_formula(
+    store: SqliteStore, owner_id: str, scheduler: Scheduler, dispatcher: RecordingDispatcher
+) -> None:
+    dispatcher.script = lambda call: Outcome(status=503, body=b"busy")
+    await scheduler.tick(T0)
+    task_id = await add(
+        store, owner_id, scheduler, T0, retry=3, retry_interval_ms=1000, retry_exponential=True
+    )
+    starts = []
+    now = T0
+    for _ in range(40):
+        if await scheduler.tick(now):
+            starts.append(now - T0)
+            scheduler._clock.set_wall(now)  # type: ignore[attr-defined]
+            await settle(scheduler)
+        now += 250
+    assert starts == [0, 1000, 3000, 6000]
+    task = await store.get_task(owner_id, task_id)
+    assert (task.state, task.status_code, task.retry_count) == (TaskState.ERROR, 503, 3)
+    retry_headers = [dict(c.headers) for c in dispatcher.calls[1:]]
+    assert [h["X-Tasks-Retry-Count"] for h in retry_headers] == ["1", "2", "3"]
+    assert {h["X-Tasks-Retry-Limit"] for h in retry_headers} == {"3"}
+    assert [h["X-Tasks-Attempt"] for h in retry_headers] == ["2", "3", "4"]
+
+
+async def test_paused_task_is_not_claimed(
+    store: SqliteStore, owner_id: str, scheduler: Scheduler
+) -> None:
+    await scheduler.tick(T0)
+    task_id = await add(store, owner_id, scheduler, T0 + 1000)
+    await store.pause_task(owner_id, task_id, T0 + 10)
+    # the API forgets it too, but even a stale timer must not start an attempt
+    assert await scheduler.tick(T0 + 1000) == 0
+
+
+async def test_in_flight_cap_defers_the_rest(
+    store: SqliteStore, owner_id: str, dispatcher: RecordingDispatcher
+) -> None:
+    scheduler = Scheduler(store, dispatcher, FakeClock(T0), SchedulerOptions(max_in_flight=3))
+    recorder = asyncio.create_task(scheduler._record_loop())
+    dispatcher.hold = True
+    await scheduler.tick(T0)
+    for _ in range(5):
+        await add(store, owner_id, scheduler, T0)
+    assert await scheduler.tick(T0) == 3
+    assert await scheduler.tick(T0) == 0
+    dispatcher.release()
+    await settle(scheduler)
+    assert await scheduler.tick(T0) == 2
+    dispatcher.release()
+    await settle(scheduler)
+    await scheduler.stop(0.1)
+    await recorder
+
+
+async def test_timeout_at_limits_the_first_attempt(
+    store: SqliteStore, owner_id: str, scheduler: Scheduler, dispatcher: RecordingDispatcher
+) -> None:
+    await scheduler.tick(T0)
+    await add(store, owner_id, scheduler, T0, timeout_at_ms=T0 + 2500)
+    await scheduler.tick(T0)
+    call: Call = dispatcher.calls[0]
+    assert call.timeout_ms == 2500
