@@ -105,14 +105,12 @@ class CurlSettings:
     """What the dispatcher needs from the server settings.
 
     ``cert_dir``: the only directory certificate and key *paths* may point into (None: paths
-    are refused, inline PEM content still works). ``hsts_dir`` is accepted for wiring
-    compatibility but unused: HSTS cache text is fed through HSTSREADFUNCTION, so no
-    temporary file is ever written. ``connect_timeout_ms`` caps the connect phase (TCP,
-    TLS, proxy) below the whole-call timeout.
+    are refused, inline PEM content still works). ``connect_timeout_ms`` caps the connect
+    phase (TCP, TLS, proxy) below the whole-call timeout. HSTS cache text is fed through
+    HSTSREADFUNCTION, so no temporary file is ever written.
     """
 
     cert_dir: str | None = None
-    hsts_dir: str | None = None
     connect_timeout_ms: int = 10_000
 
 
