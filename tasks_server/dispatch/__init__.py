@@ -1,0 +1,81 @@
+"""Outgoing HTTP calls: the ``Dispatcher`` seam and its libcurl implementation.
+
+``curl_options`` decides (a pure map from a ``Call`` to pycurl options); ``CurlDispatcher``
+acts: one ``CurlMulti`` driven by the running asyncio loop, as tornado's curl client does.
+
+The package follows that line: ``options`` decides, ``capabilities`` says which optional
+features this build has, ``curl`` acts. Callers import everything from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from tasks_server.models import Call, Outcome
+
+from .capabilities import curl_capabilities, unsupported_fields
+from .curl import CurlDispatcher
+from .options import (
+    DOH_SSL_VERIFYHOST,
+    DOH_SSL_VERIFYPEER,
+    HAPROXY_CLIENT_IP,
+    HTTP_AND_HTTPS,
+    CurlSettings,
+    HstsEntry,
+    HstsPreload,
+    MimeForm,
+    Option,
+    PrivateDnsCache,
+    cookie_file_lines,
+    curl_options,
+    parse_hsts_cache,
+    request_url,
+)
+
+__all__ = [
+    "DOH_SSL_VERIFYHOST",
+    "DOH_SSL_VERIFYPEER",
+    "HAPROXY_CLIENT_IP",
+    "HTTP_AND_HTTPS",
+    "CurlDispatcher",
+    "CurlSettings",
+    "Dispatcher",
+    "HstsEntry",
+    "HstsPreload",
+    "MimeForm",
+    "Option",
+    "PrivateDnsCache",
+    "cookie_file_lines",
+    "curl_capabilities",
+    "curl_options",
+    "parse_hsts_cache",
+    "request_url",
+    "unsupported_fields",
+]
+
+
+class Dispatcher(Protocol):
+    """Sends calls and reports what came back; knows nothing of tasks, retries or storage."""
+
+    async def start(self) -> None:
+        """Bind to the running event loop; ``submit`` may be called afterwards."""
+
+    async def close(self) -> None:
+        """Stop taking calls, let in-flight ones finish for a grace period, abort the rest.
+
+        Every future handed out by ``submit`` is resolved when this returns (aborted calls
+        with an error Outcome) and every libcurl handle is freed. Calling it twice is safe.
+        """
+
+    def submit(self, call: Call) -> asyncio.Future[Outcome]:
+        """Start ``call`` (or queue it behind the connection cap) and return its outcome.
+
+        Never raises for transfer problems: refused connections, timeouts, TLS failures,
+        options this build cannot apply and oversized bodies all resolve the future with an
+        Outcome whose ``error`` is set. Cancelling the future aborts the transfer.
+        """
+
+    @property
+    def in_flight(self) -> int:
+        """Calls submitted and not yet resolved, queued ones included."""

@@ -1,0 +1,352 @@
+"""Acting: ``CurlDispatcher``, one ``CurlMulti`` driven by the running asyncio loop, as
+tornado's curl client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import pycurl
+
+from tasks_server.models import Call, Outcome
+
+from .options import CurlSettings, HstsEntry, HstsPreload, MimeForm, PrivateDnsCache, curl_options
+
+logger = logging.getLogger(__name__)
+
+_TIMINGS = (
+    ("namelookup", pycurl.NAMELOOKUP_TIME_T),
+    ("connect", pycurl.CONNECT_TIME_T),
+    ("appconnect", pycurl.APPCONNECT_TIME_T),
+    ("starttransfer", pycurl.STARTTRANSFER_TIME_T),
+    ("total", pycurl.TOTAL_TIME_T),
+)
+
+
+# Options whose effect outlives curl_easy_reset (cookie jar, HSTS cache, attached share):
+# a handle that used one is closed instead of going back to the pool.
+_STATEFUL_OPTIONS = frozenset(
+    {pycurl.COOKIEFILE, pycurl.COOKIELIST, pycurl.HSTS_CTRL, pycurl.SHARE}
+)
+
+
+@dataclass(slots=True, eq=False)
+class _Transfer:
+    """One call's mutable state while libcurl works on it."""
+
+    call: Call
+    future: asyncio.Future[Outcome]
+    curl: Any = None
+    body: bytearray = field(default_factory=bytearray)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    too_large: bool = False
+    keeps_state: bool = False
+    resources: list[Any] = field(default_factory=list)  # CurlMime / CurlShare to close
+
+    def write_body(self, chunk: bytes) -> int | None:
+        """WRITEFUNCTION: keep the body up to the cap; returning 0 makes libcurl abort."""
+        if not self.call.config.trace_response_data:
+            return None
+        if len(self.body) + len(chunk) > self.call.max_body_bytes:
+            self.too_large = True
+            return 0
+        self.body += chunk
+        return None
+
+    def write_header(self, line: bytes) -> None:
+        """HEADERFUNCTION: keep only the last response's headers (redirects, 100, CONNECT)."""
+        text = line.decode("latin-1").rstrip("\r\n")
+        if text.startswith("HTTP/"):
+            self.headers.clear()
+            return
+        name, colon, value = text.partition(":")
+        if colon and name and not name[0].isspace():
+            self.headers.append((name.strip(), value.strip()))
+
+
+def _hsts_reader(entries: tuple[HstsEntry, ...]) -> Callable[[], object]:
+    pending: Iterator[HstsEntry] = iter(entries)
+
+    def read() -> tuple[str, dt.datetime | None, bool] | None:
+        entry = next(pending, None)
+        if entry is None:
+            return None
+        return (entry.host, entry.expire, entry.include_subdomains)
+
+    return read
+
+
+def _failure(message: str, curl_code: int = 0) -> Outcome:
+    return Outcome(status=0, error=message, curl_code=curl_code)
+
+
+def _setup_failure(exc: Exception) -> Outcome:
+    if isinstance(exc, pycurl.error) and len(exc.args) == 2:
+        code, message = exc.args
+        return _failure(f"option refused by libcurl: {message}", int(code))
+    return _failure(f"option refused: {exc}")
+
+
+def _outcome(transfer: _Transfer, curl_code: int, message: str | None) -> Outcome:
+    curl = transfer.curl
+    timings = {name: int(curl.getinfo(info)) / 1000 for name, info in _TIMINGS}
+    error = None
+    if transfer.too_large:
+        error = f"response body exceeds {transfer.call.max_body_bytes} bytes"
+    elif curl_code:
+        error = message or f"curl error {curl_code}"
+    return Outcome(
+        status=int(curl.getinfo(pycurl.RESPONSE_CODE)),
+        body=bytes(transfer.body) if curl_code == 0 else b"",
+        headers=tuple(transfer.headers),
+        error=error,
+        curl_code=curl_code,
+        timed_out=curl_code == pycurl.E_OPERATION_TIMEDOUT,
+        too_large=transfer.too_large,
+        total_ms=timings["total"],
+        timings=timings,
+    )
+
+
+def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+class CurlDispatcher:
+    """The libcurl ``Dispatcher``: one CurlMulti driven by the loop, no thread per call.
+
+    libcurl tells the loop which sockets to watch (M_SOCKETFUNCTION → add_reader/add_writer)
+    and when to wake it (M_TIMERFUNCTION → call_later); each event becomes a
+    ``socket_action`` and finished transfers are drained with ``info_read``. At most
+    ``max_connections`` transfers run at once; later calls wait in FIFO order. Easy handles
+    are pooled and reset between calls; connections are reused through the multi's cache.
+    ``close`` waits ``close_grace_s`` seconds for in-flight calls before aborting them.
+    """
+
+    def __init__(
+        self, settings: CurlSettings, max_connections: int = 1000, *, close_grace_s: float = 10.0
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._settings = settings
+        self._max_connections = max_connections
+        self._close_grace_s = close_grace_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._multi: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._watched: set[int] = set()
+        self._idle: list[Any] = []
+        self._waiting: deque[_Transfer] = deque()
+        self._active: dict[Any, _Transfer] = {}
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting) + len(self._active)
+
+    async def start(self) -> None:
+        if self._loop is not None:
+            raise RuntimeError("CurlDispatcher is already started")
+        self._loop = asyncio.get_running_loop()
+        multi = pycurl.CurlMulti()
+        multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+        multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+        multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, self._max_connections)
+        multi.setopt(pycurl.M_MAXCONNECTS, self._max_connections)
+        self._multi = multi
+
+    def submit(self, call: Call) -> asyncio.Future[Outcome]:
+        if self._loop is None:
+            raise RuntimeError("CurlDispatcher.start() has not been awaited")
+        future: asyncio.Future[Outcome] = self._loop.create_future()
+        if self._closed:
+            future.set_result(_failure("dispatcher is closed"))
+            return future
+        transfer = _Transfer(call, future)
+        future.add_done_callback(partial(self._on_future_done, transfer))
+        self._waiting.append(transfer)
+        self._start_waiting()
+        return future
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        pending = [t.future for t in (*self._waiting, *self._active.values())]
+        if pending:
+            await asyncio.wait(pending, timeout=self._close_grace_s)
+        aborted = _failure("aborted: the dispatcher was closed")
+        while self._waiting:
+            _resolve(self._waiting.popleft().future, aborted)
+        for transfer in list(self._active.values()):
+            self._detach(transfer)
+            _resolve(transfer.future, aborted)
+        self._free_handles()
+
+    # -- starting and finishing transfers -------------------------------------------------
+
+    def _start_waiting(self) -> None:
+        while self._waiting and len(self._active) < self._max_connections:
+            self._begin(self._waiting.popleft())
+
+    def _begin(self, transfer: _Transfer) -> None:
+        transfer.curl = self._idle.pop() if self._idle else pycurl.Curl()
+        try:
+            self._configure(transfer)
+            self._multi.add_handle(transfer.curl)
+        except (pycurl.error, ValueError, TypeError) as exc:
+            self._release(transfer)
+            _resolve(transfer.future, _setup_failure(exc))
+            return
+        self._active[transfer.curl] = transfer
+
+    def _configure(self, transfer: _Transfer) -> None:
+        curl = transfer.curl
+        for option, value in curl_options(transfer.call, self._settings):
+            curl.setopt(option, self._live_value(transfer, value))
+            if option in _STATEFUL_OPTIONS:
+                transfer.keeps_state = True
+        curl.setopt(pycurl.WRITEFUNCTION, transfer.write_body)
+        curl.setopt(pycurl.HEADERFUNCTION, transfer.write_header)
+
+    def _live_value(self, transfer: _Transfer, value: object) -> object:
+        """Build the per-handle object a descriptive option value stands for."""
+        if isinstance(value, MimeForm):
+            mime = pycurl.CurlMime(transfer.curl)
+            for name, data in value.fields:
+                mime.add_field(name, data)
+            transfer.resources.append(mime)
+            return mime
+        if isinstance(value, HstsPreload):
+            return _hsts_reader(value.entries)
+        if isinstance(value, PrivateDnsCache):
+            share = pycurl.CurlShare()
+            share.setopt(pycurl.SH_SHARE, pycurl.LOCK_DATA_DNS)
+            transfer.resources.append(share)
+            return share
+        return value
+
+    def _finish(self, curl: Any, curl_code: int, message: str | None) -> None:
+        transfer = self._active.get(curl)
+        if transfer is None:
+            return
+        outcome = _outcome(transfer, curl_code, message)
+        self._detach(transfer)
+        _resolve(transfer.future, outcome)
+
+    def _detach(self, transfer: _Transfer) -> None:
+        """Take an active transfer out of the multi and give its handle back."""
+        del self._active[transfer.curl]
+        self._multi.remove_handle(transfer.curl)
+        self._release(transfer)
+
+    def _release(self, transfer: _Transfer) -> None:
+        curl, transfer.curl = transfer.curl, None
+        if transfer.keeps_state or self._closed or len(self._idle) >= self._max_connections:
+            curl.close()
+        else:
+            curl.reset()
+            self._idle.append(curl)
+        # Closed after the handle lets go of them: a share or mime must outlive its user.
+        for resource in transfer.resources:
+            resource.close()
+
+    def _on_future_done(self, transfer: _Transfer, future: asyncio.Future[Outcome]) -> None:
+        """A caller cancelled the future: drop the call, queued or running."""
+        if not future.cancelled():
+            return
+        if self._multi is None:
+            return
+        if transfer.curl is not None and self._active.get(transfer.curl) is transfer:
+            self._detach(transfer)
+            self._start_waiting()
+        elif transfer in self._waiting:
+            self._waiting.remove(transfer)
+
+    def _free_handles(self) -> None:
+        for curl in self._idle:
+            curl.close()
+        self._idle.clear()
+        if self._multi is not None:
+            self._multi.close()
+            self._multi = None
+        # libcurl may call back while closing its connection cache; forget it all afterwards.
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for fd in list(self._watched):
+            self._unwatch(fd)
+
+    # -- libcurl ↔ event loop --------------------------------------------------------------
+
+    def _on_socket(self, event: int, fd: int, multi: Any, data: Any) -> None:
+        """M_SOCKETFUNCTION: mirror libcurl's interest in ``fd`` onto the loop."""
+        assert self._loop is not None
+        # Always remove before adding: libcurl can close a socket and get the same fd number
+        # back without a POLL_REMOVE in between, which would confuse epoll (tornado's note).
+        self._unwatch(fd)
+        if event == pycurl.POLL_REMOVE:
+            return
+        if event & pycurl.POLL_IN:
+            self._loop.add_reader(fd, self._on_ready, fd, pycurl.CSELECT_IN)
+        if event & pycurl.POLL_OUT:
+            self._loop.add_writer(fd, self._on_ready, fd, pycurl.CSELECT_OUT)
+        if event & pycurl.POLL_INOUT:
+            self._watched.add(fd)
+
+    def _unwatch(self, fd: int) -> None:
+        if fd in self._watched and self._loop is not None:
+            self._watched.discard(fd)
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+
+    def _on_timer(self, timeout_ms: int) -> None:
+        """M_TIMERFUNCTION: libcurl wants ``socket_action(SOCKET_TIMEOUT)`` in ``timeout_ms``."""
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if timeout_ms >= 0:
+            self._timer = self._loop.call_later(timeout_ms / 1000, self._on_timeout)
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        self._drive(pycurl.SOCKET_TIMEOUT, 0)
+        if self._multi is None:
+            return
+        # The loop may fire a hair before libcurl's own clock says the timeout is due; then
+        # libcurl does nothing and never asks again, so re-arm from its current view.
+        pending_ms = int(self._multi.timeout())
+        if pending_ms >= 0 and self._timer is None:
+            self._on_timer(pending_ms)
+
+    def _on_ready(self, fd: int, action: int) -> None:
+        self._drive(fd, action)
+
+    def _drive(self, fd: int, action: int) -> None:
+        if self._multi is None:
+            return
+        try:
+            self._multi.socket_action(fd, action)
+        except pycurl.error:
+            logger.exception("curl socket_action failed for fd %s", fd)
+        self._collect_finished()
+
+    def _collect_finished(self) -> None:
+        while True:
+            queued, succeeded, failed = self._multi.info_read()
+            for curl in succeeded:
+                self._finish(curl, 0, None)
+            for curl, code, message in failed:
+                self._finish(curl, int(code), message)
+            if queued == 0:
+                break
+        self._start_waiting()
