@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import time
 from collections import Counter
@@ -66,10 +67,12 @@ async def registrations(server: Server, sink: Sink, headers: dict[str, str]) -> 
     bodies = [task_body(sink.url(), executionDelay=3_600_000) for _ in range(20_000)]
     await register_many(server.port, headers, bodies[:1000])  # warm-up
     ids, latencies, errors, wall = await register_many(server.port, headers, bodies)
-    print(f"registrations: {len(bodies) / wall:,.0f}/s with {CLIENTS} clients, "
-          f"p50 {percentile(latencies, 50) * 1000:.2f} ms, "
-          f"p99 {percentile(latencies, 99) * 1000:.2f} ms, errors {errors}, "
-          f"distinct ids {len(set(ids))}/{len(ids)}")
+    print(
+        f"registrations: {len(bodies) / wall:,.0f}/s with {CLIENTS} clients, "
+        f"p50 {percentile(latencies, 50) * 1000:.2f} ms, "
+        f"p99 {percentile(latencies, 99) * 1000:.2f} ms, errors {errors}, "
+        f"distinct ids {len(set(ids))}/{len(ids)}"
+    )
 
 
 async def burst(server: Server, sink: Sink, headers: dict[str, str]) -> None:
@@ -79,9 +82,11 @@ async def burst(server: Server, sink: Sink, headers: dict[str, str]) -> None:
     arrivals = await wait_arrivals(sink, 3000, 30)
     times = sorted(a[0] * 1000 - due for a in arrivals)
     span = (times[-1] - times[0]) / 1000 if len(times) > 1 else float("nan")
-    print(f"burst: 3000 due at one instant (registered in {wall:.2f} s, errors {errors}); "
-          f"arrived {len(arrivals)}; first +{times[0]:.1f} ms, last +{times[-1]:.1f} ms "
-          f"after due; {len(times) / span:,.0f} calls/s")
+    print(
+        f"burst: 3000 due at one instant (registered in {wall:.2f} s, errors {errors}); "
+        f"arrived {len(arrivals)}; first +{times[0]:.1f} ms, last +{times[-1]:.1f} ms "
+        f"after due; {len(times) / span:,.0f} calls/s"
+    )
 
 
 async def spread(server: Server, sink: Sink, headers: dict[str, str]) -> None:
@@ -96,27 +101,33 @@ async def spread(server: Server, sink: Sink, headers: dict[str, str]) -> None:
         planned[task_id] = start + index * 10
     arrivals = await wait_arrivals(sink, 2000, 40)
     lateness = [a[0] * 1000 - planned[a[1]] for a in arrivals if a[1] in planned]
-    print(f"spread: 2000 over 20 s (errors {errors}); arrived {len(arrivals)}; lateness "
-          f"p50 {percentile(lateness, 50):.1f} ms, p99 {percentile(lateness, 99):.1f} ms, "
-          f"max {max(lateness):.1f} ms, min {min(lateness):.1f} ms")
+    print(
+        f"spread: 2000 over 20 s (errors {errors}); arrived {len(arrivals)}; lateness "
+        f"p50 {percentile(lateness, 50):.1f} ms, p99 {percentile(lateness, 99):.1f} ms, "
+        f"max {max(lateness):.1f} ms, min {min(lateness):.1f} ms"
+    )
 
 
 async def retries(server: Server, sink: Sink, headers: dict[str, str]) -> None:
     failing = Sink(status=503)
     try:
-        bodies = [task_body(failing.url(), executionDelay=0, retry=3, retryInterval=200)
-                  for _ in range(100)]
+        bodies = [
+            task_body(failing.url(), executionDelay=0, retry=3, retryInterval=200)
+            for _ in range(100)
+        ]
         await register_many(server.port, headers, bodies)
         arrivals = await wait_arrivals(failing, 400, 30)
         by_task: dict[str, list[float]] = {}
         for at, task_id, _ in sorted(arrivals):
             by_task.setdefault(task_id, []).append(at * 1000)
         counts = Counter(len(v) for v in by_task.values())
-        gaps = [[b - a for a, b in zip(v, v[1:], strict=False)] for v in by_task.values()]
+        gaps = [[b - a for a, b in itertools.pairwise(v)] for v in by_task.values()]
         deviation = max(abs(g - 200 * n) for v in gaps for n, g in enumerate(v, start=1))
-        print(f"retries: 100 tasks x (1 + 3 retries, interval 200 ms exponential): attempts "
-              f"per task {dict(counts)}; max deviation from 200/400/600 ms gaps "
-              f"{deviation:.1f} ms")
+        print(
+            f"retries: 100 tasks x (1 + 3 retries, interval 200 ms exponential): attempts "
+            f"per task {dict(counts)}; max deviation from 200/400/600 ms gaps "
+            f"{deviation:.1f} ms"
+        )
     finally:
         failing.proc.kill()
 
@@ -137,14 +148,22 @@ async def crash(server: Server, sink: Sink, headers: dict[str, str]) -> None:
     seen = Counter(a[1] for a in arrivals if a[1] in planned)
     missing = len(planned) - len(seen)
     duplicates = sum(count - 1 for count in seen.values())
-    after = [a[0] * 1000 - planned[a[1]] for a in arrivals
-             if a[1] in planned and planned[a[1]] > restarted_at]
-    overdue = [a[0] * 1000 - restarted_at for a in arrivals
-               if a[1] in planned and killed_at <= planned[a[1]] <= restarted_at]
-    print(f"crash: kill -9 with 2000 tasks over 10 s (errors {errors}); down "
-          f"{restarted_at - killed_at} ms; missing {missing}, duplicated {duplicates}; "
-          f"overdue ones ran {percentile(overdue, 99):.0f} ms (p99) after restart; "
-          f"later ones lateness p99 {percentile(after, 99):.1f} ms")
+    after = [
+        a[0] * 1000 - planned[a[1]]
+        for a in arrivals
+        if a[1] in planned and planned[a[1]] > restarted_at
+    ]
+    overdue = [
+        a[0] * 1000 - restarted_at
+        for a in arrivals
+        if a[1] in planned and killed_at <= planned[a[1]] <= restarted_at
+    ]
+    print(
+        f"crash: kill -9 with 2000 tasks over 10 s (errors {errors}); down "
+        f"{restarted_at - killed_at} ms; missing {missing}, duplicated {duplicates}; "
+        f"overdue ones ran {percentile(overdue, 99):.0f} ms (p99) after restart; "
+        f"later ones lateness p99 {percentile(after, 99):.1f} ms"
+    )
 
 
 SCENARIOS: dict[str, Callable[[Server, Sink, dict[str, str]], Awaitable[None]]] = {

@@ -45,8 +45,9 @@ def fill(path: Path, owner_id: str, count: int, days: int) -> float:
             _insert(conn, batch)
             batch = []
     _insert(conn, batch)
-    conn.execute("UPDATE owner SET tasks_in_queue = tasks_in_queue + ? WHERE id = ?",
-                 (count, owner_id))
+    conn.execute(
+        "UPDATE owner SET tasks_in_queue = tasks_in_queue + ? WHERE id = ?", (count, owner_id)
+    )
     conn.execute("COMMIT")
     conn.close()
     return time.perf_counter() - started
@@ -77,10 +78,12 @@ async def main(count: int, days: int) -> None:
     await register_owner(server.port, "after")
     time.sleep(2)
     loaded_mb = server.rss_mb()
-    print(f"pending: idle server RSS {idle_mb:.0f} MB; with {count:,} pending tasks over "
-          f"{days} days RSS {loaded_mb:.0f} MB ({(loaded_mb - idle_mb) * 2**20 / count:.1f} "
-          f"bytes per pending task); start-up {ready_s:.2f} s; database {size_mb:.0f} MB "
-          f"(filled in {fill_s:.1f} s)")
+    print(
+        f"pending: idle server RSS {idle_mb:.0f} MB; with {count:,} pending tasks over "
+        f"{days} days RSS {loaded_mb:.0f} MB ({(loaded_mb - idle_mb) * 2**20 / count:.1f} "
+        f"bytes per pending task); start-up {ready_s:.2f} s; database {size_mb:.0f} MB "
+        f"(filled in {fill_s:.1f} s)"
+    )
     server.proc.kill()
 
 

@@ -39,8 +39,13 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 
 
 class Proc:
-    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None,
-                 cwd: Path | None = None, log: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        log: Path | None = None,
+    ) -> None:
         out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
         self.popen = subprocess.Popen(
             list(args), env={**os.environ, **(env or {})}, cwd=cwd, stdout=out, stderr=out
@@ -67,9 +72,15 @@ class Server:
     def __init__(self, directory: Path | None = None, **env: str) -> None:
         self.directory = directory or Path(tempfile.mkdtemp(prefix="tasks-bench-"))
         self.port = free_port()
-        self.env = {"PORT": str(self.port), "PATH_SQLITE": str(self.directory / "tasks.db"),
-                    "CIPHER_KEY": "bench", "LOG_LEVEL": "WARNING", "TASKS_IN_QUEUE_LIMIT": "0",
-                    "MAX_IN_FLIGHT": "4000", **env}
+        self.env = {
+            "PORT": str(self.port),
+            "PATH_SQLITE": str(self.directory / "tasks.db"),
+            "CIPHER_KEY": "bench",
+            "LOG_LEVEL": "WARNING",
+            "TASKS_IN_QUEUE_LIMIT": "0",
+            "MAX_IN_FLIGHT": "4000",
+            **env,
+        }
         self.proc: Proc | None = None
 
     @property
@@ -77,8 +88,12 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Server:
-        self.proc = Proc([sys.executable, "-m", "tasks_server", "serve"], self.env,
-                         cwd=self.directory, log=self.directory / "server.log")
+        self.proc = Proc(
+            [sys.executable, "-m", "tasks_server", "serve"],
+            self.env,
+            cwd=self.directory,
+            log=self.directory / "server.log",
+        )
         wait_http(f"{self.url}/healthz")
         return self
 
@@ -98,8 +113,9 @@ class Server:
 class Sink:
     def __init__(self, status: int = 200) -> None:
         self.port = free_port()
-        self.proc = Proc([sys.executable, "-m", "bench.sink", str(self.port), str(status)],
-                         cwd=ROOT)
+        self.proc = Proc(
+            [sys.executable, "-m", "bench.sink", str(self.port), str(status)], cwd=ROOT
+        )
         wait_http(f"http://127.0.0.1:{self.port}/__reset")
 
     def url(self, path: str = "/hook") -> str:
@@ -122,8 +138,9 @@ class RawClient:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def request(self, method: str, path: str, body: bytes = b"",
-                      headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None
@@ -148,8 +165,9 @@ class RawClient:
 
 async def register_owner(port: int, name: str) -> dict[str, str]:
     client = RawClient(port)
-    status, body = await client.request("POST", "/v1/owners/register",
-                                        json.dumps({"name": name}).encode())
+    status, body = await client.request(
+        "POST", "/v1/owners/register", json.dumps({"name": name}).encode()
+    )
     client.close()
     assert status == 201, body
     owner = json.loads(body)
@@ -165,5 +183,6 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def task_body(url: str, **config: Any) -> bytes:
-    return json.dumps({"httpRequest": {"url": url, "method": "POST", "data": {"n": 1}},
-                       "config": config}).encode()
+    return json.dumps(
+        {"httpRequest": {"url": url, "method": "POST", "data": {"n": 1}}, "config": config}
+    ).encode()

@@ -9,6 +9,8 @@ the store and the dispatcher.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ task_logger = logging.getLogger("tasks_server.tasks")
 
 MAX_NAP_S = 1.0  # a wall-clock jump is noticed within this
 _REFILL_LIMIT = 200_000
+CLAIM_CHUNK = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,9 @@ class SchedulerOptions:
     max_in_flight: int = 1000
     max_response_bytes: int = 32_768
     log_attempts: bool = False
+    # claim this long before the due time and hold the attempt until then, so the claim
+    # transaction and spec decoding are done when the instant comes
+    lookahead_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -80,6 +86,9 @@ class Scheduler:
         self._results: list[Result] = []
         self._results_ready = asyncio.Event()
         self._in_flight: dict[str, asyncio.Future[Outcome]] = {}
+        self._held: list[tuple[int, int, Attempt]] = []  # claimed ahead: (due, seq, attempt)
+        self._held_ids: dict[str, Attempt] = {}
+        self._sequence = itertools.count()
         self._stopping = False
         self._abandoned = False
         self.idle = asyncio.Event()  # set whenever the loop parks (tests wait on it)
@@ -98,8 +107,20 @@ class Scheduler:
                 self._wake.set()
 
     def forget(self, task_id: str) -> None:
-        """A task stopped being claimable (paused, revoked, deleted)."""
+        """A task stopped being claimable (paused, revoked, deleted).
+
+        An attempt claimed ahead of its due time is dropped unsent; its history row says so.
+        """
         self._timers.discard(task_id)
+        attempt = self._held_ids.pop(task_id, None)
+        if attempt is not None:
+            outcome = Outcome(status=0, error="not sent: the task was stopped before its time")
+            self._results.append(
+                Result(
+                    task_id, attempt.number, self._clock.now_ms(), TaskState.ERROR, 0, None, outcome
+                )
+            )
+            self._results_ready.set()
 
     @property
     def in_flight(self) -> int:
@@ -125,8 +146,9 @@ class Scheduler:
     async def _loop(self) -> None:
         while not self._stopping:
             now = self._clock.now_ms()
-            claimed = await self.tick(now)
-            if claimed and self._has_slots():
+            started = await self.tick(now)
+            if started and self._has_slots():
+                await asyncio.sleep(0)  # let the dispatcher send what was just started
                 continue
             # clear before reading the timers: a notify from now on wakes the nap below
             self._wake.clear()
@@ -139,15 +161,20 @@ class Scheduler:
             await self._wait(delay_s)
             self.idle.clear()
 
+    def _free_slots(self) -> int:
+        return self._options.max_in_flight - len(self._in_flight) - len(self._held_ids)
+
     def _has_slots(self) -> bool:
-        return len(self._in_flight) < self._options.max_in_flight
+        return self._free_slots() > 0
 
     def _nap_s(self, now_ms: int) -> float:
         """How long to sleep: until the next due task, the refill point, or MAX_NAP_S."""
         wake_at = self._refill_at_ms()
         next_due = self._timers.next_due()
         if next_due is not None and self._has_slots():
-            wake_at = min(wake_at, next_due)
+            wake_at = min(wake_at, next_due - self._options.lookahead_ms)
+        if self._held:
+            wake_at = min(wake_at, self._held[0][0])
         self._wake_at_ms = wake_at
         return min(max(wake_at - now_ms, 0) / 1000, MAX_NAP_S)
 
@@ -165,22 +192,40 @@ class Scheduler:
         return self._horizon_end_ms - self._options.horizon_ms // 2
 
     async def tick(self, now_ms: int) -> int:
-        """One pass: refill the horizon if due, claim what is due, start its calls.
+        """One pass: refill the horizon if due, start held attempts that are due, claim
+        what is due within the lookahead and start or hold it.
 
         Returns the number of attempts started.
         """
         if now_ms >= self._refill_at_ms():
             await self._refill(now_ms)
-        slots = self._options.max_in_flight - len(self._in_flight)
+        started = self._start_held(now_ms)
+        slots = self._free_slots()
         if slots <= 0:
-            return 0
-        due = self._timers.pop_due(now_ms, limit=slots)
+            return started
+        # Claim a burst in chunks: the first calls leave while the next chunk is being
+        # claimed, instead of all waiting for one large transaction and spec decoding.
+        lookahead = self._options.lookahead_ms
+        due = self._timers.pop_due(now_ms + lookahead, limit=min(slots, CLAIM_CHUNK))
         if not due:
-            return 0
-        attempts = await self._store.claim_due(due, now_ms)
+            return started
+        attempts = await self._store.claim_due(due, now_ms, lookahead)
         for attempt in attempts:
-            self._start(attempt, now_ms)
-        return len(attempts)
+            self._held_ids[attempt.task_id] = attempt
+            heapq.heappush(self._held, (attempt.due_at_ms, next(self._sequence), attempt))
+        return started + self._start_held(now_ms)
+
+    def _start_held(self, now_ms: int) -> int:
+        """Start up to CLAIM_CHUNK held attempts whose due time has come, skipping
+        forgotten ones; the loop yields between chunks so the first calls get going."""
+        started = 0
+        while self._held and self._held[0][0] <= now_ms and started < CLAIM_CHUNK:
+            attempt = heapq.heappop(self._held)[2]
+            if self._held_ids.get(attempt.task_id) is attempt:
+                del self._held_ids[attempt.task_id]
+                self._start(attempt, now_ms)
+                started += 1
+        return started
 
     async def _refill(self, now_ms: int) -> None:
         """Load every claimable task due before now + horizon into the timers."""
@@ -263,6 +308,12 @@ class Scheduler:
                 result.state.value,
                 result.status_code,
                 "" if result.outcome.error is None else f" ({result.outcome.error})",
+                extra={
+                    "task_id": result.task_id,
+                    "attempt": result.attempt_number,
+                    "state": result.state.value,
+                    "status": result.status_code,
+                },
             )
 
     async def stop(self, grace_s: float) -> None:

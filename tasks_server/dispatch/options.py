@@ -66,12 +66,15 @@ class CurlSettings:
 
     ``cert_dir``: the only directory certificate and key *paths* may point into (None: paths
     are refused, inline PEM content still works). ``connect_timeout_ms`` caps the connect
-    phase (TCP, TLS, proxy) below the whole-call timeout. HSTS cache text is fed through
-    HSTSREADFUNCTION, so no temporary file is ever written.
+    phase (TCP, TLS, proxy) below the whole-call timeout. ``max_host_connections`` caps
+    the connections to one host and port (0: no cap); transfers beyond it wait inside
+    libcurl for a connection to free up. HSTS cache text is fed through HSTSREADFUNCTION,
+    so no temporary file is ever written.
     """
 
     cert_dir: str | None = None
     connect_timeout_ms: int = 10_000
+    max_host_connections: int = 256
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from ..models import Attempt, AttemptRecord, NewTask, Owner, Result, Task, TaskSpec, TaskState
+from ..models import (
+    Attempt,
+    AttemptRecord,
+    NewSchedule,
+    NewTask,
+    Owner,
+    Result,
+    Schedule,
+    ScheduleFire,
+    ScheduleState,
+    Task,
+    TaskSpec,
+    TaskState,
+)
 
 LIST_ORDERS = ("createdAt", "estimateEndAt", "estimateExecutionAt")
 
@@ -102,11 +115,15 @@ class Store(Protocol):
     async def due_before(self, until_ms: int, limit: int) -> list[tuple[str, int]]:
         """(task id, due ms) of claimable tasks due before ``until_ms``, earliest first."""
 
-    async def claim_due(self, task_ids: Sequence[str], now_ms: int) -> list[Attempt]:
+    async def claim_due(
+        self, task_ids: Sequence[str], now_ms: int, lookahead_ms: int = 0
+    ) -> list[Attempt]:
         """Mark the given tasks in flight and start an attempt for each, in one transaction.
 
-        Only tasks still RUNNING, not in flight and due by ``now_ms`` are claimed; the others
-        are silently skipped. Once this returns the claim is durable (at-least-once).
+        Only tasks still RUNNING, not in flight and due by ``now_ms + lookahead_ms`` are
+        claimed; the others are silently skipped. An attempt's start time is its due time
+        when it was claimed ahead of it. Once this returns the claim is durable
+        (at-least-once).
         """
 
     async def record_outcomes(self, results: Sequence[Result]) -> list[str]:
@@ -122,6 +139,68 @@ class Store(Protocol):
 
     async def backup_to(self, path: Path) -> None:
         """Write a consistent snapshot of the database to ``path`` while serving."""
+
+    # recurring schedules (another owner's schedule and a missing one raise NotFound)
+
+    async def create_schedule(
+        self,
+        owner_id: str,
+        new: NewSchedule,
+        now_ms: int,
+        state: ScheduleState,
+        cursor_ms: int,
+        next_at_ms: int | None,
+    ) -> Schedule:
+        """Insert a schedule with its first progress (see schedule_policy.start).
+
+        Raises Conflict when the owner already has a schedule of that name.
+        """
+
+    async def get_schedule(self, owner_id: str, key: str) -> Schedule:
+        """The schedule whose id or name is ``key``. Raises NotFound."""
+
+    async def get_schedule_spec(self, owner_id: str, schedule_id: str) -> TaskSpec:
+        """The task template as registered (or last updated). Raises NotFound."""
+
+    async def list_schedules(self, owner_id: str, limit: int, offset: int) -> list[Schedule]:
+        """A page of the owner's schedules, by name."""
+
+    async def save_schedule(
+        self, schedule: Schedule, task: TaskSpec | None, expected_version: int, now_ms: int
+    ) -> Schedule | None:
+        """Write a schedule's definition and progress (and its template when ``task`` is
+        given) if it is still at ``expected_version``; returns it as stored, or None when
+        it changed meanwhile (read it again and retry). Raises NotFound, or Conflict when
+        the new name is taken."""
+
+    async def delete_schedule(self, owner_id: str, schedule_id: str) -> None:
+        """Remove a schedule; the tasks it created stay. Raises NotFound."""
+
+    async def list_schedule_tasks(
+        self, owner_id: str, schedule_id: str, limit: int, offset: int
+    ) -> list[Task]:
+        """A page of the tasks the schedule created, newest first."""
+
+    async def due_schedules(self, now_ms: int, limit: int) -> list[Schedule]:
+        """ACTIVE schedules to look at by ``now_ms`` (next_at passed), earliest first.
+
+        A ``queue`` schedule whose last task is still RUNNING or PAUSED is left out: it is
+        not due until that task ends.
+        """
+
+    async def next_schedule_at(self) -> int | None:
+        """The earliest next_at among the schedules due_schedules could return."""
+
+    async def fire_schedule(self, fire: ScheduleFire, now_ms: int) -> list[tuple[str, int]] | None:
+        """In one transaction: create a RUNNING task per slot of ``fire.due_at_ms`` (from
+        the schedule's template, due at the slot) and move the schedule's progress on
+        (cursor, runs, last run, next look, state).
+
+        Nothing is written, and None returned, unless the schedule is still ACTIVE and at
+        ``fire.version``: a slot is never fired twice. A run the owner's task limit refuses
+        is logged and skipped (it still counts as a run). Returns (task id, due ms) of the
+        created tasks.
+        """
 
 
 __all__ = ["LIST_ORDERS", "Store"]
