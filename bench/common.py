@@ -46,7 +46,7 @@ class Proc:
         cwd: Path | None = None,
         log: Path | None = None,
     ) -> None:
-        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+        out = open(log, "ab") if log else subprocess.DEVNULL
         self.popen = subprocess.Popen(
             list(args), env={**os.environ, **(env or {})}, cwd=cwd, stdout=out, stderr=out
         )

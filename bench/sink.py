@@ -44,7 +44,7 @@ class Sink(asyncio.Protocol):
             self.answer(head.split(" ", 2)[:2], task_id, attempt)
 
     def answer(self, request_line: list[str], task_id: str, attempt: str) -> None:
-        method, path = request_line
+        _, path = request_line
         if path == "/__arrivals":
             body = "\n".join(json.dumps(a) for a in Sink.arrivals).encode()
         elif path == "/__reset":

@@ -40,19 +40,42 @@ async def test_kill_9_loses_and_shifts_nothing(tmp_path: Path) -> None:
         try:
             async with httpx.AsyncClient(base_url=server.url) as http:
                 owner = (await http.post("/v1/owners/register", json={"name": "crash"})).json()
-                headers = {"Authorization": f"Bearer {owner['key']}",
-                           "X-Tasks-Owner-Id": owner["id"]}
+                headers = {
+                    "Authorization": f"Bearer {owner['key']}",
+                    "X-Tasks-Owner-Id": owner["id"],
+                }
                 start = now_ms()
                 soon_at, later_at = start + 1500, start + 4500
-                soon = [await register(http, headers, {
-                    "httpRequest": {"url": target.url("/soon"), "method": "GET"},
-                    "config": {"executeAt": soon_at}}) for _ in range(10)]
-                later = [await register(http, headers, {
-                    "httpRequest": {"url": target.url("/later"), "method": "GET"},
-                    "config": {"executeAt": later_at}}) for _ in range(10)]
-                inflight = await register(http, headers, {
-                    "httpRequest": {"url": target.url("/inflight"), "method": "GET"},
-                    "config": {"executionDelay": 0}})
+                soon = [
+                    await register(
+                        http,
+                        headers,
+                        {
+                            "httpRequest": {"url": target.url("/soon"), "method": "GET"},
+                            "config": {"executeAt": soon_at},
+                        },
+                    )
+                    for _ in range(10)
+                ]
+                later = [
+                    await register(
+                        http,
+                        headers,
+                        {
+                            "httpRequest": {"url": target.url("/later"), "method": "GET"},
+                            "config": {"executeAt": later_at},
+                        },
+                    )
+                    for _ in range(10)
+                ]
+                inflight = await register(
+                    http,
+                    headers,
+                    {
+                        "httpRequest": {"url": target.url("/inflight"), "method": "GET"},
+                        "config": {"executionDelay": 0},
+                    },
+                )
                 await wait_until(lambda: len(target.arrivals_at("/inflight")) == 1)
             server.kill()  # down before /soon is due; back after it, before /later
             await wait_until(lambda: now_ms() >= soon_at + 300, timeout=10)
@@ -74,8 +97,9 @@ async def test_kill_9_loses_and_shifts_nothing(tmp_path: Path) -> None:
                     body = (await http.get(f"/v1/queues/{task_id}", headers=headers)).json()
                     states[task_id] = body["state"]
                 assert set(states.values()) == {"SUCCESS"}
-                history = (await http.get(f"/v1/queues/{inflight}/attempts",
-                                          headers=headers)).json()
+                history = (
+                    await http.get(f"/v1/queues/{inflight}/attempts", headers=headers)
+                ).json()
                 assert [a["attempt"] for a in history] == [1, 2]
                 assert "interrupted" in history[0]["error"]
             # exactly once for everything that was not in flight at the kill
@@ -88,9 +112,9 @@ async def test_kill_9_loses_and_shifts_nothing(tmp_path: Path) -> None:
                 now_ms() - (time.monotonic() - a.arrived_at) * 1000
                 for a in target.arrivals_at("/later")
             ]
-            assert all(later_at - 5 <= t <= later_at + 500 for t in wall_arrival_ms), (
-                [t - later_at for t in wall_arrival_ms]
-            )
+            assert all(later_at - 5 <= t <= later_at + 500 for t in wall_arrival_ms), [
+                t - later_at for t in wall_arrival_ms
+            ]
         finally:
             if server.process and server.process.poll() is None:
                 server.kill()
@@ -102,11 +126,18 @@ async def test_sigterm_lets_in_flight_calls_finish(tmp_path: Path) -> None:
         with ServerProcess(tmp_path, SHUTDOWN_GRACE_S="5") as server:
             async with httpx.AsyncClient(base_url=server.url) as http:
                 owner = (await http.post("/v1/owners/register", json={"name": "graceful"})).json()
-                headers = {"Authorization": f"Bearer {owner['key']}",
-                           "X-Tasks-Owner-Id": owner["id"]}
-                task_id = await register(http, headers, {
-                    "httpRequest": {"url": target.url("/slow"), "method": "GET"},
-                    "config": {"executionDelay": 0}})
+                headers = {
+                    "Authorization": f"Bearer {owner['key']}",
+                    "X-Tasks-Owner-Id": owner["id"],
+                }
+                task_id = await register(
+                    http,
+                    headers,
+                    {
+                        "httpRequest": {"url": target.url("/slow"), "method": "GET"},
+                        "config": {"executionDelay": 0},
+                    },
+                )
                 await wait_until(lambda: len(target.arrivals) == 1)
             # in a thread: the target runs on this event loop and must keep answering
             assert await asyncio.to_thread(server.terminate) == 0
