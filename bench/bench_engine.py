@@ -148,6 +148,15 @@ async def crash(server: Server, sink: Sink, headers: dict[str, str]) -> None:
     seen = Counter(a[1] for a in arrivals if a[1] in planned)
     missing = len(planned) - len(seen)
     duplicates = sum(count - 1 for count in seen.values())
+    # at-least-once: a call in flight at the kill is sent again; its resend carries the
+    # same X-Tasks-Queue-Id and the next attempt number, so a target can drop it
+    resent = {a[1] for a in arrivals if a[1] in planned and seen[a[1]] > 1}
+    in_flight_at_kill = sum(
+        1
+        for task_id in resent
+        if min(a[0] * 1000 for a in arrivals if a[1] == task_id) <= killed_at
+        and len({a[2] for a in arrivals if a[1] == task_id}) == seen[task_id]
+    )
     after = [
         a[0] * 1000 - planned[a[1]]
         for a in arrivals
@@ -160,7 +169,9 @@ async def crash(server: Server, sink: Sink, headers: dict[str, str]) -> None:
     ]
     print(
         f"crash: kill -9 with 2000 tasks over 10 s (errors {errors}); down "
-        f"{restarted_at - killed_at} ms; missing {missing}, duplicated {duplicates}; "
+        f"{restarted_at - killed_at} ms; missing {missing}, duplicated {duplicates} "
+        f"({in_flight_at_kill} in flight at the kill, resent with the next attempt "
+        "number); "
         f"overdue ones ran {percentile(overdue, 99):.0f} ms (p99) after restart; "
         f"later ones lateness p99 {percentile(after, 99):.1f} ms"
     )

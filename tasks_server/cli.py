@@ -1,4 +1,5 @@
-"""Command line: ``tasks-server serve|migrate|check-config``.
+"""Command line: ``tasks-server serve|migrate|check-config``, plus the ``owner`` and
+``task`` client commands (cli_client.py) that talk to a running server over HTTP.
 
 Reads Settings once (environment, ``.env``, flags), configures logging once, runs the
 command, and returns a process exit code: 0 success, 1 failure, 2 bad usage or config.
@@ -7,13 +8,15 @@ command, and returns a process exit code: 0 success, 1 failure, 2 bad usage or c
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__
+from . import __version__, cli_client, cli_cron
 from . import log as log_setup
 from .config import Settings, describe, load
 from .errors import ConfigError
@@ -45,11 +48,40 @@ def parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate settings and print them")
     check.set_defaults(run=_check_config)
+
+    backup = commands.add_parser("backup", help="take one consistent snapshot of the database")
+    backup.add_argument("--db", dest="path_sqlite", help="SQLite file (PATH_SQLITE)")
+    backup.add_argument(
+        "--to",
+        type=Path,
+        metavar="PATH",
+        help="write into this directory, or to this file, instead of the configured target "
+        "(BACKUP_METHOD_SQLITE); no retention is applied there",
+    )
+    backup.set_defaults(run=_backup)
+
+    restore = commands.add_parser("restore", help="install a snapshot as the database")
+    restore.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a snapshot file; else a snapshot name or object key in the configured target, "
+        "or 'latest'",
+    )
+    restore.add_argument("--db", dest="path_sqlite", help="SQLite file (PATH_SQLITE)")
+    restore.add_argument(
+        "--force", action="store_true", help="replace an existing database (it is kept aside)"
+    )
+    restore.set_defaults(run=_restore)
+
+    cli_client.add_commands(commands)  # owner …, task …: HTTP calls to a running server
+    cli_cron.add_commands(commands)  # cron …: recurring schedules, the same way
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if cli_client.is_client_command(args):
+        return cli_client.run(args)  # a client: no server settings, no logging set-up
     overrides = {key: getattr(args, key, None) for key in ("host", "port", "path_sqlite")}
     try:
         settings = load(env_file=args.env_file, **overrides)
@@ -58,7 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log_setup.configure(settings.log_level, settings.log_format)
     run: Command = args.run
-    return run(args, settings)
+    try:
+        return run(args, settings)
+    except ConfigError as exc:  # a setting only a command can check, e.g. a cron pattern
+        print(f"tasks-server: configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -77,6 +113,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         access_log=False,
         log_config=None,
         server_header=False,
+        proxy_headers=False,  # peers are clients, not a trusted proxy (throttle keys)
         ssl_certfile=settings.path_tls_cert,
         ssl_keyfile=settings.path_tls_key,
         ssl_ca_certs=settings.path_tls_ca,
@@ -88,6 +125,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         uv.should_exit = True
 
     server.on_fatal = stop
+    # uvicorn re-raises the signal that stopped it once shutdown is done; with these
+    # handlers in place that re-raise is a no-op, so a clean SIGTERM stop exits 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    # Objects made at start-up live as long as the process: keep them out of the
+    # collector's scans, and collect the young generation less often (every request
+    # allocates many short-lived objects; the default threshold of 700 runs it constantly).
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     scheme = "https" if settings.path_tls_cert else "http"
     logger.info("tasks-server %s on %s://%s:%d", __version__, scheme, settings.host, settings.port)
     uv.run()
@@ -110,6 +156,48 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _check_config(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(describe(settings), indent=2, default=str))  # noqa: T201
+    return 0
+
+
+def _backup(args: argparse.Namespace, settings: Settings) -> int:
+    from .backup import back_up_now
+    from .clock import SystemClock
+
+    try:
+        published = back_up_now(settings, SystemClock().now_ms(), args.to)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a failed backup is an outcome to report, not a crash
+        logger.error("backup failed: %s", exc)
+        return 1
+    report = {
+        "location": published.location,
+        "sha256": published.checksum,
+        "bytes": published.size_bytes,
+        "expired": list(published.removed),
+    }
+    print(json.dumps(report, indent=2))  # noqa: T201
+    return 0
+
+
+def _restore(args: argparse.Namespace, settings: Settings) -> int:
+    from .backup import restore_now
+    from .clock import SystemClock
+
+    try:
+        restored = restore_now(settings, args.source, SystemClock().now_ms(), args.force)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        logger.error("restore failed: %s", exc)
+        return 1
+    report = {
+        "database": str(restored.database),
+        "source": restored.source,
+        "sha256": restored.checksum,
+        "replaced": None if restored.replaced is None else str(restored.replaced),
+    }
+    print(json.dumps(report, indent=2))  # noqa: T201
     return 0
 
 

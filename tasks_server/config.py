@@ -26,7 +26,7 @@ class Settings:
     port: int = 9420  # PORT
     path_sqlite: str = ".database/tasks.db"  # PATH_SQLITE
     sqlite_synchronous: str = "FULL"  # SQLITE_SYNCHRONOUS: FULL survives power loss
-    cipher_key: str = ""  # CIPHER_KEY: mixed into the key that encrypts task secrets
+    cipher_key: str = field(default="", repr=False)  # CIPHER_KEY: encrypts task secrets
     tz: str = "UTC"  # TZ: zone of date strings without an offset
     log: bool = False  # LOG=1: one line per attempt
     log_format: str = "plain"  # LOG_FORMAT: plain | json
@@ -41,7 +41,9 @@ class Settings:
     path_tls_key: str | None = None  # PATH_TLS_KEY
     path_tls_ca: str | None = None  # PATH_TLS_CA
     horizon_ms: int = 60_000  # SCHEDULER_HORIZON_MS: near future kept in memory
+    lookahead_ms: int = 250  # SCHEDULER_LOOKAHEAD_MS: claim this early, send on time
     max_in_flight: int = 1000  # MAX_IN_FLIGHT: concurrent outgoing calls
+    max_host_connections: int = 256  # MAX_HOST_CONNECTIONS: per target host (0 = no cap)
     shutdown_grace_s: float = 10.0  # SHUTDOWN_GRACE_S: wait for in-flight calls on stop
     backup_method: str = "LOCAL"  # BACKUP_METHOD_SQLITE: LOCAL | OBJECT_STORAGE
     backup_dir: str | None = None  # BACKUP_PATH_DIR_SQLITE (unset: no scheduled backups)
@@ -58,6 +60,10 @@ class Settings:
     s3_region: str | None = None  # S3_REGION or AWS_REGION
     s3_session_token: str | None = field(default=None, repr=False)  # S3_/AWS_SESSION_TOKEN
     s3_path_style: bool = True  # BACKUP_OBJECT_STORAGE_PATH_STYLE
+    # BACKUP_OBJECT_STORAGE_MULTIPART_THRESHOLD: bigger uploads go in parts of this size
+    s3_multipart_threshold_bytes: int = 8 * 1024 * 1024
+    metrics_key: str | None = field(default=None, repr=False)  # METRICS_KEY: bearer for /metrics
+    admin_key: str | None = field(default=None, repr=False)  # ADMIN_KEY: enables /v1/admin/*
 
     @property
     def database_path(self) -> Path:
@@ -146,7 +152,9 @@ _SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "path_tls_key": (("PATH_TLS_KEY",), _optional_text),
     "path_tls_ca": (("PATH_TLS_CA",), _optional_text),
     "horizon_ms": (("SCHEDULER_HORIZON_MS",), _int(1000)),
+    "lookahead_ms": (("SCHEDULER_LOOKAHEAD_MS",), _int(0, 10_000)),
     "max_in_flight": (("MAX_IN_FLIGHT",), _int(1)),
+    "max_host_connections": (("MAX_HOST_CONNECTIONS",), _int(0)),
     "shutdown_grace_s": (("SHUTDOWN_GRACE_S",), _float),
     "backup_method": (("BACKUP_METHOD_SQLITE",), _choice("LOCAL", "OBJECT_STORAGE")),
     "backup_dir": (("BACKUP_PATH_DIR_SQLITE",), _optional_text),
@@ -163,6 +171,13 @@ _SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "s3_region": (("S3_REGION", "AWS_REGION"), _optional_text),
     "s3_session_token": (("S3_SESSION_TOKEN", "AWS_SESSION_TOKEN"), _optional_text),
     "s3_path_style": (("BACKUP_OBJECT_STORAGE_PATH_STYLE",), _bool),
+    # S3 refuses parts under 5 MiB (except the last)
+    "s3_multipart_threshold_bytes": (
+        ("BACKUP_OBJECT_STORAGE_MULTIPART_THRESHOLD",),
+        _int(5 * 1024 * 1024),
+    ),
+    "metrics_key": (("METRICS_KEY",), _optional_text),
+    "admin_key": (("ADMIN_KEY",), _optional_text),
 }
 
 ENV_VARIABLES: tuple[str, ...] = tuple(name for names, _ in _SOURCES.values() for name in names)
@@ -230,15 +245,87 @@ def validate(settings: Settings) -> Settings:
         ):
             if not value:
                 raise ConfigError(key, value, "is required for OBJECT_STORAGE backups")
+    if settings.backup_cron and settings.backup_interval_s:
+        raise ConfigError(
+            "BACKUP_INTERVAL_S", settings.backup_interval_s, "cannot be combined with a cron"
+        )
+    local = settings.backup_method == "LOCAL"
+    if local and settings.backup_is_scheduled and not settings.backup_dir:
+        raise ConfigError("BACKUP_PATH_DIR_SQLITE", None, "is required for LOCAL backups")
+    for key, secret in (("METRICS_KEY", settings.metrics_key), ("ADMIN_KEY", settings.admin_key)):
+        if secret is not None and not _is_bearer_secret(secret):
+            # the value is a secret: the message must not echo it
+            raise ConfigError(key, "***", "must be 16 to 256 printable characters, no spaces")
     return settings
+
+
+def _is_bearer_secret(value: str) -> bool:
+    return 16 <= len(value) <= 256 and value.isprintable() and " " not in value
 
 
 def describe(settings: Settings) -> dict[str, object]:
     """Settings as a dict with secrets masked, for ``check-config`` and logs."""
-    masked = {"cipher_key", "s3_access_key", "s3_secret_key", "s3_session_token"}
+    masked = {
+        "cipher_key",
+        "s3_access_key",
+        "s3_secret_key",
+        "s3_session_token",
+        "metrics_key",
+        "admin_key",
+    }
     return {
         f.name: (
             "***" if f.name in masked and getattr(settings, f.name) else getattr(settings, f.name)
         )
         for f in fields(settings)
     }
+
+
+DEFAULT_SERVER_URL = "http://127.0.0.1:9420"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """Where the CLI's client commands (``owner …``, ``task …``) find a running server, and
+    the credentials they send. Flags override these environment variables."""
+
+    url: str = DEFAULT_SERVER_URL  # TASKS_URL
+    owner_id: str | None = None  # TASKS_OWNER_ID
+    key: str | None = field(default=None, repr=False)  # TASKS_KEY: the owner's key
+    admin_key: str | None = field(default=None, repr=False)  # TASKS_ADMIN_KEY, else ADMIN_KEY
+    cacert: str | None = None  # TASKS_CACERT: CA bundle for an HTTPS server
+    timeout_s: float = 30.0  # TASKS_TIMEOUT_S
+
+
+_CLIENT_SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
+    "url": (("TASKS_URL",), _text),
+    "owner_id": (("TASKS_OWNER_ID",), _optional_text),
+    "key": (("TASKS_KEY",), _optional_text),
+    "admin_key": (("TASKS_ADMIN_KEY", "ADMIN_KEY"), _optional_text),
+    "cacert": (("TASKS_CACERT",), _optional_text),
+    "timeout_s": (("TASKS_TIMEOUT_S",), _float),
+}
+
+CLIENT_ENV_VARIABLES: tuple[str, ...] = tuple(
+    name for names, _ in _CLIENT_SOURCES.values() for name in names
+)
+
+
+def load_client(environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientSettings:
+    """Build ClientSettings from the environment, then overrides (flags; None = unset).
+
+    Raises ConfigError naming the first bad key and its value.
+    """
+    source = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name, (keys, cast) in _CLIENT_SOURCES.items():
+        for key in keys:
+            if source.get(key):
+                values[name] = _cast(key, source[key], cast)
+                break
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    url = str(values.get("url", DEFAULT_SERVER_URL))
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError("TASKS_URL", url, "must start with http:// or https://")
+    values["url"] = url.rstrip("/")
+    return ClientSettings(**values)

@@ -274,3 +274,101 @@ class Call:
     headers: tuple[tuple[str, str], ...]  # added by the server (X-Tasks-*), sent last
     timeout_ms: int
     max_body_bytes: int
+
+
+# -- recurring schedules ----------------------------------------------------------------
+
+
+class ScheduleState(StrEnum):
+    """A schedule's state; the values are the wire strings."""
+
+    ACTIVE = "ACTIVE"  # creates a task at each slot
+    PAUSED = "PAUSED"  # held by its owner; slots that pass meanwhile are not made up
+    FINISHED = "FINISHED"  # past its end time or its maximum number of runs; fires no more
+
+
+class MisfirePolicy(StrEnum):
+    """What to do with slots that passed while nothing could fire them (downtime)."""
+
+    SKIP = "skip"  # drop them; wait for the next slot
+    RUN_ONCE = "run_once"  # one catch-up run for all of them, then continue
+    RUN_ALL = "run_all"  # one run per missed slot, at most catch_up_limit (the latest)
+
+
+class OverlapPolicy(StrEnum):
+    """What a slot does while the schedule's previous task is still RUNNING or PAUSED."""
+
+    ALLOW = "allow"  # fire anyway
+    SKIP = "skip"  # drop the slot
+    QUEUE = "queue"  # fire once the previous task has ended
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleTiming:
+    """When a schedule fires. Bounds are epoch ms; ``max_runs`` counts created tasks."""
+
+    expression: str  # cron (5 or 6 fields), a macro, or "@every <duration>"
+    timezone: str = "UTC"
+    start_at_ms: int | None = None
+    end_at_ms: int | None = None
+    max_runs: int | None = None
+    misfire: MisfirePolicy = MisfirePolicy.RUN_ONCE
+    overlap: OverlapPolicy = OverlapPolicy.ALLOW
+    catch_up_limit: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class NewSchedule:
+    name: str
+    timing: ScheduleTiming
+    task: TaskSpec  # the template each run's task is made from
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A stored schedule and its progress (its task template is read separately).
+
+    ``cursor_ms``: every slot at or before it is decided (fired, skipped or dropped); it
+    is the durable "last fired slot" the runner plans from. ``next_at_ms`` is when the
+    runner looks at the schedule again (None unless ACTIVE). ``version`` grows with every
+    write, so a plan made from an older read is refused.
+    """
+
+    id: str
+    owner_id: str
+    name: str
+    timing: ScheduleTiming
+    state: ScheduleState
+    created_at_ms: int
+    updated_at_ms: int
+    cursor_ms: int
+    runs: int = 0
+    last_run_at_ms: int | None = None  # the slot of the last task created
+    last_task_id: str | None = None
+    next_at_ms: int | None = None
+    version: int = 0
+    last_task_state: TaskState | None = None  # read with the schedule; None when gone
+    last_task_ended_at_ms: int | None = None
+
+    @property
+    def anchor_ms(self) -> int:
+        """Where ``@every`` intervals count from: the start time, else the creation."""
+        start = self.timing.start_at_ms
+        return self.created_at_ms if start is None else start
+
+    @property
+    def last_task_pending(self) -> bool:
+        return self.last_task_state in (TaskState.RUNNING, TaskState.PAUSED)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleFire:
+    """One planned step of a schedule, written in one transaction by the store: a task
+    per entry of ``due_at_ms`` (each a slot), then the schedule's new progress."""
+
+    schedule_id: str
+    version: int  # the version the plan was made from
+    due_at_ms: tuple[int, ...]
+    cursor_ms: int
+    next_at_ms: int | None
+    state: ScheduleState

@@ -27,6 +27,12 @@ class Notifier(Protocol):
     def forget(self, task_id: str) -> None: ...
 
 
+class ScheduleNotifier(Protocol):
+    """What the API may tell the schedule runner: a schedule is next due at this time."""
+
+    def notify(self, next_at_ms: int | None) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Services:
     settings: Settings
@@ -36,6 +42,8 @@ class Services:
     auth: Authenticator
     unsupported: Callable[[HttpRequest, TaskConfig], list[str]]
     readiness: Callable[[], Awaitable[dict[str, bool]]]
+    metrics_text: Callable[[], Awaitable[bytes]] | None = None  # Prometheus exposition
+    schedules: ScheduleNotifier | None = None  # the recurring-schedule runner
 
 
 def services(request: Request) -> Services:
@@ -44,13 +52,19 @@ def services(request: Request) -> Services:
 
 
 def routes() -> list[BaseRoute]:
-    from . import health, owners, queues
+    from . import admin, health, openapi, owners, queues, schedules
 
     task = "/v1/queues/{task_id}"
+    schedule = "/v1/schedules/{key}"  # a schedule's id or name
     return [
         Route("/status", health.status, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", admin.metrics, methods=["GET"]),
+        Route("/openapi.json", openapi.spec_json, methods=["GET"]),
+        Route("/docs", openapi.docs_page, methods=["GET"]),
+        Route("/docs/{asset}", openapi.docs_asset, methods=["GET"]),
+        Route("/v1/admin/owners", admin.list_owners, methods=["GET"]),
         Route("/v1/owners/register", owners.register, methods=["POST"]),
         Route("/v1/owners/{name}", owners.get, methods=["GET"]),
         Route("/v1/owners/{name}", owners.delete, methods=["DELETE"]),
@@ -65,6 +79,15 @@ def routes() -> list[BaseRoute]:
         Route(f"{task}/pause", queues.pause, methods=["PATCH"]),
         Route(f"{task}/resume", queues.resume, methods=["PATCH"]),
         Route(f"{task}/revoke", queues.revoke, methods=["PATCH"]),
+        Route("/v1/schedules", schedules.list_schedules, methods=["GET"]),
+        Route("/v1/schedules", schedules.create, methods=["POST"]),
+        Route(schedule, schedules.get, methods=["GET"]),
+        Route(schedule, schedules.edit, methods=["PATCH"]),
+        Route(schedule, schedules.delete, methods=["DELETE"]),
+        Route(f"{schedule}/pause", schedules.pause, methods=["PATCH"]),
+        Route(f"{schedule}/resume", schedules.resume, methods=["PATCH"]),
+        Route(f"{schedule}/next", schedules.next_runs, methods=["GET"]),
+        Route(f"{schedule}/tasks", schedules.tasks, methods=["GET"]),
     ]
 
 

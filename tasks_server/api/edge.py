@@ -48,6 +48,11 @@ class Throttle:
         return True, self.max_requests - count - 1, reset_s
 
 
+# (method, route template such as "/v1/queues/{task_id}" or "" when none matched,
+# status, milliseconds): route templates keep metric labels few, whatever the ids
+RequestObserver = Callable[[str, str, int, float], None]
+
+
 class Edge:
     def __init__(
         self,
@@ -55,7 +60,7 @@ class Edge:
         clock: Clock,
         throttle: Throttle | None,
         log_requests: bool,
-        on_request: Callable[[str, int, float], None] | None = None,
+        on_request: RequestObserver | None = None,
     ) -> None:
         self.app = app
         self.clock = clock
@@ -96,11 +101,23 @@ class Edge:
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
             if self.log_requests:
+                # the path only: query strings and headers may carry secrets
                 logger.info(
-                    "%s %s %d %.1fms", scope["method"], scope["path"], status_holder[0], elapsed_ms
+                    "%s %s %d %.1fms",
+                    scope["method"],
+                    scope["path"],
+                    status_holder[0],
+                    elapsed_ms,
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status_holder[0],
+                        "duration_ms": round(elapsed_ms, 3),
+                    },
                 )
             if self.on_request is not None:
-                self.on_request(scope["method"], status_holder[0], elapsed_ms)
+                route = getattr(scope.get("route"), "path", "")  # set by Starlette's router
+                self.on_request(scope["method"], route, status_holder[0], elapsed_ms)
 
     async def _too_many(self, send: Send, extra: list[tuple[bytes, bytes]], reset_s: int) -> None:
         body = json.dumps(

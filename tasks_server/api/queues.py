@@ -17,7 +17,7 @@ from . import Services, services
 from .convert import field_error, spec_to_wire, to_new_task
 from .errors import validation_failed
 from .schemas import ListQuery, TaskIn
-from .wire import DONE, answer, read_json
+from .wire import DONE, answer, parse_json, read_body, read_json
 
 _TASK_ID = re.compile(r"^[A-Z0-9]{24}$")
 
@@ -54,19 +54,38 @@ def _validate(app: Services, data: Any, now_ms: int) -> NewTask:
         body = TaskIn.model_validate(data, context=context)
     except ValidationError as exc:
         raise validation_failed(exc, data) from exc
-    new = to_new_task(body, now_ms)
+    return _check(app, to_new_task(body, now_ms))
+
+
+def _check(app: Services, new: NewTask) -> NewTask:
+    """Refuse options this server's libcurl cannot do, rather than ignore them."""
     missing = app.unsupported(new.spec.request, new.spec.config)
     if missing:
         raise Unsupported(f"Not supported by this server's libcurl: {', '.join(missing)}")
     return new
 
 
+def _validate_body(app: Services, body: bytes | None, now_ms: int) -> NewTask:
+    """Like _validate, but pydantic parses the JSON text itself: one pass in Rust on the
+    registration hot path. The text is parsed again in Python only to name bad fields."""
+    if body is None:
+        return _validate(app, {}, now_ms)
+    context = {"tz": app.settings.tz, "cert_dir": app.settings.cert_dir}
+    try:
+        wire = TaskIn.model_validate_json(body, context=context)
+    except ValidationError as exc:
+        if any(error["type"] == "json_invalid" for error in exc.errors()):
+            raise ValidationFailed() from exc
+        raise validation_failed(exc, parse_json(body)) from exc
+    return _check(app, to_new_task(wire, now_ms))
+
+
 async def register(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    data = await read_json(request, app.settings.max_size_body_request)
+    body = await read_body(request, app.settings.max_size_body_request)
     now = app.clock.now_ms()
-    new = _validate(app, data, now)
+    new = _validate_body(app, body, now)
     task = await app.store.create_task(owner_id, new, now)
     app.scheduler.notify(task.id, new.due_at_ms)
     return answer(request, record(task), 201)

@@ -52,9 +52,16 @@ _QUERY_UNSAFE = " \"<>'"
 _FRAGMENT_UNSAFE = ' "<>`'
 
 
+_SAFE = {
+    unsafe: "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) not in unsafe)
+    for unsafe in (_PATH_UNSAFE, _QUERY_UNSAFE, _FRAGMENT_UNSAFE)
+}
+
+
 def _percent_encode(text: str, unsafe: str) -> str:
-    safe = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) not in unsafe)
-    return quote(text, safe=safe)
+    if text.isascii() and text.isprintable() and not any(ch in unsafe for ch in text):
+        return text  # the common case, on the registration hot path
+    return quote(text, safe=_SAFE[unsafe])
 
 
 def _check_url(value: str) -> str:

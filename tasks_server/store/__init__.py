@@ -181,15 +181,18 @@ class Store(Protocol):
     ) -> list[Task]:
         """A page of the tasks the schedule created, newest first."""
 
-    async def due_schedules(self, now_ms: int, limit: int) -> list[Schedule]:
-        """ACTIVE schedules to look at by ``now_ms`` (next_at passed), earliest first.
+    async def due_schedules(self, now_ms: int, lookahead_ms: int, limit: int) -> list[Schedule]:
+        """ACTIVE schedules to look at by ``now_ms``, earliest first: next_at has passed,
+        or (``allow`` schedules only) comes within ``lookahead_ms``.
 
         A ``queue`` schedule whose last task is still RUNNING or PAUSED is left out: it is
         not due until that task ends.
         """
 
-    async def next_schedule_at(self) -> int | None:
-        """The earliest next_at among the schedules due_schedules could return."""
+    async def next_schedule_at(self, lookahead_ms: int) -> int | None:
+        """When due_schedules (same lookahead) returns something next, or None. Never
+        earlier than that; later only for an ``allow`` schedule queued right behind
+        another schedule, which then comes in the same pass."""
 
     async def fire_schedule(self, fire: ScheduleFire, now_ms: int) -> list[tuple[str, int]] | None:
         """In one transaction: create a RUNNING task per slot of ``fire.due_at_ms`` (from

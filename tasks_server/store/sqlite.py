@@ -8,11 +8,13 @@ aiosqlite connection of their own, which WAL lets run beside the writer.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import os
 import secrets
 import sqlite3
-import string
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +25,7 @@ from pydantic import TypeAdapter
 
 from ..errors import (
     Conflict,
+    NotFound,
     OwnerNotFound,
     PreconditionFailed,
     QueueLimitReached,
@@ -31,9 +34,16 @@ from ..errors import (
 from ..models import (
     Attempt,
     AttemptRecord,
+    MisfirePolicy,
+    NewSchedule,
     NewTask,
+    OverlapPolicy,
     Owner,
     Result,
+    Schedule,
+    ScheduleFire,
+    ScheduleState,
+    ScheduleTiming,
     Task,
     TaskSpec,
     TaskState,
@@ -46,10 +56,10 @@ from .migrate import migrate
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
+CommitObserver = Callable[[float, int], None]  # (seconds from BEGIN to COMMIT, batch size)
 
 _SPEC = TypeAdapter(TaskSpec)
 _METADATA = TypeAdapter(tuple[tuple[str, str], ...])
-_ID_ALPHABET = string.digits + string.ascii_uppercase
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _MAX_BATCH = 512
 
@@ -168,8 +178,8 @@ def new_task_id(now_ms: int) -> str:
 
     The original used the decimal ms as the suffix, so two tasks in one ms collided (W4).
     """
-    prefix = f"{now_ms:011X}"[-11:]
-    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(13))
+    # base32 (A-Z, 2-7) of 10 random bytes: 13 characters carry 65 random bits
+    return f"{now_ms:011X}"[-11:] + base64.b32encode(os.urandom(10))[:13].decode()
 
 
 def new_owner_id(now_ms: int) -> str:
@@ -196,16 +206,32 @@ def configure(conn: sqlite3.Connection, synchronous: str) -> None:
 _SYNC: dict[str, LiteralString] = {"FULL": "FULL", "NORMAL": "NORMAL", "EXTRA": "EXTRA"}
 
 
+def _run_op(conn: sqlite3.Connection, op: Op, savepoint: bool) -> tuple[bool, Any]:
+    if savepoint:
+        conn.execute("SAVEPOINT op")
+    try:
+        result = (True, op(conn))
+    except Exception as exc:
+        if savepoint:
+            conn.execute("ROLLBACK TO op")
+        result = (False, exc)
+    if savepoint:
+        conn.execute("RELEASE op")
+    return result
+
+
 class _Writer:
     """Runs queued write operations in batches, one transaction per batch.
 
-    Each operation runs inside a savepoint, so one failing operation (a constraint, a
-    precondition) rolls back alone and the rest of the batch still commits.
+    An operation that raises leaves the rest of its batch to commit. Operations with a
+    single write need nothing more (SQLite undoes a failed statement); those with several
+    writes ask for a savepoint, so a failure halfway rolls back the whole operation.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, on_commit: CommitObserver | None = None) -> None:
         self._conn = conn
-        self._queue: asyncio.Queue[tuple[Op, asyncio.Future[Any]]] = asyncio.Queue()
+        self._on_commit = on_commit  # called in the writer thread after each commit
+        self._queue: asyncio.Queue[tuple[Op, bool, asyncio.Future[Any]]] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
@@ -213,9 +239,9 @@ class _Writer:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sqlite-writer")
 
-    async def submit(self, op: Op) -> Any:
+    async def submit(self, op: Op, savepoint: bool = False) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((op, future))
+        self._queue.put_nowait((op, savepoint, future))
         return await future
 
     async def _run(self) -> None:
@@ -225,7 +251,7 @@ class _Writer:
             while len(batch) < _MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             outcomes = await loop.run_in_executor(self._executor, self._run_batch, batch)
-            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+            for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
                 if ok:
@@ -233,22 +259,20 @@ class _Writer:
                 else:
                     future.set_exception(value)
 
-    def _run_batch(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
+    def _run_batch(
+        self, batch: list[tuple[Op, bool, asyncio.Future[Any]]]
+    ) -> list[tuple[bool, Any]]:
         conn = self._conn
         outcomes: list[tuple[bool, Any]] = []
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, _ in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    outcomes.append((True, op(conn)))
-                    conn.execute("RELEASE op")
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((False, exc))
+            for op, savepoint, _ in batch:
+                outcomes.append(_run_op(conn, op, savepoint))
             conn.execute("COMMIT")
             self.commits += 1
+            if self._on_commit is not None:
+                self._on_commit(time.perf_counter() - started, len(batch))
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -272,10 +296,17 @@ class _Writer:
 class SqliteStore:
     """Store on SQLite. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 
-    def __init__(self, path: Path, sealer: Sealer, synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        path: Path,
+        sealer: Sealer,
+        synchronous: str = "FULL",
+        on_commit: CommitObserver | None = None,
+    ) -> None:
         self.path = path
         self._sealer = sealer
         self._synchronous = synchronous
+        self._on_commit = on_commit
         self._writer: _Writer | None = None
         self._reader: aiosqlite.Connection | None = None
 
@@ -285,7 +316,7 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path, self._synchronous)
         migrate(conn)
-        self._writer = _Writer(conn)
+        self._writer = _Writer(conn, self._on_commit)
         self._writer.start()
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.execute("PRAGMA foreign_keys = ON")
@@ -303,9 +334,10 @@ class SqliteStore:
     def commits(self) -> int:
         return self._writer.commits if self._writer else 0
 
-    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, op: Callable[[sqlite3.Connection], T], savepoint: bool = False) -> T:
+        """Run ``op`` in the next write batch; ``savepoint`` for ops with several writes."""
         assert self._writer is not None, "store is not open"
-        result: T = await self._writer.submit(op)
+        result: T = await self._writer.submit(op, savepoint)
         return result
 
     async def _read(self, sql: LiteralString, params: Sequence[Any]) -> list[Any]:
@@ -540,17 +572,21 @@ class SqliteStore:
     async def due_before(self, until_ms: int, limit: int) -> list[tuple[str, int]]:
         return [(row[0], row[1]) for row in await self._read(TASK_DUE, (until_ms, limit))]
 
-    async def claim_due(self, task_ids: Sequence[str], now_ms: int) -> list[Attempt]:
+    async def claim_due(
+        self, task_ids: Sequence[str], now_ms: int, lookahead_ms: int = 0
+    ) -> list[Attempt]:
+        until = now_ms + lookahead_ms
+
         def op(conn: sqlite3.Connection) -> list[tuple[str, Any]]:
             claimed = []
             for task_id in task_ids:
-                row = conn.execute(TASK_CLAIM, (task_id, now_ms)).fetchone()
+                row = conn.execute(TASK_CLAIM, (task_id, until)).fetchone()
                 if row is not None:
-                    conn.execute(ATTEMPT_INSERT, (task_id, row[0], now_ms))
+                    conn.execute(ATTEMPT_INSERT, (task_id, row[0], max(now_ms, row[2])))
                     claimed.append((task_id, row))
             return claimed
 
-        rows = await self._write(op)
+        rows = await self._write(op, savepoint=True)
         return [
             Attempt(
                 task_id=task_id,
@@ -558,7 +594,7 @@ class SqliteStore:
                 spec=self._open_spec(row[3]),
                 retry_count=row[1],
                 due_at_ms=row[2],
-                started_at_ms=now_ms,
+                started_at_ms=max(now_ms, row[2]),
             )
             for task_id, row in rows
         ]
@@ -574,7 +610,7 @@ class SqliteStore:
                     updated.append(result.task_id)
             return updated
 
-        return await self._write(op)
+        return await self._write(op, savepoint=True)
 
     def _outcome_params(self, result: Result) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         outcome = result.outcome
@@ -609,7 +645,7 @@ class SqliteStore:
             conn.execute(TASK_REARM)
             return requeued
 
-        return await self._write(op)
+        return await self._write(op, savepoint=True)
 
     async def backup_to(self, path: Path) -> None:
         def copy() -> None:
@@ -622,3 +658,267 @@ class SqliteStore:
                 source.close()
 
         await asyncio.get_running_loop().run_in_executor(None, copy)
+
+    # -- recurring schedules ------------------------------------------------------------
+    # (SQL in the module's last section, below the class)
+
+    def _schedule(self, row: Sequence[Any]) -> Schedule:
+        last_state = None if row[20] is None else TaskState(row[20])
+        timing = ScheduleTiming(
+            expression=row[3],
+            timezone=row[4],
+            start_at_ms=row[5],
+            end_at_ms=row[6],
+            max_runs=row[7],
+            misfire=MisfirePolicy(row[8]),
+            overlap=OverlapPolicy(row[9]),
+            catch_up_limit=row[10],
+        )
+        return Schedule(
+            id=row[0],
+            owner_id=row[1],
+            name=row[2],
+            timing=timing,
+            state=ScheduleState(row[11]),
+            created_at_ms=row[12],
+            updated_at_ms=row[13],
+            cursor_ms=row[14],
+            runs=row[15],
+            last_run_at_ms=row[16],
+            last_task_id=row[17],
+            next_at_ms=row[18],
+            version=row[19],
+            last_task_state=last_state,
+            last_task_ended_at_ms=row[21] if last_state and last_state.is_terminal else None,
+        )
+
+    def _timing_params(self, name: str, timing: ScheduleTiming) -> tuple[Any, ...]:
+        return (
+            name,
+            timing.expression,
+            timing.timezone,
+            timing.start_at_ms,
+            timing.end_at_ms,
+            timing.max_runs,
+            timing.misfire.value,
+            timing.overlap.value,
+            timing.catch_up_limit,
+        )
+
+    def _template_blobs(self, task: TaskSpec) -> tuple[bytes, bytes | None]:
+        metadata = task.metadata
+        metadata_blob = self._seal(None if metadata is None else _METADATA.dump_json(metadata))
+        return self._seal_spec(task), metadata_blob
+
+    async def create_schedule(
+        self,
+        owner_id: str,
+        new: NewSchedule,
+        now_ms: int,
+        state: ScheduleState,
+        cursor_ms: int,
+        next_at_ms: int | None,
+    ) -> Schedule:
+        schedule_id = new_task_id(now_ms)
+        spec_blob, metadata_blob = self._template_blobs(new.task)
+        params = (
+            schedule_id,
+            owner_id,
+            *self._timing_params(new.name, new.timing),
+            state.value,
+            now_ms,
+            now_ms,
+            cursor_ms,
+            next_at_ms,
+            spec_blob,
+            metadata_blob,
+        )
+
+        def op(conn: sqlite3.Connection) -> Schedule:
+            try:
+                conn.execute(SCHEDULE_INSERT, params)
+            except sqlite3.IntegrityError as exc:
+                if conn.execute(OWNER_EXISTS, (owner_id,)).fetchone() is None:
+                    raise OwnerNotFound() from exc
+                raise Conflict("A schedule with this name already exists") from exc
+            return self._schedule(conn.execute(SCHEDULE_BY_ID, (schedule_id,)).fetchone())
+
+        return await self._write(op)
+
+    async def get_schedule(self, owner_id: str, key: str) -> Schedule:
+        rows = await self._read(SCHEDULE_BY_KEY, (owner_id, key, key))
+        if not rows:
+            raise NotFound()
+        return self._schedule(rows[0])
+
+    async def get_schedule_spec(self, owner_id: str, schedule_id: str) -> TaskSpec:
+        rows = await self._read(SCHEDULE_SPEC, (schedule_id, owner_id))
+        if not rows:
+            raise NotFound()
+        return self._open_spec(rows[0][0])
+
+    async def list_schedules(self, owner_id: str, limit: int, offset: int) -> list[Schedule]:
+        rows = await self._read(SCHEDULE_LIST, (owner_id, limit, offset))
+        return [self._schedule(row) for row in rows]
+
+    async def save_schedule(
+        self, schedule: Schedule, task: TaskSpec | None, expected_version: int, now_ms: int
+    ) -> Schedule | None:
+        s = schedule
+        params = (
+            *self._timing_params(s.name, s.timing),
+            s.state.value,
+            now_ms,
+            s.cursor_ms,
+            s.next_at_ms,
+            s.id,
+            s.owner_id,
+            expected_version,
+        )
+        blobs = None if task is None else (*self._template_blobs(task), s.id)
+
+        def op(conn: sqlite3.Connection) -> Schedule | None:
+            try:
+                saved = conn.execute(SCHEDULE_SAVE, params).rowcount
+            except sqlite3.IntegrityError as exc:
+                raise Conflict("A schedule with this name already exists") from exc
+            if not saved:
+                if conn.execute(SCHEDULE_SPEC, (s.id, s.owner_id)).fetchone() is None:
+                    raise NotFound()
+                return None
+            if blobs is not None:
+                conn.execute(SCHEDULE_SAVE_SPEC, blobs)
+            return self._schedule(conn.execute(SCHEDULE_BY_ID, (s.id,)).fetchone())
+
+        return await self._write(op, savepoint=True)
+
+    async def delete_schedule(self, owner_id: str, schedule_id: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            if conn.execute(SCHEDULE_DELETE, (schedule_id, owner_id)).rowcount == 0:
+                raise NotFound()
+
+        await self._write(op)
+
+    async def list_schedule_tasks(
+        self, owner_id: str, schedule_id: str, limit: int, offset: int
+    ) -> list[Task]:
+        rows = await self._read(TASK_BY_SCHEDULE, (owner_id, schedule_id, limit, offset))
+        return [self._task(row) for row in rows]
+
+    async def due_schedules(self, now_ms: int, lookahead_ms: int, limit: int) -> list[Schedule]:
+        rows = await self._read(SCHEDULE_DUE, (now_ms + lookahead_ms, now_ms, limit))
+        return [self._schedule(row) for row in rows]
+
+    async def next_schedule_at(self, lookahead_ms: int) -> int | None:
+        rows = await self._read(SCHEDULE_NEXT, ())
+        if not rows:
+            return None
+        next_at: int = rows[0][0]
+        return next_at - lookahead_ms if rows[0][1] == OverlapPolicy.ALLOW else next_at
+
+    async def fire_schedule(self, fire: ScheduleFire, now_ms: int) -> list[tuple[str, int]] | None:
+        task_ids = [new_task_id(now_ms) for _ in fire.due_at_ms]
+        last_run = fire.due_at_ms[-1] if fire.due_at_ms else None
+
+        def op(conn: sqlite3.Connection) -> list[tuple[str, int]] | None:
+            row = conn.execute(SCHEDULE_GUARD, (fire.schedule_id, fire.version)).fetchone()
+            if row is None:
+                return None  # changed since it was read: the runner reads it again
+            created = []
+            for task_id, due in zip(task_ids, fire.due_at_ms, strict=True):
+                used, limit = conn.execute(OWNER_CAPACITY, (row[0],)).fetchone()
+                if limit and used >= limit:
+                    logger.warning(
+                        "schedule %s: run for %d refused, the owner's task limit is reached",
+                        fire.schedule_id,
+                        due,
+                    )
+                    continue
+                params = (task_id, now_ms, due, due, due, fire.schedule_id)
+                conn.execute(TASK_INSERT_SCHEDULED, params)
+                created.append((task_id, due))
+            last_task = created[-1][0] if created else None
+            conn.execute(
+                SCHEDULE_ADVANCE,
+                (
+                    fire.cursor_ms,
+                    len(fire.due_at_ms),
+                    last_run,
+                    last_task,
+                    fire.next_at_ms,
+                    fire.state.value,
+                    fire.schedule_id,
+                ),
+            )
+            return created
+
+        return await self._write(op, savepoint=True)
+
+
+# -- SQL for recurring schedules (static text, placeholders only) -----------------------
+
+_SCHEDULE_COLUMNS: LiteralString = (
+    "s.id, s.owner_id, s.name, s.expression, s.timezone, s.start_at, s.end_at, s.max_runs, "
+    "s.misfire_policy, s.overlap_policy, s.catch_up_limit, s.state, s.created_at, "
+    "s.updated_at, s.cursor_at, s.runs, s.last_run_at, s.last_task_id, s.next_at, s.version, "
+    "t.state, t.estimate_end_at"
+)
+# the last task's state decides the overlap policies; a deleted task no longer overlaps
+_SCHEDULE_FROM: LiteralString = "schedule s LEFT JOIN task t ON t.id = s.last_task_id"
+# a `queue` schedule waits while its last task is pending: it is not due meanwhile
+_SCHEDULE_UNBLOCKED: LiteralString = (
+    "(s.overlap_policy <> 'queue' OR t.state IS NULL OR t.state NOT IN ('RUNNING', 'PAUSED'))"
+)
+SCHEDULE_INSERT: LiteralString = (
+    "INSERT INTO schedule (id, owner_id, name, expression, timezone, start_at, end_at, "
+    "max_runs, misfire_policy, overlap_policy, catch_up_limit, state, created_at, updated_at, "
+    "cursor_at, next_at, spec, metadata) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+SCHEDULE_BY_ID: LiteralString = f"SELECT {_SCHEDULE_COLUMNS} FROM {_SCHEDULE_FROM} WHERE s.id = ?"
+# names start with a lowercase letter and ids never do, so one key matches one row
+SCHEDULE_BY_KEY: LiteralString = (
+    f"SELECT {_SCHEDULE_COLUMNS} FROM {_SCHEDULE_FROM} "
+    "WHERE s.owner_id = ? AND (s.id = ? OR s.name = ?)"
+)
+SCHEDULE_LIST: LiteralString = (
+    f"SELECT {_SCHEDULE_COLUMNS} FROM {_SCHEDULE_FROM} WHERE s.owner_id = ? "
+    "ORDER BY s.name LIMIT ? OFFSET ?"
+)
+SCHEDULE_SPEC: LiteralString = "SELECT spec FROM schedule WHERE id = ? AND owner_id = ?"
+SCHEDULE_SAVE: LiteralString = (
+    "UPDATE schedule SET name = ?, expression = ?, timezone = ?, start_at = ?, end_at = ?, "
+    "max_runs = ?, misfire_policy = ?, overlap_policy = ?, catch_up_limit = ?, state = ?, "
+    "updated_at = ?, cursor_at = ?, next_at = ?, version = version + 1 "
+    "WHERE id = ? AND owner_id = ? AND version = ?"
+)
+SCHEDULE_SAVE_SPEC: LiteralString = "UPDATE schedule SET spec = ?, metadata = ? WHERE id = ?"
+SCHEDULE_DELETE: LiteralString = "DELETE FROM schedule WHERE id = ? AND owner_id = ?"
+# `allow` schedules are due a lookahead early (schedule_policy.LOOKAHEAD_MS)
+SCHEDULE_DUE: LiteralString = (
+    f"SELECT {_SCHEDULE_COLUMNS} FROM {_SCHEDULE_FROM} "
+    "WHERE s.next_at <= ? AND (s.overlap_policy = 'allow' OR s.next_at <= ?) "
+    f"AND {_SCHEDULE_UNBLOCKED} ORDER BY s.next_at LIMIT ?"
+)
+SCHEDULE_NEXT: LiteralString = (
+    f"SELECT s.next_at, s.overlap_policy FROM {_SCHEDULE_FROM} "
+    f"WHERE s.next_at IS NOT NULL AND {_SCHEDULE_UNBLOCKED} ORDER BY s.next_at LIMIT 1"
+)
+SCHEDULE_GUARD: LiteralString = (
+    "SELECT owner_id FROM schedule WHERE id = ? AND version = ? AND state = 'ACTIVE'"
+)
+SCHEDULE_ADVANCE: LiteralString = (
+    "UPDATE schedule SET cursor_at = ?, runs = runs + ?, "
+    "last_run_at = coalesce(?, last_run_at), last_task_id = coalesce(?, last_task_id), "
+    "next_at = ?, state = ?, version = version + 1 WHERE id = ?"
+)
+# a run's task: the schedule's sealed template and metadata, due at the slot
+TASK_INSERT_SCHEDULED: LiteralString = (
+    "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
+    "next_at, metadata, spec, schedule_id) "
+    "SELECT ?, owner_id, 'RUNNING', ?, ?, ?, ?, metadata, spec, id FROM schedule WHERE id = ?"
+)
+TASK_BY_SCHEDULE: LiteralString = (
+    f"SELECT {TASK_COLUMNS} FROM task WHERE owner_id = ? AND schedule_id = ? "
+    "ORDER BY created_at DESC, estimate_execution_at DESC, id DESC LIMIT ? OFFSET ?"
+)

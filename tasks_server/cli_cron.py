@@ -1,0 +1,250 @@
+"""The CLI's ``cron`` commands (as ``ajc task cron``): ``add``, ``list``, ``view``,
+``delete``, ``pause`` and ``resume`` recurring schedules on a running server over HTTP.
+
+They run through cli_client (same connection flags, ``--json``, output and exit codes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+from urllib.parse import quote
+
+from . import cli_output as output
+from .cli_client import (
+    EXIT_CODES_HELP,
+    Handler,
+    Printer,
+    _command,
+    _connection_flags,
+    _header,
+    _pair,
+    task_body,
+)
+from .client import TasksClient
+
+_PAGE = 1000
+_PREVIEW = 5
+_LIST_COLUMNS = (
+    ("name", "NAME"),
+    ("schedule", "SCHEDULE"),
+    ("timezone", "ZONE"),
+    ("state", "STATE"),
+    ("nextRunAt", "NEXT"),
+    ("lastRunAt", "LAST"),
+    ("runs", "RUNS"),
+)
+_VIEW_FIELDS = (
+    ("id", "id"),
+    ("name", "name"),
+    ("schedule", "schedule"),
+    ("timezone", "time zone"),
+    ("state", "state"),
+    ("startAt", "starts"),
+    ("endAt", "ends"),
+    ("maxRuns", "max runs"),
+    ("runs", "runs"),
+    ("misfirePolicy", "misfire"),
+    ("overlapPolicy", "overlap"),
+    ("catchUpLimit", "catch-up limit"),
+    ("lastRunAt", "last run"),
+    ("lastTaskId", "last task"),
+    ("nextRunAt", "next run"),
+)
+
+
+def _path(name: str, action: str | None = None) -> str:
+    path = f"/v1/schedules/{quote(name, safe='')}"
+    return f"{path}/{action}" if action else path
+
+
+# -- handlers -----------------------------------------------------------------------------
+
+
+def schedule_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The creation body: the task part as ``task add`` builds it, plus the timing."""
+    body = task_body(args)
+    body.update(name=args.name, schedule=args.schedule)
+    options = {
+        "timezone": args.tz,
+        "startAt": _date(args.start),
+        "endAt": _date(args.end),
+        "maxRuns": args.max_runs,
+        "misfirePolicy": args.misfire,
+        "overlapPolicy": args.overlap,
+        "catchUpLimit": args.catch_up_limit,
+    }
+    body.update({k: v for k, v in options.items() if v is not None})
+    return body
+
+
+def _date(text: str | None) -> str | int | None:
+    return int(text) if text and text.isdigit() else text
+
+
+def _all_schedules(client: TasksClient, args: argparse.Namespace) -> list[Any]:
+    found: list[Any] = []
+    while True:
+        page = client.call("GET", "/v1/schedules", query={"limit": _PAGE, "offset": len(found)})
+        found += page
+        if len(page) < _PAGE:
+            return found
+
+
+def _view(client: TasksClient, args: argparse.Namespace) -> Any:
+    schedule = client.call("GET", _path(args.name))
+    schedule["next"] = client.call("GET", _path(args.name, "next"), query={"n": _PREVIEW})
+    return schedule
+
+
+def _delete(client: TasksClient, args: argparse.Namespace) -> Any:
+    if not args.force and not _confirm(f"Really delete schedule {args.name}?"):
+        raise ValueError(f"{args.name}: not deleted (confirm, or pass -f)")
+    return client.call("DELETE", _path(args.name))
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+# -- printers -----------------------------------------------------------------------------
+
+
+def _print_list(answer: Any, args: argparse.Namespace) -> None:
+    if args.names:
+        for schedule in answer:
+            output.out(schedule["name"])
+        return
+    output.out(output.rows(answer, _LIST_COLUMNS) if answer else "no schedules")
+
+
+def _print_schedule(answer: Any, args: argparse.Namespace) -> None:
+    output.out(output.fields(answer, _VIEW_FIELDS))
+    if "httpRequest" in answer:
+        template = {k: answer[k] for k in ("httpRequest", "config", "metadata") if k in answer}
+        output.out("\ntask template:\n" + json.dumps(template, indent=2))
+    if "next" in answer:
+        slots = [f"  {slot['local']}" for slot in answer["next"]]
+        output.out("\nnext runs:\n" + ("\n".join(slots) if slots else "  none"))
+
+
+def _print_done(answer: Any, args: argparse.Namespace) -> None:
+    output.out(f"{args.name}: done")
+
+
+# -- parser -------------------------------------------------------------------------------
+
+_NAME_HELP = "the schedule's name (or its id)"
+
+
+def _add_add(group: Any, flags: argparse.ArgumentParser) -> None:
+    add = _command(
+        group,
+        "add",
+        "create a schedule: call URL at every occurrence of SCHEDULE",
+        flags,
+        lambda c, a: c.call("POST", "/v1/schedules", schedule_body(a)),
+        _print_schedule,
+    )
+    add.add_argument("name", metavar="NAME", help="a-z first, then a-z 0-9 . _ - (64 at most)")
+    add.add_argument(
+        "schedule",
+        metavar="SCHEDULE",
+        help="cron ('*/5 * * * *', 6 fields with seconds first), @hourly/@daily/@weekly/"
+        "@monthly/@yearly, or '@every 10m'",
+    )
+    add.add_argument("target_url", metavar="URL", help="the URL each run calls")
+    add.add_argument("-X", "--method", help="GET, POST, PUT, PATCH or DELETE (default GET)")
+    add.add_argument(
+        "-H",
+        "--header",
+        type=_header,
+        action="append",
+        metavar="'NAME: VALUE'",
+        help="a request header (repeatable)",
+    )
+    add.add_argument(
+        "--query", type=_pair, action="append", metavar="NAME=VALUE", help="repeatable"
+    )
+    data = add.add_mutually_exclusive_group()
+    data.add_argument("-d", "--data", metavar="TEXT", help="a text body")
+    data.add_argument("--json-data", metavar="JSON", help="a JSON object body")
+    add.add_argument("--tz", help="IANA time zone of the cron fields (default UTC)")
+    add.add_argument("--start", metavar="DATE", help="no run before (ISO 8601 or epoch ms)")
+    add.add_argument("--end", metavar="DATE", help="no run after (ISO 8601 or epoch ms)")
+    add.add_argument("--max-runs", type=int, metavar="N", help="finish after N runs")
+    add.add_argument(
+        "--misfire",
+        choices=["skip", "run_once", "run_all"],
+        help="slots missed while the server was down (default run_once)",
+    )
+    add.add_argument(
+        "--overlap",
+        choices=["allow", "skip", "queue"],
+        help="when the previous run is still pending (default allow)",
+    )
+    add.add_argument("--catch-up-limit", type=int, metavar="N", help="run_all bound (default 10)")
+    add.add_argument("--retry", type=int, metavar="N", help="retries after a failed attempt")
+    add.add_argument("--retry-interval", type=int, metavar="MS", help="base wait between retries")
+    add.add_argument("--attempt-timeout", type=int, metavar="MS", help="timeout of each attempt")
+    add.add_argument(
+        "--metadata",
+        type=_pair,
+        action="append",
+        metavar="KEY=VALUE",
+        help="copied to each run's task (repeatable, at most 8)",
+    )
+    add.add_argument(
+        "--body-file",
+        metavar="FILE",
+        help="a task registration body (JSON, '-' for stdin) for options without a flag",
+    )
+    add.set_defaults(delay=None, at=None)  # task_body reads them; a schedule has neither
+
+
+def add_commands(commands: Any) -> None:
+    """Register ``cron`` on the top-level sub-command parser."""
+    flags = _connection_flags()
+    cron = commands.add_parser(
+        "cron",
+        help="manage recurring schedules on a running server",
+        description="Manage recurring schedules (cron, @every) on a running server over HTTP. "
+        "Each run creates an ordinary task.",
+        epilog=EXIT_CODES_HELP,
+    )
+    group = cron.add_subparsers(dest="cron_command", required=True, metavar="ACTION")
+    _add_add(group, flags)
+    listing = _command(group, "list", "list your schedules", flags, _all_schedules, _print_list)
+    listing.add_argument("--names", action="store_true", help="print the names only")
+    view = _command(
+        group, "view", "show a schedule and its next runs", flags, _view, _print_schedule
+    )
+    view.add_argument("name", metavar="NAME", help=_NAME_HELP)
+    delete = _command(
+        group, "delete", "delete a schedule (its tasks stay)", flags, _delete, _print_done
+    )
+    delete.add_argument("name", metavar="NAME", help=_NAME_HELP)
+    delete.add_argument("-f", "--force", action="store_true", help="do not ask to confirm")
+    actions: list[tuple[str, str, Handler, Printer]] = [
+        (
+            "pause",
+            "pause a schedule",
+            lambda c, a: c.call("PATCH", _path(a.name, "pause")),
+            _print_schedule,
+        ),
+        (
+            "resume",
+            "resume a paused schedule",
+            lambda c, a: c.call("PATCH", _path(a.name, "resume")),
+            _print_schedule,
+        ),
+    ]
+    for name, help_text, handler, printer in actions:
+        action = _command(group, name, help_text, flags, handler, printer)
+        action.add_argument("name", metavar="NAME", help=_NAME_HELP)

@@ -1,0 +1,172 @@
+"""Prometheus metrics: one registry per app, fed by hooks of the scheduler, the HTTP edge
+and the store, and rendered as Prometheus text for ``GET /metrics``.
+
+No label carries an owner or a task id, so the number of series stays fixed however many
+owners and tasks there are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .models import Attempt, Result
+    from .scheduler import Scheduler
+
+REGISTER_ROUTE = ("POST", "/v1/queues/register", 201)
+
+# seconds; scheduler lateness is small when healthy, so the low end is fine-grained
+_LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def status_class(status: int) -> str:
+    """``2xx`` … ``5xx`` for an HTTP status, ``none`` when no response arrived."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else "none"
+
+
+class _SchedulerCollector(Collector):
+    """Reads the scheduler's own counters at scrape time, so the figures are the ones it
+    counted (only results the store accepted) and nothing is double-kept."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._scheduler.stats
+        counters = (
+            (
+                "tasks_attempts_started",
+                "Attempts claimed and handed to the dispatcher",
+                stats.claimed,
+            ),
+            ("tasks_succeeded", "Tasks that ended in SUCCESS", stats.succeeded),
+            ("tasks_failed", "Tasks that ended in ERROR after their last attempt", stats.failed),
+            ("tasks_retried", "Failed attempts followed by a planned retry", stats.retried),
+        )
+        for name, documentation, value in counters:
+            yield CounterMetricFamily(name, documentation, value=value)
+        yield GaugeMetricFamily(
+            "tasks_attempts_in_flight",
+            "Outgoing calls started and not yet finished",
+            value=self._scheduler.in_flight,
+        )
+        yield GaugeMetricFamily(
+            "tasks_armed",
+            "Tasks due within the scheduler's in-memory horizon",
+            value=self._scheduler.armed,
+        )
+
+
+class Metrics:
+    """The registry of one app and the hooks that feed it. Every hook is cheap, never
+    raises and may be called from the store's writer thread (``on_commit``)."""
+
+    def __init__(self, process: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        if process:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+        self.registered = Counter(
+            "tasks_registered", "Tasks accepted by POST /v1/queues/register", registry=registry
+        )
+        self.requests = Histogram(
+            "tasks_http_request_duration_seconds",
+            "API requests by method, route template and status",
+            ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.lateness = Histogram(
+            "tasks_scheduler_lateness_seconds",
+            "How late attempts started: start time minus due time",
+            buckets=_LATENESS_BUCKETS,
+            registry=registry,
+        )
+        self.dispatch = Histogram(
+            "tasks_dispatch_duration_seconds",
+            "Duration of outgoing calls, by status class of the target's answer",
+            ["status_class"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.commit = Histogram(
+            "tasks_db_commit_duration_seconds",
+            "SQLite write transactions, BEGIN to COMMIT (one per group-commit batch)",
+            buckets=_COMMIT_BUCKETS,
+            registry=registry,
+        )
+        self.commit_batch = Histogram(
+            "tasks_db_commit_batch_size",
+            "Operations written by one commit",
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "tasks_pending",
+            "Tasks not yet finished (RUNNING or PAUSED), read from the store at scrape time",
+            registry=registry,
+        )
+        self._scheduler: Scheduler | None = None
+
+    # -- wiring -------------------------------------------------------------------------
+
+    def watch_scheduler(self, scheduler: Scheduler) -> None:
+        """Export the scheduler's counters and gauges and observe every finished attempt."""
+        self._scheduler = scheduler
+        self.registry.register(_SchedulerCollector(scheduler))
+        scheduler.stats.observe = self.on_attempt
+
+    # -- hooks --------------------------------------------------------------------------
+
+    def on_request(self, method: str, route: str, status: int, elapsed_ms: float) -> None:
+        """The edge's per-request callback; unmatched paths share one ``route`` label."""
+        self.requests.labels(method, route or "unmatched", str(status)).observe(elapsed_ms / 1000)
+        if (method, route, status) == REGISTER_ROUTE:
+            self.registered.inc()
+
+    def on_attempt(self, attempt: Attempt, result: Result) -> None:
+        """The scheduler's observe hook: dispatch latency, and the lateness it queued."""
+        outcome = result.outcome
+        self.dispatch.labels(status_class(outcome.status)).observe(outcome.total_ms / 1000)
+        self._drain_lateness()
+
+    def on_commit(self, seconds: float, batch_size: int) -> None:
+        self.commit.observe(seconds)
+        self.commit_batch.observe(batch_size)
+
+    def _drain_lateness(self) -> None:
+        """Move the scheduler's lateness samples (ms) into the histogram; the list is
+        drained here so it never grows while nobody scrapes."""
+        if self._scheduler is None:
+            return
+        samples = self._scheduler.stats.lateness_ms
+        for lateness_ms in samples:
+            self.lateness.observe(max(lateness_ms, 0.0) / 1000)
+        samples.clear()
+
+    # -- exposition ---------------------------------------------------------------------
+
+    async def render(self, count_pending: Callable[[], Awaitable[int]] | None = None) -> bytes:
+        """The Prometheus text exposition of every metric, after refreshing the gauges
+        that must be read from elsewhere."""
+        self._drain_lateness()
+        if count_pending is not None:
+            self.pending.set(await count_pending())
+        return generate_latest(self.registry)

@@ -1,0 +1,121 @@
+"""ScheduleRunner: turns due schedule slots into ordinary tasks, durably and exactly once.
+
+Each pass reads the due schedules from the store, lets schedule_policy.plan decide, and
+writes each plan in one store transaction (the tasks and the schedule's new cursor
+together), then hands the new tasks to the task scheduler. It sleeps until the next
+schedule is due, a wake-up, or at most MAX_NAP_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from .clock import Clock
+from .models import ScheduleFire
+from .schedule_policy import LOOKAHEAD_MS, plan
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+MAX_NAP_S = 1.0  # a wall-clock jump, or a `queue` schedule's task ending, is seen within this
+PASS_LIMIT = 512  # schedules read per pass; a full pass is followed by another at once
+
+
+class TaskNotifier(Protocol):
+    def notify(self, task_id: str, due_at_ms: int) -> None: ...
+
+
+@dataclass(slots=True)
+class RunnerStats:
+    """Counters for tests, metrics and the benchmark."""
+
+    passes: int = 0
+    fired: int = 0  # tasks created
+    stale: int = 0  # plans refused because the schedule changed meanwhile
+
+
+class ScheduleRunner:
+    def __init__(self, store: Store, tasks: TaskNotifier, clock: Clock) -> None:
+        self._store = store
+        self._tasks = tasks
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._wake_at_ms: int | None = None
+        self._stopping = False
+        self.idle = asyncio.Event()  # set whenever the loop parks (tests wait on it)
+        self.stats = RunnerStats()
+        self.alive = False
+
+    def notify(self, next_at_ms: int | None) -> None:
+        """A schedule was created or changed and is next due at ``next_at_ms``: wake the
+        loop if that is earlier than it planned to wake. In memory, never blocking."""
+        if next_at_ms is None:
+            return
+        if self._wake_at_ms is None or next_at_ms - LOOKAHEAD_MS < self._wake_at_ms:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Run passes until ``stop``."""
+        self.alive = True
+        try:
+            while not self._stopping:
+                handled = await self.tick(self._clock.now_ms())
+                if handled >= PASS_LIMIT:
+                    continue
+                # clear before reading the next due time: a notify from now on ends the nap
+                self._wake.clear()
+                delay_s = await self._nap_s()
+                if self._stopping or delay_s <= 0:
+                    continue
+                self.idle.set()
+                await self._wait(delay_s)
+                self.idle.clear()
+        finally:
+            self.alive = False
+
+    async def _nap_s(self) -> float:
+        next_at = await self._store.next_schedule_at(LOOKAHEAD_MS)
+        now = self._clock.now_ms()
+        wake_at = now + int(MAX_NAP_S * 1000) if next_at is None else next_at
+        self._wake_at_ms = wake_at
+        return min(max(wake_at - now, 0) / 1000, MAX_NAP_S)
+
+    async def _wait(self, delay_s: float) -> None:
+        waker = asyncio.ensure_future(self._wake.wait())
+        sleeper = asyncio.ensure_future(self._clock.sleep(delay_s))
+        try:
+            await asyncio.wait((waker, sleeper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+            sleeper.cancel()
+        self._wake_at_ms = None
+
+    async def tick(self, now_ms: int) -> int:
+        """One pass at ``now_ms``: plan every due schedule and write the plans (their
+        transactions share commits). ``allow`` schedules are planned up to LOOKAHEAD_MS
+        ahead. Returns the number of schedules looked at."""
+        due = await self._store.due_schedules(now_ms, LOOKAHEAD_MS, PASS_LIMIT)
+        if not due:
+            return 0
+        self.stats.passes += 1
+        plans = [plan(schedule, now_ms) for schedule in due]
+        results = await asyncio.gather(*(self._store.fire_schedule(p, now_ms) for p in plans))
+        for fired, created in zip(plans, results, strict=True):
+            self._hand_over(fired, created)
+        return len(due)
+
+    def _hand_over(self, fired: ScheduleFire, created: list[tuple[str, int]] | None) -> None:
+        if created is None:
+            self.stats.stale += 1  # edited meanwhile: the next pass reads it again
+            return
+        for task_id, due_ms in created:
+            self._tasks.notify(task_id, due_ms)
+        self.stats.fired += len(created)
+
+    async def stop(self) -> None:
+        """Finish the current pass and return; plans written so far stay written."""
+        self._stopping = True
+        self._wake.set()
