@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 from . import cron
 from .clock import Clock
 from .config import Settings
-from .errors import ConfigError, TasksServerError
+from .errors import BackupError, ConfigError
 from .store.migrate import latest_version
 
 if TYPE_CHECKING:
@@ -41,10 +41,6 @@ _DAY_MS = 86_400_000
 _CHUNK = 1 << 20
 _NAME = re.compile(r"(?P<stem>.+)-(?P<stamp>\d{8}T\d{6})\.(?P<ms>\d{3})Z\.db")
 _CHECKSUM = re.compile(r"([0-9a-f]{64})\b")
-
-
-class BackupError(TasksServerError):
-    """A backup or restore that could not be done; the message says why and what to do."""
 
 
 # -- pure: names, retention, schedule ---------------------------------------------------

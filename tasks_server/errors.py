@@ -100,3 +100,7 @@ class Throttled(TasksServerError):
     def __init__(self, reset_s: int) -> None:
         self.reset_s = reset_s
         super().__init__()
+
+
+class BackupError(TasksServerError):
+    """A backup or restore that could not be done; the message says why and what to do."""

@@ -25,7 +25,6 @@ import pytest
 from tasks_server import backup
 from tasks_server.app import Server, build
 from tasks_server.backup import (
-    BackupError,
     BackupJob,
     LocalTarget,
     Retention,
@@ -35,7 +34,7 @@ from tasks_server.backup import (
     Target,
 )
 from tasks_server.config import Settings, load
-from tasks_server.errors import ConfigError
+from tasks_server.errors import BackupError, ConfigError
 from tests.conftest import OwnerAuth, ServerFactory, client_for, register_owner, register_task
 from tests.support.clock import START_MS, FakeClock
 from tests.support.s3 import ACCESS_KEY, SECRET_KEY, S3Server

@@ -652,7 +652,9 @@ class SqliteStore:
             source = sqlite3.connect(self.path)
             target = sqlite3.connect(path)
             try:
-                source.backup(target, pages=1024)
+                # one step, one read transaction: a stepwise copy restarts on every
+                # write by another connection and may never finish on a busy database
+                source.backup(target)
             finally:
                 target.close()
                 source.close()
