@@ -161,12 +161,15 @@ async def test_slow_target_does_not_delay_others(
             config={"executionDelay": 0},
         )
     await wait_until(lambda: len(target.arrivals_at("/fast")) == 20, timeout=5)
-    listed = (
-        await client.get(
-            "/v1/queues", params={"state": "SUCCESS", "limit": "100"}, headers=owner.headers
-        )
-    ).json()
-    assert len(listed) == 20
+
+    async def all_fast_recorded() -> bool:
+        params = {"state": "SUCCESS", "limit": "100"}
+        listed = await client.get("/v1/queues", params=params, headers=owner.headers)
+        return len(listed.json()) == 20
+
+    # outcomes are written just after the calls return: wait for the write, not a guess
+    await wait_until(all_fast_recorded, message="20 successes while /slow still hangs")
+    assert len(target.arrivals_at("/slow")) == 1
 
 
 async def test_pause_while_in_flight_discards_the_result(
@@ -204,6 +207,27 @@ async def test_pause_while_in_flight_discards_the_result(
     assert len(target.arrivals) == 1
 
 
+async def waiting_to_retry(
+    client: httpx.AsyncClient, owner: OwnerAuth, target: TargetServer, retry_interval_ms: int
+) -> str:
+    """Register a task whose target fails and return its id once it waits for a retry."""
+    target.route("/fail", Reply(500, b"no"))
+    response = await register_task(
+        client,
+        owner,
+        {"url": target.url("/fail"), "method": "GET"},
+        config={"executionDelay": 0, "retry": 5, "retryInterval": retry_interval_ms},
+    )
+    task_id: str = response.json()["id"]
+    await wait_until(lambda: len(target.arrivals) == 1)
+
+    async def retrying() -> bool:
+        return (await state_of(client, owner, task_id))["statusCode"] == 500
+
+    await wait_until(retrying)
+    return task_id
+
+
 async def test_revoke_during_retry_wait_stops_everything(
     server: Server,
     client: httpx.AsyncClient,
@@ -211,48 +235,20 @@ async def test_revoke_during_retry_wait_stops_everything(
     clock: FakeClock,
     target: TargetServer,
 ) -> None:
-    target.route("/fail", Reply(500, b"no"))
-    task = (
-        await register_task(
-            client,
-            owner,
-            {"url": target.url("/fail"), "method": "GET"},
-            config={"executionDelay": 0, "retry": 5, "retryInterval": 1000},
-        )
-    ).json()
-    await wait_until(lambda: len(target.arrivals) == 1)
-
-    async def retrying() -> bool:
-        return (await state_of(client, owner, task["id"]))["statusCode"] == 500
-
-    await wait_until(retrying)
-    revoke = await client.patch(f"/v1/queues/{task['id']}/revoke", headers=owner.headers)
+    task_id = await waiting_to_retry(client, owner, target, 1000)
+    revoke = await client.patch(f"/v1/queues/{task_id}/revoke", headers=owner.headers)
     assert revoke.status_code == 200
     clock.advance(3600)
     await idle(server)
     assert len(target.arrivals) == 1
-    assert (await state_of(client, owner, task["id"]))["state"] == "REVOKED"
+    assert (await state_of(client, owner, task_id))["state"] == "REVOKED"
 
 
 async def test_execute_during_retry_wait_runs_the_next_attempt_now(
     server: Server, client: httpx.AsyncClient, owner: OwnerAuth, target: TargetServer
 ) -> None:
-    target.route("/fail", Reply(500, b"no"))
-    task = (
-        await register_task(
-            client,
-            owner,
-            {"url": target.url("/fail"), "method": "GET"},
-            config={"executionDelay": 0, "retry": 1, "retryInterval": 3_600_000},
-        )
-    ).json()
-    await wait_until(lambda: len(target.arrivals) == 1)
-
-    async def retrying() -> bool:
-        return (await state_of(client, owner, task["id"]))["statusCode"] == 500
-
-    await wait_until(retrying)
-    await client.post(f"/v1/queues/{task['id']}/execute", headers=owner.headers)
+    task_id = await waiting_to_retry(client, owner, target, 3_600_000)
+    await client.post(f"/v1/queues/{task_id}/execute", headers=owner.headers)
     await wait_until(lambda: len(target.arrivals) == 2, message="the retry, now")
 
 
