@@ -5,9 +5,14 @@
 Each schedule is ``@every 60s`` with its start spread over one minute, so about 167 slots
 come due every second. Prints the server's CPU per minute (process CPU from /proc, with an
 idle baseline before any schedule exists, and the CPU of the same calls made by one-off
-tasks, so the schedules' own share shows) and the lateness of the runs: task creation vs.
+tasks, so the schedules' own share shows) and the timing of the runs: task creation vs.
 slot (the schedule runner alone) and sink arrival vs. slot (runner + task scheduler +
 HTTP call). Asserts nothing about speed.
+
+Last run (2-core container, 10,000 schedules, 2 minutes): server CPU 12.2 s per minute
+(20% of one core; the same calls as one-off tasks: 11.0 s, so the schedules' own share is
+about 1.2 s per minute; idle baseline 0.1 s); tasks created 0.5-1 s ahead of their slots;
+calls arrived p50 0.8 ms, p99 3.6 ms, max 5.1 ms after their slot.
 """
 
 from __future__ import annotations
@@ -152,8 +157,9 @@ async def main(count: int, minutes: float) -> None:
         f"the schedules' own share is about {busy - one_off:.2f} s per minute"
     )
     print(
-        f"task created after its slot: p50 {percentile(creation_late, 50):.0f} ms, "
-        f"p99 {percentile(creation_late, 99):.0f} ms, max {max(creation_late, default=0):.0f} ms"
+        f"task created vs. its slot (negative: ahead, as `allow` runs are planned): "
+        f"p50 {percentile(creation_late, 50):.0f} ms, p99 {percentile(creation_late, 99):.0f} ms, "
+        f"max {max(creation_late, default=0):.0f} ms"
     )
     print(
         f"call arrived after its slot: p50 {percentile(arrival_late, 50):.1f} ms, "

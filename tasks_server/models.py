@@ -351,12 +351,6 @@ class Schedule:
     last_task_ended_at_ms: int | None = None
 
     @property
-    def anchor_ms(self) -> int:
-        """Where ``@every`` intervals count from: the start time, else the creation."""
-        start = self.timing.start_at_ms
-        return self.created_at_ms if start is None else start
-
-    @property
     def last_task_pending(self) -> bool:
         return self.last_task_state in (TaskState.RUNNING, TaskState.PAUSED)
 

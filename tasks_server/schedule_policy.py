@@ -26,8 +26,8 @@ MISFIRE_GRACE_MS = 2_000
 # at most one slot per second can be on time (the finest cron and @every step is 1 s)
 _ON_TIME_BOUND = MISFIRE_GRACE_MS // cron.MIN_EVERY_MS + 1
 # An `allow` schedule's run is created up to this long before its slot (due at the slot):
-# one pass, one transaction, serves a second of slots instead of one each, and the task
-# is armed in the task scheduler when its time comes. The other overlap policies must
+# one pass, one transaction, serves many slots instead of one each, and the task is
+# already armed in the task scheduler when its time comes. The other overlap policies must
 # look at the previous task at the slot itself, so they are never planned early.
 LOOKAHEAD_MS = 1_000
 
@@ -45,6 +45,10 @@ class Progress:
 def anchor_ms(timing: ScheduleTiming, created_at_ms: int) -> int:
     """Where ``@every`` intervals count from: the start time, else the creation time."""
     return created_at_ms if timing.start_at_ms is None else timing.start_at_ms
+
+
+def _anchor(schedule: Schedule) -> int:
+    return anchor_ms(schedule.timing, schedule.created_at_ms)
 
 
 def next_slot(timing: ScheduleTiming, anchor: int, after_ms: int) -> int | None:
@@ -81,15 +85,19 @@ def _settled(timing: ScheduleTiming, cursor_ms: int, runs: int, slot: int | None
 def start(timing: ScheduleTiming, now_ms: int) -> Progress:
     """A new schedule: the first slot is the first one after creation (at or after the
     start time when one is given); nothing before creation is made up."""
-    cursor = now_ms if timing.start_at_ms is None else max(now_ms, timing.start_at_ms - 1)
-    return progress(timing, anchor_ms(timing, now_ms), cursor, 0)
+    return progress(timing, anchor_ms(timing, now_ms), _first_cursor(timing, now_ms), 0)
+
+
+def _first_cursor(timing: ScheduleTiming, now_ms: int) -> int:
+    """Nothing up to now is due, nor anything before the start time."""
+    return now_ms if timing.start_at_ms is None else max(now_ms, timing.start_at_ms - 1)
 
 
 def resumed(schedule: Schedule, now_ms: int) -> Progress:
     """A resumed schedule continues with the next slot after now: slots that passed
     while it was paused are not made up."""
     cursor = max(schedule.cursor_ms, now_ms)
-    return progress(schedule.timing, schedule.anchor_ms, cursor, schedule.runs)
+    return progress(schedule.timing, _anchor(schedule), cursor, schedule.runs)
 
 
 def revised(schedule: Schedule, timing: ScheduleTiming, now_ms: int) -> Progress:
@@ -104,7 +112,7 @@ def revised(schedule: Schedule, timing: ScheduleTiming, now_ms: int) -> Progress
     )
     cursor = schedule.cursor_ms
     if retimed:
-        cursor = now_ms if timing.start_at_ms is None else max(now_ms, timing.start_at_ms - 1)
+        cursor = _first_cursor(timing, now_ms)
     elif schedule.state is ScheduleState.FINISHED:
         cursor = max(cursor, now_ms)
     if schedule.state is ScheduleState.PAUSED:
@@ -124,7 +132,7 @@ def preview(schedule: Schedule, now_ms: int, count: int) -> list[int]:
     slots: list[int] = []
     after = max(schedule.cursor_ms, now_ms)
     while len(slots) < count:
-        slot = next_slot(timing, schedule.anchor_ms, after)
+        slot = next_slot(timing, _anchor(schedule), after)
         if slot is None:
             break
         slots.append(slot)
@@ -164,7 +172,7 @@ def plan(schedule: Schedule, now_ms: int) -> ScheduleFire:
     if cursor == due[-1]:  # the usual case: the next slot is known already
         state = _settled(timing, cursor, runs, _within_end(timing, following))
     else:  # `queue` stopped at an earlier slot
-        state = progress(timing, schedule.anchor_ms, cursor, runs)
+        state = progress(timing, _anchor(schedule), cursor, runs)
     return _fire(schedule, tuple(fired), state)
 
 
@@ -188,7 +196,7 @@ def due_slots(schedule: Schedule, horizon_ms: int) -> tuple[list[int], int | Non
     """
     timing = schedule.timing
     spec = cron.parse(timing.expression)
-    zone, anchor = timing.timezone, schedule.anchor_ms
+    zone, anchor = timing.timezone, _anchor(schedule)
     first = cron.next_after(spec, schedule.cursor_ms, zone, anchor)
     if first is None or first > horizon_ms:
         return [], first

@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 MAX_NAP_S = 1.0  # a wall-clock jump, or a `queue` schedule's task ending, is seen within this
 PASS_LIMIT = 512  # schedules read per pass; a full pass is followed by another at once
+# Wake when an `allow` slot is half a lookahead away, then plan a whole lookahead: in a
+# steady stream of slots each pass (and each commit) serves about half a second of them.
+WAKE_AHEAD_MS = LOOKAHEAD_MS // 2
 
 
 class TaskNotifier(Protocol):
@@ -54,7 +57,7 @@ class ScheduleRunner:
         loop if that is earlier than it planned to wake. In memory, never blocking."""
         if next_at_ms is None:
             return
-        if self._wake_at_ms is None or next_at_ms - LOOKAHEAD_MS < self._wake_at_ms:
+        if self._wake_at_ms is None or next_at_ms - WAKE_AHEAD_MS < self._wake_at_ms:
             self._wake.set()
 
     async def run(self) -> None:
@@ -77,7 +80,7 @@ class ScheduleRunner:
             self.alive = False
 
     async def _nap_s(self) -> float:
-        next_at = await self._store.next_schedule_at(LOOKAHEAD_MS)
+        next_at = await self._store.next_schedule_at(WAKE_AHEAD_MS)
         now = self._clock.now_ms()
         wake_at = now + int(MAX_NAP_S * 1000) if next_at is None else next_at
         self._wake_at_ms = wake_at

@@ -94,7 +94,7 @@ def _definition(schedule: Schedule, task: TaskSpec) -> dict[str, Any]:
     return {k: v for k, v in wire.items() if k in keys and v is not None}
 
 
-def _refuse_template_dates(body: ScheduleIn) -> None:
+def _refuse_template_timing(body: ScheduleIn) -> None:
     for name in TEMPLATE_REFUSED:
         if name in body.config.model_fields_set:
             raise field_error(
@@ -104,7 +104,7 @@ def _refuse_template_dates(body: ScheduleIn) -> None:
 
 def to_new_schedule(app: Services, body: ScheduleIn, now_ms: int) -> NewSchedule:
     """Apply the cross-field rules (raising ValidationFailed) and build the domain value."""
-    _refuse_template_dates(body)
+    _refuse_template_timing(body)
     if body.startAt is not None and body.endAt is not None and body.endAt <= body.startAt:
         raise field_error(("endAt",), "End date must be greater than start date")
     task_in = TaskIn.model_construct(

@@ -360,3 +360,26 @@ async def test_a_schedule_calls_its_target_at_each_slot(
         3,
         START_MS + 30 * S,
     )
+
+
+async def test_an_edit_racing_the_runner_is_retried(
+    server: Server, client: httpx.AsyncClient, owner: OwnerAuth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await created(client, owner)
+    save = server.store.save_schedule
+    refusals = {"left": 2}
+
+    async def racing(*args: Any) -> Any:
+        if refusals["left"]:
+            refusals["left"] -= 1
+            return None  # as if the runner had fired the schedule in between
+        return await save(*args)
+
+    monkeypatch.setattr(server.store, "save_schedule", racing)
+    url = f"/v1/schedules/{first['id']}"
+    paused = await client.patch(f"{url}/pause", headers=owner.headers)
+    assert paused.json()["state"] == "PAUSED"
+    refusals["left"] = 99
+    stuck = await client.patch(url, json={"maxRuns": 3}, headers=owner.headers)
+    assert stuck.status_code == 409
+    assert (await client.get(url, headers=owner.headers)).json()["maxRuns"] is None
