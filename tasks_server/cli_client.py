@@ -41,11 +41,11 @@ def _key_value(text: str, separator: str) -> tuple[str, str]:
     return name.strip(), value.strip() if separator == ":" else value
 
 
-def _header(text: str) -> tuple[str, str]:
+def parse_header(text: str) -> tuple[str, str]:
     return _key_value(text, ":")
 
 
-def _pair(text: str) -> tuple[str, str]:
+def parse_pair(text: str) -> tuple[str, str]:
     return _key_value(text, "=")
 
 
@@ -104,7 +104,7 @@ def _task_list(client: TasksClient, args: argparse.Namespace) -> Any:
 # -- parser -----------------------------------------------------------------------------
 
 
-def _connection_flags() -> argparse.ArgumentParser:
+def connection_flags() -> argparse.ArgumentParser:
     flags = argparse.ArgumentParser(add_help=False)
     group = flags.add_argument_group("server and credentials")
     group.add_argument(
@@ -138,7 +138,7 @@ def _connection_flags() -> argparse.ArgumentParser:
     return flags
 
 
-def _command(
+def add_command(
     group: Any,
     name: str,
     help_text: str,
@@ -161,7 +161,7 @@ def _add_owner_commands(commands: Any, flags: argparse.ArgumentParser) -> None:
         epilog=EXIT_CODES_HELP,
     )
     group = owner.add_subparsers(dest="owner_command", required=True, metavar="ACTION")
-    create = _command(
+    create = add_command(
         group,
         "create",
         "register an owner and print its id and key (shown once)",
@@ -175,7 +175,7 @@ def _add_owner_commands(commands: Any, flags: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print only 'export TASKS_OWNER_ID=… TASKS_KEY=…' for eval in a shell",
     )
-    _command(
+    add_command(
         group,
         "list",
         "list every owner (needs the server's ADMIN_KEY)",
@@ -183,7 +183,7 @@ def _add_owner_commands(commands: Any, flags: argparse.ArgumentParser) -> None:
         lambda c, a: c.list_owners(),
         output.print_owners,
     )
-    view = _command(
+    view = add_command(
         group,
         "view",
         "show your owner record",
@@ -192,7 +192,7 @@ def _add_owner_commands(commands: Any, flags: argparse.ArgumentParser) -> None:
         output.print_owner,
     )
     view.add_argument("name", help="your owner name")
-    delete = _command(
+    delete = add_command(
         group,
         "delete",
         "delete your owner and its finished tasks (it must have no unfinished task)",
@@ -204,7 +204,7 @@ def _add_owner_commands(commands: Any, flags: argparse.ArgumentParser) -> None:
 
 
 def _add_task_add(group: Any, flags: argparse.ArgumentParser) -> None:
-    add = _command(
+    add = add_command(
         group,
         "add",
         "register a task: call TARGET_URL later, with retries",
@@ -217,14 +217,14 @@ def _add_task_add(group: Any, flags: argparse.ArgumentParser) -> None:
     add.add_argument(
         "-H",
         "--header",
-        type=_header,
+        type=parse_header,
         action="append",
         metavar="'NAME: VALUE'",
         help="a request header (repeatable)",
     )
     add.add_argument(
         "--query",
-        type=_pair,
+        type=parse_pair,
         action="append",
         metavar="NAME=VALUE",
         help="a query parameter appended to the URL (repeatable)",
@@ -240,7 +240,7 @@ def _add_task_add(group: Any, flags: argparse.ArgumentParser) -> None:
     add.add_argument("--attempt-timeout", type=int, metavar="MS", help="timeout of each attempt")
     add.add_argument(
         "--metadata",
-        type=_pair,
+        type=parse_pair,
         action="append",
         metavar="KEY=VALUE",
         help="metadata stored with the task (repeatable, at most 8)",
@@ -262,7 +262,7 @@ def _add_task_commands(commands: Any, flags: argparse.ArgumentParser) -> None:
     )
     group = task.add_subparsers(dest="task_command", required=True, metavar="ACTION")
     _add_task_add(group, flags)
-    listing = _command(group, "list", "list your tasks", flags, _task_list, output.print_tasks)
+    listing = add_command(group, "list", "list your tasks", flags, _task_list, output.print_tasks)
     listing.add_argument("--state", help="RUNNING, PAUSED, SUCCESS, ERROR or REVOKED")
     listing.add_argument("--limit", type=int, help="at most this many (1-1000, default 10)")
     listing.add_argument("--offset", type=int, help="skip this many (default 0)")
@@ -272,7 +272,7 @@ def _add_task_commands(commands: Any, flags: argparse.ArgumentParser) -> None:
         help="sort key (default createdAt)",
     )
     listing.add_argument("--sort", choices=["asc", "desc"], help="direction (default asc)")
-    view = _command(group, "view", "show one task", flags, _task_view, output.print_task)
+    view = add_command(group, "view", "show one task", flags, _task_view, output.print_task)
     view.add_argument("task_id", metavar="TASK_ID", help=_TASK_ID_HELP)
     view.add_argument("--config", action="store_true", help="also show the registration")
     view.add_argument("--attempts", action="store_true", help="also show the attempt history")
@@ -289,13 +289,13 @@ def _add_task_commands(commands: Any, flags: argparse.ArgumentParser) -> None:
         ),
     ]
     for name, help_text, handler, printer in actions:
-        action = _command(group, name, help_text, flags, handler, printer)
+        action = add_command(group, name, help_text, flags, handler, printer)
         action.add_argument("task_id", metavar="TASK_ID", help=_TASK_ID_HELP)
 
 
 def add_commands(commands: Any) -> None:
     """Register ``owner`` and ``task`` on the top-level sub-command parser."""
-    flags = _connection_flags()
+    flags = connection_flags()
     _add_owner_commands(commands, flags)
     _add_task_commands(commands, flags)
 

@@ -17,10 +17,10 @@ from .cli_client import (
     EXIT_CODES_HELP,
     Handler,
     Printer,
-    _command,
-    _connection_flags,
-    _header,
-    _pair,
+    add_command,
+    connection_flags,
+    parse_header,
+    parse_pair,
     task_body,
 )
 from .client import TasksClient
@@ -144,7 +144,7 @@ _NAME_HELP = "the schedule's name (or its id)"
 
 
 def _add_add(group: Any, flags: argparse.ArgumentParser) -> None:
-    add = _command(
+    add = add_command(
         group,
         "add",
         "create a schedule: call URL at every occurrence of SCHEDULE",
@@ -164,13 +164,13 @@ def _add_add(group: Any, flags: argparse.ArgumentParser) -> None:
     add.add_argument(
         "-H",
         "--header",
-        type=_header,
+        type=parse_header,
         action="append",
         metavar="'NAME: VALUE'",
         help="a request header (repeatable)",
     )
     add.add_argument(
-        "--query", type=_pair, action="append", metavar="NAME=VALUE", help="repeatable"
+        "--query", type=parse_pair, action="append", metavar="NAME=VALUE", help="repeatable"
     )
     data = add.add_mutually_exclusive_group()
     data.add_argument("-d", "--data", metavar="TEXT", help="a text body")
@@ -195,7 +195,7 @@ def _add_add(group: Any, flags: argparse.ArgumentParser) -> None:
     add.add_argument("--attempt-timeout", type=int, metavar="MS", help="timeout of each attempt")
     add.add_argument(
         "--metadata",
-        type=_pair,
+        type=parse_pair,
         action="append",
         metavar="KEY=VALUE",
         help="copied to each run's task (repeatable, at most 8)",
@@ -210,7 +210,7 @@ def _add_add(group: Any, flags: argparse.ArgumentParser) -> None:
 
 def add_commands(commands: Any) -> None:
     """Register ``cron`` on the top-level sub-command parser."""
-    flags = _connection_flags()
+    flags = connection_flags()
     cron = commands.add_parser(
         "cron",
         help="manage recurring schedules on a running server",
@@ -220,13 +220,13 @@ def add_commands(commands: Any) -> None:
     )
     group = cron.add_subparsers(dest="cron_command", required=True, metavar="ACTION")
     _add_add(group, flags)
-    listing = _command(group, "list", "list your schedules", flags, _all_schedules, _print_list)
+    listing = add_command(group, "list", "list your schedules", flags, _all_schedules, _print_list)
     listing.add_argument("--names", action="store_true", help="print the names only")
-    view = _command(
+    view = add_command(
         group, "view", "show a schedule and its next runs", flags, _view, _print_schedule
     )
     view.add_argument("name", metavar="NAME", help=_NAME_HELP)
-    delete = _command(
+    delete = add_command(
         group, "delete", "delete a schedule (its tasks stay)", flags, _delete, _print_done
     )
     delete.add_argument("name", metavar="NAME", help=_NAME_HELP)
@@ -246,5 +246,5 @@ def add_commands(commands: Any) -> None:
         ),
     ]
     for name, help_text, handler, printer in actions:
-        action = _command(group, name, help_text, flags, handler, printer)
+        action = add_command(group, name, help_text, flags, handler, printer)
         action.add_argument("name", metavar="NAME", help=_NAME_HELP)

@@ -31,7 +31,7 @@ DOCS_ASSETS = {"docs.js": "text/javascript", "docs.css": "text/css"}
 JsonObject = dict[str, Any]
 
 
-def _ref(name: str) -> JsonObject:
+def schema_ref(name: str) -> JsonObject:
     return {"$ref": REF.format(model=name)}
 
 
@@ -139,7 +139,7 @@ SECURITY_SCHEMES: JsonObject = {
 }
 
 
-def _json(schema: JsonObject, description: str) -> JsonObject:
+def json_body(schema: JsonObject, description: str) -> JsonObject:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
@@ -154,10 +154,10 @@ def _errors(*statuses: int) -> dict[str, JsonObject]:
         422: "precondition failed (wrong state, limit reached, unknown task)",
         429: "throttled",
     }
-    return {str(s): _json(_ref("Error"), meaning[s]) for s in statuses}
+    return {str(s): json_body(schema_ref("Error"), meaning[s]) for s in statuses}
 
 
-def _op(
+def operation(
     summary: str,
     tag: str,
     ok: tuple[int, JsonObject],
@@ -169,25 +169,25 @@ def _op(
     description: str | None = None,
     also: dict[int, JsonObject] | None = None,
 ) -> JsonObject:
-    operation: JsonObject = {"summary": summary, "tags": [tag], "security": security or []}
+    entry: JsonObject = {"summary": summary, "tags": [tag], "security": security or []}
     if description:
-        operation["description"] = description
+        entry["description"] = description
     if parameters:
-        operation["parameters"] = parameters
+        entry["parameters"] = parameters
     if body is not None:
-        operation["requestBody"] = {
+        entry["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": body}},
         }
-    operation["responses"] = {
+    entry["responses"] = {
         str(ok[0]): ok[1],
         **{str(status): answer for status, answer in (also or {}).items()},
         **_errors(*errors),
     }
-    return operation
+    return entry
 
 
-def _path_param(name: str, schema: JsonObject, description: str) -> JsonObject:
+def path_param(name: str, schema: JsonObject, description: str) -> JsonObject:
     return {
         "name": name,
         "in": "path",
@@ -197,10 +197,10 @@ def _path_param(name: str, schema: JsonObject, description: str) -> JsonObject:
     }
 
 
-TASK_ID = _path_param(
+TASK_ID = path_param(
     "task_id", {"type": "string", "pattern": TASK_ID_PATTERN}, "task id (any case)"
 )
-OWNER_NAME = _path_param(
+OWNER_NAME = path_param(
     "name",
     {"type": "string", "minLength": 5, "maxLength": 32, "pattern": OWNER_NAME_PATTERN},
     "the caller's own owner name",
@@ -231,18 +231,18 @@ def _list_parameters(query_schema: JsonObject) -> list[JsonObject]:
 
 def _task_paths() -> JsonObject:
     task = "/v1/queues/{task_id}"
-    done = (200, _json(_ref("Done"), "done"))
-    record = (200, _json(_ref("Task"), "the task"))
+    done = (200, json_body(schema_ref("Done"), "done"))
+    record = (200, json_body(schema_ref("Task"), "the task"))
     action_errors = (400, 401, 403, 422)
     return {
         "/v1/queues/register": {
-            "post": _op(
+            "post": operation(
                 "Register a task",
                 "tasks",
-                (201, _json(_ref("Task"), "accepted and committed")),
+                (201, json_body(schema_ref("Task"), "accepted and committed")),
                 (400, 401, 403, 413, 422),
                 security=OWNER_AUTH,
-                body=_ref("TaskIn"),
+                body=schema_ref("TaskIn"),
                 parameters=[PRETTY],
                 description="The call to make, when, and how to retry it. A 201 means "
                 "the task is durably stored.",
@@ -250,8 +250,10 @@ def _task_paths() -> JsonObject:
         },
         task: {
             "parameters": [TASK_ID],
-            "get": _op("Read a task", "tasks", record, (400, 401, 403, 404), security=OWNER_AUTH),
-            "patch": _op(
+            "get": operation(
+                "Read a task", "tasks", record, (400, 401, 403, 404), security=OWNER_AUTH
+            ),
+            "patch": operation(
                 "Edit a task that has not started",
                 "tasks",
                 record,
@@ -261,43 +263,50 @@ def _task_paths() -> JsonObject:
                 description="The body is merged into the stored registration (RFC 7386) "
                 "and the result is validated as a whole.",
             ),
-            "delete": _op("Delete a task", "tasks", done, action_errors, security=OWNER_AUTH),
+            "delete": operation("Delete a task", "tasks", done, action_errors, security=OWNER_AUTH),
         },
         f"{task}/config": {
             "parameters": [TASK_ID],
-            "get": _op(
+            "get": operation(
                 "The task's request and options as registered",
                 "tasks",
-                (200, _json(_ref("TaskIn"), "the registration")),
+                (200, json_body(schema_ref("TaskIn"), "the registration")),
                 (400, 401, 403, 404),
                 security=OWNER_AUTH,
             ),
         },
         f"{task}/attempts": {
             "parameters": [TASK_ID],
-            "get": _op(
+            "get": operation(
                 "The attempt history",
                 "tasks",
-                (200, _json({"type": "array", "items": _ref("Attempt")}, "first attempt first")),
+                (
+                    200,
+                    json_body(
+                        {"type": "array", "items": schema_ref("Attempt")}, "first attempt first"
+                    ),
+                ),
                 (400, 401, 403, 404),
                 security=OWNER_AUTH,
             ),
         },
         f"{task}/execute": {
             "parameters": [TASK_ID],
-            "post": _op("Run a task now", "tasks", done, action_errors, security=OWNER_AUTH),
+            "post": operation("Run a task now", "tasks", done, action_errors, security=OWNER_AUTH),
         },
         f"{task}/pause": {
             "parameters": [TASK_ID],
-            "patch": _op("Pause a task", "tasks", done, action_errors, security=OWNER_AUTH),
+            "patch": operation("Pause a task", "tasks", done, action_errors, security=OWNER_AUTH),
         },
         f"{task}/resume": {
             "parameters": [TASK_ID],
-            "patch": _op("Resume a task", "tasks", record, action_errors, security=OWNER_AUTH),
+            "patch": operation(
+                "Resume a task", "tasks", record, action_errors, security=OWNER_AUTH
+            ),
         },
         f"{task}/revoke": {
             "parameters": [TASK_ID],
-            "patch": _op("Revoke a task", "tasks", done, action_errors, security=OWNER_AUTH),
+            "patch": operation("Revoke a task", "tasks", done, action_errors, security=OWNER_AUTH),
         },
     }
 
@@ -305,46 +314,46 @@ def _task_paths() -> JsonObject:
 def _owner_paths(list_query: JsonObject) -> JsonObject:
     return {
         "/v1/owners/register": {
-            "post": _op(
+            "post": operation(
                 "Register an owner",
                 "owners",
-                (201, _json(_ref("OwnerCreated"), "the id and the key, shown once")),
+                (201, json_body(schema_ref("OwnerCreated"), "the id and the key, shown once")),
                 (400, 409, 413),
-                body=_ref("OwnerIn"),
+                body=schema_ref("OwnerIn"),
             )
         },
         "/v1/owners/{name}": {
             "parameters": [OWNER_NAME],
-            "get": _op(
+            "get": operation(
                 "Read the caller's owner record",
                 "owners",
-                (200, _json(_ref("Owner"), "the owner")),
+                (200, json_body(schema_ref("Owner"), "the owner")),
                 (400, 401, 403, 404),
                 security=OWNER_AUTH,
             ),
-            "delete": _op(
+            "delete": operation(
                 "Delete the caller's owner (no unfinished tasks) and its finished tasks",
                 "owners",
-                (200, _json(_ref("Done"), "deleted")),
+                (200, json_body(schema_ref("Done"), "deleted")),
                 (400, 401, 403, 422),
                 security=OWNER_AUTH,
             ),
         },
         "/v1/queues": {
-            "get": _op(
+            "get": operation(
                 "List the caller's tasks",
                 "tasks",
-                (200, _json({"type": "array", "items": _ref("TaskSummary")}, "a page")),
+                (200, json_body({"type": "array", "items": schema_ref("TaskSummary")}, "a page")),
                 (400, 401, 403),
                 security=OWNER_AUTH,
                 parameters=_list_parameters(list_query),
             )
         },
         "/v1/admin/owners": {
-            "get": _op(
+            "get": operation(
                 "List every owner (administrators)",
                 "operations",
-                (200, _json({"type": "array", "items": _ref("Owner")}, "oldest first")),
+                (200, json_body({"type": "array", "items": schema_ref("Owner")}, "oldest first")),
                 (401, 404),
                 security=[{"adminKey": []}],
                 description="Exists only when the ADMIN_KEY setting is set (404 otherwise).",
@@ -358,26 +367,28 @@ def _text(media_type: str, description: str) -> JsonObject:
 
 
 def _operation_paths() -> JsonObject:
-    asset = _path_param("asset", {"type": "string", "enum": list(DOCS_ASSETS)}, "file name")
+    asset = path_param("asset", {"type": "string", "enum": list(DOCS_ASSETS)}, "file name")
     return {
         "/status": {
-            "get": _op(
+            "get": operation(
                 "Liveness, as in the original", "operations", (200, _text("text/plain", "OK"))
             )
         },
         "/healthz": {
-            "get": _op("The process is up", "operations", (200, _json(_ref("Health"), "up")))
+            "get": operation(
+                "The process is up", "operations", (200, json_body(schema_ref("Health"), "up"))
+            )
         },
         "/readyz": {
-            "get": _op(
+            "get": operation(
                 "The database answers and the scheduler loop is alive",
                 "operations",
-                (200, _json(_ref("Readiness"), "ready")),
-                also={503: _json(_ref("Readiness"), "not ready: see checks")},
+                (200, json_body(schema_ref("Readiness"), "ready")),
+                also={503: json_body(schema_ref("Readiness"), "not ready: see checks")},
             )
         },
         "/metrics": {
-            "get": _op(
+            "get": operation(
                 "Prometheus metrics (text format 0.0.4)",
                 "operations",
                 (200, _text("text/plain", "the exposition")),
@@ -386,16 +397,18 @@ def _operation_paths() -> JsonObject:
             )
         },
         "/openapi.json": {
-            "get": _op(
+            "get": operation(
                 "This document",
                 "operations",
-                (200, _json({"type": "object"}, "OpenAPI 3.1")),
+                (200, json_body({"type": "object"}, "OpenAPI 3.1")),
             )
         },
-        "/docs": {"get": _op("API docs page", "operations", (200, _text("text/html", "HTML")))},
+        "/docs": {
+            "get": operation("API docs page", "operations", (200, _text("text/html", "HTML")))
+        },
         "/docs/{asset}": {
             "parameters": [asset],
-            "get": _op("Docs page assets", "operations", (200, _text("text/plain", "file"))),
+            "get": operation("Docs page assets", "operations", (200, _text("text/plain", "file"))),
         },
     }
 

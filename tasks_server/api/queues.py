@@ -146,14 +146,14 @@ async def attempts(request: Request) -> Response:
     )
 
 
-def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+def merge_patch(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     """JSON merge patch (RFC 7386): objects merge key by key, null removes a key."""
     merged = dict(base)
     for key, value in patch.items():
         if value is None:
             merged.pop(key, None)
         elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_patch(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -171,7 +171,7 @@ async def edit(request: Request) -> Response:
             {"_errors": ["Expected a non-empty object with httpRequest, config or metadata"]}
         )
     spec = await app.store.get_spec(owner_id, task_id)
-    data = _merge(spec_to_wire(spec), patch)
+    data = merge_patch(spec_to_wire(spec), patch)
     now = app.clock.now_ms()
     new = _validate(app, data, now)
     task = await app.store.edit_task(owner_id, task_id, new, now)

@@ -20,7 +20,7 @@ from .schemas import (
     HttpRequestIn,
     Metadata,
     Strict,
-    _query_int,
+    query_int,
 )
 
 SCHEDULE_NAME = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
@@ -79,7 +79,7 @@ TEMPLATE_REFUSED = ("executeAt", "executionDelay", "executeImmediately", "retryA
 
 
 def _page(low: int, high: int) -> Any:
-    return Annotated[int, BeforeValidator(lambda v: _query_int(v, low, high))]
+    return Annotated[int, BeforeValidator(lambda v: query_int(v, low, high))]
 
 
 class PageQuery(Strict):
@@ -150,12 +150,12 @@ def openapi_schemas() -> dict[str, Any]:
 
 
 def openapi_paths() -> dict[str, Any]:
-    from .openapi import OWNER_AUTH, PRETTY, _json, _op, _path_param, _ref
+    from .openapi import OWNER_AUTH, PRETTY, json_body, operation, path_param, schema_ref
 
-    key = _path_param("key", {"type": "string"}, "the schedule's id or name")
+    key = path_param("key", {"type": "string"}, "the schedule's id or name")
     one = "/v1/schedules/{key}"
-    full = (200, _json(_ref("Schedule"), "the schedule with its task template"))
-    short = (200, _json(_ref("ScheduleSummary"), "the schedule"))
+    full = (200, json_body(schema_ref("Schedule"), "the schedule with its task template"))
+    short = (200, json_body(schema_ref("ScheduleSummary"), "the schedule"))
     page = [
         {"name": n, "in": "query", "required": False, "schema": {"type": "integer"}}
         for n in ("limit", "offset")
@@ -167,23 +167,26 @@ def openapi_paths() -> dict[str, Any]:
             "properties": {"at": {"type": "integer"}, "local": {"type": "string"}},
         },
     }
-    tasks = {"type": "array", "items": _ref("TaskSummary")}
+    tasks = {"type": "array", "items": schema_ref("TaskSummary")}
     return {
         "/v1/schedules": {
-            "get": _op(
+            "get": operation(
                 "List the caller's schedules, by name",
                 "schedules",
-                (200, _json({"type": "array", "items": _ref("ScheduleSummary")}, "a page")),
+                (
+                    200,
+                    json_body({"type": "array", "items": schema_ref("ScheduleSummary")}, "a page"),
+                ),
                 (400, 401, 403),
                 parameters=page,
                 security=OWNER_AUTH,
             ),
-            "post": _op(
+            "post": operation(
                 "Create a schedule",
                 "schedules",
-                (201, _json(_ref("Schedule"), "created")),
+                (201, json_body(schema_ref("Schedule"), "created")),
                 (400, 401, 403, 409, 413, 422),
-                body=_ref("ScheduleIn"),
+                body=schema_ref("ScheduleIn"),
                 parameters=[PRETTY],
                 description="A task is created from httpRequest + config at each slot.",
                 security=OWNER_AUTH,
@@ -191,8 +194,10 @@ def openapi_paths() -> dict[str, Any]:
         },
         one: {
             "parameters": [key],
-            "get": _op("Read a schedule", "schedules", full, (401, 403, 404), security=OWNER_AUTH),
-            "patch": _op(
+            "get": operation(
+                "Read a schedule", "schedules", full, (401, 403, 404), security=OWNER_AUTH
+            ),
+            "patch": operation(
                 "Edit a schedule",
                 "schedules",
                 full,
@@ -200,42 +205,42 @@ def openapi_paths() -> dict[str, Any]:
                 body={"type": "object", "description": "JSON merge patch over ScheduleIn"},
                 security=OWNER_AUTH,
             ),
-            "delete": _op(
+            "delete": operation(
                 "Delete a schedule (its tasks stay)",
                 "schedules",
-                (200, _json(_ref("Done"), "deleted")),
+                (200, json_body(schema_ref("Done"), "deleted")),
                 (401, 403, 404),
                 security=OWNER_AUTH,
             ),
         },
         f"{one}/pause": {
             "parameters": [key],
-            "patch": _op(
+            "patch": operation(
                 "Pause a schedule", "schedules", short, (401, 403, 404, 422), security=OWNER_AUTH
             ),
         },
         f"{one}/resume": {
             "parameters": [key],
-            "patch": _op(
+            "patch": operation(
                 "Resume a schedule", "schedules", short, (401, 403, 404, 422), security=OWNER_AUTH
             ),
         },
         f"{one}/next": {
             "parameters": [key],
-            "get": _op(
+            "get": operation(
                 "Preview the next slots (query n, 1-100, default 5)",
                 "schedules",
-                (200, _json(slots, "epoch ms and local time")),
+                (200, json_body(slots, "epoch ms and local time")),
                 (400, 401, 403, 404),
                 security=OWNER_AUTH,
             ),
         },
         f"{one}/tasks": {
             "parameters": [key],
-            "get": _op(
+            "get": operation(
                 "The tasks the schedule created, newest first",
                 "schedules",
-                (200, _json(tasks, "a page")),
+                (200, json_body(tasks, "a page")),
                 (400, 401, 403, 404),
                 parameters=page,
                 security=OWNER_AUTH,

@@ -28,7 +28,7 @@ from ..models import (
 from . import Services, services
 from .convert import config_to_wire, field_error, request_to_wire, to_new_task
 from .errors import validation_failed
-from .queues import _merge, summary
+from .queues import merge_patch, summary
 from .schedule_schemas import (
     SCHEDULE_ID,
     SCHEDULE_NAME,
@@ -205,7 +205,7 @@ async def edit(request: Request) -> Response:
 
     async def revise(schedule: Schedule, now_ms: int) -> tuple[Schedule, TaskSpec | None]:
         template = await app.store.get_schedule_spec(owner_id, schedule.id)
-        new = _validate(app, _merge(_definition(schedule, template), patch), now_ms)
+        new = _validate(app, merge_patch(_definition(schedule, template), patch), now_ms)
         state = policy.revised(schedule, new.timing, now_ms)
         changed = _with_progress(schedule, state, name=new.name, timing=new.timing)
         return changed, new.task

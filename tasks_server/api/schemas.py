@@ -410,8 +410,8 @@ def _digits(low: int, high: int) -> Any:
 class ListQuery(Strict):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
-    limit: Annotated[int, BeforeValidator(lambda v: _query_int(v, 1, 1000))] = 10
-    offset: Annotated[int, BeforeValidator(lambda v: _query_int(v, 0, 1_000_000))] = 0
+    limit: Annotated[int, BeforeValidator(lambda v: query_int(v, 1, 1000))] = 10
+    offset: Annotated[int, BeforeValidator(lambda v: query_int(v, 0, 1_000_000))] = 0
     order: Literal["createdAt", "estimateEndAt", "estimateExecutionAt"] = "createdAt"
     sort: Annotated[Literal["asc", "desc"], BeforeValidator(_lower)] = "asc"
     state: (
@@ -422,7 +422,7 @@ class ListQuery(Strict):
     ) = None
 
 
-def _query_int(value: Any, low: int, high: int) -> int:
+def query_int(value: Any, low: int, high: int) -> int:
     if not isinstance(value, str) or not re.fullmatch(r"\d{1,7}", value):
         raise PydanticCustomError("query_int", "Expected a whole number")
     number = int(value)
