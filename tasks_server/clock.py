@@ -31,3 +31,17 @@ class SystemClock:
 
     def sleep(self, seconds: float) -> Awaitable[None]:
         return asyncio.sleep(max(seconds, 0.0))
+
+
+async def sleep_or_wake(clock: Clock, delay_s: float, wake: asyncio.Event) -> None:
+    """Return after ``delay_s`` seconds of ``clock`` time, or as soon as ``wake`` is set.
+
+    The background loops park here, so they never poll on a fixed period (STYLE R9).
+    """
+    waker = asyncio.ensure_future(wake.wait())
+    sleeper = asyncio.ensure_future(clock.sleep(delay_s))
+    try:
+        await asyncio.wait((waker, sleeper), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waker.cancel()
+        sleeper.cancel()

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .clock import Clock
+from .clock import Clock, sleep_or_wake
 from .dispatch import Dispatcher
 from .models import Attempt, Call, Outcome, Result, TaskState
 from .retry import decide
@@ -179,13 +179,7 @@ class Scheduler:
         return min(max(wake_at - now_ms, 0) / 1000, MAX_NAP_S)
 
     async def _wait(self, delay_s: float) -> None:
-        waker = asyncio.ensure_future(self._wake.wait())
-        sleeper = asyncio.ensure_future(self._clock.sleep(delay_s))
-        try:
-            await asyncio.wait((waker, sleeper), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waker.cancel()
-            sleeper.cancel()
+        await sleep_or_wake(self._clock, delay_s, self._wake)
         self._wake_at_ms = None
 
     def _refill_at_ms(self) -> int:

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from .clock import Clock
+from .clock import Clock, sleep_or_wake
 from .models import ScheduleFire
 from .schedule_policy import LOOKAHEAD_MS, plan
 from .store import Store
@@ -87,13 +87,7 @@ class ScheduleRunner:
         return min(max(wake_at - now, 0) / 1000, MAX_NAP_S)
 
     async def _wait(self, delay_s: float) -> None:
-        waker = asyncio.ensure_future(self._wake.wait())
-        sleeper = asyncio.ensure_future(self._clock.sleep(delay_s))
-        try:
-            await asyncio.wait((waker, sleeper), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waker.cancel()
-            sleeper.cancel()
+        await sleep_or_wake(self._clock, delay_s, self._wake)
         self._wake_at_ms = None
 
     async def tick(self, now_ms: int) -> int:
