@@ -203,6 +203,29 @@ def _add_owner_commands(commands: Any, flags: argparse.ArgumentParser) -> None:
     delete.add_argument("name", help="your owner name")
 
 
+def add_request_flags(command: argparse.ArgumentParser) -> None:
+    """The flags that describe the HTTP call: method, headers, query and body."""
+    command.add_argument("-X", "--method", help="GET, POST, PUT, PATCH or DELETE (default GET)")
+    command.add_argument(
+        "-H",
+        "--header",
+        type=parse_header,
+        action="append",
+        metavar="'NAME: VALUE'",
+        help="a request header (repeatable)",
+    )
+    command.add_argument(
+        "--query",
+        type=parse_pair,
+        action="append",
+        metavar="NAME=VALUE",
+        help="a query parameter appended to the URL (repeatable)",
+    )
+    body = command.add_mutually_exclusive_group()
+    body.add_argument("-d", "--data", metavar="TEXT", help="a text body")
+    body.add_argument("--json-data", metavar="JSON", help="a JSON object body")
+
+
 def _add_task_add(group: Any, flags: argparse.ArgumentParser) -> None:
     add = add_command(
         group,
@@ -213,25 +236,7 @@ def _add_task_add(group: Any, flags: argparse.ArgumentParser) -> None:
         output.print_task,
     )
     add.add_argument("target_url", metavar="TARGET_URL", help="the URL the server will call")
-    add.add_argument("-X", "--method", help="GET, POST, PUT, PATCH or DELETE (default GET)")
-    add.add_argument(
-        "-H",
-        "--header",
-        type=parse_header,
-        action="append",
-        metavar="'NAME: VALUE'",
-        help="a request header (repeatable)",
-    )
-    add.add_argument(
-        "--query",
-        type=parse_pair,
-        action="append",
-        metavar="NAME=VALUE",
-        help="a query parameter appended to the URL (repeatable)",
-    )
-    body = add.add_mutually_exclusive_group()
-    body.add_argument("-d", "--data", metavar="TEXT", help="a text body")
-    body.add_argument("--json-data", metavar="JSON", help="a JSON object body")
+    add_request_flags(add)
     when = add.add_mutually_exclusive_group()
     when.add_argument("--delay", type=int, metavar="MS", help="run after this many ms")
     when.add_argument("--at", metavar="DATE", help="run at this time (ISO 8601 or epoch ms)")

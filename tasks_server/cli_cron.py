@@ -18,8 +18,8 @@ from .cli_client import (
     Handler,
     Printer,
     add_command,
+    add_request_flags,
     connection_flags,
-    parse_header,
     parse_pair,
     task_body,
 )
@@ -160,21 +160,7 @@ def _add_add(group: Any, flags: argparse.ArgumentParser) -> None:
         "@monthly/@yearly, or '@every 10m'",
     )
     add.add_argument("target_url", metavar="URL", help="the URL each run calls")
-    add.add_argument("-X", "--method", help="GET, POST, PUT, PATCH or DELETE (default GET)")
-    add.add_argument(
-        "-H",
-        "--header",
-        type=parse_header,
-        action="append",
-        metavar="'NAME: VALUE'",
-        help="a request header (repeatable)",
-    )
-    add.add_argument(
-        "--query", type=parse_pair, action="append", metavar="NAME=VALUE", help="repeatable"
-    )
-    data = add.add_mutually_exclusive_group()
-    data.add_argument("-d", "--data", metavar="TEXT", help="a text body")
-    data.add_argument("--json-data", metavar="JSON", help="a JSON object body")
+    add_request_flags(add)
     add.add_argument("--tz", help="IANA time zone of the cron fields (default UTC)")
     add.add_argument("--start", metavar="DATE", help="no run before (ISO 8601 or epoch ms)")
     add.add_argument("--end", metavar="DATE", help="no run after (ISO 8601 or epoch ms)")
