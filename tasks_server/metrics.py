@@ -123,15 +123,14 @@ class Metrics:
             "Tasks not yet finished (RUNNING or PAUSED), read from the store at scrape time",
             registry=registry,
         )
-        self._scheduler: Scheduler | None = None
 
     # -- wiring -------------------------------------------------------------------------
 
     def watch_scheduler(self, scheduler: Scheduler) -> None:
         """Export the scheduler's counters and gauges and observe every finished attempt."""
-        self._scheduler = scheduler
         self.registry.register(_SchedulerCollector(scheduler))
         scheduler.stats.observe = self.on_attempt
+        scheduler.stats.on_start = self.on_start
 
     # -- hooks --------------------------------------------------------------------------
 
@@ -142,31 +141,23 @@ class Metrics:
             self.registered.inc()
 
     def on_attempt(self, attempt: Attempt, result: Result) -> None:
-        """The scheduler's observe hook: dispatch latency, and the lateness it queued."""
+        """The scheduler's observe hook: dispatch latency."""
         outcome = result.outcome
         self.dispatch.labels(status_class(outcome.status)).observe(outcome.total_ms / 1000)
-        self._drain_lateness()
+
+    def on_start(self, lateness_ms: float) -> None:
+        """The scheduler's start hook: how late after its due time an attempt started."""
+        self.lateness.observe(max(lateness_ms, 0.0) / 1000)
 
     def on_commit(self, seconds: float, batch_size: int) -> None:
         self.commit.observe(seconds)
         self.commit_batch.observe(batch_size)
-
-    def _drain_lateness(self) -> None:
-        """Move the scheduler's lateness samples (ms) into the histogram; the list is
-        drained here so it never grows while nobody scrapes."""
-        if self._scheduler is None:
-            return
-        samples = self._scheduler.stats.lateness_ms
-        for lateness_ms in samples:
-            self.lateness.observe(max(lateness_ms, 0.0) / 1000)
-        samples.clear()
 
     # -- exposition ---------------------------------------------------------------------
 
     async def render(self, count_pending: Callable[[], Awaitable[int]] | None = None) -> bytes:
         """The Prometheus text exposition of every metric, after refreshing the gauges
         that must be read from elsewhere."""
-        self._drain_lateness()
         if count_pending is not None:
             self.pending.set(await count_pending())
         return generate_latest(self.registry)

@@ -13,7 +13,7 @@ import heapq
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .clock import Clock, sleep_or_wake
 from .dispatch import Dispatcher
@@ -50,7 +50,7 @@ class SchedulerStats:
     succeeded: int = 0
     failed: int = 0
     retried: int = 0
-    lateness_ms: list[float] = field(default_factory=list)  # drained by observers
+    on_start: Callable[[float], None] | None = None  # called with each start's lateness (ms)
     observe: Callable[[Attempt, Result], None] | None = None
 
 
@@ -249,7 +249,8 @@ class Scheduler:
             max_body_bytes=self._options.max_response_bytes,
         )
         self.stats.claimed += 1
-        self.stats.lateness_ms.append(float(now_ms - attempt.due_at_ms))
+        if self.stats.on_start is not None:
+            self.stats.on_start(float(now_ms - attempt.due_at_ms))
         future = self._dispatcher.submit(call)
         self._in_flight[attempt.task_id] = future
         future.add_done_callback(lambda done: self._finished(attempt, done))

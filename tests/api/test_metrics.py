@@ -124,18 +124,10 @@ async def test_each_app_has_its_own_registry(make_server: ServerFactory, tmp_pat
     assert first.metrics.registry is not second.metrics.registry
 
 
-def test_lateness_samples_are_drained_even_without_scrapes() -> None:
+def test_lateness_is_observed_as_attempts_start() -> None:
     metrics = Metrics(process=False)
-
-    class Stats:
-        lateness_ms = [5.0, 15.0]
-
-    class FakeScheduler:
-        stats = Stats()
-
-    metrics._scheduler = FakeScheduler()  # type: ignore[assignment]
-    metrics._drain_lateness()
-    assert Stats.lateness_ms == []
+    metrics.on_start(5.0)
+    metrics.on_start(15.0)
     assert asyncio.run(metrics.render()).count(b"tasks_scheduler_lateness_seconds_count 2.0") == 1
 
 
