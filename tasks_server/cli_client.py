@@ -226,6 +226,20 @@ def add_request_flags(command: argparse.ArgumentParser) -> None:
     body.add_argument("--json-data", metavar="JSON", help="a JSON object body")
 
 
+def add_attempt_flags(command: argparse.ArgumentParser, metadata_help: str) -> None:
+    """The flags for retries, the attempt timeout and metadata."""
+    command.add_argument("--retry", type=int, metavar="N", help="retries after a failed attempt")
+    command.add_argument(
+        "--retry-interval", type=int, metavar="MS", help="base wait between retries"
+    )
+    command.add_argument(
+        "--attempt-timeout", type=int, metavar="MS", help="timeout of each attempt"
+    )
+    command.add_argument(
+        "--metadata", type=parse_pair, action="append", metavar="KEY=VALUE", help=metadata_help
+    )
+
+
 def _add_task_add(group: Any, flags: argparse.ArgumentParser) -> None:
     add = add_command(
         group,
@@ -240,16 +254,7 @@ def _add_task_add(group: Any, flags: argparse.ArgumentParser) -> None:
     when = add.add_mutually_exclusive_group()
     when.add_argument("--delay", type=int, metavar="MS", help="run after this many ms")
     when.add_argument("--at", metavar="DATE", help="run at this time (ISO 8601 or epoch ms)")
-    add.add_argument("--retry", type=int, metavar="N", help="retries after a failed attempt")
-    add.add_argument("--retry-interval", type=int, metavar="MS", help="base wait between retries")
-    add.add_argument("--attempt-timeout", type=int, metavar="MS", help="timeout of each attempt")
-    add.add_argument(
-        "--metadata",
-        type=parse_pair,
-        action="append",
-        metavar="KEY=VALUE",
-        help="metadata stored with the task (repeatable, at most 8)",
-    )
+    add_attempt_flags(add, "metadata stored with the task (repeatable, at most 8)")
     add.add_argument(
         "--body-file",
         metavar="FILE",

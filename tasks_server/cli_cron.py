@@ -17,10 +17,10 @@ from .cli_client import (
     EXIT_CODES_HELP,
     Handler,
     Printer,
+    add_attempt_flags,
     add_command,
     add_request_flags,
     connection_flags,
-    parse_pair,
     task_body,
 )
 from .client import TasksClient
@@ -176,16 +176,7 @@ def _add_add(group: Any, flags: argparse.ArgumentParser) -> None:
         help="when the previous run is still pending (default allow)",
     )
     add.add_argument("--catch-up-limit", type=int, metavar="N", help="run_all bound (default 10)")
-    add.add_argument("--retry", type=int, metavar="N", help="retries after a failed attempt")
-    add.add_argument("--retry-interval", type=int, metavar="MS", help="base wait between retries")
-    add.add_argument("--attempt-timeout", type=int, metavar="MS", help="timeout of each attempt")
-    add.add_argument(
-        "--metadata",
-        type=parse_pair,
-        action="append",
-        metavar="KEY=VALUE",
-        help="copied to each run's task (repeatable, at most 8)",
-    )
+    add_attempt_flags(add, "copied to each run's task (repeatable, at most 8)")
     add.add_argument(
         "--body-file",
         metavar="FILE",
