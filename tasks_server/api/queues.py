@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,6 +20,7 @@ from .errors import validation_failed
 from .schemas import ListQuery, TaskIn
 from .wire import DONE, answer, parse_json, read_body, read_json
 
+Transition = Callable[[str, str, int], Awaitable[Task]]
 _TASK_ID = re.compile(r"^[A-Z0-9]{24}$")
 
 
@@ -183,7 +185,7 @@ async def edit(request: Request) -> Response:
 async def execute(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    task = await _action(app, owner_id, _task_id(request), "execute")
+    task = await _action(app.store.execute_task, app, owner_id, _task_id(request))
     if task.due_at_ms is not None:
         app.scheduler.notify(task.id, task.due_at_ms)
     return answer(request, DONE)
@@ -192,7 +194,7 @@ async def execute(request: Request) -> Response:
 async def pause(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    task = await _action(app, owner_id, _task_id(request), "pause")
+    task = await _action(app.store.pause_task, app, owner_id, _task_id(request))
     app.scheduler.forget(task.id)
     return answer(request, DONE)
 
@@ -200,7 +202,7 @@ async def pause(request: Request) -> Response:
 async def resume(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    task = await _action(app, owner_id, _task_id(request), "resume")
+    task = await _action(app.store.resume_task, app, owner_id, _task_id(request))
     if task.due_at_ms is not None:
         app.scheduler.notify(task.id, task.due_at_ms)
     return answer(request, record(task))
@@ -209,7 +211,7 @@ async def resume(request: Request) -> Response:
 async def revoke(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    task = await _action(app, owner_id, _task_id(request), "revoke")
+    task = await _action(app.store.revoke_task, app, owner_id, _task_id(request))
     app.scheduler.forget(task.id)
     return answer(request, DONE)
 
@@ -221,26 +223,14 @@ async def delete(request: Request) -> Response:
     try:
         await app.store.delete_task(owner_id, task_id)
     except TaskNotFound as exc:
-        raise _missing() from exc
+        raise PreconditionFailed() from exc
     app.scheduler.forget(task_id)
     return answer(request, DONE)
 
 
-async def _action(app: Services, owner_id: str, task_id: str, name: str) -> Task:
+async def _action(transition: Transition, app: Services, owner_id: str, task_id: str) -> Task:
     """Run a state transition; a missing (or foreign) task is a 422, as in the original."""
-    now = app.clock.now_ms()
-    store = app.store
-    transitions = {
-        "execute": store.execute_task,
-        "pause": store.pause_task,
-        "resume": store.resume_task,
-        "revoke": store.revoke_task,
-    }
     try:
-        return await transitions[name](owner_id, task_id, now)
+        return await transition(owner_id, task_id, app.clock.now_ms())
     except TaskNotFound as exc:
-        raise _missing() from exc
-
-
-def _missing() -> PreconditionFailed:
-    return PreconditionFailed()
+        raise PreconditionFailed() from exc
