@@ -53,7 +53,7 @@
             build-system = [ python.pkgs.setuptools ];
             dependencies = runtimeDeps python.pkgs;
             # the test suite runs in the dev shell and CI (sh scripts/check); here, a smoke test
-            pythonImportsCheck = [ "tasks_server.app" "tasks_server.cli" ];
+            pythonImportsCheck = [ "tasks_server.app" "tasks_server.cli.main" ];
             postInstallCheck = ''
               $out/bin/tasks-server --version
             '';

@@ -88,7 +88,7 @@ def backup_windows(log: Path) -> list[tuple[float, float, str]]:
         if not line.startswith("{"):
             continue
         entry = json.loads(line)
-        if entry["logger"] != "tasks_server.backup":
+        if entry["logger"] != "tasks_server.backup.job":
             continue
         name = entry["message"].split()[1]
         stamp = datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ")

@@ -20,7 +20,9 @@ from bench.common import Server, register_owner
 from tasks_server.models import HttpRequest, TaskConfig, TaskSpec
 from tasks_server.sealing import Sealer
 from tasks_server.store.migrate import migrate
-from tasks_server.store.sqlite import _SPEC, connect, new_task_id
+from tasks_server.store.sqlite import connect
+from tasks_server.store.sqlite.base import SPEC
+from tasks_server.store.sqlite.tasks import new_task_id
 
 
 def fill(path: Path, owner_id: str, count: int, days: int) -> float:
@@ -31,7 +33,7 @@ def fill(path: Path, owner_id: str, count: int, days: int) -> float:
         HttpRequest(url="http://127.0.0.1:9/hook", method="POST", data_json='{"n":1}'),
         TaskConfig(retry=3, retry_interval_ms=1000, retry_exponential=True),
     )
-    plain = _SPEC.dump_json(spec, exclude_defaults=True)
+    plain = SPEC.dump_json(spec, exclude_defaults=True)
     now = time.time_ns() // 1_000_000
     span = days * 86_400_000
     conn = connect(path, "NORMAL")

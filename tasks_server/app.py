@@ -14,18 +14,20 @@ from pathlib import Path
 from starlette.applications import Starlette
 
 from . import dispatch
-from .api import Services, create_app
+from .api import create_app
 from .api.auth import Authenticator
 from .api.edge import Edge, Throttle
-from .backup import BackupJob, DatabaseLock
+from .api.services import Services
+from .backup.job import BackupJob
 from .clock import Clock, SystemClock
 from .config import Settings
+from .engine.scheduler import Scheduler, SchedulerOptions
 from .metrics import Metrics
 from .models import HttpRequest, TaskConfig
-from .scheduler import Scheduler, SchedulerOptions
-from .schedules import ScheduleRunner
+from .schedules.runner import ScheduleRunner
 from .sealing import Sealer
 from .store.sqlite import SqliteStore
+from .store.sqlite.lock import DatabaseLock
 
 logger = logging.getLogger(__name__)
 

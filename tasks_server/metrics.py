@@ -23,8 +23,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from .engine.scheduler import Scheduler
     from .models import Attempt, Result
-    from .scheduler import Scheduler
 
 REGISTER_ROUTE = ("POST", "/v1/queues/register", 201)
 

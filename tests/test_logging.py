@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks_server import cli
+from tasks_server.cli import main as cli
 from tasks_server.config import load
 from tasks_server.log import JsonFormatter
 from tasks_server.models import Call, Outcome

@@ -1,59 +1,21 @@
-"""The HTTP layer: routes, the services handlers use, and the error handlers."""
+"""The HTTP layer: the routes and the Starlette app with its error handlers."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
-from ..clock import Clock
-from ..config import Settings
 from ..errors import TasksServerError
-from ..models import HttpRequest, TaskConfig
-from ..store import Store
-from .auth import Authenticator
-
-
-class Notifier(Protocol):
-    """What the API may tell the scheduler: in-memory calls, no I/O, never blocking."""
-
-    def notify(self, task_id: str, due_at_ms: int) -> None: ...
-
-    def forget(self, task_id: str) -> None: ...
-
-
-class ScheduleNotifier(Protocol):
-    """What the API may tell the schedule runner: a schedule is next due at this time."""
-
-    def notify(self, next_at_ms: int | None) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Services:
-    settings: Settings
-    store: Store
-    clock: Clock
-    scheduler: Notifier
-    auth: Authenticator
-    unsupported: Callable[[HttpRequest, TaskConfig], list[str]]
-    readiness: Callable[[], Awaitable[dict[str, bool]]]
-    metrics_text: Callable[[], Awaitable[bytes]] | None = None  # Prometheus exposition
-    schedules: ScheduleNotifier | None = None  # the recurring-schedule runner
-
-
-def services(request: Request) -> Services:
-    found: Services = request.app.state.services
-    return found
+from . import admin, health, openapi, owners, queues, schedules
+from .errors import handle_domain_error, handle_http_error, handle_unexpected
+from .services import Services
 
 
 def routes() -> list[BaseRoute]:
-    from . import admin, health, openapi, owners, queues, schedules
-
     task = "/v1/queues/{task_id}"
     schedule = "/v1/schedules/{key}"  # a schedule's id or name
     return [
@@ -92,8 +54,6 @@ def routes() -> list[BaseRoute]:
 
 
 def create_app(svc: Services, lifespan: Any = None) -> Starlette:
-    from .errors import handle_domain_error, handle_http_error, handle_unexpected
-
     handlers: dict[Any, Callable[..., Any]] = {
         TasksServerError: handle_domain_error,
         HTTPException: handle_http_error,

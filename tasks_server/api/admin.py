@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import NotFound, WrongKey
-from . import services
+from .services import services
 from .wire import answer
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"

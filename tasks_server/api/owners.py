@@ -11,9 +11,9 @@ from starlette.responses import Response
 
 from ..errors import NotFound, OwnerNotFound, PreconditionFailed
 from ..sealing import key_digest
-from . import services
 from .errors import validation_failed
 from .schemas import OwnerIn
+from .services import services
 from .wire import DONE, answer, read_json
 
 _KEY_ALPHABET = string.digits + string.ascii_letters

@@ -14,10 +14,10 @@ from starlette.responses import Response
 
 from ..errors import PreconditionFailed, TaskNotFound, Unsupported, ValidationFailed
 from ..models import NewTask, Task, TaskState
-from . import Services, services
 from .convert import field_error, spec_to_wire, to_new_task
 from .errors import validation_failed
 from .schemas import ListQuery, TaskIn
+from .services import Services, services
 from .wire import DONE, answer, parse_json, read_body, read_json
 
 Transition = Callable[[str, str, int], Awaitable[Task]]

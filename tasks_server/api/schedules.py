@@ -14,7 +14,6 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import schedule_policy as policy
 from ..errors import Conflict, NotFound, PreconditionFailed, Unsupported, ValidationFailed
 from ..models import (
     MisfirePolicy,
@@ -25,7 +24,7 @@ from ..models import (
     ScheduleTiming,
     TaskSpec,
 )
-from . import Services, services
+from ..schedules import policy
 from .convert import config_to_wire, field_error, request_to_wire, to_new_task
 from .errors import validation_failed
 from .queues import merge_patch, summary
@@ -38,6 +37,7 @@ from .schedule_schemas import (
     ScheduleIn,
 )
 from .schemas import TaskIn
+from .services import Services, services
 from .wire import DONE, answer, read_json
 
 _SAVE_ATTEMPTS = 5  # an edit races only with the runner firing the same schedule

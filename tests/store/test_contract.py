@@ -28,7 +28,9 @@ from tasks_server.models import (
 )
 from tasks_server.sealing import Sealer, key_digest
 from tasks_server.store import Store
-from tasks_server.store.sqlite import SqliteStore, new_owner_id, new_task_id
+from tasks_server.store.sqlite import SqliteStore
+from tasks_server.store.sqlite.owners import new_owner_id
+from tasks_server.store.sqlite.tasks import new_task_id
 
 T0 = 1_767_225_600_000
 SECRET_URL = "http://127.0.0.1:9/very-secret-path"

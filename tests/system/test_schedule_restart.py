@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tasks_server.schedule_policy import LOOKAHEAD_MS
+from tasks_server.schedules.policy import LOOKAHEAD_MS
 from tests.support.process import ServerProcess
 from tests.support.targets import Reply, TargetServer
 from tests.support.waiting import wait_until

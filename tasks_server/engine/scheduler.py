@@ -15,13 +15,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .clock import Clock, sleep_or_wake
-from .dispatch import Dispatcher
-from .models import Attempt, Call, Outcome, Result, TaskState
+from ..clock import Clock, sleep_or_wake
+from ..dispatch import Dispatcher
+from ..models import Attempt, Call, Outcome, Result, TaskState
+from ..store import Store
+from ..timing import attempt_timeout_ms
 from .retry import decide
-from .store import Store
 from .timers import DueTimers
-from .timing import attempt_timeout_ms
 
 logger = logging.getLogger(__name__)
 task_logger = logging.getLogger("tasks_server.tasks")

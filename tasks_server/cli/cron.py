@@ -12,8 +12,9 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
-from . import cli_output as output
-from .cli_client import (
+from . import output
+from .client import TasksClient
+from .tasks import (
     EXIT_CODES_HELP,
     Handler,
     Printer,
@@ -23,7 +24,6 @@ from .cli_client import (
     connection_flags,
     task_body,
 )
-from .client import TasksClient
 
 _PAGE = 1000
 _PREVIEW = 5

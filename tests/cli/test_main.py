@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks_server.cli import parser
+from tasks_server.cli.main import parser
 from tests.support.process import ServerProcess, free_port
 from tests.support.targets import Reply, TargetServer
 from tests.support.waiting import wait_until

@@ -13,10 +13,10 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from .clock import Clock, sleep_or_wake
-from .models import ScheduleFire
-from .schedule_policy import LOOKAHEAD_MS, plan
-from .store import Store
+from ..clock import Clock, sleep_or_wake
+from ..models import ScheduleFire
+from ..store import Store
+from .policy import LOOKAHEAD_MS, plan
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli.test_main import Cli
 from tests.support.process import ServerProcess
-from tests.test_cli import Cli
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .models import Attempt, Outcome, Result, TaskState
+from ..models import Attempt, Outcome, Result, TaskState
 
 TIMEOUT_STATUS = 408
 TOO_LARGE_STATUS = 422

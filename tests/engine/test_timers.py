@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tasks_server.timers import DueTimers
+from tasks_server.engine.timers import DueTimers
 
 
 def test_pop_due_in_time_order() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks_server.engine.scheduler import Scheduler, SchedulerOptions
 from tasks_server.models import (
     Call,
     HttpRequest,
@@ -21,7 +22,6 @@ from tasks_server.models import (
     TaskSpec,
     TaskState,
 )
-from tasks_server.scheduler import Scheduler, SchedulerOptions
 from tasks_server.sealing import Sealer, key_digest
 from tasks_server.store.sqlite import SqliteStore
 from tests.support.clock import FakeClock

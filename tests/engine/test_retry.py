@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from tasks_server.engine.retry import classify, decide, retry_delay_ms
 from tasks_server.models import (
     Attempt,
     HttpRequest,
@@ -10,7 +11,6 @@ from tasks_server.models import (
     TaskSpec,
     TaskState,
 )
-from tasks_server.retry import classify, decide, retry_delay_ms
 
 NOW = 1_000_000
 

@@ -21,8 +21,8 @@ from tasks_server.models import (
     TaskSpec,
     TaskState,
 )
-from tasks_server.schedule_policy import LOOKAHEAD_MS, plan, start
-from tasks_server.schedules import ScheduleRunner
+from tasks_server.schedules.policy import LOOKAHEAD_MS, plan, start
+from tasks_server.schedules.runner import ScheduleRunner
 from tasks_server.sealing import Sealer, key_digest
 from tasks_server.store.sqlite import SqliteStore
 from tests.support.clock import FakeClock

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import cron
-from .models import (
+from .. import cron
+from ..models import (
     MisfirePolicy,
     OverlapPolicy,
     Schedule,

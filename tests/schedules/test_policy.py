@@ -15,7 +15,7 @@ from tasks_server.models import (
     ScheduleTiming,
     TaskState,
 )
-from tasks_server.schedule_policy import (
+from tasks_server.schedules.policy import (
     LOOKAHEAD_MS,
     MISFIRE_GRACE_MS,
     Progress,

@@ -22,19 +22,29 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks_server import backup
 from tasks_server.app import Server, build
-from tasks_server.backup import (
-    BackupJob,
-    LocalTarget,
+from tasks_server.backup.job import BackupJob, back_up, back_up_now
+from tasks_server.backup.policy import (
+    BackupSchedule,
     Retention,
-    S3Target,
-    Schedule,
     Snapshot,
-    Target,
+    checksum_line,
+    cron_next_ms,
+    next_run_ms,
+    parse_checksum,
+    parse_snapshot,
+    schedule_from,
+    snapshot_name,
 )
+from tasks_server.backup.policy import (
+    expired as expired_snapshots,
+)
+from tasks_server.backup.restore import restore, restore_now
+from tasks_server.backup.snapshot import sha256_file
+from tasks_server.backup.targets import LocalTarget, S3Target, Target, target_from
 from tasks_server.config import Settings, load
 from tasks_server.errors import BackupError, ConfigError
+from tasks_server.store.sqlite.connection import check_database
 from tests.conftest import OwnerAuth, ServerFactory, client_for, register_owner, register_task
 from tests.support.clock import START_MS, FakeClock
 from tests.support.s3 import ACCESS_KEY, SECRET_KEY, S3Server
@@ -81,7 +91,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
     if request.param == "local":
         return LocalTarget(tmp_path / "backups")
     s3 = request.getfixturevalue("s3_settings")
-    made = backup.target_from(s3)
+    made = target_from(s3)
     assert isinstance(made, S3Target)
     return made
 
@@ -124,11 +134,11 @@ def make_database(path: Path, filler_bytes: int = 0) -> Path:
 
 
 def test_snapshot_names_are_utc_sortable_and_parse_back() -> None:
-    name = backup.snapshot_name("tasks", START_MS + 1_234)
+    name = snapshot_name("tasks", START_MS + 1_234)
     assert name == "tasks-20260101T000001.234Z.db"
     assert ":" not in name
-    assert backup.parse_snapshot("tasks", name) == Snapshot(name, START_MS + 1_234)
-    later = backup.snapshot_name("tasks", START_MS + DAY_MS)
+    assert parse_snapshot("tasks", name) == Snapshot(name, START_MS + 1_234)
+    later = snapshot_name("tasks", START_MS + DAY_MS)
     assert sorted([later, name]) == [name, later]
 
 
@@ -143,7 +153,7 @@ def test_snapshot_names_are_utc_sortable_and_parse_back() -> None:
     ],
 )
 def test_other_files_are_not_snapshots(name: str) -> None:
-    assert backup.parse_snapshot("tasks", name) is None
+    assert parse_snapshot("tasks", name) is None
 
 
 def snaps(*days_ago: float) -> list[Snapshot]:
@@ -172,27 +182,27 @@ NOW = START_MS + 30 * DAY_MS
 def test_retention_keeps_what_any_rule_keeps(
     days_ago: Sequence[float], retention: Retention, expired: list[str]
 ) -> None:
-    assert [s.name for s in backup.expired(snaps(*days_ago), NOW, retention)] == expired
+    assert [s.name for s in expired_snapshots(snaps(*days_ago), NOW, retention)] == expired
 
 
 def test_cron_slots_follow_the_zone_across_a_dst_change() -> None:
     # 2026-03-29: Paris springs forward at 02:00; "30 2" does not exist that night
     before = 1_774_737_000_000  # 2026-03-28T22:30:00Z = 23:30 in Paris
-    first = backup.cron_next_ms("0 3 * * *", "Europe/Paris", before)
+    first = cron_next_ms("0 3 * * *", "Europe/Paris", before)
     assert first == 1_774_746_000_000  # 2026-03-29T01:00:00Z = 03:00 CEST
-    assert backup.cron_next_ms("0 3 * * *", "Europe/Paris", first) == first + DAY_MS
-    assert backup.cron_next_ms("0 3 * * *", "UTC", before) == before + 16_200_000  # 4.5 h
+    assert cron_next_ms("0 3 * * *", "Europe/Paris", first) == first + DAY_MS
+    assert cron_next_ms("0 3 * * *", "UTC", before) == before + 16_200_000  # 4.5 h
 
 
 def test_cron_slots_are_strictly_after_and_six_fields_start_with_seconds() -> None:
-    assert backup.cron_next_ms("0 0 * * *", "UTC", START_MS) == START_MS + DAY_MS
-    assert backup.cron_next_ms("*/15 * * * * *", "UTC", START_MS + 1) == START_MS + 15_000
+    assert cron_next_ms("0 0 * * *", "UTC", START_MS) == START_MS + DAY_MS
+    assert cron_next_ms("*/15 * * * * *", "UTC", START_MS + 1) == START_MS + 15_000
 
 
 def test_schedule_is_a_cron_or_an_interval_after_the_last_run() -> None:
-    assert backup.next_run_ms(Schedule(interval_s=600), START_MS + 5) == START_MS + 600_005
-    cron = Schedule(cron="*/5 * * * *", tz="Asia/Kolkata")  # a half-hour offset zone
-    assert backup.next_run_ms(cron, START_MS) == START_MS + 300_000
+    assert next_run_ms(BackupSchedule(interval_s=600), START_MS + 5) == START_MS + 600_005
+    cron = BackupSchedule(cron="*/5 * * * *", tz="Asia/Kolkata")  # a half-hour offset zone
+    assert next_run_ms(cron, START_MS) == START_MS + 300_000
 
 
 @pytest.mark.parametrize(
@@ -208,7 +218,7 @@ def test_a_bad_cron_pattern_or_zone_is_refused_by_name(
 ) -> None:
     bad = dataclasses.replace(settings, backup_cron=pattern, backup_cron_tz=zone)
     with pytest.raises(ConfigError, match=key):
-        backup.schedule_from(bad)
+        schedule_from(bad)
 
 
 async def test_a_server_with_a_bad_cron_pattern_does_not_start(tmp_path: Path) -> None:
@@ -249,10 +259,10 @@ def _empty_env(tmp_path: Path) -> Path:
 
 
 def test_checksum_files_use_the_sha256sum_format() -> None:
-    line = backup.checksum_line("ab" * 32, "tasks-x.db")
+    line = checksum_line("ab" * 32, "tasks-x.db")
     assert line == f"{'ab' * 32}  tasks-x.db\n"
-    assert backup.parse_checksum(line) == "ab" * 32
-    assert backup.parse_checksum("not a checksum") is None
+    assert parse_checksum(line) == "ab" * 32
+    assert parse_checksum("not a checksum") is None
 
 
 # -- both targets, one contract -------------------------------------------------------------------
@@ -262,15 +272,15 @@ async def test_a_published_snapshot_comes_back_with_its_checksum(
     target: Target, tmp_path: Path
 ) -> None:
     source = make_database(tmp_path / "tasks.db")
-    name = backup.snapshot_name("tasks", START_MS)
-    published = await asyncio.to_thread(backup.back_up, source, target, name, START_MS)
+    name = snapshot_name("tasks", START_MS)
+    published = await asyncio.to_thread(back_up, source, target, name, START_MS)
     assert sorted(target.names()) == [name, f"{name}.sha256"]
     fetched_dir = tmp_path / "fetched"
     fetched_dir.mkdir()
     path, recorded = await asyncio.to_thread(target.fetch, name, fetched_dir)
-    assert recorded == published.checksum == backup.sha256_file(path)
+    assert recorded == published.checksum == sha256_file(path)
     assert published.size_bytes == path.stat().st_size
-    backup.check_database(path)
+    check_database(path)
     assert not list(target.staging.glob(".*.partial")), "no partial file is left behind"
 
 
@@ -281,10 +291,10 @@ async def test_retention_prunes_snapshots_with_their_checksums(
     names = []
     for day in range(4):
         now = START_MS + day * DAY_MS
-        name = backup.snapshot_name("tasks", now)
+        name = snapshot_name("tasks", now)
         names.append(name)
         published = await asyncio.to_thread(
-            backup.back_up, source, target, name, now, Retention(keep_last=2)
+            back_up, source, target, name, now, Retention(keep_last=2)
         )
     assert published.removed == (names[1],)  # the oldest went on the previous run
     assert sorted(target.names()) == sorted(
@@ -316,7 +326,7 @@ async def test_snapshots_taken_during_registrations_hold_every_returned_task(
     for round_ in range(3):
         before = set(returned)  # every one of these returned before the snapshot began
         to = tmp_path / f"snap-{round_}.db"
-        await asyncio.to_thread(backup.back_up_now, server.settings, START_MS, to)
+        await asyncio.to_thread(back_up_now, server.settings, START_MS, to)
         overlapped += len(returned) - len(before)
         checks.append((before, to))
     stop.set()
@@ -413,8 +423,8 @@ async def test_interval_backups_run_on_the_clock_and_keep_the_last_n(
         await completed(job, hour)
         await settle(job)  # asleep until the next slot before the clock moves again
     assert snapshot_files(directory) == [
-        backup.snapshot_name("tasks", START_MS + 2 * 3_600_000),
-        backup.snapshot_name("tasks", START_MS + 3 * 3_600_000),
+        snapshot_name("tasks", START_MS + 2 * 3_600_000),
+        snapshot_name("tasks", START_MS + 3 * 3_600_000),
     ]
     assert job.next_run_ms == START_MS + 4 * 3_600_000
 
@@ -468,14 +478,14 @@ async def test_object_storage_backups_upload_beside_a_checksum_and_never_log_sec
     clock = FakeClock()
     job = BackupJob(s3_settings, clock)
     published = await job.run_once()
-    key = f"nightly/tasks/{backup.snapshot_name('tasks', START_MS)}"
+    key = f"nightly/tasks/{snapshot_name('tasks', START_MS)}"
     assert published.location == f"s3://{bucket}/{key}"
     s3 = s3_server.client()
     body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     sums = s3.get_object(Bucket=bucket, Key=f"{key}.sha256")["Body"].read().decode()
-    assert backup.parse_checksum(sums) == published.checksum
+    assert parse_checksum(sums) == published.checksum
     assert (tmp_path / "downloaded.db").write_bytes(body) == published.size_bytes
-    assert backup.sha256_file(tmp_path / "downloaded.db") == published.checksum
+    assert sha256_file(tmp_path / "downloaded.db") == published.checksum
     assert "written to s3://" in caplog.text
     logged = "\n".join(record.getMessage() for record in caplog.records)
     for secret in (ACCESS_KEY, SECRET_KEY, SESSION_TOKEN):
@@ -489,16 +499,16 @@ async def test_a_large_snapshot_goes_up_in_parts_and_restores(
     part = 5 * 1024 * 1024
     settings = dataclasses.replace(s3_settings, s3_multipart_threshold_bytes=part)
     make_database(settings.database_path, filler_bytes=12_000_000)
-    published = await asyncio.to_thread(backup.back_up_now, settings, START_MS)
+    published = await asyncio.to_thread(back_up_now, settings, START_MS)
     key = published.location.removeprefix(f"s3://{bucket}/")
     head = s3_server.client().head_object(Bucket=bucket, Key=key)
     assert head["ETag"].strip('"').endswith("-3"), "a multipart upload of three parts"
     assert head["ContentLength"] == published.size_bytes > 2 * part
 
     target = dataclasses.replace(settings, path_sqlite=str(tmp_path / "restored" / "tasks.db"))
-    restored = await asyncio.to_thread(backup.restore_now, target, "latest", START_MS + 1)
+    restored = await asyncio.to_thread(restore_now, target, "latest", START_MS + 1)
     assert restored.checksum == published.checksum
-    assert backup.sha256_file(target.database_path) == published.checksum
+    assert sha256_file(target.database_path) == published.checksum
 
 
 # -- restore --------------------------------------------------------------------------------------
@@ -512,7 +522,7 @@ def snapshot(tmp_path: Path) -> Path:
     to = tmp_path / "snaps" / "good.db"
     to.parent.mkdir()
     settings = Settings(path_sqlite=str(source))
-    backup.back_up_now(settings, START_MS, to)
+    back_up_now(settings, START_MS, to)
     return to
 
 
@@ -524,9 +534,7 @@ def corrupt_middle(path: Path) -> None:
 
 
 def rewrite_checksum(path: Path) -> None:
-    path.with_name(f"{path.name}.sha256").write_text(
-        backup.checksum_line(backup.sha256_file(path), path.name)
-    )
+    path.with_name(f"{path.name}.sha256").write_text(checksum_line(sha256_file(path), path.name))
 
 
 def corrupt_pages_keeping_a_valid_checksum(path: Path) -> None:
@@ -559,7 +567,7 @@ def test_restore_refuses_a_damaged_snapshot_and_changes_nothing(
     damage(snapshot)
     database = tmp_path / "live" / "tasks.db"
     with pytest.raises(BackupError, match=reason):
-        backup.restore(str(snapshot), database, None, START_MS)
+        restore(str(snapshot), database, None, START_MS)
     assert sorted(p.name for p in database.parent.iterdir()) == ["tasks.db.lock"]
 
 
@@ -568,7 +576,7 @@ async def test_restore_refuses_a_database_a_server_is_using_even_with_force(
 ) -> None:
     with pytest.raises(BackupError, match="in use by a running tasks-server"):
         await asyncio.to_thread(
-            backup.restore, str(snapshot), server.settings.database_path, None, START_MS, True
+            restore, str(snapshot), server.settings.database_path, None, START_MS, True
         )
     assert (await server.store.list_owners()) == []  # the server's database is untouched
 
@@ -580,14 +588,14 @@ def test_restore_replaces_an_existing_database_only_with_force(
     Path(f"{database}-wal").write_bytes(b"old wal")
     before = database.read_bytes()
     with pytest.raises(BackupError, match="pass --force"):
-        backup.restore(str(snapshot), database, None, START_MS)
+        restore(str(snapshot), database, None, START_MS)
     assert database.read_bytes() == before
-    restored = backup.restore(str(snapshot), database, None, START_MS, force=True)
+    restored = restore(str(snapshot), database, None, START_MS, force=True)
     assert restored.replaced == tmp_path / "tasks.db.replaced-20260101T000000.000Z"
     assert restored.replaced.read_bytes() == before
     assert Path(f"{restored.replaced}-wal").read_bytes() == b"old wal"  # kept as a pair
     assert not Path(f"{database}-wal").exists()
-    assert backup.sha256_file(database) == backup.sha256_file(snapshot)
+    assert sha256_file(database) == sha256_file(snapshot)
 
 
 async def test_a_restored_database_runs_its_pending_tasks(
@@ -614,12 +622,12 @@ async def test_a_restored_database_runs_its_pending_tasks(
             soon, later, tomorrow = await add(10_000), await add(20_000), await add(DAY_MS)
             to = tmp_path / "snaps"
             to.mkdir()
-            published = await asyncio.to_thread(backup.back_up_now, settings, clock.now_ms(), to)
+            published = await asyncio.to_thread(back_up_now, settings, clock.now_ms(), to)
             lost = await add(5_000)  # after the snapshot: the restore rolls it back
         assert target.arrivals[0].header("X-Tasks-Queue-Id") == done
 
         restored = await asyncio.to_thread(
-            backup.restore, published.location, settings.database_path, None, 0, True
+            restore, published.location, settings.database_path, None, 0, True
         )
         assert restored.replaced is not None
         async with running(settings, clock) as second:

@@ -1,5 +1,5 @@
 """Command line: ``tasks-server serve|migrate|check-config``, plus the ``owner`` and
-``task`` client commands (cli_client.py) that talk to a running server over HTTP.
+``task`` client commands (cli/tasks.py) that talk to a running server over HTTP.
 
 Reads Settings once (environment, ``.env``, flags), configures logging once, runs the
 command, and returns a process exit code: 0 success, 1 failure, 2 bad usage or config.
@@ -16,10 +16,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, cli_client, cli_cron
-from . import log as log_setup
-from .config import Settings, describe, load
-from .errors import ConfigError
+from .. import __version__
+from .. import log as log_setup
+from ..config import Settings, describe, load
+from ..errors import ConfigError
+from . import cron as cron_commands
+from . import tasks as task_commands
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +75,15 @@ def parser() -> argparse.ArgumentParser:
     )
     restore.set_defaults(run=_restore)
 
-    cli_client.add_commands(commands)  # owner …, task …: HTTP calls to a running server
-    cli_cron.add_commands(commands)  # cron …: recurring schedules, the same way
+    task_commands.add_commands(commands)  # owner …, task …: HTTP calls to a running server
+    cron_commands.add_commands(commands)  # cron …: recurring schedules, the same way
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if cli_client.is_client_command(args):
-        return cli_client.run(args)  # a client: no server settings, no logging set-up
+    if task_commands.is_client_command(args):
+        return task_commands.run(args)  # a client: no server settings, no logging set-up
     overrides = {key: getattr(args, key, None) for key in ("host", "port", "path_sqlite")}
     try:
         settings = load(env_file=args.env_file, **overrides)
@@ -100,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from .app import build
+    from ..app import build
 
     server = build(settings)
     config = uvicorn.Config(
@@ -141,8 +143,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from .store.migrate import migrate
-    from .store.sqlite import connect
+    from ..store.migrate import migrate
+    from ..store.sqlite import connect
 
     settings.database_path.parent.mkdir(parents=True, exist_ok=True)
     conn = connect(settings.database_path, settings.sqlite_synchronous)
@@ -160,8 +162,8 @@ def _check_config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _backup(args: argparse.Namespace, settings: Settings) -> int:
-    from .backup import back_up_now
-    from .clock import SystemClock
+    from ..backup.job import back_up_now
+    from ..clock import SystemClock
 
     try:
         published = back_up_now(settings, SystemClock().now_ms(), args.to)
@@ -181,8 +183,8 @@ def _backup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _restore(args: argparse.Namespace, settings: Settings) -> int:
-    from .backup import restore_now
-    from .clock import SystemClock
+    from ..backup.restore import restore_now
+    from ..clock import SystemClock
 
     try:
         restored = restore_now(settings, args.source, SystemClock().now_ms(), args.force)

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import cli_output as output
+from ..config import DEFAULT_SERVER_URL, load_client
+from ..errors import ConfigError
+from . import output
 from .client import ApiError, MissingCredentials, TasksClient, Unreachable
-from .config import DEFAULT_SERVER_URL, load_client
-from .errors import ConfigError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_CODES_HELP = (

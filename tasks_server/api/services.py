@@ -1,0 +1,47 @@
+"""What the handlers are given: the services the composition root wires for the API."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from starlette.requests import Request
+
+from ..clock import Clock
+from ..config import Settings
+from ..models import HttpRequest, TaskConfig
+from ..store import Store
+from .auth import Authenticator
+
+
+class Notifier(Protocol):
+    """What the API may tell the scheduler: in-memory calls, no I/O, never blocking."""
+
+    def notify(self, task_id: str, due_at_ms: int) -> None: ...
+
+    def forget(self, task_id: str) -> None: ...
+
+
+class ScheduleNotifier(Protocol):
+    """What the API may tell the schedule runner: a schedule is next due at this time."""
+
+    def notify(self, next_at_ms: int | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    store: Store
+    clock: Clock
+    scheduler: Notifier
+    auth: Authenticator
+    unsupported: Callable[[HttpRequest, TaskConfig], list[str]]
+    readiness: Callable[[], Awaitable[dict[str, bool]]]
+    metrics_text: Callable[[], Awaitable[bytes]] | None = None  # Prometheus exposition
+    schedules: ScheduleNotifier | None = None  # the recurring-schedule runner
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found

@@ -1,0 +1,131 @@
+"""The engine's operations: due tasks, claims, outcomes and recovery after a crash."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, LiteralString
+
+from ...models import (
+    Attempt,
+    Result,
+)
+from .base import StoreBase
+
+logger = logging.getLogger(__name__)
+
+
+TASK_DUE: LiteralString = (
+    "SELECT id, next_at FROM task WHERE next_at IS NOT NULL AND next_at < ? "
+    "ORDER BY next_at LIMIT ?"
+)
+TASK_CLAIM: LiteralString = (
+    "UPDATE task SET in_flight = 1, next_at = NULL, attempts = attempts + 1 "
+    "WHERE id = ? AND state = 'RUNNING' AND in_flight = 0 AND next_at <= ? "
+    "RETURNING attempts, retry_count, due_at, spec"
+)
+TASK_FINISH: LiteralString = (
+    "UPDATE task SET in_flight = 0, state = ?, status_code = ?, response = ?, "
+    "estimate_end_at = ?, due_at = coalesce(?, due_at), next_at = ?, "
+    "retry_count = retry_count + ? "
+    "WHERE id = ? AND state = 'RUNNING' AND in_flight = 1 AND attempts = ?"
+)
+TASK_REQUEUE: LiteralString = (
+    "UPDATE task SET in_flight = 0, next_at = due_at WHERE in_flight = 1 AND state = 'RUNNING'"
+)
+TASK_REARM: LiteralString = (
+    "UPDATE task SET next_at = due_at WHERE state = 'RUNNING' AND in_flight = 0 AND next_at IS NULL"
+)
+ATTEMPT_INSERT: LiteralString = "INSERT INTO attempt (task_id, number, started_at) VALUES (?, ?, ?)"
+ATTEMPT_FINISH: LiteralString = (
+    "UPDATE attempt SET finished_at = ?, status_code = ?, error = ?, response = ?, "
+    "headers = ?, total_ms = ? WHERE task_id = ? AND number = ?"
+)
+ATTEMPT_INTERRUPT: LiteralString = (
+    "UPDATE attempt SET finished_at = ?, error = 'interrupted: the server stopped' "
+    "WHERE finished_at IS NULL"
+)
+
+
+class ClaimOps(StoreBase):
+    # -- engine -----------------------------------------------------------------------
+
+    async def due_before(self, until_ms: int, limit: int) -> list[tuple[str, int]]:
+        return [(row[0], row[1]) for row in await self._read(TASK_DUE, (until_ms, limit))]
+
+    async def claim_due(
+        self, task_ids: Sequence[str], now_ms: int, lookahead_ms: int = 0
+    ) -> list[Attempt]:
+        until = now_ms + lookahead_ms
+
+        def op(conn: sqlite3.Connection) -> list[tuple[str, Any]]:
+            claimed = []
+            for task_id in task_ids:
+                row = conn.execute(TASK_CLAIM, (task_id, until)).fetchone()
+                if row is not None:
+                    conn.execute(ATTEMPT_INSERT, (task_id, row[0], max(now_ms, row[2])))
+                    claimed.append((task_id, row))
+            return claimed
+
+        rows = await self._write(op, savepoint=True)
+        return [
+            Attempt(
+                task_id=task_id,
+                number=row[0],
+                spec=self._open_spec(row[3]),
+                retry_count=row[1],
+                due_at_ms=row[2],
+                started_at_ms=max(now_ms, row[2]),
+            )
+            for task_id, row in rows
+        ]
+
+    async def record_outcomes(self, results: Sequence[Result]) -> list[str]:
+        rows = [self._outcome_params(result) for result in results]
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            updated = []
+            for result, (attempt_params, task_params) in zip(results, rows, strict=True):
+                conn.execute(ATTEMPT_FINISH, attempt_params)
+                if conn.execute(TASK_FINISH, task_params).rowcount:
+                    updated.append(result.task_id)
+            return updated
+
+        return await self._write(op, savepoint=True)
+
+    def _outcome_params(self, result: Result) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        outcome = result.outcome
+        attempt_params = (
+            result.finished_at_ms,
+            outcome.status,
+            outcome.error,
+            self._seal(outcome.body or None),
+            json.dumps(outcome.headers),
+            outcome.total_ms,
+            result.task_id,
+            result.attempt_number,
+        )
+        retrying = result.next_due_at_ms is not None
+        task_params = (
+            result.state.value,
+            result.status_code,
+            self._seal(result.response),
+            0 if retrying else result.finished_at_ms,
+            result.next_due_at_ms,
+            result.next_due_at_ms,
+            1 if retrying else 0,
+            result.task_id,
+            result.attempt_number,
+        )
+        return attempt_params, task_params
+
+    async def requeue_interrupted(self, now_ms: int) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            conn.execute(ATTEMPT_INTERRUPT, (now_ms,))
+            requeued: int = conn.execute(TASK_REQUEUE).rowcount
+            conn.execute(TASK_REARM)
+            return requeued
+
+        return await self._write(op, savepoint=True)

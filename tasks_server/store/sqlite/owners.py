@@ -1,0 +1,82 @@
+"""Owner operations and their SQL."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+from typing import LiteralString
+
+from ...errors import (
+    Conflict,
+    OwnerNotFound,
+    PreconditionFailed,
+)
+from ...models import (
+    Owner,
+)
+from .base import StoreBase
+
+logger = logging.getLogger(__name__)
+
+OWNER_INSERT: LiteralString = (
+    "INSERT INTO owner (id, name, key_digest, created_at, tasks_in_queue_limit) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+OWNER_COLUMNS: LiteralString = "id, name, created_at, tasks_in_queue, tasks_in_queue_limit"
+OWNER_BY_ID: LiteralString = f"SELECT {OWNER_COLUMNS} FROM owner WHERE id = ?"
+OWNER_ALL: LiteralString = f"SELECT {OWNER_COLUMNS} FROM owner ORDER BY created_at, id"
+OWNER_DIGEST: LiteralString = "SELECT key_digest FROM owner WHERE id = ?"
+OWNER_DELETE: LiteralString = "DELETE FROM owner WHERE id = ? AND tasks_in_queue = 0"
+OWNER_EXISTS: LiteralString = "SELECT 1 FROM owner WHERE id = ?"
+OWNER_CAPACITY: LiteralString = (
+    "SELECT tasks_in_queue, tasks_in_queue_limit FROM owner WHERE id = ?"
+)
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_owner_id(now_ms: int) -> str:
+    """A ULID: 48-bit ms time and 80 random bits in Crockford base 32 (26 characters)."""
+    value = (now_ms & ((1 << 48) - 1)) << 80 | secrets.randbits(80)
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+class OwnerOps(StoreBase):
+    # -- owners -----------------------------------------------------------------------
+
+    async def create_owner(self, name: str, key_digest: bytes, now_ms: int, limit: int) -> Owner:
+        owner = Owner(new_owner_id(now_ms), name, now_ms, 0, limit)
+
+        def op(conn: sqlite3.Connection) -> Owner:
+            try:
+                conn.execute(OWNER_INSERT, (owner.id, name, key_digest, now_ms, limit))
+            except sqlite3.IntegrityError as exc:
+                raise Conflict("Owner has already registered") from exc
+            return owner
+
+        return await self._write(op)
+
+    async def get_owner(self, owner_id: str) -> Owner:
+        rows = await self._read(OWNER_BY_ID, (owner_id,))
+        if not rows:
+            raise OwnerNotFound()
+        return Owner(*rows[0])
+
+    async def owner_key_digest(self, owner_id: str) -> bytes | None:
+        rows = await self._read(OWNER_DIGEST, (owner_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    async def list_owners(self) -> list[Owner]:
+        return [Owner(*row) for row in await self._read(OWNER_ALL, ())]
+
+    async def delete_owner(self, owner_id: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            if conn.execute(OWNER_DELETE, (owner_id,)).rowcount == 1:
+                return
+            if conn.execute(OWNER_EXISTS, (owner_id,)).fetchone() is None:
+                raise OwnerNotFound()
+            raise PreconditionFailed()
+
+        await self._write(op)

@@ -1,0 +1,261 @@
+"""Task operations called by the API (create, read, list, transitions) and their SQL."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, LiteralString
+
+from ...errors import (
+    OwnerNotFound,
+    PreconditionFailed,
+    QueueLimitReached,
+    TaskNotFound,
+)
+from ...models import (
+    AttemptRecord,
+    NewTask,
+    Task,
+    TaskSpec,
+    TaskState,
+)
+from ...timing import resume_due_ms
+from .. import LIST_ORDERS
+from .base import METADATA, StoreBase
+from .owners import OWNER_CAPACITY
+
+logger = logging.getLogger(__name__)
+
+TASK_COLUMNS: LiteralString = (
+    "id, owner_id, state, created_at, status_code, estimate_end_at, estimate_execution_at, "
+    "response, metadata, attempts, retry_count, due_at"
+)
+TASK_INSERT: LiteralString = (
+    "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
+    "next_at, metadata, spec) VALUES (?, ?, 'RUNNING', ?, ?, ?, ?, ?, ?)"
+)
+TASK_BY_ID: LiteralString = f"SELECT {TASK_COLUMNS} FROM task WHERE id = ? AND owner_id = ?"
+TASK_STATE: LiteralString = (
+    "SELECT state, due_at, estimate_end_at, in_flight, attempts, spec "
+    "FROM task WHERE id = ? AND owner_id = ?"
+)
+TASK_SPEC: LiteralString = "SELECT spec FROM task WHERE id = ? AND owner_id = ?"
+TASK_PAUSE: LiteralString = (
+    "UPDATE task SET state = 'PAUSED', estimate_end_at = ?, next_at = NULL, in_flight = 0 "
+    "WHERE id = ? AND owner_id = ? AND state = 'RUNNING'"
+)
+TASK_RESUME: LiteralString = (
+    "UPDATE task SET state = 'RUNNING', estimate_end_at = 0, estimate_execution_at = ?, "
+    "due_at = ?, next_at = ? WHERE id = ? AND owner_id = ? AND state = 'PAUSED'"
+)
+TASK_REVOKE: LiteralString = (
+    "UPDATE task SET state = 'REVOKED', status_code = 0, response = NULL, "
+    "estimate_end_at = ?, next_at = NULL, in_flight = 0 "
+    "WHERE id = ? AND owner_id = ? AND state IN ('RUNNING', 'PAUSED')"
+)
+TASK_DELETE: LiteralString = "DELETE FROM task WHERE id = ? AND owner_id = ?"
+TASK_EXECUTE: LiteralString = (
+    "UPDATE task SET estimate_execution_at = ?, due_at = ?, next_at = ? "
+    "WHERE id = ? AND owner_id = ? AND state = 'RUNNING' AND in_flight = 0"
+)
+TASK_EDIT: LiteralString = (
+    "UPDATE task SET spec = ?, metadata = ?, estimate_execution_at = ?, due_at = ?, "
+    "next_at = CASE WHEN state = 'RUNNING' THEN ? END, "
+    "estimate_end_at = CASE WHEN state = 'PAUSED' THEN ? ELSE 0 END "
+    "WHERE id = ? AND owner_id = ? AND attempts = 0 AND in_flight = 0 "
+    "AND state IN ('RUNNING', 'PAUSED')"
+)
+ATTEMPT_LIST: LiteralString = (
+    "SELECT number, started_at, finished_at, status_code, error, response, headers, "
+    "total_ms FROM attempt WHERE task_id = ? ORDER BY number"
+)
+
+
+# ORDER BY cannot take a placeholder: each allowed wire name maps to a fixed statement
+# (the original bound the column name as a value, so its ordering did nothing: W9).
+_ORDER_COLUMNS: dict[str, LiteralString] = {
+    "createdAt": "created_at",
+    "estimateEndAt": "estimate_end_at",
+    "estimateExecutionAt": "estimate_execution_at",
+}
+assert set(_ORDER_COLUMNS) == set(LIST_ORDERS)
+
+
+def _list_sql(order: str, descending: bool, with_state: bool) -> LiteralString:
+    column = _ORDER_COLUMNS[order]
+    direction: LiteralString = "DESC" if descending else "ASC"
+    where: LiteralString = "owner_id = ? AND state = ?" if with_state else "owner_id = ?"
+    return (
+        f"SELECT {TASK_COLUMNS} FROM task WHERE {where} "
+        f"ORDER BY {column} {direction}, id {direction} LIMIT ? OFFSET ?"
+    )
+
+
+def new_task_id(now_ms: int) -> str:
+    """24 characters of [0-9A-Z]: the creation ms in hex (as the original) + 13 random.
+
+    The original used the decimal ms as the suffix, so two tasks in one ms collided (W4).
+    """
+    # base32 (A-Z, 2-7) of 10 random bytes: 13 characters carry 65 random bits
+    return f"{now_ms:011X}"[-11:] + base64.b32encode(os.urandom(10))[:13].decode()
+
+
+class TaskOps(StoreBase):
+    # -- tasks ------------------------------------------------------------------------
+
+    async def create_task(self, owner_id: str, new: NewTask, now_ms: int) -> Task:
+        task_id = new_task_id(now_ms)
+        spec_blob = self._seal_spec(new.spec)
+        metadata = new.spec.metadata
+        metadata_blob = self._seal(None if metadata is None else METADATA.dump_json(metadata))
+
+        def op(conn: sqlite3.Connection) -> None:
+            row = conn.execute(OWNER_CAPACITY, (owner_id,)).fetchone()
+            if row is None:
+                raise OwnerNotFound()
+            if row[1] and row[0] >= row[1]:
+                raise QueueLimitReached()
+            conn.execute(
+                TASK_INSERT,
+                (
+                    task_id,
+                    owner_id,
+                    now_ms,
+                    new.due_at_ms,
+                    new.due_at_ms,
+                    new.due_at_ms,
+                    metadata_blob,
+                    spec_blob,
+                ),
+            )
+
+        await self._write(op)
+        return Task(
+            id=task_id,
+            owner_id=owner_id,
+            state=TaskState.RUNNING,
+            created_at_ms=now_ms,
+            status_code=0,
+            estimate_end_at_ms=0,
+            estimate_execution_at_ms=new.due_at_ms,
+            response=None,
+            metadata=metadata,
+            due_at_ms=new.due_at_ms,
+        )
+
+    async def get_task(self, owner_id: str, task_id: str) -> Task:
+        rows = await self._read(TASK_BY_ID, (task_id, owner_id))
+        if not rows:
+            raise TaskNotFound(task_id)
+        return self._task(rows[0])
+
+    async def get_spec(self, owner_id: str, task_id: str) -> TaskSpec:
+        rows = await self._read(TASK_SPEC, (task_id, owner_id))
+        if not rows:
+            raise TaskNotFound(task_id)
+        return self._open_spec(rows[0][0])
+
+    async def list_tasks(
+        self,
+        owner_id: str,
+        state: TaskState | None,
+        order: str,
+        descending: bool,
+        limit: int,
+        offset: int,
+    ) -> list[Task]:
+        sql = _list_sql(order, descending, state is not None)
+        params: list[Any] = [owner_id]
+        if state is not None:
+            params.append(state.value)
+        rows = await self._read(sql, [*params, limit, offset])
+        return [self._task(row) for row in rows]
+
+    async def list_attempts(self, owner_id: str, task_id: str) -> list[AttemptRecord]:
+        await self.get_task(owner_id, task_id)
+        rows = await self._read(ATTEMPT_LIST, (task_id,))
+        return [
+            AttemptRecord(
+                number=row[0],
+                started_at_ms=row[1],
+                finished_at_ms=row[2],
+                status_code=row[3],
+                error=row[4],
+                response=self._open(row[5]),
+                headers=tuple(tuple(pair) for pair in json.loads(row[6] or "[]")),
+                total_ms=row[7] or 0.0,
+            )
+            for row in rows
+        ]
+
+    def _transition(
+        self,
+        owner_id: str,
+        task_id: str,
+        sql: LiteralString,
+        params: Sequence[Any],
+    ) -> Callable[[sqlite3.Connection], Task]:
+        """An op that runs one guarded UPDATE and returns the task after it."""
+
+        def op(conn: sqlite3.Connection) -> Task:
+            if conn.execute(sql, params).rowcount == 0:
+                if conn.execute(TASK_SPEC, (task_id, owner_id)).fetchone() is None:
+                    raise TaskNotFound(task_id)
+                raise PreconditionFailed()
+            return self._task(conn.execute(TASK_BY_ID, (task_id, owner_id)).fetchone())
+
+        return op
+
+    async def pause_task(self, owner_id: str, task_id: str, now_ms: int) -> Task:
+        op = self._transition(owner_id, task_id, TASK_PAUSE, (now_ms, task_id, owner_id))
+        return await self._write(op)
+
+    async def revoke_task(self, owner_id: str, task_id: str, now_ms: int) -> Task:
+        op = self._transition(owner_id, task_id, TASK_REVOKE, (now_ms, task_id, owner_id))
+        return await self._write(op)
+
+    async def execute_task(self, owner_id: str, task_id: str, now_ms: int) -> Task:
+        def op(conn: sqlite3.Connection) -> Task:
+            row = conn.execute(TASK_STATE, (task_id, owner_id)).fetchone()
+            if row is None:
+                raise TaskNotFound(task_id)
+            if row[0] != TaskState.RUNNING:
+                raise PreconditionFailed()
+            if not row[3]:  # an attempt in flight is left to finish
+                conn.execute(TASK_EXECUTE, (now_ms, now_ms, now_ms, task_id, owner_id))
+            return self._task(conn.execute(TASK_BY_ID, (task_id, owner_id)).fetchone())
+
+        return await self._write(op)
+
+    async def resume_task(self, owner_id: str, task_id: str, now_ms: int) -> Task:
+        def op(conn: sqlite3.Connection) -> Task:
+            row = conn.execute(TASK_STATE, (task_id, owner_id)).fetchone()
+            if row is None:
+                raise TaskNotFound(task_id)
+            if row[0] != TaskState.PAUSED:
+                raise PreconditionFailed()
+            config = self._open_spec(row[5]).config
+            due = resume_due_ms(config, due_at_ms=row[1], paused_at_ms=row[2], now_ms=now_ms)
+            conn.execute(TASK_RESUME, (due, due, due, task_id, owner_id))
+            return self._task(conn.execute(TASK_BY_ID, (task_id, owner_id)).fetchone())
+
+        return await self._write(op)
+
+    async def delete_task(self, owner_id: str, task_id: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            if conn.execute(TASK_DELETE, (task_id, owner_id)).rowcount == 0:
+                raise TaskNotFound(task_id)
+
+        await self._write(op)
+
+    async def edit_task(self, owner_id: str, task_id: str, new: NewTask, now_ms: int) -> Task:
+        spec_blob = self._seal_spec(new.spec)
+        metadata = new.spec.metadata
+        metadata_blob = self._seal(None if metadata is None else METADATA.dump_json(metadata))
+        due = new.due_at_ms
+        params = (spec_blob, metadata_blob, due, due, due, now_ms, task_id, owner_id)
+        return await self._write(self._transition(owner_id, task_id, TASK_EDIT, params))
