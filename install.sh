@@ -9,6 +9,7 @@ PYTHON="${PYTHON:-python3}"
 
 need_apt=""
 command -v curl-config >/dev/null 2>&1 || need_apt="$need_apt libcurl4-openssl-dev"
+command -v wrk >/dev/null 2>&1 || need_apt="$need_apt wrk"  # the load generator of bench/limits.py
 dpkg -s libssl-dev >/dev/null 2>&1 || need_apt="$need_apt libssl-dev"
 command -v gcc >/dev/null 2>&1 || need_apt="$need_apt gcc"
 "$PYTHON" -c "import sysconfig,os,sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'],'Python.h')))" \

@@ -1,0 +1,245 @@
+"""How close the server comes to what this machine can do, as ratios measured in one run.
+
+    .venv/bin/python -m bench.limits [--seconds 10] [--burst 3000] [--only NAME ...]
+
+Each figure is printed beside its ceiling, measured the same way in the same run:
+
+* registrations: ``wrk -t2 -c32`` posting one task body to ``POST /v1/queues/register``
+  of the real server (``SQLITE_SYNCHRONOUS=FULL``), against the same load on a bare
+  Starlette + uvicorn route that only parses the JSON (``bench/bare_app.py``);
+* burst: the server draining N tasks due at one instant into the local sink, against
+  pycurl's ``CurlMulti`` alone sending the same N calls to the same sink (128 at a time,
+  connections reused); plus the first arrival's lateness;
+* restart: the same burst due well after a kill -9 and restart.
+
+wrk comes from the system packages (``install.sh`` installs it). Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+
+import pycurl
+
+from bench.common import (
+    ROOT,
+    Proc,
+    RawClient,
+    Server,
+    Sink,
+    free_port,
+    register_owner,
+    task_body,
+    wait_http,
+)
+
+CONNECTIONS = 32
+CURL_PARALLEL = 128
+SERVER_ENV = {"SQLITE_SYNCHRONOUS": "FULL", "EGRESS_ALLOW": "127.0.0.1/32"}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# -- registrations: wrk against the bare route and the server --------------------------------
+
+
+def wrk_script(body: bytes, headers: dict[str, str]) -> Path:
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body.decode())}"]
+    lines.append('wrk.headers["Content-Type"] = "application/json"')
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+    path = Path(tempfile.mkstemp(suffix=".lua")[1])
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_wrk(url: str, script: Path, seconds: int) -> dict[str, float]:
+    """Requests/s, p50/p99 latency (ms) and errors (socket errors + non-2xx)."""
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    ).stdout
+    figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])}  # type: ignore[index]
+    for label, key in (("50%", "p50"), ("99%", "p99")):
+        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out).groups()  # type: ignore[union-attr]
+        figures[key] = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    errors = 0
+    if found := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(found[1])
+    if found := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    ):
+        errors += sum(int(n) for n in found.groups())
+    figures["errors"] = errors
+    return figures
+
+
+def registrations(seconds: int) -> None:
+    sink_url = "http://127.0.0.1:9/hook"  # never called: the tasks are due in an hour
+    body = task_body(sink_url, executionDelay=3_600_000)
+
+    bare_port = free_port()
+    bare = Proc([sys.executable, "-m", "bench.bare_app", str(bare_port)], cwd=ROOT)
+    try:
+        wait_http(f"http://127.0.0.1:{bare_port}/healthz")
+        script = wrk_script(body, {})
+        run_wrk(f"http://127.0.0.1:{bare_port}/v1/queues/register", script, 2)  # warm-up
+        ceiling = run_wrk(f"http://127.0.0.1:{bare_port}/v1/queues/register", script, seconds)
+    finally:
+        bare.kill()
+
+    server = Server(**SERVER_ENV).start()
+    try:
+        headers = asyncio.run(register_owner(server.port, "limits"))
+        script = wrk_script(body, headers)
+        run_wrk(f"{server.url}/v1/queues/register", script, 2)
+        measured = run_wrk(f"{server.url}/v1/queues/register", script, seconds)
+    finally:
+        assert server.proc is not None
+        server.proc.kill()
+    print(
+        f"registrations (wrk -t2 -c{CONNECTIONS}, {seconds} s): server "
+        f"{measured['rps']:,.0f}/s p50 {measured['p50']:.2f} ms p99 {measured['p99']:.2f} ms "
+        f"errors {measured['errors']:.0f} | bare route {ceiling['rps']:,.0f}/s "
+        f"p99 {ceiling['p99']:.2f} ms | ratio {measured['rps'] / ceiling['rps']:.2f} "
+        "(target >= 0.6, p99 <= 10 ms)"
+    )
+
+
+# -- burst: CurlMulti alone, then the server ---------------------------------------------------
+
+
+def curl_alone(url: str, count: int) -> float:
+    """Seconds for CurlMulti to POST ``count`` small bodies, CURL_PARALLEL at a time."""
+    multi = pycurl.CurlMulti()
+    multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, CURL_PARALLEL)
+    body = json.dumps({"n": 1})
+    free = []
+    for _ in range(CURL_PARALLEL):
+        easy = pycurl.Curl()
+        easy.setopt(pycurl.URL, url)
+        easy.setopt(pycurl.POSTFIELDS, body)
+        easy.setopt(pycurl.HTTPHEADER, ["Content-Type: application/json"])
+        easy.setopt(pycurl.WRITEDATA, BytesIO())
+        free.append(easy)
+    pending, done = count, 0
+    started = time.perf_counter()
+    while done < count:
+        while free and pending:
+            multi.add_handle(free.pop())
+            pending -= 1
+        while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+            pass
+        _, finished, failed = multi.info_read()
+        for easy in finished + [f[0] for f in failed]:
+            multi.remove_handle(easy)
+            free.append(easy)
+            done += 1
+        if not (finished or failed):
+            multi.select(0.01)
+    elapsed = time.perf_counter() - started
+    for easy in free:
+        easy.close()
+    multi.close()
+    return elapsed
+
+
+async def register_all(port: int, headers: dict[str, str], bodies: list[bytes]) -> int:
+    queue = list(bodies)
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal errors
+        client = RawClient(port)
+        while queue:
+            status, _ = await client.request("POST", "/v1/queues/register", queue.pop(), headers)
+            errors += status != 201
+        client.close()
+
+    await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
+    return errors
+
+
+def wait_arrivals(sink: Sink, count: int, timeout: float) -> list[float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        arrivals = sink.arrivals()
+        if len(arrivals) >= count or time.monotonic() > deadline:
+            return sorted(a[0] * 1000 for a in arrivals)
+        time.sleep(0.2)
+
+
+def burst_figures(arrivals: list[float], due_ms: int) -> tuple[float, float]:
+    """(first arrival after due, last arrival after due), both in ms."""
+    return arrivals[0] - due_ms, arrivals[-1] - due_ms
+
+
+def burst(count: int, restart: bool) -> None:
+    sink = Sink()
+    try:
+        curl_alone(sink.url(), count)  # warm-up: the sink's first connections
+        ceiling = curl_alone(sink.url(), count)
+        sink.reset()
+        server = Server(**SERVER_ENV).start()
+        try:
+            headers = asyncio.run(register_owner(server.port, "limits"))
+            due = now_ms() + (15_000 if restart else 4_000)
+            bodies = [task_body(sink.url(), executeAt=due) for _ in range(count)]
+            errors = asyncio.run(register_all(server.port, headers, bodies))
+            label = "burst"
+            if restart:
+                assert server.proc is not None
+                server.proc.kill()  # kill -9, then start again well before the due time
+                server.start()
+                label = "burst after kill -9 and restart"
+            arrivals = wait_arrivals(sink, count, 60 + (due - now_ms()) / 1000)
+        finally:
+            assert server.proc is not None
+            server.proc.kill()
+    finally:
+        sink.proc.kill()
+    first, last = burst_figures(arrivals, due)
+    print(
+        f"{label}: {count} due at one instant (registration errors {errors}), arrived "
+        f"{len(arrivals)}; first +{first:.1f} ms (target <= 5 ms), drained +{last:.0f} ms | "
+        f"CurlMulti alone {ceiling * 1000:.0f} ms | ratio {last / (ceiling * 1000):.2f} "
+        "(target <= 2)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per run")
+    parser.add_argument("--burst", type=int, default=3000, help="tasks in the burst")
+    parser.add_argument(
+        "--only", nargs="*", default=[], choices=["registrations", "burst", "restart"]
+    )
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (sh install.sh installs it)")
+    cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    print(f"machine: {cores} cores, {time.strftime('%Y-%m-%d')}")
+    if not args.only or "registrations" in args.only:
+        registrations(args.seconds)
+    if not args.only or "burst" in args.only:
+        burst(args.burst, restart=False)
+    if not args.only or "restart" in args.only:
+        burst(args.burst, restart=True)
+
+
+if __name__ == "__main__":
+    main()
