@@ -36,7 +36,8 @@ class SystemClock:
 async def sleep_or_wake(clock: Clock, delay_s: float, wake: asyncio.Event) -> None:
     """Return after ``delay_s`` seconds of ``clock`` time, or as soon as ``wake`` is set.
 
-    The background loops park here, so they never poll on a fixed period (STYLE R9).
+    The background loops park here, so they never poll on a fixed period: an
+    idle server does no work, and a wake-up is seen at once.
     """
     waker = asyncio.ensure_future(wake.wait())
     sleeper = asyncio.ensure_future(clock.sleep(delay_s))

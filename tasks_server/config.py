@@ -1,7 +1,7 @@
 """Settings: read once from the environment and a ``.env`` file, cast and validated.
 
 This is the only module that reads ``os.environ``. Variable names follow the original
-Tasks Server where it had one (spec section 16).
+Tasks Server where it had one (docs/compatibility.md#configuration).
 """
 
 from __future__ import annotations

@@ -121,7 +121,8 @@ DEFAULT_USER_AGENT = "Tasks-Server/1.0 (compatible; Linux x86_64; +http://tasks-
 
 @dataclass(frozen=True, slots=True)
 class TaskConfig:
-    """Scheduling, retry and transfer options; defaults are the original's (spec 7.6)."""
+    """Scheduling, retry and transfer options; defaults are the original's
+    (docs/compatibility.md#config-fields)."""
 
     execution_delay_ms: int = 1
     execute_at_ms: int | None = None

@@ -2,7 +2,7 @@
 
 The encryption key is derived from ``CIPHER_KEY``; changing it makes stored task data
 unreadable (as in the original). Each value gets a fresh random 96-bit nonce (the original
-reused one nonce per task, its weakness W13).
+reused one nonce per task: docs/compatibility.md#storage).
 """
 
 from __future__ import annotations

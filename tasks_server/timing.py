@@ -15,7 +15,9 @@ def first_due_ms(config: TaskConfig, now_ms: int) -> int:
 
 
 def resume_due_ms(config: TaskConfig, due_at_ms: int, paused_at_ms: int, now_ms: int) -> int:
-    """Due time after a resume: the clock stood still while paused (spec 6.9).
+    """Due time after a resume: the clock stood still while paused.
+
+    See docs/compatibility.md#resume.
 
     The time that was left at the pause is kept. ``executeImmediately`` with an
     ``executeAt`` already in the past fires at once instead. A task that was already

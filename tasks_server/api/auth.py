@@ -1,4 +1,4 @@
-"""Bearer key + ``X-Tasks-Owner-Id`` → the caller's owner id (spec 4).
+"""Bearer key + ``X-Tasks-Owner-Id`` → the caller's owner id.
 
 Malformed headers and unknown owners are 403; a well-formed key that is not the owner's
 is 401. Key digests are cached in memory, so a request costs no database read once its

@@ -1,4 +1,5 @@
-"""Wire models ↔ domain values: the cross-field rules and normalisation of spec 7.5-7.6."""
+"""Wire models ↔ domain values: the cross-field rules and normalisation of the
+original (docs/compatibility.md#cross-field-rules and #normalisation)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ _CURL_ONLY_FETCH_FIELDS = ("credentials", "referrerPolicy", "mode")
 
 
 def field_error(path: tuple[str, ...], message: str) -> ValidationFailed:
-    """A ValidationFailed whose tree names one field, like the zod tree of spec 3.3."""
+    """A ValidationFailed whose tree names one field, like the original's zod tree
+    (docs/compatibility.md#validation-errors)."""
     tree: dict[str, Any] = {"_errors": []}
     node = tree
     for part in path:
@@ -114,7 +116,7 @@ def to_config(wire: ConfigIn, transport: str | None) -> TaskConfig:
     if transport == "curl":
         referer = referer or "AUTO"
     elif referer == "AUTO":
-        referer = None  # only curl has an automatic referer (spec 7.6)
+        referer = None  # only curl has an automatic referer
     return TaskConfig(
         execution_delay_ms=0 if wire.executeAt is not None else int(wire.executionDelay),
         execute_at_ms=wire.executeAt,

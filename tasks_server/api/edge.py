@@ -23,10 +23,10 @@ SECURITY_HEADERS = [
 
 
 class Throttle:
-    """Fixed window per client address (spec 14); pure bookkeeping, no I/O.
+    """Fixed window per client address (docs/compatibility.md#throttle); pure bookkeeping, no I/O.
 
-    The original kept this in a second SQLite file and opened a connection per request
-    (W18); a dict is enough for one process.
+    The original kept this in a second SQLite file and opened a connection per request;
+    a dict is enough for one process.
     """
 
     def __init__(self, max_requests: int, window_ms: int) -> None:

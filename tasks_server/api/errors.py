@@ -1,8 +1,9 @@
 """Error responses: the one table from error class to status and the original's body.
 
-Every error answer is ``{"action": ..., "message": ...}`` (spec 3.1). Validation failures
+Every error answer is ``{"action": ..., "message": ...}``
+(docs/compatibility.md#error-body). Validation failures
 carry a zod-like tree as the message: it mirrors the input, with an ``_errors`` list at
-every level (spec 3.3).
+every level (docs/compatibility.md#validation-errors).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Owner endpoints (spec 5): register, read and delete the caller's own account."""
+"""Owner endpoints: register, read and delete the caller's own account.
+
+The rules are the original's (docs/compatibility.md#owners).
+"""
 
 from __future__ import annotations
 

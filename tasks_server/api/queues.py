@@ -1,5 +1,6 @@
-"""Queue (task) endpoints (spec 6): register, read, list, edit and move tasks between
-states. Every call is scoped to the caller: another owner's task is a missing task."""
+"""Queue (task) endpoints: register, read, list, edit and move tasks between states
+(docs/compatibility.md#tasks). Every call is scoped to the caller: another owner's task
+is a missing task."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Wire models: the original's request bodies and queries, validated once at the boundary.
 
 Field names are the wire's camelCase names. Every object is strict (unknown keys are
-refused) and numbers must be JSON numbers, as in the original's zod schemas (spec 7).
+refused) and numbers must be JSON numbers, as in the original's zod schemas
+(docs/compatibility.md#task-body).
 Values that need server context (now, the time zone, the certificate directory) read it
 from the pydantic validation context.
 """
@@ -37,7 +38,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-# -- value rules (spec 7.1) -------------------------------------------------------------
+# -- value rules (docs/compatibility.md#task-body) --------------------------------------
 
 RecordKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9$_.\-\[\]]{1,64}$")]
 # header values reach curl: CR and LF would let a caller inject headers of their own
@@ -185,7 +186,7 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-# -- httpRequest (spec 7.2) -------------------------------------------------------------
+# -- httpRequest (docs/compatibility.md#request-fields) ---------------------------------
 
 
 class CredentialsIn(Strict):
@@ -214,7 +215,7 @@ class CookieIn(Strict):
 
 def _json_record(value: Any, depth: int = 1) -> Any:
     """A JSON object body: values are short strings, numbers, booleans, null or objects,
-    at most 3 object levels, no arrays (spec 7.2)."""
+    at most 3 object levels, no arrays."""
     if not isinstance(value, dict) or depth > 3:
         raise PydanticCustomError("json_record", "Invalid object (at most 3 levels, no arrays)")
     for key, item in value.items():
@@ -267,7 +268,7 @@ class HttpRequestIn(Strict):
     transport: Literal["fetch", "curl"] | None = None
 
 
-# -- config (spec 7.3) ------------------------------------------------------------------
+# -- config (docs/compatibility.md#config-fields) ---------------------------------------
 
 
 class ClientCertIn(Strict):

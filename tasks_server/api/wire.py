@@ -11,13 +11,14 @@ from starlette.responses import Response
 
 from ..errors import PayloadTooLarge, ValidationFailed
 
-# Hono's validator parses JSON only for these content types (spec 3.3)
+# Hono's validator parses JSON only for these content types
+# (docs/compatibility.md#validation-errors)
 _JSON_TYPE = re.compile(r"^application/([a-z-\.]+\+)?json(\s*;.*)?$")
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes | None:
     """The raw body, or None when the content type is not JSON (the original then
-    validates ``{}``, spec 3.3). Bodies over ``max_bytes`` → 413."""
+    validates ``{}``, docs/compatibility.md#validation-errors). Bodies over ``max_bytes`` → 413."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge()
@@ -60,7 +61,8 @@ class JSON(Response):
 
 
 def answer(request: Request, content: Any, status_code: int = 200) -> JSON:
-    """A JSON answer, indented by 4 spaces when the query has ``pretty`` (spec 2.2)."""
+    """A JSON answer, indented by 4 spaces when the query has ``pretty``
+    (docs/compatibility.md#pretty-json)."""
     query: bytes = request.scope.get("query_string", b"")
     return JSON(content, status_code, pretty=bool(query) and "pretty" in request.query_params)
 

@@ -137,7 +137,8 @@ def curl_options(call: Call, settings: CurlSettings) -> list[Option]:
 def request_url(request: HttpRequest) -> str:
     """The URL with ``query`` form-encoded onto it (space → ``+``).
 
-    Uses ``&`` when the URL already has a query, which the original did not (W20).
+    Uses ``&`` when the URL already has a query, which the original did not
+    (docs/compatibility.md#transfer-options).
     """
     if not request.query:
         return request.url
@@ -159,7 +160,8 @@ def _transfer_options(call: Call, settings: CurlSettings) -> list[Option]:
 
 
 def _request_body(request: HttpRequest) -> bytes | MimeForm | None:
-    # The API drops bodies of GET and DELETE (spec 7.6); do the same if one slips through.
+    # The API drops bodies of GET and DELETE (docs/compatibility.md#normalisation); do the
+    # same if one slips through.
     if request.method.upper() in ("GET", "DELETE", "HEAD"):
         return None
     if request.form is not None:
@@ -283,7 +285,7 @@ def _redirect_options(config: TaskConfig) -> list[Option]:
     ]
     if not config.location:
         return [*options, (pycurl.FOLLOWLOCATION, 0)]
-    # redirect_attempts 0 means what it says (the original turned it into 8, W25).
+    # redirect_attempts 0 means what it says (the original turned it into 8).
     options += [(pycurl.FOLLOWLOCATION, 1), (pycurl.MAXREDIRS, config.redirect_attempts)]
     if config.location_trusted is not None:
         options.append((pycurl.UNRESTRICTED_AUTH, 1))
@@ -474,7 +476,7 @@ def _proxy_options(config: TaskConfig) -> list[Option]:
     port = f":{proxy.port}" if proxy.port else ""
     version_1_0 = config.proxy_http_version == "1.0"
     options: list[Option] = [
-        # The port is kept with HTTP/1.0 too (the original dropped it, W25). An https://
+        # The port is kept with HTTP/1.0 too (the original dropped it). An https://
         # scheme makes libcurl talk TLS to the proxy whatever PROXYTYPE says.
         (pycurl.PROXY, f"{proxy.protocol.lower()}://{proxy.host}{port}"),
         (pycurl.PROXYTYPE, pycurl.PROXYTYPE_HTTP_1_0 if version_1_0 else pycurl.PROXYTYPE_HTTP),

@@ -1,4 +1,7 @@
-"""Outcome classification and the retry policy of the original (spec 9.6-9.7); pure."""
+"""Outcome classification and the retry policy of the original; pure.
+
+The rules are in docs/compatibility.md#outcomes and #retry-formula.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ def retry_delay_ms(interval_ms: int, retry_number: int, exponential: bool) -> in
     """Wait before retry ``retry_number`` (1-based): ``interval x n`` when exponential.
 
     The original calls its linear growth "exponential"; we keep the formula for
-    compatibility (spec 9.7): interval 1000 gives 1 s, 2 s, 3 s.
+    compatibility (docs/compatibility.md#retry-formula): interval 1000 gives 1 s, 2 s, 3 s.
     """
     return interval_ms * retry_number if exponential else interval_ms
 

@@ -55,7 +55,8 @@ class SchedulerStats:
 
 
 def attempt_headers(attempt: Attempt) -> tuple[tuple[str, str], ...]:
-    """Headers the server adds (spec 9.5), plus the attempt number for deduplication."""
+    """Headers the server adds (docs/compatibility.md#added-headers), plus the attempt
+    number for deduplication."""
     headers = [("X-Tasks-Queue-Id", attempt.task_id), ("X-Tasks-Attempt", str(attempt.number))]
     if attempt.retry_count > 0:
         headers += [

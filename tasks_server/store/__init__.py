@@ -1,4 +1,4 @@
-"""The persistence contract. SQLite implements it now; PostgreSQL later (DESIGN section 5).
+"""The persistence contract. SQLite implements it now; PostgreSQL later.
 
 Every method that changes a task is one transaction named after the transition. Methods
 that take ``owner_id`` never touch another owner's rows: another owner's task and a missing

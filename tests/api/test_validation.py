@@ -1,5 +1,6 @@
-"""Request validation (spec 3.3, 4.3, 6.2, 6.4, 7): every rule of the task body and the
-list query, the zod-like error tree of a 400, and the normalised values that are stored."""
+"""Request validation (docs/compatibility.md, "Validation errors" to "Task body"): every
+rule of the task body and the list query, the zod-like error tree of a 400, and the
+normalised values that are stored."""
 
 from __future__ import annotations
 
@@ -147,7 +148,7 @@ async def stored_config(
     return result
 
 
-# -- body handling and the error shape (spec 3.1, 3.3) ---------------------------------
+# -- body handling and the error shape (docs/compatibility.md#error-body) ---------------
 
 
 async def test_error_tree_matches_the_spec_example(
@@ -1580,7 +1581,7 @@ async def test_queue_id_is_upper_cased(client: httpx.AsyncClient, owner: OwnerAu
         "limit=1000",
         "offset=0",
         "offset=1000",
-        "offset=5000",  # beyond the original's 1000 (W9): deep pages are reachable
+        "offset=5000",  # beyond the original's 1000: deep pages are reachable
         "order=createdAt&sort=asc",
         "order=estimateEndAt&sort=DESC",
         "order=estimateExecutionAt&sort=Desc",

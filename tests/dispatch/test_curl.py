@@ -443,7 +443,7 @@ def test_curl_options_is_pure() -> None:
 
 
 def test_this_build_cannot_choose_dns_servers_and_says_so() -> None:
-    # This libcurl uses the threaded resolver, not c-ares (spec 7.3 #34 "needs c-ares").
+    # This libcurl uses the threaded resolver, not c-ares (the DNS_SERVERS option needs c-ares).
     config = TaskConfig(dns_server=("9.9.9.9",))
     fields = unsupported_fields(HttpRequest("http://h.test/x", "GET"), config, CAPABILITIES)
     if "dns_servers" in CAPABILITIES:

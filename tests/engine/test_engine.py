@@ -98,7 +98,7 @@ async def test_retries_with_exact_count_and_spacing(
             config={"executionDelay": 0, "retry": 3, "retryInterval": 1000},
         )
     ).json()
-    expected_gaps = [1.0, 2.0, 3.0]  # interval x n (spec 9.7)
+    expected_gaps = [1.0, 2.0, 3.0]  # interval x n (docs/compatibility.md#retry-formula)
     await wait_until(lambda: len(target.arrivals) == 1)
     for count, gap in enumerate(expected_gaps, start=2):
         await idle(server)

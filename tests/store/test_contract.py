@@ -229,7 +229,9 @@ async def test_retry_rearms_the_task(store: Store) -> None:
     await store.record_outcomes([retry])
     waiting = await store.get_task(owner.id, task.id)
     assert (waiting.state, waiting.status_code, waiting.retry_count) == (TaskState.RUNNING, 503, 1)
-    assert waiting.estimate_execution_at_ms == T0  # retries do not move it (spec 8.4)
+    assert (
+        waiting.estimate_execution_at_ms == T0
+    )  # retries do not move it (docs/compatibility.md#time-fields)
     assert await store.due_before(T0 + 10_000, 10) == [(task.id, T0 + 1005)]
     [second] = await store.claim_due([task.id], T0 + 1005)
     assert (second.number, second.retry_count, second.due_at_ms) == (2, 1, T0 + 1005)

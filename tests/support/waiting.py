@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 
-# The documented test API is wait_until(predicate, timeout=...) (DESIGN.md section 4), so the
+# Tests call wait_until(predicate, timeout=...) with the deadline beside the condition, so the
 # deadline stays a parameter rather than an asyncio.timeout() around the call.
 async def wait_until(
     predicate: Callable[[], object],

@@ -44,7 +44,7 @@ CREATE TABLE attempt (
     PRIMARY KEY (task_id, number)
 ) STRICT, WITHOUT ROWID;
 
--- tasks_in_queue counts RUNNING + PAUSED tasks; unlike the original (W3) every way out of
+-- tasks_in_queue counts RUNNING + PAUSED tasks; unlike the original every way out of
 -- those two states frees the slot.
 CREATE TRIGGER task_count_insert AFTER INSERT ON task
 WHEN NEW.state IN ('RUNNING', 'PAUSED')

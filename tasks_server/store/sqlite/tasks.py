@@ -76,7 +76,7 @@ ATTEMPT_LIST: LiteralString = (
 
 
 # ORDER BY cannot take a placeholder: each allowed wire name maps to a fixed statement
-# (the original bound the column name as a value, so its ordering did nothing: W9).
+# (the original bound the column name as a value, so its ordering did nothing).
 _ORDER_COLUMNS: dict[str, LiteralString] = {
     "createdAt": "created_at",
     "estimateEndAt": "estimate_end_at",
@@ -98,7 +98,8 @@ def _list_sql(order: str, descending: bool, with_state: bool) -> LiteralString:
 def new_task_id(now_ms: int) -> str:
     """24 characters of [0-9A-Z]: the creation ms in hex (as the original) + 13 random.
 
-    The original used the decimal ms as the suffix, so two tasks in one ms collided (W4).
+    The original used the decimal ms as the suffix, so two tasks in one ms collided
+    (docs/compatibility.md#task-ids).
     """
     # base32 (A-Z, 2-7) of 10 random bytes: 13 characters carry 65 random bits
     return f"{now_ms:011X}"[-11:] + base64.b32encode(os.urandom(10))[:13].decode()
