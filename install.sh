@@ -16,6 +16,9 @@ command -v gcc >/dev/null 2>&1 || need_apt="$need_apt gcc"
     || need_apt="$need_apt python3-dev"
 "$PYTHON" -c "import venv, ensurepip" 2>/dev/null || need_apt="$need_apt python3-venv"
 "$PYTHON" -c "import sqlite3" 2>/dev/null || need_apt="$need_apt libsqlite3-0"
+# the README's examples are run by a test with curl and jq
+command -v curl >/dev/null 2>&1 || need_apt="$need_apt curl"
+command -v jq >/dev/null 2>&1 || need_apt="$need_apt jq"
 if [ -n "$need_apt" ]; then
     echo "install.sh: installing system packages:$need_apt"
     SUDO=""

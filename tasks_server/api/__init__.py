@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Route
 
 from ..errors import TasksServerError
-from . import admin, health, openapi, owners, queues, schedules
+from . import admin, health, openapi, owners, queues, results, schedules
 from .errors import handle_domain_error, handle_http_error, handle_unexpected
 from .services import Services
 
@@ -37,6 +37,7 @@ def routes() -> list[BaseRoute]:
         Route(task, queues.delete, methods=["DELETE"]),
         Route(f"{task}/config", queues.get_config, methods=["GET"]),
         Route(f"{task}/attempts", queues.attempts, methods=["GET"]),
+        Route(f"{task}/result", results.result, methods=["GET"]),
         Route(f"{task}/execute", queues.execute, methods=["POST"]),
         Route(f"{task}/pause", queues.pause, methods=["PATCH"]),
         Route(f"{task}/resume", queues.resume, methods=["PATCH"]),

@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from ..errors import PreconditionFailed, TaskNotFound, Unsupported, ValidationFailed
 from ..models import NewTask, Task, TaskState
+from . import results
 from .convert import field_error, spec_to_wire, to_new_task
 from .errors import validation_failed
 from .schemas import ListQuery, TaskIn
@@ -44,7 +45,7 @@ def record(task: Task) -> dict[str, Any]:
     return out
 
 
-def _task_id(request: Request) -> str:
+def task_id_of(request: Request) -> str:
     raw = str(request.path_params["task_id"]).upper()
     if not _TASK_ID.match(raw):
         raise field_error(("queueId",), "Invalid queue id")
@@ -89,8 +90,12 @@ async def register(request: Request) -> Response:
     body = await read_body(request, app.settings.max_size_body_request)
     now = app.clock.now_ms()
     new = _validate_body(app, body, now)
+    wait_s = results.wait_seconds(request)
     task = await app.store.create_task(owner_id, new, now)
     app.scheduler.notify(task.id, new.due_at_ms)
+    if wait_s is not None:
+        task = await results.wait_until_final(app, owner_id, task.id, wait_s)
+        return results.answer_result(request, task, 201)
     return answer(request, record(task), 201)
 
 
@@ -116,21 +121,21 @@ async def list_tasks(request: Request) -> Response:
 async def get(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    return answer(request, record(await app.store.get_task(owner_id, _task_id(request))))
+    return answer(request, record(await app.store.get_task(owner_id, task_id_of(request))))
 
 
 async def get_config(request: Request) -> Response:
     """The request and options as stored, in the registration body's shape."""
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    spec = await app.store.get_spec(owner_id, _task_id(request))
+    spec = await app.store.get_spec(owner_id, task_id_of(request))
     return answer(request, spec_to_wire(spec))
 
 
 async def attempts(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    history = await app.store.list_attempts(owner_id, _task_id(request))
+    history = await app.store.list_attempts(owner_id, task_id_of(request))
     return answer(
         request,
         [
@@ -167,7 +172,7 @@ async def edit(request: Request) -> Response:
     registration (JSON merge patch), re-validated whole, and the due time recomputed."""
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    task_id = _task_id(request)
+    task_id = task_id_of(request)
     patch = await read_json(request, app.settings.max_size_body_request)
     if not isinstance(patch, dict) or not patch:
         raise ValidationFailed(
@@ -186,7 +191,7 @@ async def edit(request: Request) -> Response:
 async def execute(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    task = await _action(app.store.execute_task, app, owner_id, _task_id(request))
+    task = await _action(app.store.execute_task, app, owner_id, task_id_of(request))
     if task.due_at_ms is not None:
         app.scheduler.notify(task.id, task.due_at_ms)
     return answer(request, DONE)
@@ -195,7 +200,7 @@ async def execute(request: Request) -> Response:
 async def pause(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    task = await _action(app.store.pause_task, app, owner_id, _task_id(request))
+    task = await _action(app.store.pause_task, app, owner_id, task_id_of(request))
     app.scheduler.forget(task.id)
     return answer(request, DONE)
 
@@ -203,7 +208,7 @@ async def pause(request: Request) -> Response:
 async def resume(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    task = await _action(app.store.resume_task, app, owner_id, _task_id(request))
+    task = await _action(app.store.resume_task, app, owner_id, task_id_of(request))
     if task.due_at_ms is not None:
         app.scheduler.notify(task.id, task.due_at_ms)
     return answer(request, record(task))
@@ -212,7 +217,7 @@ async def resume(request: Request) -> Response:
 async def revoke(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    task = await _action(app.store.revoke_task, app, owner_id, _task_id(request))
+    task = await _action(app.store.revoke_task, app, owner_id, task_id_of(request))
     app.scheduler.forget(task.id)
     return answer(request, DONE)
 
@@ -220,7 +225,7 @@ async def revoke(request: Request) -> Response:
 async def delete(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    task_id = _task_id(request)
+    task_id = task_id_of(request)
     try:
         await app.store.delete_task(owner_id, task_id)
     except TaskNotFound as exc:

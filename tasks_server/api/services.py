@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +22,10 @@ class Notifier(Protocol):
     def notify(self, task_id: str, due_at_ms: int) -> None: ...
 
     def forget(self, task_id: str) -> None: ...
+
+    def wait_final(self, task_id: str) -> asyncio.Future[None]: ...
+
+    def stop_waiting(self, task_id: str, future: asyncio.Future[None]) -> None: ...
 
 
 class ScheduleNotifier(Protocol):

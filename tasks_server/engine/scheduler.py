@@ -22,6 +22,7 @@ from ..store import Store
 from ..timing import attempt_timeout_ms
 from .retry import decide
 from .timers import DueTimers
+from .waiters import FinalWaiters
 
 logger = logging.getLogger(__name__)
 task_logger = logging.getLogger("tasks_server.tasks")
@@ -92,6 +93,7 @@ class Scheduler:
         self._sequence = itertools.count()
         self._stopping = False
         self._abandoned = False
+        self.waiters = FinalWaiters()  # woken after a task's final outcome is committed
         self.idle = asyncio.Event()  # set whenever the loop parks (tests wait on it)
         self.stats = SchedulerStats()
         self.alive = False
@@ -113,6 +115,7 @@ class Scheduler:
         An attempt claimed ahead of its due time is dropped unsent; its history row says so.
         """
         self._timers.discard(task_id)
+        self.waiters.wake(task_id)  # revoked or deleted: a waiter reads the task again
         attempt = self._held_ids.pop(task_id, None)
         if attempt is not None:
             outcome = Outcome(status=0, error="not sent: the task was stopped before its time")
@@ -122,6 +125,14 @@ class Scheduler:
                 )
             )
             self._results_ready.set()
+
+    def wait_final(self, task_id: str) -> asyncio.Future[None]:
+        """A future resolved once an outcome that ends the task is committed (or the
+        task is stopped); the caller reads the task again. See FinalWaiters.wait."""
+        return self.waiters.wait(task_id)
+
+    def stop_waiting(self, task_id: str, future: asyncio.Future[None]) -> None:
+        self.waiters.release(task_id, future)
 
     @property
     def in_flight(self) -> int:
@@ -286,6 +297,8 @@ class Scheduler:
             self._count(result)
             if result.next_due_at_ms is not None:
                 self.notify(result.task_id, result.next_due_at_ms)
+            elif result.state.is_terminal:
+                self.waiters.wake(result.task_id)
         self._wake.set()
 
     def _count(self, result: Result) -> None:

@@ -16,6 +16,7 @@ MISSING = "Z" * 24
         ("GET", "", None),
         ("GET", "/config", None),
         ("GET", "/attempts", None),
+        ("GET", "/result", None),
         ("PATCH", "", {"config": {"retry": 1}}),
         ("DELETE", "", None),
         ("POST", "/execute", None),

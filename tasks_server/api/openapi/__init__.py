@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from ... import __version__
 from ...errors import NotFound
-from . import schedules
+from . import failures, schedules
 from .parts import DOCS_ASSETS, RESPONSE_SCHEMAS, SECURITY_SCHEMES, JsonObject
 from .paths import operation_paths, owner_paths, request_schemas, task_paths
 
@@ -39,12 +39,14 @@ def spec() -> JsonObject:
             {"name": "tasks", "description": "Scheduled HTTP calls (the original's queues)"},
             {"name": "operations", "description": "Health, metrics, docs, administration"},
             schedules.OPENAPI_TAG,
+            *failures.OPENAPI_TAGS,
         ],
         "paths": {
             **owner_paths(list_query),
             **task_paths(),
             **operation_paths(),
             **schedules.openapi_paths(),
+            **failures.openapi_paths(),
         },
         "components": {
             # the task models' own entries (with their date notes) win over the copies

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic.json_schema import models_json_schema
 
 from ..schemas import ListQuery, OwnerIn, TaskIn
+from .failures import WAIT
 from .parts import (
     DATE_FIELDS,
     DOCS_ASSETS,
@@ -39,9 +40,11 @@ def task_paths() -> JsonObject:
                 (400, 401, 403, 413, 422),
                 security=OWNER_AUTH,
                 body=schema_ref("TaskIn"),
-                parameters=[PRETTY],
+                parameters=[PRETTY, WAIT],
+                also={202: json_body(schema_ref("Task"), "stored; not final when the wait ended")},
                 description="The call to make, when, and how to retry it. A 201 means "
-                "the task is durably stored.",
+                "the task is durably stored. With `wait`, the answer comes when the task "
+                "is final (201 with its outcome) or when the wait ends (202).",
             )
         },
         task: {

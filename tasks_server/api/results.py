@@ -1,0 +1,68 @@
+"""Waiting for a result: a long poll that answers as soon as a task is final.
+
+The scheduler wakes waiters in memory after it commits the outcome that ends a task, so a
+waiting request costs no database reads beyond the one before and the one after the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..models import Task
+from . import queues
+from .convert import field_error
+from .services import Services, services
+from .wire import answer
+
+MAX_WAIT_S = 60.0
+_SECONDS = re.compile(r"\d{1,2}(\.\d{1,3})?")
+
+
+def wait_seconds(request: Request) -> float | None:
+    """The ``wait`` query parameter: None when absent, else 0-60 seconds (400 otherwise)."""
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return None
+    if not _SECONDS.fullmatch(raw) or float(raw) > MAX_WAIT_S:
+        raise field_error(("wait",), "Expected a number of seconds from 0 to 60")
+    return float(raw)
+
+
+async def wait_until_final(app: Services, owner_id: str, task_id: str, wait_s: float) -> Task:
+    """The task once it is final, or as it is when ``wait_s`` seconds (of the server's
+    clock) have passed. Raises TaskNotFound, also when it is deleted while waiting."""
+    deadline = app.clock.monotonic() + wait_s
+    while True:
+        woken = app.scheduler.wait_final(task_id)
+        try:
+            task = await app.store.get_task(owner_id, task_id)
+            remaining = deadline - app.clock.monotonic()
+            if task.state.is_terminal or remaining <= 0:
+                return task
+            sleeper = asyncio.ensure_future(app.clock.sleep(remaining))
+            try:
+                await asyncio.wait((woken, sleeper), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+            if not woken.done():
+                return await app.store.get_task(owner_id, task_id)
+        finally:
+            app.scheduler.stop_waiting(task_id, woken)
+
+
+def answer_result(request: Request, task: Task, final_status: int = 200) -> Response:
+    """``final_status`` with the stored outcome when the task is final, else 202 with its
+    current state."""
+    return answer(request, queues.record(task), final_status if task.state.is_terminal else 202)
+
+
+async def result(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    task_id = queues.task_id_of(request)
+    wait_s = wait_seconds(request) or 0.0
+    return answer_result(request, await wait_until_final(app, owner_id, task_id, wait_s))
