@@ -30,6 +30,7 @@ task_logger = logging.getLogger("tasks_server.tasks")
 MAX_NAP_S = 1.0  # a wall-clock jump is noticed within this
 _REFILL_LIMIT = 200_000
 CLAIM_CHUNK = 256
+START_CHUNK = 32  # held attempts started per pass: the first calls leave while the rest wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class Scheduler:
         self._in_flight: dict[str, asyncio.Future[Outcome]] = {}
         self._held: list[tuple[int, int, Attempt]] = []  # claimed ahead: (due, seq, attempt)
         self._held_ids: dict[str, Attempt] = {}
+        self._held_changed = asyncio.Event()  # wakes the starter: an earlier attempt is held
         self._sequence = itertools.count()
         self._stopping = False
         self._abandoned = False
@@ -150,6 +152,7 @@ class Scheduler:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._record_loop(), name="scheduler-recorder")
+                group.create_task(self._start_loop(), name="scheduler-starter")
                 await self._loop()
                 self._results_ready.set()
         finally:
@@ -185,8 +188,6 @@ class Scheduler:
         next_due = self._timers.next_due()
         if next_due is not None and self._has_slots():
             wake_at = min(wake_at, next_due - self._options.lookahead_ms)
-        if self._held:
-            wake_at = min(wake_at, self._held[0][0])
         self._wake_at_ms = wake_at
         return min(max(wake_at - now_ms, 0) / 1000, MAX_NAP_S)
 
@@ -219,13 +220,28 @@ class Scheduler:
         for attempt in attempts:
             self._held_ids[attempt.task_id] = attempt
             heapq.heappush(self._held, (attempt.due_at_ms, next(self._sequence), attempt))
+        self._held_changed.set()
         return started + self._start_held(now_ms)
 
-    def _start_held(self, now_ms: int) -> int:
-        """Start up to CLAIM_CHUNK held attempts whose due time has come, skipping
-        forgotten ones; the loop yields between chunks so the first calls get going."""
+    async def _start_loop(self) -> None:
+        """Start held attempts at their due time, beside the claiming loop: a claim
+        transaction being written never delays a call whose time has come. Calls start in
+        small chunks, with a yield between them, so the first ones are on the wire while
+        the rest are being configured."""
+        while not self._stopping:
+            now_ms = self._clock.now_ms()
+            if self._start_held(now_ms, START_CHUNK):
+                await asyncio.sleep(0)
+                continue
+            self._held_changed.clear()
+            delay_s = (self._held[0][0] - now_ms) / 1000 if self._held else MAX_NAP_S
+            await sleep_or_wake(self._clock, min(delay_s, MAX_NAP_S), self._held_changed)
+
+    def _start_held(self, now_ms: int, limit: int = CLAIM_CHUNK) -> int:
+        """Start up to ``limit`` held attempts whose due time has come, skipping forgotten
+        ones; callers yield between chunks so the first calls get going."""
         started = 0
-        while self._held and self._held[0][0] <= now_ms and started < CLAIM_CHUNK:
+        while self._held and self._held[0][0] <= now_ms and started < limit:
             attempt = heapq.heappop(self._held)[2]
             if self._held_ids.get(attempt.task_id) is attempt:
                 del self._held_ids[attempt.task_id]
@@ -333,6 +349,7 @@ class Scheduler:
         """
         self._stopping = True
         self._wake.set()
+        self._held_changed.set()
         pending = list(self._in_flight.values())
         if pending:
             await asyncio.wait(pending, timeout=grace_s)
