@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 
@@ -32,7 +33,27 @@ from .store.sqlite.lock import DatabaseLock
 logger = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
+class Fatal:
+    """Where a background loop reports the error it died of. The server cannot serve
+    without its loops, so the first report makes it stop (the CLI listens and makes
+    uvicorn exit) and the process ends with a non-zero code."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, stop: Callable[[], None]) -> None:
+        self._listeners.append(stop)
+
+    def report(self, name: str, error: BaseException) -> None:
+        logger.critical("%s stopped; shutting down", name, exc_info=error)
+        if self.error is None:
+            self.error = error
+        for stop in self._listeners:
+            stop()
+
+
+@dataclass(frozen=True, slots=True)
 class Server:
     """Everything ``build`` made, so tests and the CLI can reach the parts."""
 
@@ -41,12 +62,12 @@ class Server:
     store: SqliteStore
     dispatcher: dispatch.Dispatcher
     scheduler: Scheduler
+    schedules: ScheduleRunner  # recurring schedules → tasks
+    backup: BackupJob | None  # scheduled backups, when a cron or interval is set
+    metrics: Metrics
     app: Starlette
-    asgi: Edge
-    on_fatal: Callable[[], None] = lambda: None  # the CLI makes uvicorn exit
-    metrics: Metrics | None = None
-    backup: BackupJob | None = None  # scheduled backups, when a cron or interval is set
-    schedules: ScheduleRunner | None = None  # recurring schedules → tasks
+    asgi: Edge  # the app behind the edge middleware: what uvicorn serves
+    fatal: Fatal = field(default_factory=Fatal)
 
 
 def build(
@@ -61,72 +82,94 @@ def build(
         Sealer(settings.cipher_key),
         settings.sqlite_synchronous,
         on_commit=metrics.on_commit,
+        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
     )
-    if dispatcher is None:
-        curl = dispatch.CurlSettings(
-            cert_dir=settings.cert_dir, max_host_connections=settings.max_host_connections
-        )
-        # the scheduler already waited SHUTDOWN_GRACE_S for in-flight calls at stop
-        dispatcher = dispatch.CurlDispatcher(
-            curl, max_connections=settings.max_in_flight, close_grace_s=0.5
-        )
-    scheduler = Scheduler(
-        store,
-        dispatcher,
-        clock,
-        SchedulerOptions(
-            horizon_ms=settings.horizon_ms,
-            lookahead_ms=settings.lookahead_ms,
-            max_in_flight=settings.max_in_flight,
-            max_response_bytes=settings.max_size_data_response,
-            log_attempts=settings.log,
-        ),
-    )
+    dispatcher = dispatcher or _curl_dispatcher(settings)
+    scheduler = Scheduler(store, dispatcher, clock, _scheduler_options(settings))
     metrics.watch_scheduler(scheduler)
-    schedule_runner = ScheduleRunner(store, scheduler, clock)
-    capabilities = dispatch.curl_capabilities()
-
-    def unsupported(request: HttpRequest, config: TaskConfig) -> list[str]:
-        return dispatch.unsupported_fields(request, config, capabilities)
-
-    async def readiness() -> dict[str, bool]:
-        try:
-            await store.due_before(0, 1)
-            database = _is_writable(settings.database_path)
-        except Exception:
-            logger.exception("readiness: database check failed")
-            database = False
-        return {"database": database, "scheduler": scheduler.alive}
-
-    async def count_pending() -> int:
-        return sum(owner.tasks_in_queue for owner in await store.list_owners())
-
+    schedules = ScheduleRunner(store, scheduler, clock)
     services = Services(
         settings=settings,
         store=store,
         clock=clock,
         scheduler=scheduler,
         auth=Authenticator(store),
-        unsupported=unsupported,
-        readiness=readiness,
-        metrics_text=lambda: metrics.render(count_pending),
-        schedules=schedule_runner,
+        unsupported=_unsupported_fields(),
+        readiness=lambda: _readiness(settings.database_path, store, scheduler),
+        metrics_text=lambda: metrics.render(lambda: _count_pending(store)),
+        schedules=schedules,
     )
-    server = Server(settings, clock, store, dispatcher, scheduler, None, None)  # type: ignore[arg-type]
+    server: Server  # the lifespan runs after build has returned, when `server` exists
     app = create_app(services, lifespan=lambda _app: _lifespan(server))
-    server.app = app
-    server.metrics = metrics
-    server.schedules = schedule_runner
-    server.backup = BackupJob(settings, clock) if settings.backup_is_scheduled else None
-    throttle = (
-        Throttle(settings.max_throttle_request, settings.max_throttle_time_window)
-        if settings.throttle_enabled
-        else None
-    )
-    server.asgi = Edge(
-        app, clock, throttle, log_requests=settings.log, on_request=metrics.on_request
+    server = Server(
+        settings=settings,
+        clock=clock,
+        store=store,
+        dispatcher=dispatcher,
+        scheduler=scheduler,
+        schedules=schedules,
+        backup=BackupJob(settings, clock) if settings.backup_is_scheduled else None,
+        metrics=metrics,
+        app=app,
+        asgi=Edge(
+            app,
+            clock,
+            _throttle(settings),
+            log_requests=settings.log,
+            on_request=metrics.on_request,
+        ),
     )
     return server
+
+
+def _curl_dispatcher(settings: Settings) -> dispatch.Dispatcher:
+    curl = dispatch.CurlSettings(
+        cert_dir=settings.cert_dir, max_host_connections=settings.max_host_connections
+    )
+    # the scheduler already waited SHUTDOWN_GRACE_S for in-flight calls at stop
+    return dispatch.CurlDispatcher(curl, max_connections=settings.max_in_flight, close_grace_s=0.5)
+
+
+def _scheduler_options(settings: Settings) -> SchedulerOptions:
+    return SchedulerOptions(
+        horizon_ms=settings.horizon_ms,
+        lookahead_ms=settings.lookahead_ms,
+        max_in_flight=settings.max_in_flight,
+        max_response_bytes=settings.max_size_data_response,
+        log_attempts=settings.log,
+    )
+
+
+def _unsupported_fields() -> Callable[[HttpRequest, TaskConfig], list[str]]:
+    capabilities = dispatch.curl_capabilities()
+
+    def unsupported(request: HttpRequest, config: TaskConfig) -> list[str]:
+        return dispatch.unsupported_fields(request, config, capabilities)
+
+    return unsupported
+
+
+def _throttle(settings: Settings) -> Throttle | None:
+    if not settings.throttle_enabled:
+        return None
+    return Throttle(settings.max_throttle_request, settings.max_throttle_time_window)
+
+
+async def _readiness(path: Path, store: SqliteStore, scheduler: Scheduler) -> dict[str, str | None]:
+    """Checks for /readyz: each is None or says what is wrong."""
+    problem = store.write_problem()
+    if problem is None and not _is_writable(path):
+        problem = f"{path} or its directory is not writable"
+    if problem is None:
+        try:
+            await store.due_before(0, 1)
+        except Exception as exc:
+            logger.warning("readiness: reading the database failed: %s", exc)
+            problem = f"reading the database failed: {exc}"
+    return {
+        "database": problem,
+        "scheduler": None if scheduler.alive else "the scheduler loop is not running",
+    }
 
 
 def _is_writable(path: Path) -> bool:
@@ -135,55 +178,118 @@ def _is_writable(path: Path) -> bool:
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
+async def _count_pending(store: SqliteStore) -> int:
+    return sum(owner.tasks_in_queue for owner in await store.list_owners())
+
+
+# -- start-up and shutdown ----------------------------------------------------------------
+#
+# Start-up is a list of steps; each registers how it is undone on one exit stack, so
+# shutdown runs the undo steps in reverse, every one of them, even when an earlier one
+# failed or start-up stopped halfway (a store left open keeps aiosqlite's thread, and so
+# the process, alive).
+
+
 @contextlib.asynccontextmanager
 async def _lifespan(server: Server) -> AsyncIterator[None]:
-    """Start: lock → store → requeue interrupted → dispatcher → scheduler → schedule
-    runner → backup job. Stop in reverse."""
+    async with contextlib.AsyncExitStack() as stack:
+        await _hold_database_lock(server, stack)
+        await _open_store(server, stack)
+        await _requeue_interrupted(server)
+        await _start_dispatcher(server, stack)
+        _start_loop(server, stack, "scheduler", server.scheduler.run, _stop_scheduler)
+        _start_loop(server, stack, "schedules", server.schedules.run, _stop_schedules)
+        if server.backup is not None:
+            _start_loop(server, stack, "backup", server.backup.run, _stop_backup)
+        yield
+        logger.info("shutting down")
+
+
+async def _hold_database_lock(server: Server, stack: contextlib.AsyncExitStack) -> None:
+    """A shared flock on ``<db>.lock`` while serving: `restore` refuses this database,
+    and start-up waits while a restore runs."""
     lock = DatabaseLock(server.settings.database_path)
-    # held while serving, so `restore` refuses this database; waits while a restore runs
     await asyncio.to_thread(lock.acquire_shared)
-    try:
-        await server.store.open()
-    except BaseException:
-        lock.release()
-        raise
+    stack.callback(lock.release)
+
+
+async def _open_store(server: Server, stack: contextlib.AsyncExitStack) -> None:
+    stack.push_async_callback(server.store.close)  # close() undoes a half-done open()
+    await server.store.open()
+
+
+async def _requeue_interrupted(server: Server) -> None:
+    """Attempts left in flight by a crash end as interrupted; their tasks are due again."""
     requeued = await server.store.requeue_interrupted(server.clock.now_ms())
     if requeued:
         logger.warning("requeued %d attempts interrupted by the last stop", requeued)
+
+
+async def _start_dispatcher(server: Server, stack: contextlib.AsyncExitStack) -> None:
+    stack.push_async_callback(server.dispatcher.close)
     await server.dispatcher.start()
-    loop_task = asyncio.create_task(server.scheduler.run(), name="scheduler")
-    loop_task.add_done_callback(lambda task: _stop_on_crash(server, task))
-    schedules_task = None
-    if server.schedules is not None:
-        schedules_task = asyncio.create_task(server.schedules.run(), name="schedules")
-        schedules_task.add_done_callback(lambda task: _stop_on_crash(server, task))
-    backup_task = None
-    if server.backup is not None:
-        backup_task = asyncio.create_task(server.backup.run(), name="backup")
-        backup_task.add_done_callback(lambda task: _stop_on_crash(server, task))
-    try:
-        yield
-    finally:
-        if backup_task is not None:
-            backup_task.cancel()  # a snapshot being written is finished first
-            with contextlib.suppress(asyncio.CancelledError):
-                await backup_task
-        if server.schedules is not None and schedules_task is not None:
-            await server.schedules.stop()
-            # a crash was logged by _stop_on_crash; the rest must still shut down
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await schedules_task
-        await server.scheduler.stop(server.settings.shutdown_grace_s)
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop_task
-        await server.dispatcher.close()
-        await server.store.close()
-        lock.release()
 
 
-def _stop_on_crash(server: Server, task: asyncio.Task[None]) -> None:
-    """A dead scheduler (or backup job) must not leave a server that seems healthy."""
-    if task.cancelled() or task.exception() is None:
+Stopper = Callable[[Server, "asyncio.Task[None]"], Coroutine[Any, Any, None]]
+
+
+@dataclass(slots=True)
+class _Loop:
+    """A background loop's task, how to ask it to stop, and whether it was asked."""
+
+    task: asyncio.Task[None]
+    stop: Stopper
+    stopping: bool = False
+
+
+def _start_loop(
+    server: Server,
+    stack: contextlib.AsyncExitStack,
+    name: str,
+    run: Callable[[], Coroutine[Any, Any, None]],
+    stop: Stopper,
+) -> None:
+    """Run a background loop as a named task; if it ends on its own, the server stops."""
+    loop = _Loop(asyncio.create_task(run(), name=name), stop)
+    loop.task.add_done_callback(lambda _task: _report_death(server, loop))
+    stack.push_async_callback(_stop_loop, server, loop)
+
+
+def _report_death(server: Server, loop: _Loop) -> None:
+    task = loop.task
+    if task.cancelled():
         return
-    logger.critical("%s stopped; shutting down", task.get_name(), exc_info=task.exception())
-    server.on_fatal()
+    error = task.exception()
+    if error is None and not loop.stopping:
+        error = RuntimeError(f"{task.get_name()} returned while the server was running")
+    if error is not None:
+        server.fatal.report(task.get_name(), error)
+
+
+async def _stop_loop(server: Server, loop: _Loop) -> None:
+    """Ask the loop to stop and give it the shutdown grace and a second, then cancel it.
+    An error it died of was reported when it died."""
+    loop.stopping = True
+    task = loop.task
+    if not task.done():
+        await loop.stop(server, task)
+    grace_s = server.settings.shutdown_grace_s + 1
+    await asyncio.wait([task], timeout=grace_s)
+    if not task.done():
+        logger.error("%s did not stop within %.1f s; cancelled", task.get_name(), grace_s)
+        task.cancel()
+        await asyncio.wait([task])
+
+
+async def _stop_scheduler(server: Server, task: asyncio.Task[None]) -> None:
+    """No new work; calls in flight get SHUTDOWN_GRACE_S, then their outcomes are
+    written. A call still running keeps its durable claim and runs again at next start."""
+    await server.scheduler.stop(server.settings.shutdown_grace_s)
+
+
+async def _stop_schedules(server: Server, task: asyncio.Task[None]) -> None:
+    await server.schedules.stop()
+
+
+async def _stop_backup(server: Server, task: asyncio.Task[None]) -> None:
+    task.cancel()  # a snapshot being written is finished first

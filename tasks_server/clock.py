@@ -46,3 +46,22 @@ async def sleep_or_wake(clock: Clock, delay_s: float, wake: asyncio.Event) -> No
     finally:
         waker.cancel()
         sleeper.cancel()
+
+
+class Backoff:
+    """Growing pauses between tries of something that failed for now (a write the
+    database refused): ``first_s``, doubled per failure up to ``most_s``; ``reset`` after
+    a success. A wake-up event ends a pause early."""
+
+    def __init__(self, clock: Clock, first_s: float = 0.05, most_s: float = 2.0) -> None:
+        self._clock = clock
+        self._first_s = first_s
+        self._most_s = most_s
+        self._next_s = first_s
+
+    def reset(self) -> None:
+        self._next_s = self._first_s
+
+    async def wait(self, wake: asyncio.Event) -> None:
+        delay_s, self._next_s = self._next_s, min(self._next_s * 2, self._most_s)
+        await sleep_or_wake(self._clock, delay_s, wake)

@@ -26,6 +26,8 @@ class Settings:
     port: int = 9420  # PORT
     path_sqlite: str = ".database/tasks.db"  # PATH_SQLITE
     sqlite_synchronous: str = "FULL"  # SQLITE_SYNCHRONOUS: FULL survives power loss
+    # SQLITE_BUSY_TIMEOUT_MS: how long a write waits for a lock another process holds
+    sqlite_busy_timeout_ms: int = 30_000
     cipher_key: str = field(default="", repr=False)  # CIPHER_KEY: encrypts task secrets
     tz: str = "UTC"  # TZ: zone of date strings without an offset
     log: bool = False  # LOG=1: one line per attempt
@@ -137,6 +139,7 @@ _SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "port": (("PORT",), _int(0, 65535)),
     "path_sqlite": (("PATH_SQLITE",), _text),
     "sqlite_synchronous": (("SQLITE_SYNCHRONOUS",), _choice("FULL", "NORMAL", "EXTRA")),
+    "sqlite_busy_timeout_ms": (("SQLITE_BUSY_TIMEOUT_MS",), _int(0)),
     "cipher_key": (("CIPHER_KEY",), _text),
     "tz": (("TZ",), _zone),
     "log": (("LOG",), _bool),

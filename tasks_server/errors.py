@@ -14,7 +14,10 @@ TasksServerError
 │   └── QueueLimitReached
 ├── Unsupported                         an option this build of libcurl cannot do (422)
 ├── PayloadTooLarge                     request body over the limit (413)
-└── Throttled                           too many requests in the window (429)
+├── Throttled                           too many requests in the window (429)
+├── StorageUnavailable                  the database refuses writes for now: disk full,
+│                                       locked too long, I/O error (503, Retry-After)
+└── BackupError                         a backup or restore that could not be done
 """
 
 from __future__ import annotations
@@ -100,6 +103,18 @@ class Throttled(TasksServerError):
     def __init__(self, reset_s: int) -> None:
         self.reset_s = reset_s
         super().__init__()
+
+
+class StorageUnavailable(TasksServerError):
+    """The database cannot take writes right now (disk full, locked longer than the busy
+    timeout, an I/O error). Nothing was written; the same write may succeed later."""
+
+    default_message = "The database is not accepting writes at the moment"
+
+    def __init__(self, reason: str, retry_after_s: int = 5) -> None:
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        super().__init__(f"The database is not accepting writes at the moment: {reason}")
 
 
 class BackupError(TasksServerError):

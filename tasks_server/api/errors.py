@@ -23,6 +23,7 @@ from ..errors import (
     NotFound,
     PayloadTooLarge,
     PreconditionFailed,
+    StorageUnavailable,
     TasksServerError,
     Throttled,
     Unauthenticated,
@@ -46,6 +47,7 @@ STATUS: dict[type[TasksServerError], tuple[int, str]] = {
     PayloadTooLarge: (413, FIX),
     PreconditionFailed: (422, FIX),
     Throttled: (429, "Please wait until the server restore your connection"),
+    StorageUnavailable: (503, "Retry after the number of seconds in Retry-After"),
 }
 
 
@@ -62,6 +64,8 @@ def error_response(exc: TasksServerError) -> JSONResponse:
     headers = None
     if isinstance(exc, Throttled):
         headers = {"RateLimit-Remaining": "0", "RateLimit-Reset": str(exc.reset_s)}
+    if isinstance(exc, StorageUnavailable):
+        headers = {"Retry-After": str(exc.retry_after_s)}
     return JSONResponse({"action": action, "message": message}, status, headers=headers)
 
 

@@ -19,8 +19,14 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """The database answers and the scheduler loop is alive; 503 otherwise."""
-    checks = await services(request).readiness()
-    ready = all(checks.values())
-    body = {"status": "ok" if ready else "unavailable", "checks": checks}
+    """The database answers and takes writes, and the scheduler loop is alive; 503
+    otherwise, with what is wrong under ``problems``."""
+    problems = await services(request).readiness()
+    ready = all(problem is None for problem in problems.values())
+    body: dict[str, object] = {
+        "status": "ok" if ready else "unavailable",
+        "checks": {name: problem is None for name, problem in problems.items()},
+    }
+    if not ready:
+        body["problems"] = {name: text for name, text in problems.items() if text is not None}
     return JSON(body, 200 if ready else 503)

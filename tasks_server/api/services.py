@@ -42,7 +42,8 @@ class Services:
     scheduler: Notifier
     auth: Authenticator
     unsupported: Callable[[HttpRequest, TaskConfig], list[str]]
-    readiness: Callable[[], Awaitable[dict[str, bool]]]
+    # check name → None when fine, else what is wrong
+    readiness: Callable[[], Awaitable[dict[str, str | None]]]
     metrics_text: Callable[[], Awaitable[bytes]] | None = None  # Prometheus exposition
     schedules: ScheduleNotifier | None = None  # the recurring-schedule runner
 

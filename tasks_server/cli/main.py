@@ -126,7 +126,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     def stop() -> None:
         uv.should_exit = True
 
-    server.on_fatal = stop
+    server.fatal.listen(stop)
     # uvicorn re-raises the signal that stopped it once shutdown is done; with these
     # handlers in place that re-raise is a no-op, so a clean SIGTERM stop exits 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -139,6 +139,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     scheme = "https" if settings.path_tls_cert else "http"
     logger.info("tasks-server %s on %s://%s:%d", __version__, scheme, settings.host, settings.port)
     uv.run()
+    if server.fatal.error is not None:
+        logger.critical("exiting: %s", server.fatal.error)
+        return 1
     return 0 if uv.started else 1
 
 

@@ -15,8 +15,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..clock import Clock, sleep_or_wake
+from ..clock import Backoff, Clock, sleep_or_wake
 from ..dispatch import Dispatcher
+from ..errors import StorageUnavailable
 from ..models import Attempt, Call, Outcome, Result, TaskState
 from ..store import Store
 from ..timing import attempt_timeout_ms
@@ -96,6 +97,8 @@ class Scheduler:
         self._stopping = False
         self._abandoned = False
         self.waiters = FinalWaiters()  # woken after a task's final outcome is committed
+        self._stop_requested = asyncio.Event()
+        self._stop_waiting = asyncio.Event()  # set once stop's grace period is over
         self.idle = asyncio.Event()  # set whenever the loop parks (tests wait on it)
         self.stats = SchedulerStats()
         self.alive = False
@@ -159,9 +162,15 @@ class Scheduler:
             self.alive = False
 
     async def _loop(self) -> None:
+        backoff = Backoff(self._clock)
         while not self._stopping:
             now = self._clock.now_ms()
-            started = await self.tick(now)
+            try:
+                started = await self.tick(now)
+            except StorageUnavailable:
+                await backoff.wait(self._stop_requested)  # claims are retried; nothing was claimed
+                continue
+            backoff.reset()
             if started and self._has_slots():
                 await asyncio.sleep(0)  # let the dispatcher send what was just started
                 continue
@@ -216,7 +225,12 @@ class Scheduler:
         due = self._timers.pop_due(now_ms + lookahead, limit=min(slots, CLAIM_CHUNK))
         if not due:
             return started
-        attempts = await self._store.claim_due(due, now_ms, lookahead)
+        try:
+            attempts = await self._store.claim_due(due, now_ms, lookahead)
+        except StorageUnavailable:
+            for task_id in due:  # nothing was claimed: try them again after a pause
+                self._timers.push(task_id, now_ms)
+            raise
         for attempt in attempts:
             self._held_ids[attempt.task_id] = attempt
             heapq.heappush(self._held, (attempt.due_at_ms, next(self._sequence), attempt))
@@ -295,17 +309,32 @@ class Scheduler:
         self._results_ready.set()
 
     async def _record_loop(self) -> None:
+        backoff = Backoff(self._clock)
         while True:
             await self._results_ready.wait()
             self._results_ready.clear()
             if self._results:
                 batch, self._results = self._results, []
-                await self._record(batch)
+                if await self._record(batch):
+                    backoff.reset()
+                    continue
+                self._results = batch + self._results  # kept in memory, written later
+                if self._abandoned:
+                    # stopping and the database still refuses: the claims stay durable
+                    # and these attempts run again at the next start (at-least-once)
+                    logger.error("%d outcomes not written at stop", len(self._results))
+                    return
+                await backoff.wait(self._stop_waiting)
+                self._results_ready.set()
             elif self._stopping and (self._abandoned or not self._in_flight):
                 return
 
-    async def _record(self, batch: list[Result]) -> None:
-        updated = set(await self._store.record_outcomes(batch))
+    async def _record(self, batch: list[Result]) -> bool:
+        """Write ``batch``; False when the database refused it for now."""
+        try:
+            updated = set(await self._store.record_outcomes(batch))
+        except StorageUnavailable:
+            return False
         for result in batch:
             self._in_flight.pop(result.task_id, None)
             if result.task_id not in updated:
@@ -316,6 +345,7 @@ class Scheduler:
             elif result.state.is_terminal:
                 self.waiters.wake(result.task_id)
         self._wake.set()
+        return True
 
     def _count(self, result: Result) -> None:
         stats = self.stats
@@ -348,10 +378,12 @@ class Scheduler:
         are attempted again at the next start (at-least-once).
         """
         self._stopping = True
+        self._stop_requested.set()
         self._wake.set()
         self._held_changed.set()
         pending = list(self._in_flight.values())
         if pending:
             await asyncio.wait(pending, timeout=grace_s)
         self._abandoned = True
+        self._stop_waiting.set()
         self._results_ready.set()

@@ -13,7 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..clock import Clock, sleep_or_wake
+from ..clock import Backoff, Clock, sleep_or_wake
+from ..errors import StorageUnavailable
 from ..models import ScheduleFire
 from ..store import Store
 from .policy import LOOKAHEAD_MS, plan
@@ -61,23 +62,33 @@ class ScheduleRunner:
             self._wake.set()
 
     async def run(self) -> None:
-        """Run passes until ``stop``."""
+        """Run passes until ``stop``. A pass the database refuses (disk full, locked) is
+        tried again after a growing pause: plans are written whole or not at all."""
         self.alive = True
+        backoff = Backoff(self._clock)
         try:
             while not self._stopping:
-                handled = await self.tick(self._clock.now_ms())
-                if handled >= PASS_LIMIT:
+                try:
+                    await self._pass()
+                except StorageUnavailable:
+                    await backoff.wait(self._wake)
                     continue
-                # clear before reading the next due time: a notify from now on ends the nap
-                self._wake.clear()
-                delay_s = await self._nap_s()
-                if self._stopping or delay_s <= 0:
-                    continue
-                self.idle.set()
-                await self._wait(delay_s)
-                self.idle.clear()
+                backoff.reset()
         finally:
             self.alive = False
+
+    async def _pass(self) -> None:
+        handled = await self.tick(self._clock.now_ms())
+        if handled >= PASS_LIMIT:
+            return
+        # clear before reading the next due time: a notify from now on ends the nap
+        self._wake.clear()
+        delay_s = await self._nap_s()
+        if self._stopping or delay_s <= 0:
+            return
+        self.idle.set()
+        await self._wait(delay_s)
+        self.idle.clear()
 
     async def _nap_s(self) -> float:
         next_at = await self._store.next_schedule_at(WAKE_AHEAD_MS)

@@ -33,6 +33,15 @@ class Store(Protocol):
     async def open(self) -> None:
         """Open connections and migrate the schema to the latest version."""
 
+    def write_problem(self) -> str | None:
+        """Why writes fail at the moment, or None when they work as far as is known.
+
+        Set when a write fails with a passing fault (a full disk, a lock held longer than
+        the busy timeout, an I/O error: those writes raise StorageUnavailable) and cleared
+        by the next write that succeeds; also set while a write has waited over a second
+        for the database. Never blocks.
+        """
+
     async def close(self) -> None:
         """Finish queued writes and close every connection."""
 

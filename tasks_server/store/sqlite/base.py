@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, LiteralString, TypeVar
@@ -12,6 +13,7 @@ from typing import Any, LiteralString, TypeVar
 import aiosqlite
 from pydantic import TypeAdapter
 
+from ...errors import StorageUnavailable
 from ...models import (
     Task,
     TaskSpec,
@@ -19,8 +21,8 @@ from ...models import (
 )
 from ...sealing import Sealer
 from ..migrate import migrate
-from .connection import connect
-from .writer import CommitObserver, Writer
+from .connection import DEFAULT_BUSY_TIMEOUT_MS, connect
+from .writer import CommitObserver, Writer, transient_reason
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,8 +40,10 @@ class StoreBase:
         sealer: Sealer,
         synchronous: str = "FULL",
         on_commit: CommitObserver | None = None,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     ) -> None:
         self.path = path
+        self._busy_timeout_ms = busy_timeout_ms
         self._sealer = sealer
         self._synchronous = synchronous
         self._on_commit = on_commit
@@ -50,21 +54,52 @@ class StoreBase:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = connect(self.path, self._synchronous)
-        migrate(conn)
+        conn = connect(self.path, self._synchronous, self._busy_timeout_ms)
+        try:
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
         self._writer = Writer(conn, self._on_commit)
         self._writer.start()
-        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        self._reader = await aiosqlite.connect(
+            self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
+        )
         await self._reader.execute("PRAGMA foreign_keys = ON")
-        await self._reader.execute("PRAGMA busy_timeout = 30000")
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await self._writer.close()
-            self._writer = None
-        if self._reader is not None:
-            await self._reader.close()
-            self._reader = None
+        """Close both connections; the reader is closed even when the writer's close
+        fails (aiosqlite's thread would otherwise keep the process alive)."""
+        writer, self._writer = self._writer, None
+        reader, self._reader = self._reader, None
+        try:
+            if writer is not None:
+                await writer.close()
+        finally:
+            if reader is not None:
+                await reader.close()
+
+    def write_problem(self) -> str | None:
+        if self._writer is None:
+            return "the store is not open"
+        return self._writer.health.problem(time.monotonic())
+
+    async def set_page_limit(self, pages: int) -> int:
+        """Cap the database file at ``pages`` pages (SQLite's ``max_page_count``) on the
+        writer's connection; returns the cap now in force. Writes that need more space
+        fail as when the disk is full: this is how the tests fill the disk."""
+        assert self._writer is not None, "store is not open"
+
+        def limit(conn: sqlite3.Connection) -> int:
+            row = conn.execute(f"PRAGMA max_page_count = {int(pages)}").fetchone()
+            return int(row[0])
+
+        pages_now: int = await self._writer.run_outside_batch(limit)
+        return pages_now
+
+    async def page_count(self) -> int:
+        rows = await self._read("PRAGMA page_count", ())
+        return int(rows[0][0])
 
     @property
     def commits(self) -> int:
@@ -78,7 +113,13 @@ class StoreBase:
 
     async def _read(self, sql: LiteralString, params: Sequence[Any]) -> list[Any]:
         assert self._reader is not None, "store is not open"
-        return list(await self._reader.execute_fetchall(sql, params))
+        try:
+            return list(await self._reader.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            reason = transient_reason(exc)
+            if reason is None:
+                raise
+            raise StorageUnavailable(f"{reason}: {exc}") from exc
 
     # -- codecs -----------------------------------------------------------------------
 

@@ -14,19 +14,25 @@ from ..migrate import latest_version
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_BUSY_TIMEOUT_MS = 30_000  # SQLITE_BUSY_TIMEOUT_MS
 
-def connect(path: Path, synchronous: str) -> sqlite3.Connection:
+
+def connect(
+    path: Path, synchronous: str, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+) -> sqlite3.Connection:
     """The one place where connections are opened and their pragmas set."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    configure(conn, synchronous)
+    configure(conn, synchronous, busy_timeout_ms)
     return conn
 
 
-def configure(conn: sqlite3.Connection, synchronous: str) -> None:
+def configure(
+    conn: sqlite3.Connection, synchronous: str, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+) -> None:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {_SYNC[synchronous]}")
     conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     conn.execute("PRAGMA temp_store = MEMORY")
 
 

@@ -9,13 +9,60 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
+
+from ...errors import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 Op = Callable[[sqlite3.Connection], Any]
 CommitObserver = Callable[[float, int], None]  # (seconds from BEGIN to COMMIT, batch size)
 
 _MAX_BATCH = 512
+
+# Primary result codes that say "not now" rather than "wrong": the same write can succeed
+# once space returns, the other process lets go of its lock, or the device recovers.
+_TRANSIENT = {
+    5: "the database is locked by another process (SQLITE_BUSY)",
+    6: "a table is locked (SQLITE_LOCKED)",
+    7: "out of memory (SQLITE_NOMEM)",
+    10: "disk I/O error (SQLITE_IOERR)",
+    13: "the disk or the database file is full (SQLITE_FULL)",
+    14: "the database file cannot be opened (SQLITE_CANTOPEN)",
+    15: "the database lock protocol failed (SQLITE_PROTOCOL)",
+}
+# A write that failed less than this long ago, with none succeeding since, makes the
+# database unready; after that, with no write tried, nothing is known either way.
+FAILURE_MEMORY_S = 10.0
+# A batch waiting this long for its transaction is reported as a problem while it waits.
+SLOW_BATCH_S = 1.0
+
+
+def transient_reason(exc: BaseException) -> str | None:
+    """Why ``exc`` is a passing storage fault, or None when it is not one."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(exc, sqlite3.Error) or code is None:
+        return None
+    return _TRANSIENT.get(code & 0xFF)
+
+
+@dataclass(slots=True)
+class WriteHealth:
+    """What the writer last saw; read by the readiness probe."""
+
+    failure: str | None = None  # reason of the last failed batch, until one succeeds
+    failed_at: float = 0.0  # monotonic seconds
+    batch_started: float | None = None  # a batch is running since then (monotonic s)
+
+    def problem(self, now: float) -> str | None:
+        if self.batch_started is not None and now - self.batch_started >= SLOW_BATCH_S:
+            waited = now - self.batch_started
+            return (
+                f"a write has waited {waited:.1f} s for the database (locked by another process?)"
+            )
+        if self.failure is not None and now - self.failed_at < FAILURE_MEMORY_S:
+            return f"the last write failed: {self.failure}"
+        return None
 
 
 def _run_op(conn: sqlite3.Connection, op: Op, savepoint: bool) -> tuple[bool, Any]:
@@ -24,6 +71,11 @@ def _run_op(conn: sqlite3.Connection, op: Op, savepoint: bool) -> tuple[bool, An
     try:
         result = (True, op(conn))
     except Exception as exc:
+        if transient_reason(exc) is not None or not conn.in_transaction:
+            # SQLite may have rolled the whole transaction back (SQLITE_FULL, IOERR,
+            # BUSY): the batch cannot go on, or later operations would run uncommitted
+            # work in autocommit mode.
+            raise
         if savepoint:
             conn.execute("ROLLBACK TO op")
         result = (False, exc)
@@ -37,7 +89,9 @@ class Writer:
 
     An operation that raises leaves the rest of its batch to commit. Operations with a
     single write need nothing more (SQLite undoes a failed statement); those with several
-    writes ask for a savepoint, so a failure halfway rolls back the whole operation.
+    writes ask for a savepoint, so a failure halfway rolls back the whole operation. A
+    passing storage fault (see ``transient_reason``) fails the whole batch: every caller
+    gets StorageUnavailable, nothing of the batch is written, and the writer goes on.
     """
 
     def __init__(self, conn: sqlite3.Connection, on_commit: CommitObserver | None = None) -> None:
@@ -47,6 +101,7 @@ class Writer:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
+        self.health = WriteHealth()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sqlite-writer")
@@ -55,6 +110,11 @@ class Writer:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((op, savepoint, future))
         return await future
+
+    async def run_outside_batch(self, op: Op) -> Any:
+        """Run ``op`` on the writer's connection between batches, outside a transaction
+        (connection settings such as pragmas)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, op, self._conn)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -77,24 +137,47 @@ class Writer:
         conn = self._conn
         outcomes: list[tuple[bool, Any]] = []
         started = time.perf_counter()
+        self.health.batch_started = time.monotonic()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, savepoint, _ in batch:
                 outcomes.append(_run_op(conn, op, savepoint))
             conn.execute("COMMIT")
-            self.commits += 1
-            if self._on_commit is not None:
-                self._on_commit(time.perf_counter() - started, len(batch))
         except sqlite3.Error as exc:
-            if conn.in_transaction:
+            return self._failed(batch, exc)
+        finally:
+            self.health.batch_started = None
+        self.commits += 1
+        self.health.failure = None
+        if self._on_commit is not None:
+            self._on_commit(time.perf_counter() - started, len(batch))
+        return outcomes
+
+    def _failed(
+        self, batch: list[tuple[Op, bool, asyncio.Future[Any]]], exc: sqlite3.Error
+    ) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        if conn.in_transaction:
+            try:
                 conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                logger.warning("rollback after a failed write batch failed too", exc_info=True)
+        reason = transient_reason(exc)
+        if reason is None:
             logger.exception("write batch of %d failed", len(batch))
             return [(False, exc)] * len(batch)
-        return outcomes
+        if self.health.failure is None:
+            logger.warning("writes fail (%s): %s; retried by their callers", reason, exc)
+        self.health.failure = f"{reason}: {exc}"
+        self.health.failed_at = time.monotonic()
+        return [(False, StorageUnavailable(f"{reason}: {exc}")) for _ in batch]
 
     async def close(self) -> None:
         if self._task is not None:
-            await self.submit(lambda conn: None)  # everything queued before it has run
+            try:
+                await self.submit(lambda conn: None)  # everything queued before it has run
+            except StorageUnavailable:
+                pass  # their callers were told; nothing more can be written now
             self._task.cancel()
             try:
                 await self._task
