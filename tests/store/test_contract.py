@@ -319,3 +319,8 @@ async def test_backup_is_a_consistent_copy(store: Store, tmp_path: Path) -> None
         assert conn.execute("SELECT count(*) FROM task").fetchone() == (1,)
     finally:
         conn.close()
+
+
+async def test_write_problem_is_none_while_writes_succeed(store: Store) -> None:
+    await make_owner(store)
+    assert store.write_problem() is None
