@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.common import RawClient, Server, percentile, register_owner, task_body
-from tasks_server import backup
+from tasks_server.backup.snapshot import sha256_file
 from tasks_server.models import HttpRequest, NewTask, TaskConfig, TaskSpec
 from tasks_server.sealing import Sealer
-from tasks_server.store.sqlite import SqliteStore
+from tasks_server.store.sqlite import SqliteStore, check_database, take_snapshot
 
 if TYPE_CHECKING:
     from tests.support.s3 import S3Server
@@ -132,10 +132,10 @@ def step_costs(database: Path, scratch: Path) -> None:
     """Time each step of one backup of ``database`` here, outside the server."""
     copy = scratch / "steps.db"
     started = time.perf_counter()
-    backup.take_snapshot(database, copy)
+    take_snapshot(database, copy)
     snapshot_s = time.perf_counter() - started
     started = time.perf_counter()
-    backup.check_database(copy)
+    check_database(copy)
     check_s = time.perf_counter() - started
     started = time.perf_counter()
     conn = sqlite3.connect(copy)
@@ -143,7 +143,7 @@ def step_costs(database: Path, scratch: Path) -> None:
     conn.close()
     quick_s = time.perf_counter() - started
     started = time.perf_counter()
-    backup.sha256_file(copy)
+    sha256_file(copy)
     hash_s = time.perf_counter() - started
     started = time.perf_counter()
     packed = gzip.compress(copy.read_bytes(), compresslevel=6)

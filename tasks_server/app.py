@@ -27,8 +27,7 @@ from .metrics import Metrics
 from .models import HttpRequest, TaskConfig
 from .schedules.runner import ScheduleRunner
 from .sealing import Sealer
-from .store.sqlite import SqliteStore
-from .store.sqlite.lock import DatabaseLock
+from .store.sqlite import DatabaseLock, SqliteStore
 
 logger = logging.getLogger(__name__)
 

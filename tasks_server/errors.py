@@ -11,8 +11,8 @@ TasksServerError
 │   └── TaskNotFound
 ├── Conflict                            e.g. an owner name already taken
 ├── PreconditionFailed                  wrong state, queue limit reached (422)
-│   └── QueueLimitReached
-├── Unsupported                         an option this build of libcurl cannot do (422)
+│   ├── QueueLimitReached
+│   └── Unsupported                     an option this build of libcurl cannot do
 ├── PayloadTooLarge                     request body over the limit (413)
 ├── Throttled                           too many requests in the window (429)
 ├── StorageUnavailable                  the database refuses writes for now: disk full,

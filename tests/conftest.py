@@ -13,7 +13,10 @@ import pytest
 from tasks_server.app import Server, build
 from tasks_server.config import Settings
 from tasks_server.dispatch import Dispatcher
+from tasks_server.sealing import Sealer
+from tasks_server.store import Store
 from tests.support.clock import FakeClock
+from tests.support.stores import STORES, StoreMaker
 
 TARGET = "http://127.0.0.1:9/hook"
 
@@ -21,6 +24,22 @@ TARGET = "http://127.0.0.1:9/hook"
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(params=sorted(STORES))
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
+    """Makes stores on one database of each implementation in turn (tests/support/stores.py)."""
+    maker: StoreMaker = STORES[request.param](request, tmp_path)
+    return maker
+
+
+@pytest.fixture
+async def store(make_store: StoreMaker) -> AsyncIterator[Store]:
+    """An open store, empty, of each implementation in turn; closed after the test."""
+    opened = make_store(Sealer("test-key"))
+    await opened.open()
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture

@@ -195,7 +195,7 @@ async def get(request: Request) -> Response:
 
 async def edit(request: Request) -> Response:
     """Change a schedule: the body is merged into the stored definition (JSON merge
-    patch), validated whole, and the progress recomputed (schedule_policy.revised)."""
+    patch), validated whole, and the progress recomputed (schedules.policy.revised)."""
     app = services(request)
     owner_id = await app.auth.owner_id(request)
     key = _key(request)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..clock import Clock
 from ..config import Settings
-from ..store.sqlite.connection import check_database, take_snapshot
+from ..store.sqlite import check_database, take_snapshot
 from .policy import Retention, expired, next_run_ms, parse_snapshot, schedule_from, snapshot_name
 from .snapshot import sha256_file
 from .targets import LocalTarget, Target, target_from

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..errors import BackupError
-from ..store.sqlite.connection import check_database
-from ..store.sqlite.lock import exclusive_lock
+from ..store.sqlite import check_database, exclusive_lock
 from .policy import parse_snapshot, stamp
 from .snapshot import fsync_file, sha256_file
 from .targets import Target, local_snapshot, target_from

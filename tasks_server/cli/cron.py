@@ -1,7 +1,7 @@
 """The CLI's ``cron`` commands (as ``ajc task cron``): ``add``, ``list``, ``view``,
 ``delete``, ``pause`` and ``resume`` recurring schedules on a running server over HTTP.
 
-They run through cli_client (same connection flags, ``--json``, output and exit codes).
+They run through cli.tasks (same connection flags, ``--json``, output and exit codes).
 """
 
 from __future__ import annotations

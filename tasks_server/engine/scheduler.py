@@ -154,7 +154,7 @@ class Scheduler:
         self.alive = True
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._record_loop(), name="scheduler-recorder")
+                group.create_task(self.run_recorder(), name="scheduler-recorder")
                 group.create_task(self._start_loop(), name="scheduler-starter")
                 await self._loop()
                 self._results_ready.set()
@@ -308,7 +308,10 @@ class Scheduler:
         self._results.append(result)
         self._results_ready.set()
 
-    async def _record_loop(self) -> None:
+    async def run_recorder(self) -> None:
+        """Write finished attempts to the store in batches until ``stop`` has let the calls
+        in flight end. ``run`` runs it beside the loop; code that drives ``tick`` itself
+        (layer-2 tests) runs it alone."""
         backoff = Backoff(self._clock)
         while True:
             await self._results_ready.wait()

@@ -1,7 +1,7 @@
 """Decisions for recurring schedules: which slots fire now (misfire and overlap policies),
 where a new, resumed or edited schedule starts, and a preview of its next slots.
 
-Pure: every function takes ``now_ms`` and reads nothing else. The runner (schedules.py) and
+Pure: every function takes ``now_ms`` and reads nothing else. The runner (runner.py) and
 the API act on what these return. docs/schedules.md explains the rules for users.
 """
 

@@ -1,6 +1,6 @@
 """ScheduleRunner: turns due schedule slots into ordinary tasks, durably and exactly once.
 
-Each pass reads the due schedules from the store, lets schedule_policy.plan decide, and
+Each pass reads the due schedules from the store, lets policy.plan decide, and
 writes each plan in one store transaction (the tasks and the schedule's new cursor
 together), then hands the new tasks to the task scheduler. It sleeps until the next
 schedule is due, a wake-up, or at most MAX_NAP_S.

@@ -8,7 +8,6 @@ one raise the same TaskNotFound.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 
 from ..models import (
@@ -146,9 +145,6 @@ class Store(Protocol):
         """At start-up: attempts left in flight by a crash end as interrupted and their
         tasks become due at their planned time (at once when that has passed)."""
 
-    async def backup_to(self, path: Path) -> None:
-        """Write a consistent snapshot of the database to ``path`` while serving."""
-
     # recurring schedules (another owner's schedule and a missing one raise NotFound)
 
     async def create_schedule(
@@ -160,7 +156,7 @@ class Store(Protocol):
         cursor_ms: int,
         next_at_ms: int | None,
     ) -> Schedule:
-        """Insert a schedule with its first progress (see schedule_policy.start).
+        """Insert a schedule with its first progress (see schedules.policy.start).
 
         Raises Conflict when the owner already has a schedule of that name.
         """

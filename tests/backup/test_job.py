@@ -44,7 +44,7 @@ from tasks_server.backup.snapshot import sha256_file
 from tasks_server.backup.targets import LocalTarget, S3Target, Target, target_from
 from tasks_server.config import Settings, load
 from tasks_server.errors import BackupError, ConfigError
-from tasks_server.store.sqlite.connection import check_database
+from tasks_server.store.sqlite import check_database
 from tests.conftest import OwnerAuth, ServerFactory, client_for, register_owner, register_task
 from tests.support.clock import START_MS, FakeClock
 from tests.support.s3 import ACCESS_KEY, SECRET_KEY, S3Server

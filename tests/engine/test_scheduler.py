@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -22,8 +21,8 @@ from tasks_server.models import (
     TaskSpec,
     TaskState,
 )
-from tasks_server.sealing import Sealer, key_digest
-from tasks_server.store.sqlite import SqliteStore
+from tasks_server.sealing import key_digest
+from tasks_server.store import Store
 from tests.support.clock import FakeClock
 from tests.support.recording import RecordingDispatcher
 from tests.support.waiting import wait_until
@@ -32,15 +31,7 @@ T0 = 1_767_225_600_000
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "s.db", Sealer("k"))
-    await store.open()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def owner_id(store: SqliteStore) -> str:
+async def owner_id(store: Store) -> str:
     return (await store.create_owner("owner-one", key_digest("k" * 64), T0, 0)).id
 
 
@@ -53,9 +44,7 @@ async def settle(scheduler: Scheduler) -> None:
     await wait_until(lambda: scheduler.in_flight == 0, message="outcomes recorded")
 
 
-async def add(
-    store: SqliteStore, owner_id: str, scheduler: Scheduler, due: int, **config: object
-) -> str:
+async def add(store: Store, owner_id: str, scheduler: Scheduler, due: int, **config: object) -> str:
     task = await store.create_task(owner_id, NewTask(spec(**config), due), T0)
     scheduler.notify(task.id, due)
     return task.id
@@ -67,18 +56,23 @@ def dispatcher() -> RecordingDispatcher:
 
 
 @pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
 async def scheduler(
-    store: SqliteStore, dispatcher: RecordingDispatcher
+    store: Store, dispatcher: RecordingDispatcher, clock: FakeClock
 ) -> AsyncIterator[Scheduler]:
-    scheduler = Scheduler(store, dispatcher, FakeClock(T0), SchedulerOptions(horizon_ms=60_000))
-    recorder = asyncio.create_task(scheduler._record_loop())
+    scheduler = Scheduler(store, dispatcher, clock, SchedulerOptions(horizon_ms=60_000))
+    recorder = asyncio.create_task(scheduler.run_recorder())
     yield scheduler
     await scheduler.stop(0.1)
     await recorder
 
 
 async def test_only_due_tasks_are_claimed(
-    store: SqliteStore, owner_id: str, scheduler: Scheduler, dispatcher: RecordingDispatcher
+    store: Store, owner_id: str, scheduler: Scheduler, dispatcher: RecordingDispatcher
 ) -> None:
     await scheduler.tick(T0)
     now_id = await add(store, owner_id, scheduler, T0)
@@ -99,7 +93,7 @@ async def test_only_due_tasks_are_claimed(
 
 
 async def test_far_future_tasks_stay_out_of_memory(
-    store: SqliteStore, owner_id: str, scheduler: Scheduler
+    store: Store, owner_id: str, scheduler: Scheduler
 ) -> None:
     await scheduler.tick(T0)
     for index in range(100):
@@ -109,7 +103,11 @@ async def test_far_future_tasks_stay_out_of_memory(
 
 
 async def test_retries_follow_the_formula(
-    store: SqliteStore, owner_id: str, scheduler: Scheduler, dispatcher: RecordingDispatcher
+    store: Store,
+    owner_id: str,
+    scheduler: Scheduler,
+    dispatcher: RecordingDispatcher,
+    clock: FakeClock,
 ) -> None:
     dispatcher.script = lambda call: Outcome(status=503, body=b"busy")
     await scheduler.tick(T0)
@@ -121,7 +119,7 @@ async def test_retries_follow_the_formula(
     for _ in range(40):
         if await scheduler.tick(now):
             starts.append(now - T0)
-            scheduler._clock.set_wall(now)  # type: ignore[attr-defined]
+            clock.set_wall(now)
             await settle(scheduler)
         now += 250
     assert starts == [0, 1000, 3000, 6000]
@@ -134,7 +132,7 @@ async def test_retries_follow_the_formula(
 
 
 async def test_paused_task_is_not_claimed(
-    store: SqliteStore, owner_id: str, scheduler: Scheduler
+    store: Store, owner_id: str, scheduler: Scheduler
 ) -> None:
     await scheduler.tick(T0)
     task_id = await add(store, owner_id, scheduler, T0 + 1000)
@@ -144,10 +142,10 @@ async def test_paused_task_is_not_claimed(
 
 
 async def test_in_flight_cap_defers_the_rest(
-    store: SqliteStore, owner_id: str, dispatcher: RecordingDispatcher
+    store: Store, owner_id: str, dispatcher: RecordingDispatcher
 ) -> None:
     scheduler = Scheduler(store, dispatcher, FakeClock(T0), SchedulerOptions(max_in_flight=3))
-    recorder = asyncio.create_task(scheduler._record_loop())
+    recorder = asyncio.create_task(scheduler.run_recorder())
     dispatcher.hold = True
     await scheduler.tick(T0)
     for _ in range(5):
@@ -164,7 +162,7 @@ async def test_in_flight_cap_defers_the_rest(
 
 
 async def test_timeout_at_limits_the_first_attempt(
-    store: SqliteStore, owner_id: str, scheduler: Scheduler, dispatcher: RecordingDispatcher
+    store: Store, owner_id: str, scheduler: Scheduler, dispatcher: RecordingDispatcher
 ) -> None:
     await scheduler.tick(T0)
     await add(store, owner_id, scheduler, T0, timeout_at_ms=T0 + 2500)

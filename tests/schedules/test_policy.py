@@ -1,4 +1,4 @@
-"""schedule_policy: the misfire and overlap decisions as tables, with explicit times."""
+"""schedules.policy: the misfire and overlap decisions as tables, with explicit times."""
 
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -23,8 +22,8 @@ from tasks_server.models import (
 )
 from tasks_server.schedules.policy import LOOKAHEAD_MS, plan, start
 from tasks_server.schedules.runner import ScheduleRunner
-from tasks_server.sealing import Sealer, key_digest
-from tasks_server.store.sqlite import SqliteStore
+from tasks_server.sealing import key_digest
+from tasks_server.store import Store
 from tests.support.clock import FakeClock
 from tests.support.waiting import wait_until
 
@@ -51,15 +50,7 @@ class RecordingNotifier:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "s.db", Sealer("k"))
-    await store.open()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def owner_id(store: SqliteStore) -> str:
+async def owner_id(store: Store) -> str:
     return (await store.create_owner("owner-one", key_digest("k" * 64), T0, 1000)).id
 
 
@@ -74,12 +65,12 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def runner(store: SqliteStore, tasks: RecordingNotifier, clock: FakeClock) -> ScheduleRunner:
+def runner(store: Store, tasks: RecordingNotifier, clock: FakeClock) -> ScheduleRunner:
     return ScheduleRunner(store, tasks, clock)
 
 
 async def add(
-    store: SqliteStore,
+    store: Store,
     owner_id: str,
     expression: str,
     now: int = T0,
@@ -102,7 +93,7 @@ async def add(
 
 
 async def test_a_slot_creates_one_task_due_at_the_slot(
-    store: SqliteStore, owner_id: str, runner: ScheduleRunner, tasks: RecordingNotifier
+    store: Store, owner_id: str, runner: ScheduleRunner, tasks: RecordingNotifier
 ) -> None:
     schedule = await add(store, owner_id, "* * * * *")
     assert await runner.tick(T0 + M - LOOKAHEAD_MS - 1) == 0
@@ -122,9 +113,7 @@ async def test_a_slot_creates_one_task_due_at_the_slot(
     assert after.last_task_id == created[0].id
 
 
-async def test_a_plan_from_an_older_version_writes_nothing(
-    store: SqliteStore, owner_id: str
-) -> None:
+async def test_a_plan_from_an_older_version_writes_nothing(store: Store, owner_id: str) -> None:
     schedule = await add(store, owner_id, "* * * * *")
     step = plan(schedule, T0 + M)
     assert await store.fire_schedule(step, T0 + M) is not None
@@ -133,7 +122,7 @@ async def test_a_plan_from_an_older_version_writes_nothing(
 
 
 async def test_overlap_skip_drops_slots_while_the_last_task_is_pending(
-    store: SqliteStore, owner_id: str, runner: ScheduleRunner, tasks: RecordingNotifier
+    store: Store, owner_id: str, runner: ScheduleRunner, tasks: RecordingNotifier
 ) -> None:
     schedule = await add(store, owner_id, "@every 10s", overlap=OverlapPolicy.SKIP)
     for second in (10, 20, 30):
@@ -146,7 +135,7 @@ async def test_overlap_skip_drops_slots_while_the_last_task_is_pending(
 
 
 async def test_overlap_queue_waits_for_the_last_task_to_end(
-    store: SqliteStore, owner_id: str, runner: ScheduleRunner, tasks: RecordingNotifier
+    store: Store, owner_id: str, runner: ScheduleRunner, tasks: RecordingNotifier
 ) -> None:
     await add(store, owner_id, "@every 10s", overlap=OverlapPolicy.QUEUE)
     await runner.tick(T0 + 10 * S)
@@ -159,7 +148,7 @@ async def test_overlap_queue_waits_for_the_last_task_to_end(
 
 
 async def test_max_runs_and_end_finish_the_schedule(
-    store: SqliteStore, owner_id: str, runner: ScheduleRunner, tasks: RecordingNotifier
+    store: Store, owner_id: str, runner: ScheduleRunner, tasks: RecordingNotifier
 ) -> None:
     counted = await add(store, owner_id, "@every 10s", name="counted", max_runs=2)
     ending = await add(store, owner_id, "@every 10s", name="ending", end_at_ms=T0 + 15 * S)
@@ -172,7 +161,7 @@ async def test_max_runs_and_end_finish_the_schedule(
 
 
 async def test_a_run_over_the_owner_limit_is_skipped_and_the_schedule_goes_on(
-    store: SqliteStore, runner: ScheduleRunner, tasks: RecordingNotifier
+    store: Store, runner: ScheduleRunner, tasks: RecordingNotifier
 ) -> None:
     owner = await store.create_owner("owner-lim", key_digest("x" * 64), T0, 1)
     schedule = await add(store, owner.id, "@every 10s")
@@ -184,7 +173,7 @@ async def test_a_run_over_the_owner_limit_is_skipped_and_the_schedule_goes_on(
 
 
 async def test_deleting_a_schedule_keeps_its_tasks(
-    store: SqliteStore, owner_id: str, runner: ScheduleRunner, tasks: RecordingNotifier
+    store: Store, owner_id: str, runner: ScheduleRunner, tasks: RecordingNotifier
 ) -> None:
     schedule = await add(store, owner_id, "@every 10s")
     await runner.tick(T0 + 10 * S)
@@ -220,7 +209,7 @@ async def advance(clock: FakeClock, runner: ScheduleRunner, seconds: float, step
 
 
 async def test_the_loop_fires_the_right_number_of_times(
-    store: SqliteStore,
+    store: Store,
     owner_id: str,
     running: ScheduleRunner,
     clock: FakeClock,
@@ -237,7 +226,7 @@ async def test_the_loop_fires_the_right_number_of_times(
 
 
 async def test_a_nap_is_cut_short_by_a_new_schedule(
-    store: SqliteStore,
+    store: Store,
     owner_id: str,
     running: ScheduleRunner,
     clock: FakeClock,
@@ -256,7 +245,7 @@ async def test_a_nap_is_cut_short_by_a_new_schedule(
 
 
 async def test_the_loop_sleeps_through_long_gaps_in_capped_naps(
-    store: SqliteStore,
+    store: Store,
     owner_id: str,
     running: ScheduleRunner,
     clock: FakeClock,

@@ -1,15 +1,16 @@
-"""The Store contract, run against every implementation (SQLite for now)."""
+"""The Store contract: every method of the Store protocol, run against every
+implementation (the parametrised ``store`` fixture, tests/support/stores.py)."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import AsyncIterator
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from tasks_server.errors import (
     Conflict,
+    NotFound,
     OwnerNotFound,
     PreconditionFailed,
     QueueLimitReached,
@@ -18,30 +19,28 @@ from tasks_server.errors import (
 from tasks_server.models import (
     Credentials,
     HttpRequest,
+    NewSchedule,
     NewTask,
     Outcome,
+    OverlapPolicy,
     Owner,
     Result,
+    Schedule,
+    ScheduleFire,
+    ScheduleState,
+    ScheduleTiming,
     TaskConfig,
     TaskSpec,
     TaskState,
 )
 from tasks_server.sealing import Sealer, key_digest
 from tasks_server.store import Store
-from tasks_server.store.sqlite import SqliteStore
 from tasks_server.store.sqlite.owners import new_owner_id
 from tasks_server.store.sqlite.tasks import new_task_id
+from tests.support.stores import StoreMaker
 
 T0 = 1_767_225_600_000
 SECRET_URL = "http://127.0.0.1:9/very-secret-path"
-
-
-@pytest.fixture(params=["sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    implementation = SqliteStore(tmp_path / "contract.db", Sealer("test-key"))
-    await implementation.open()
-    yield implementation
-    await implementation.close()
 
 
 def new_task(due: int = T0 + 1000, **config: object) -> NewTask:
@@ -93,10 +92,16 @@ async def test_create_and_read_task(store: Store) -> None:
     assert (await store.get_owner(owner.id)).tasks_in_queue == 1
 
 
+def stored_bytes(directory: Path) -> bytes:
+    """Every file the test's database wrote (an implementation keeps its files in tmp_path)."""
+    return b"".join(path.read_bytes() for path in directory.rglob("*") if path.is_file())
+
+
 async def test_secrets_are_encrypted_at_rest(store: Store, tmp_path: Path) -> None:
     owner = await make_owner(store)
     await store.create_task(owner.id, new_task(), T0)
-    raw = (tmp_path / "contract.db").read_bytes() + (tmp_path / "contract.db-wal").read_bytes()
+    raw = stored_bytes(tmp_path)
+    assert b"owner-one" in raw  # the files do hold the data: names are not secret
     assert b"very-secret-path" not in raw and b"hunter2-password" not in raw
 
 
@@ -292,14 +297,13 @@ async def test_requeue_interrupted_keeps_planned_times(store: Store) -> None:
     assert again.number == 2
 
 
-async def test_wrong_cipher_key_cannot_read_specs(tmp_path: Path) -> None:
-    path = tmp_path / "keys.db"
-    first = SqliteStore(path, Sealer("one"))
+async def test_wrong_cipher_key_cannot_read_specs(make_store: StoreMaker) -> None:
+    first = make_store(Sealer("one"))
     await first.open()
     owner = await make_owner(first)
     task = await first.create_task(owner.id, new_task(), T0)
     await first.close()
-    second = SqliteStore(path, Sealer("two"))
+    second = make_store(Sealer("two"))
     await second.open()
     try:
         with pytest.raises(ValueError, match="CIPHER_KEY"):
@@ -308,17 +312,213 @@ async def test_wrong_cipher_key_cannot_read_specs(tmp_path: Path) -> None:
         await second.close()
 
 
-async def test_backup_is_a_consistent_copy(store: Store, tmp_path: Path) -> None:
+# -- recurring schedules --------------------------------------------------------------------
+
+TEMPLATE = TaskSpec(
+    HttpRequest(url="http://127.0.0.1:9/report", method="POST", data_text="tick"),
+    TaskConfig(execution_delay_ms=0, retry=2),
+    metadata=(("kind", "report"),),
+)
+
+
+async def add_schedule(
+    store: Store,
+    owner_id: str,
+    name: str = "nightly",
+    next_at: int | None = T0 + 60_000,
+    overlap: OverlapPolicy = OverlapPolicy.ALLOW,
+    state: ScheduleState = ScheduleState.ACTIVE,
+) -> Schedule:
+    timing = ScheduleTiming("* * * * *", "Europe/Berlin", max_runs=5, overlap=overlap)
+    return await store.create_schedule(
+        owner_id, NewSchedule(name, timing, TEMPLATE), T0, state, T0, next_at
+    )
+
+
+def fire(schedule: Schedule, *slots: int, next_at: int | None = None) -> ScheduleFire:
+    cursor = slots[-1] if slots else schedule.cursor_ms
+    return ScheduleFire(schedule.id, schedule.version, slots, cursor, next_at, ScheduleState.ACTIVE)
+
+
+async def test_schedule_lifecycle(store: Store) -> None:
     owner = await make_owner(store)
-    await store.create_task(owner.id, new_task(), T0)
-    target = tmp_path / "copy.db"
-    await store.backup_to(target)
-    conn = sqlite3.connect(target)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        assert conn.execute("SELECT count(*) FROM task").fetchone() == (1,)
-    finally:
-        conn.close()
+    created = await add_schedule(store, owner.id)
+    assert (created.owner_id, created.name, created.state) == (
+        owner.id,
+        "nightly",
+        ScheduleState.ACTIVE,
+    )
+    assert created.timing.timezone == "Europe/Berlin" and created.timing.max_runs == 5
+    assert (created.cursor_ms, created.next_at_ms, created.runs) == (T0, T0 + 60_000, 0)
+    assert created.created_at_ms == created.updated_at_ms == T0
+    assert await store.get_schedule(owner.id, created.id) == created
+    assert await store.get_schedule(owner.id, "nightly") == created  # by name too
+    assert await store.get_schedule_spec(owner.id, created.id) == TEMPLATE
+    with pytest.raises(Conflict):
+        await add_schedule(store, owner.id)
+    with pytest.raises(OwnerNotFound):
+        await add_schedule(store, "0" * 26)
+
+    await add_schedule(store, owner.id, "alpha")
+    await add_schedule(store, owner.id, "zulu")
+    names = [s.name for s in await store.list_schedules(owner.id, 10, 0)]
+    assert names == ["alpha", "nightly", "zulu"]  # by name
+    assert [s.name for s in await store.list_schedules(owner.id, 1, 1)] == ["nightly"]
+
+    await store.delete_schedule(owner.id, created.id)
+    for call in (
+        store.get_schedule(owner.id, created.id),
+        store.get_schedule_spec(owner.id, created.id),
+        store.delete_schedule(owner.id, created.id),
+    ):
+        with pytest.raises(NotFound):
+            await call
+    assert [s.name for s in await store.list_schedules(owner.id, 10, 0)] == ["alpha", "zulu"]
+
+
+async def test_another_owner_sees_no_schedule(store: Store) -> None:
+    owner = await make_owner(store)
+    intruder = await make_owner(store, "intruder")
+    schedule = await add_schedule(store, owner.id)
+    await store.fire_schedule(fire(schedule, T0 + 60_000), T0)
+    for call in (
+        store.get_schedule(intruder.id, schedule.id),
+        store.get_schedule(intruder.id, "nightly"),
+        store.get_schedule_spec(intruder.id, schedule.id),
+        store.delete_schedule(intruder.id, schedule.id),
+        store.save_schedule(
+            dataclasses.replace(schedule, owner_id=intruder.id), None, schedule.version, T0
+        ),
+    ):
+        with pytest.raises(NotFound):
+            await call
+    assert await store.list_schedules(intruder.id, 10, 0) == []
+    assert await store.list_schedule_tasks(intruder.id, schedule.id, 10, 0) == []
+    assert await add_schedule(store, intruder.id)  # names are unique per owner only
+
+
+async def test_saving_a_schedule_is_fenced_on_its_version(store: Store) -> None:
+    owner = await make_owner(store)
+    schedule = await add_schedule(store, owner.id)
+    await add_schedule(store, owner.id, "taken")
+    paused = dataclasses.replace(
+        schedule,
+        name="renamed",
+        timing=dataclasses.replace(schedule.timing, expression="@every 10s"),
+        state=ScheduleState.PAUSED,
+        next_at_ms=None,
+    )
+    saved = await store.save_schedule(paused, None, schedule.version, T0 + 5)
+    assert saved is not None and saved.version > schedule.version
+    assert (saved.name, saved.timing.expression, saved.state, saved.next_at_ms) == (
+        "renamed",
+        "@every 10s",
+        ScheduleState.PAUSED,
+        None,
+    )
+    assert saved.updated_at_ms == T0 + 5 and saved.created_at_ms == T0
+    assert await store.get_schedule(owner.id, "renamed") == saved
+    assert await store.get_schedule_spec(owner.id, schedule.id) == TEMPLATE  # kept
+
+    # a write made from an older read changes nothing
+    assert await store.save_schedule(schedule, None, schedule.version, T0 + 6) is None
+    assert await store.get_schedule(owner.id, schedule.id) == saved
+
+    template = dataclasses.replace(TEMPLATE, metadata=(("kind", "weekly"),))
+    active = dataclasses.replace(saved, state=ScheduleState.ACTIVE, next_at_ms=T0 + 10_000)
+    again = await store.save_schedule(active, template, saved.version, T0 + 7)
+    assert again is not None and again.state is ScheduleState.ACTIVE
+    assert await store.get_schedule_spec(owner.id, schedule.id) == template
+
+    with pytest.raises(Conflict):
+        await store.save_schedule(dataclasses.replace(again, name="taken"), None, again.version, T0)
+    gone = await add_schedule(store, owner.id, "gone")
+    await store.delete_schedule(owner.id, gone.id)
+    with pytest.raises(NotFound):
+        await store.save_schedule(gone, None, gone.version, T0)
+
+
+async def test_firing_creates_tasks_and_moves_the_progress_once(store: Store) -> None:
+    owner = await make_owner(store)
+    schedule = await add_schedule(store, owner.id)
+    slots = (T0 + 60_000, T0 + 120_000)
+    step = fire(schedule, *slots, next_at=T0 + 180_000)
+    created = await store.fire_schedule(step, T0 + 1)
+    assert created is not None and [due for _, due in created] == list(slots)
+    assert await store.fire_schedule(step, T0 + 2) is None  # the same plan twice: refused
+
+    tasks = await store.list_schedule_tasks(owner.id, schedule.id, 10, 0)
+    assert [t.id for t in tasks] == [created[1][0], created[0][0]]  # newest first
+    assert [t.estimate_execution_at_ms for t in tasks] == [slots[1], slots[0]]
+    assert {t.state for t in tasks} == {TaskState.RUNNING}
+    assert tasks[0].metadata == (("kind", "report"),) and tasks[0].created_at_ms == T0 + 1
+    assert await store.get_spec(owner.id, tasks[0].id) == TEMPLATE
+    assert [t.id for t in await store.list_schedule_tasks(owner.id, schedule.id, 1, 1)] == [
+        created[0][0]
+    ]
+    assert (await store.get_owner(owner.id)).tasks_in_queue == 2
+    assert sorted(await store.due_before(T0 + 200_000, 10)) == sorted(created)
+
+    after = await store.get_schedule(owner.id, schedule.id)
+    assert (after.cursor_ms, after.runs, after.last_run_at_ms) == (slots[1], 2, slots[1])
+    assert (after.last_task_id, after.next_at_ms) == (created[1][0], T0 + 180_000)
+    assert after.version > schedule.version
+    assert after.last_task_state is TaskState.RUNNING and after.last_task_pending
+
+    # a plan is refused once the schedule is no longer ACTIVE, even at its version
+    paused = dataclasses.replace(after, state=ScheduleState.PAUSED, next_at_ms=None)
+    saved = await store.save_schedule(paused, None, after.version, T0 + 3)
+    assert saved is not None
+    assert await store.fire_schedule(fire(saved, T0 + 180_000), T0 + 4) is None
+
+    await store.delete_schedule(owner.id, schedule.id)  # its tasks stay
+    assert (await store.get_task(owner.id, created[0][0])).state is TaskState.RUNNING
+
+
+async def test_a_run_over_the_owner_limit_is_skipped_but_counted(store: Store) -> None:
+    owner = await make_owner(store, limit=1)
+    schedule = await add_schedule(store, owner.id)
+    step = fire(schedule, T0 + 60_000, T0 + 120_000, next_at=T0 + 180_000)
+    created = await store.fire_schedule(step, T0)
+    assert created is not None and [due for _, due in created] == [T0 + 60_000]
+    after = await store.get_schedule(owner.id, schedule.id)
+    assert (after.runs, after.cursor_ms, after.last_task_id) == (2, T0 + 120_000, created[0][0])
+
+
+async def test_due_schedules_honour_lookahead_and_overlap(store: Store) -> None:
+    owner = await make_owner(store)
+    allow = await add_schedule(store, owner.id, "allow", next_at=T0 + 1_000)
+    skip = await add_schedule(
+        store, owner.id, "skip", next_at=T0 + 1_200, overlap=OverlapPolicy.SKIP
+    )
+    await add_schedule(store, owner.id, "paused", next_at=None, state=ScheduleState.PAUSED)
+
+    def names(found: list[Schedule]) -> list[str]:
+        return [s.name for s in found]
+
+    assert await store.due_schedules(T0, 500, 10) == []
+    assert await store.next_schedule_at(500) == T0 + 500  # allow: a lookahead early
+    assert names(await store.due_schedules(T0 + 500, 500, 10)) == ["allow"]
+    assert names(await store.due_schedules(T0 + 1_000, 500, 10)) == ["allow"]  # skip: not early
+    assert names(await store.due_schedules(T0 + 1_200, 500, 10)) == ["allow", "skip"]
+    assert names(await store.due_schedules(T0 + 1_200, 500, 1)) == ["allow"]  # earliest first
+    assert await store.next_schedule_at(0) == T0 + 1_000
+
+    # a `queue` schedule is not due while its last task is RUNNING or PAUSED
+    for schedule in (allow, skip):
+        await store.delete_schedule(owner.id, schedule.id)
+    queue = await add_schedule(
+        store, owner.id, "queue", next_at=T0 + 1_000, overlap=OverlapPolicy.QUEUE
+    )
+    created = await store.fire_schedule(fire(queue, T0 + 1_000, next_at=T0 + 2_000), T0 + 1_000)
+    assert created is not None
+    assert await store.due_schedules(T0 + 5_000, 500, 10) == []
+    assert await store.next_schedule_at(500) is None
+    await store.revoke_task(owner.id, created[0][0], T0 + 2_500)
+    assert await store.next_schedule_at(500) == T0 + 2_000  # no lookahead for `queue`
+    [due] = await store.due_schedules(T0 + 5_000, 500, 10)
+    assert due.name == "queue" and due.last_task_state is TaskState.REVOKED
+    assert due.last_task_ended_at_ms == T0 + 2_500
 
 
 async def test_write_problem_is_none_while_writes_succeed(store: Store) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.support.process import ServerProcess
 from tests.support.targets import Arrival, Reply, TargetServer
@@ -25,6 +26,7 @@ async def register(http: httpx.AsyncClient, headers: dict[str, str], body: dict[
     return task_id
 
 
+@pytest.mark.slow  # a real server killed and restarted: ~10 s
 async def test_kill_9_loses_and_shifts_nothing(tmp_path: Path) -> None:
     hang_first = {"count": 0}
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tasks_server.schedules.policy import LOOKAHEAD_MS
 from tests.support.process import ServerProcess
@@ -34,6 +35,7 @@ def gaps(fired: list[int]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in itertools.pairwise(fired) if b - a != 1_000]
 
 
+@pytest.mark.slow  # a real server killed and restarted: ~10 s
 async def test_kill_9_fires_no_slot_twice_and_follows_the_misfire_policy(
     tmp_path: Path,
 ) -> None:

@@ -30,6 +30,23 @@ T = TypeVar("T")
 SPEC = TypeAdapter(TaskSpec)
 METADATA = TypeAdapter(tuple[tuple[str, str], ...])
 
+# the task columns every query that returns tasks selects; StoreBase._task reads them by name
+TASK_FIELDS: tuple[LiteralString, ...] = (
+    "id",
+    "owner_id",
+    "state",
+    "created_at",
+    "status_code",
+    "estimate_end_at",
+    "estimate_execution_at",
+    "response",
+    "metadata",
+    "attempts",
+    "retry_count",
+    "due_at",
+)
+TASK_COLUMNS: LiteralString = ", ".join(TASK_FIELDS)
+
 
 class StoreBase:
     """Lifecycle, the two connections and the codecs; the operation groups subclass it."""
@@ -136,18 +153,20 @@ class StoreBase:
         return None if value is None else self._sealer.open(value)
 
     def _task(self, row: Sequence[Any]) -> Task:
-        metadata = self._open(row[8])
+        """A Task from a row of ``TASK_COLUMNS``."""
+        c = dict(zip(TASK_FIELDS, row, strict=True))
+        metadata = self._open(c["metadata"])
         return Task(
-            id=row[0],
-            owner_id=row[1],
-            state=TaskState(row[2]),
-            created_at_ms=row[3],
-            status_code=row[4],
-            estimate_end_at_ms=row[5],
-            estimate_execution_at_ms=row[6],
-            response=self._open(row[7]),
+            id=c["id"],
+            owner_id=c["owner_id"],
+            state=TaskState(c["state"]),
+            created_at_ms=c["created_at"],
+            status_code=c["status_code"],
+            estimate_end_at_ms=c["estimate_end_at"],
+            estimate_execution_at_ms=c["estimate_execution_at"],
+            response=self._open(c["response"]),
             metadata=None if metadata is None else METADATA.validate_json(metadata),
-            attempts=row[9],
-            retry_count=row[10],
-            due_at_ms=row[11],
+            attempts=c["attempts"],
+            retry_count=c["retry_count"],
+            due_at_ms=c["due_at"],
         )

@@ -50,7 +50,7 @@ ATTEMPT_INTERRUPT: LiteralString = (
 
 
 class ClaimOps(StoreBase):
-    # -- engine -----------------------------------------------------------------------
+    """The engine's operations of SqliteStore: find, claim and record attempts."""
 
     async def due_before(self, until_ms: int, limit: int) -> list[tuple[str, int]]:
         return [(row[0], row[1]) for row in await self._read(TASK_DUE, (until_ms, limit))]

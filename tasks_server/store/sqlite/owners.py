@@ -44,7 +44,7 @@ def new_owner_id(now_ms: int) -> str:
 
 
 class OwnerOps(StoreBase):
-    # -- owners -----------------------------------------------------------------------
+    """The owner operations of SqliteStore."""
 
     async def create_owner(self, name: str, key_digest: bytes, now_ms: int, limit: int) -> Owner:
         owner = Owner(new_owner_id(now_ms), name, now_ms, 0, limit)

@@ -24,20 +24,77 @@ from ...models import (
     TaskSpec,
     TaskState,
 )
-from .base import METADATA, StoreBase
+from .base import METADATA, TASK_COLUMNS, StoreBase
 from .owners import OWNER_CAPACITY, OWNER_EXISTS
-from .tasks import TASK_COLUMNS, new_task_id
+from .tasks import new_task_id
 
 logger = logging.getLogger(__name__)
 
 # -- SQL for recurring schedules (static text, placeholders only) -----------------------
 
-_SCHEDULE_COLUMNS: LiteralString = (
-    "s.id, s.owner_id, s.name, s.expression, s.timezone, s.start_at, s.end_at, s.max_runs, "
-    "s.misfire_policy, s.overlap_policy, s.catch_up_limit, s.state, s.created_at, "
-    "s.updated_at, s.cursor_at, s.runs, s.last_run_at, s.last_task_id, s.next_at, s.version, "
-    "t.state, t.estimate_end_at"
+# (name the row is read by, column): the schedule's own columns, then its last task's
+# state and end, which the overlap policies need; schedule_from_row reads them by name
+_SCHEDULE_FIELDS: tuple[tuple[str, LiteralString], ...] = (
+    ("id", "s.id"),
+    ("owner_id", "s.owner_id"),
+    ("name", "s.name"),
+    ("expression", "s.expression"),
+    ("timezone", "s.timezone"),
+    ("start_at", "s.start_at"),
+    ("end_at", "s.end_at"),
+    ("max_runs", "s.max_runs"),
+    ("misfire_policy", "s.misfire_policy"),
+    ("overlap_policy", "s.overlap_policy"),
+    ("catch_up_limit", "s.catch_up_limit"),
+    ("state", "s.state"),
+    ("created_at", "s.created_at"),
+    ("updated_at", "s.updated_at"),
+    ("cursor_at", "s.cursor_at"),
+    ("runs", "s.runs"),
+    ("last_run_at", "s.last_run_at"),
+    ("last_task_id", "s.last_task_id"),
+    ("next_at", "s.next_at"),
+    ("version", "s.version"),
+    ("last_task_state", "t.state"),
+    ("last_task_end_at", "t.estimate_end_at"),
 )
+_SCHEDULE_COLUMNS: LiteralString = ", ".join(column for _, column in _SCHEDULE_FIELDS)
+
+
+def schedule_from_row(row: Sequence[Any]) -> Schedule:
+    """A Schedule from a row of ``_SCHEDULE_COLUMNS``."""
+    c = dict(zip((name for name, _ in _SCHEDULE_FIELDS), row, strict=True))
+    last_state = None if c["last_task_state"] is None else TaskState(c["last_task_state"])
+    timing = ScheduleTiming(
+        expression=c["expression"],
+        timezone=c["timezone"],
+        start_at_ms=c["start_at"],
+        end_at_ms=c["end_at"],
+        max_runs=c["max_runs"],
+        misfire=MisfirePolicy(c["misfire_policy"]),
+        overlap=OverlapPolicy(c["overlap_policy"]),
+        catch_up_limit=c["catch_up_limit"],
+    )
+    ended = c["last_task_end_at"] if last_state and last_state.is_terminal else None
+    return Schedule(
+        id=c["id"],
+        owner_id=c["owner_id"],
+        name=c["name"],
+        timing=timing,
+        state=ScheduleState(c["state"]),
+        created_at_ms=c["created_at"],
+        updated_at_ms=c["updated_at"],
+        cursor_ms=c["cursor_at"],
+        runs=c["runs"],
+        last_run_at_ms=c["last_run_at"],
+        last_task_id=c["last_task_id"],
+        next_at_ms=c["next_at"],
+        version=c["version"],
+        last_task_state=last_state,
+        last_task_ended_at_ms=ended,
+    )
+
+
 # the last task's state decides the overlap policies; a deleted task no longer overlaps
 _SCHEDULE_FROM: LiteralString = "schedule s LEFT JOIN task t ON t.id = s.last_task_id"
 # a `queue` schedule waits while its last task is pending: it is not due meanwhile
@@ -69,7 +126,7 @@ SCHEDULE_SAVE: LiteralString = (
 )
 SCHEDULE_SAVE_SPEC: LiteralString = "UPDATE schedule SET spec = ?, metadata = ? WHERE id = ?"
 SCHEDULE_DELETE: LiteralString = "DELETE FROM schedule WHERE id = ? AND owner_id = ?"
-# `allow` schedules are due a lookahead early (schedule_policy.LOOKAHEAD_MS)
+# `allow` schedules are due a lookahead early (schedules.policy.LOOKAHEAD_MS)
 SCHEDULE_DUE: LiteralString = (
     f"SELECT {_SCHEDULE_COLUMNS} FROM {_SCHEDULE_FROM} "
     "WHERE s.next_at <= ? AND (s.overlap_policy = 'allow' OR s.next_at <= ?) "
@@ -100,38 +157,7 @@ TASK_BY_SCHEDULE: LiteralString = (
 
 
 class ScheduleOps(StoreBase):
-    # -- recurring schedules ------------------------------------------------------------
-    # (SQL in the module's last section, below the class)
-
-    def _schedule(self, row: Sequence[Any]) -> Schedule:
-        last_state = None if row[20] is None else TaskState(row[20])
-        timing = ScheduleTiming(
-            expression=row[3],
-            timezone=row[4],
-            start_at_ms=row[5],
-            end_at_ms=row[6],
-            max_runs=row[7],
-            misfire=MisfirePolicy(row[8]),
-            overlap=OverlapPolicy(row[9]),
-            catch_up_limit=row[10],
-        )
-        return Schedule(
-            id=row[0],
-            owner_id=row[1],
-            name=row[2],
-            timing=timing,
-            state=ScheduleState(row[11]),
-            created_at_ms=row[12],
-            updated_at_ms=row[13],
-            cursor_ms=row[14],
-            runs=row[15],
-            last_run_at_ms=row[16],
-            last_task_id=row[17],
-            next_at_ms=row[18],
-            version=row[19],
-            last_task_state=last_state,
-            last_task_ended_at_ms=row[21] if last_state and last_state.is_terminal else None,
-        )
+    """The recurring-schedule operations of SqliteStore (their SQL is above)."""
 
     def _timing_params(self, name: str, timing: ScheduleTiming) -> tuple[Any, ...]:
         return (
@@ -182,7 +208,7 @@ class ScheduleOps(StoreBase):
                 if conn.execute(OWNER_EXISTS, (owner_id,)).fetchone() is None:
                     raise OwnerNotFound() from exc
                 raise Conflict("A schedule with this name already exists") from exc
-            return self._schedule(conn.execute(SCHEDULE_BY_ID, (schedule_id,)).fetchone())
+            return schedule_from_row(conn.execute(SCHEDULE_BY_ID, (schedule_id,)).fetchone())
 
         return await self._write(op)
 
@@ -190,7 +216,7 @@ class ScheduleOps(StoreBase):
         rows = await self._read(SCHEDULE_BY_KEY, (owner_id, key, key))
         if not rows:
             raise NotFound()
-        return self._schedule(rows[0])
+        return schedule_from_row(rows[0])
 
     async def get_schedule_spec(self, owner_id: str, schedule_id: str) -> TaskSpec:
         rows = await self._read(SCHEDULE_SPEC, (schedule_id, owner_id))
@@ -200,7 +226,7 @@ class ScheduleOps(StoreBase):
 
     async def list_schedules(self, owner_id: str, limit: int, offset: int) -> list[Schedule]:
         rows = await self._read(SCHEDULE_LIST, (owner_id, limit, offset))
-        return [self._schedule(row) for row in rows]
+        return [schedule_from_row(row) for row in rows]
 
     async def save_schedule(
         self, schedule: Schedule, task: TaskSpec | None, expected_version: int, now_ms: int
@@ -229,7 +255,7 @@ class ScheduleOps(StoreBase):
                 return None
             if blobs is not None:
                 conn.execute(SCHEDULE_SAVE_SPEC, blobs)
-            return self._schedule(conn.execute(SCHEDULE_BY_ID, (s.id,)).fetchone())
+            return schedule_from_row(conn.execute(SCHEDULE_BY_ID, (s.id,)).fetchone())
 
         return await self._write(op, savepoint=True)
 
@@ -248,7 +274,7 @@ class ScheduleOps(StoreBase):
 
     async def due_schedules(self, now_ms: int, lookahead_ms: int, limit: int) -> list[Schedule]:
         rows = await self._read(SCHEDULE_DUE, (now_ms + lookahead_ms, now_ms, limit))
-        return [self._schedule(row) for row in rows]
+        return [schedule_from_row(row) for row in rows]
 
     async def next_schedule_at(self, lookahead_ms: int) -> int | None:
         rows = await self._read(SCHEDULE_NEXT, ())

@@ -7,32 +7,11 @@ live in one module per group (owners, tasks, claims, schedules), each beside its
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import sqlite3
-from pathlib import Path
-
 from .claims import ClaimOps
 from .owners import OwnerOps
 from .schedules import ScheduleOps
 from .tasks import TaskOps
 
-logger = logging.getLogger(__name__)
-
 
 class SqliteStore(OwnerOps, TaskOps, ClaimOps, ScheduleOps):
     """Store on SQLite. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
-
-    async def backup_to(self, path: Path) -> None:
-        def copy() -> None:
-            source = sqlite3.connect(self.path)
-            target = sqlite3.connect(path)
-            try:
-                # one step, one read transaction: a stepwise copy restarts on every
-                # write by another connection and may never finish on a busy database
-                source.backup(target)
-            finally:
-                target.close()
-                source.close()
-
-        await asyncio.get_running_loop().run_in_executor(None, copy)

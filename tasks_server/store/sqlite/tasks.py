@@ -25,15 +25,11 @@ from ...models import (
 )
 from ...timing import resume_due_ms
 from .. import LIST_ORDERS
-from .base import METADATA, StoreBase
+from .base import METADATA, TASK_COLUMNS, StoreBase
 from .owners import OWNER_CAPACITY
 
 logger = logging.getLogger(__name__)
 
-TASK_COLUMNS: LiteralString = (
-    "id, owner_id, state, created_at, status_code, estimate_end_at, estimate_execution_at, "
-    "response, metadata, attempts, retry_count, due_at"
-)
 TASK_INSERT: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
     "next_at, metadata, spec) VALUES (?, ?, 'RUNNING', ?, ?, ?, ?, ?, ?)"
@@ -106,7 +102,7 @@ def new_task_id(now_ms: int) -> str:
 
 
 class TaskOps(StoreBase):
-    # -- tasks ------------------------------------------------------------------------
+    """The task operations of SqliteStore, as a task's owner sees them."""
 
     async def create_task(self, owner_id: str, new: NewTask, now_ms: int) -> Task:
         task_id = new_task_id(now_ms)
