@@ -66,6 +66,8 @@ class Settings:
     s3_multipart_threshold_bytes: int = 8 * 1024 * 1024
     metrics_key: str | None = field(default=None, repr=False)  # METRICS_KEY: bearer for /metrics
     admin_key: str | None = field(default=None, repr=False)  # ADMIN_KEY: enables /v1/admin/*
+    # OWNER_REGISTRATION: open | admin | closed; unset = admin with ADMIN_KEY, else open
+    owner_registration: str | None = None
 
     @property
     def database_path(self) -> Path:
@@ -74,6 +76,15 @@ class Settings:
     @property
     def backup_is_scheduled(self) -> bool:
         return bool(self.backup_cron or self.backup_interval_s)
+
+    @property
+    def registration_mode(self) -> str:
+        """Who may call ``POST /v1/owners/register``: ``open`` (anyone, as the original),
+        ``admin`` (only with the ADMIN_KEY bearer) or ``closed`` (nobody; owners are made
+        with the admin API)."""
+        if self.owner_registration:
+            return self.owner_registration
+        return "admin" if self.admin_key else "open"
 
     @property
     def throttle_enabled(self) -> bool:
@@ -181,6 +192,7 @@ _SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     ),
     "metrics_key": (("METRICS_KEY",), _optional_text),
     "admin_key": (("ADMIN_KEY",), _optional_text),
+    "owner_registration": (("OWNER_REGISTRATION",), _choice("open", "admin", "closed")),
 }
 
 ENV_VARIABLES: tuple[str, ...] = tuple(name for names, _ in _SOURCES.values() for name in names)
@@ -255,6 +267,8 @@ def validate(settings: Settings) -> Settings:
     local = settings.backup_method == "LOCAL"
     if local and settings.backup_is_scheduled and not settings.backup_dir:
         raise ConfigError("BACKUP_PATH_DIR_SQLITE", None, "is required for LOCAL backups")
+    if settings.registration_mode == "admin" and not settings.admin_key:
+        raise ConfigError("OWNER_REGISTRATION", "admin", "needs ADMIN_KEY")
     for key, secret in (("METRICS_KEY", settings.metrics_key), ("ADMIN_KEY", settings.admin_key)):
         if secret is not None and not _is_bearer_secret(secret):
             # the value is a secret: the message must not echo it

@@ -14,6 +14,7 @@ TasksServerError
 │   ├── QueueLimitReached
 │   └── Unsupported                     an option this build of libcurl cannot do
 ├── PayloadTooLarge                     request body over the limit (413)
+├── ClientGone                          the client hung up before its body was read
 ├── Throttled                           too many requests in the window (429)
 ├── StorageUnavailable                  the database refuses writes for now: disk full,
 │                                       locked too long, I/O error (503, Retry-After)
@@ -95,6 +96,12 @@ class Unsupported(PreconditionFailed):
 
 class PayloadTooLarge(TasksServerError):
     default_message = "The request is too large"
+
+
+class ClientGone(TasksServerError):
+    """The client closed the connection mid-request; nobody reads the answer."""
+
+    default_message = "The client closed the connection"
 
 
 class Throttled(TasksServerError):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from tasks_server.log import JsonFormatter
 from tasks_server.models import Call, Outcome
 from tests.conftest import ServerFactory, client_for, register_owner, register_task
 from tests.support.clock import FakeClock
+from tests.support.process import ServerProcess
 from tests.support.recording import RecordingDispatcher
 from tests.support.waiting import wait_until
 
@@ -155,3 +158,34 @@ def test_a_short_operator_key_is_refused_without_echoing_it(
     assert cli.main(["check-config"]) == 2
     error = capsys.readouterr().err
     assert "METRICS_KEY" in error and "short-secret" not in error
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_a_forged_log_line_is_impossible(tmp_path: Path, fmt: str) -> None:
+    """Control characters a client puts in a request path (``%0a``, ``%0d``, escape
+    sequences, U+2028) come out escaped: one request is one log line."""
+    forged = "FORGED 2030-01-01 00:00:00 INFO tasks_server.access: GET /admin 200"
+    paths = [
+        "/healthz%0a" + urllib.parse.quote(forged),
+        "/healthz%0d%0a" + urllib.parse.quote(forged),
+        "/x%1b%5b2J%0b%0c%e2%80%a8" + urllib.parse.quote(forged),
+    ]
+    with ServerProcess(tmp_path, LOG="1", LOG_FORMAT=fmt, LOG_LEVEL="INFO") as server:
+        for path in paths:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(
+                    f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+                )
+                assert sock.recv(4096).startswith(b"HTTP/1.1 ")
+        assert server.terminate() == 0
+    lines = server.log.read_text().splitlines()
+    access = [line for line in lines if "FORGED" in line]
+    assert len(access) == len(paths)
+    for line in lines:
+        assert not line.startswith("FORGED")
+        assert not any(ch in line for ch in "\r\x0b\x0c\x1b\u2028")
+    if fmt == "json":
+        assert all(json.loads(line)["logger"] == "tasks_server.access" for line in access)
+    else:
+        assert all(" INFO tasks_server.access: GET /" in line for line in access)
+        assert "\\x0a" in access[0]

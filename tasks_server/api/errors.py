@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import (
     AuthError,
+    ClientGone,
     Conflict,
     NotFound,
     PayloadTooLarge,
@@ -39,6 +40,7 @@ NO_REPEAT = "The request should not be repeated"
 # error class → (status, action); the first matching class (in MRO order) wins
 STATUS: dict[type[TasksServerError], tuple[int, str]] = {
     ValidationFailed: (400, FIX),
+    ClientGone: (400, FIX),
     WrongKey: (401, NO_REPEAT),
     Unauthenticated: (403, NO_REPEAT),
     AuthError: (403, NO_REPEAT),

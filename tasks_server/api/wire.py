@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from ..errors import PayloadTooLarge, ValidationFailed
+from ..errors import ClientGone, PayloadTooLarge, ValidationFailed
+
+logger = logging.getLogger(__name__)
 
 # Hono's validator parses JSON only for these content types
 # (docs/compatibility.md#validation-errors)
@@ -22,23 +25,33 @@ async def read_body(request: Request, max_bytes: int) -> bytes | None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge()
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PayloadTooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge()
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # an ordinary event (a client gave up): one quiet line, no traceback
+        logger.debug("client hung up during the request body of %s", request.url.path)
+        raise ClientGone() from None
+    body = b"".join(chunks)
     if not _JSON_TYPE.match(request.headers.get("content-type", "")):
         return None
     return body
 
 
 def parse_json(body: bytes | None) -> Any:
-    """JSON text → value; ``None`` (not JSON) → ``{}``; bad JSON → 400 default message."""
+    """JSON text → value; ``None`` (not JSON) → ``{}``; anything the parser refuses
+    (syntax, encoding, nesting deeper than the interpreter's recursion limit, integers
+    with too many digits) → 400 with the default message."""
     if body is None:
         return {}
     try:
         return json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ValidationFailed() from exc
 
 
