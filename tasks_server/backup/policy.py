@@ -3,7 +3,6 @@ files, all functions of their arguments."""
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,13 +12,7 @@ from .. import cron
 from ..config import Settings
 from ..errors import ConfigError
 
-logger = logging.getLogger(__name__)
-
-
-MAX_NAP_S = 1.0  # a wall-clock jump is noticed within this
-STOP_GRACE_S = 30.0  # how long stopping waits for a snapshot already being written
 _DAY_MS = 86_400_000
-_CHUNK = 1 << 20
 _NAME = re.compile(r"(?P<stem>.+)-(?P<stamp>\d{8}T\d{6})\.(?P<ms>\d{3})Z\.db")
 _CHECKSUM = re.compile(r"([0-9a-f]{64})\b")
 

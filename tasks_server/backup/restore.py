@@ -3,7 +3,6 @@ place of a database no server holds (the old one is moved aside, never deleted).
 
 from __future__ import annotations
 
-import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +13,6 @@ from ..store.sqlite import check_database, exclusive_lock
 from .policy import parse_snapshot, stamp
 from .snapshot import fsync_file, sha256_file
 from .targets import Target, local_snapshot, target_from
-
-logger = logging.getLogger(__name__)
-
 
 _SIDE_FILES = ("", "-wal", "-shm", "-journal")
 

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
-
 
 _CHUNK = 1 << 20
 

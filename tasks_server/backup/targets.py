@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 from .policy import checksum_line, parse_checksum
 from .snapshot import fsync_file, write_atomically
 
-logger = logging.getLogger(__name__)
-
 
 class Target(Protocol):
     """Where snapshots are kept. Every method blocks; call them from a worker thread."""

@@ -1,4 +1,4 @@
-"""The CLI's ``cron`` commands (as ``ajc task cron``): ``add``, ``list``, ``view``,
+"""The CLI's ``cron`` commands: ``add``, ``list``, ``view``,
 ``delete``, ``pause`` and ``resume`` recurring schedules on a running server over HTTP.
 
 They run through cli.tasks (same connection flags, ``--json``, output and exit codes).

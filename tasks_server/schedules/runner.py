@@ -9,7 +9,6 @@ schedule is due, a wake-up, or at most MAX_NAP_S.
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,8 +17,6 @@ from ..errors import StorageUnavailable
 from ..models import ScheduleFire
 from ..store import Store
 from .policy import LOOKAHEAD_MS, plan
-
-logger = logging.getLogger(__name__)
 
 MAX_NAP_S = 1.0  # a wall-clock jump, or a `queue` schedule's task ending, is seen within this
 PASS_LIMIT = 512  # schedules read per pass; a full pass is followed by another at once

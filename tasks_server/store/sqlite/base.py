@@ -3,7 +3,6 @@ connection, and the codecs that seal and open stored values."""
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +23,6 @@ from ..migrate import migrate
 from .connection import DEFAULT_BUSY_TIMEOUT_MS, connect
 from .writer import CommitObserver, Writer, transient_reason
 
-logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SPEC = TypeAdapter(TaskSpec)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 from collections.abc import Sequence
 from typing import Any, LiteralString
@@ -13,9 +12,6 @@ from ...models import (
     Result,
 )
 from .base import StoreBase
-
-logger = logging.getLogger(__name__)
-
 
 TASK_DUE: LiteralString = (
     "SELECT id, next_at FROM task WHERE next_at IS NOT NULL AND next_at < ? "

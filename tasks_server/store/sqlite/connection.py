@@ -4,15 +4,12 @@ that opens the database file."""
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from pathlib import Path
 from typing import LiteralString
 
 from ...errors import BackupError
 from ..migrate import latest_version
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_BUSY_TIMEOUT_MS = 30_000  # SQLITE_BUSY_TIMEOUT_MS
 

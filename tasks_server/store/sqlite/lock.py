@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 from ...errors import BackupError
-
-logger = logging.getLogger(__name__)
 
 
 class DatabaseLock:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
 import sqlite3
 from typing import LiteralString
@@ -16,8 +15,6 @@ from ...models import (
     Owner,
 )
 from .base import StoreBase
-
-logger = logging.getLogger(__name__)
 
 OWNER_INSERT: LiteralString = (
     "INSERT INTO owner (id, name, key_digest, created_at, tasks_in_queue_limit) "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -27,8 +26,6 @@ from ...timing import resume_due_ms
 from .. import LIST_ORDERS
 from .base import METADATA, TASK_COLUMNS, StoreBase
 from .owners import OWNER_CAPACITY
-
-logger = logging.getLogger(__name__)
 
 TASK_INSERT: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
