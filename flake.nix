@@ -37,6 +37,7 @@
         mypy-boto3-s3
         openapi-spec-validator
         jsonschema
+        import-linter
       ];
     in
     {
