@@ -19,6 +19,8 @@ command -v gcc >/dev/null 2>&1 || need_apt="$need_apt gcc"
 # the README's examples are run by a test with curl and jq
 command -v curl >/dev/null 2>&1 || need_apt="$need_apt curl"
 command -v jq >/dev/null 2>&1 || need_apt="$need_apt jq"
+# the PostgreSQL tests start a throwaway cluster with initdb and pg_ctl
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt="$need_apt postgresql"
 if [ -n "$need_apt" ]; then
     echo "install.sh: installing system packages:$need_apt"
     SUDO=""

@@ -25,6 +25,10 @@ class Settings:
     host: str = "127.0.0.1"  # HOST
     port: int = 9420  # PORT
     path_sqlite: str = ".database/tasks.db"  # PATH_SQLITE
+    # DATABASE_URL=postgresql://…: several nodes share that database instead of a file
+    database_url: str | None = field(default=None, repr=False)
+    lease_ms: int = 10_000  # LEASE_MS: a claim's lease on PostgreSQL, renewed in flight
+    pg_pool_size: int = 10  # PG_POOL_SIZE: connections per node (two more of its own)
     sqlite_synchronous: str = "FULL"  # SQLITE_SYNCHRONOUS: FULL survives power loss
     # SQLITE_BUSY_TIMEOUT_MS: how long a write waits for a lock another process holds
     sqlite_busy_timeout_ms: int = 30_000
@@ -72,6 +76,10 @@ class Settings:
     @property
     def database_path(self) -> Path:
         return Path(self.path_sqlite)
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database_url is not None
 
     @property
     def backup_is_scheduled(self) -> bool:
@@ -144,11 +152,23 @@ def _optional_text(raw: str) -> str | None:
     return raw or None
 
 
+def _postgres_url(raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must be a postgresql:// URL (PATH_SQLITE selects SQLite)")
+    return value
+
+
 # setting name -> (environment variable names, first wins; cast)
 _SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "host": (("HOST",), _text),
     "port": (("PORT",), _int(0, 65535)),
     "path_sqlite": (("PATH_SQLITE",), _text),
+    "database_url": (("DATABASE_URL",), _postgres_url),
+    "lease_ms": (("LEASE_MS",), _int(200, 3_600_000)),
+    "pg_pool_size": (("PG_POOL_SIZE",), _int(2, 1000)),
     "sqlite_synchronous": (("SQLITE_SYNCHRONOUS",), _choice("FULL", "NORMAL", "EXTRA")),
     "sqlite_busy_timeout_ms": (("SQLITE_BUSY_TIMEOUT_MS",), _int(0)),
     "cipher_key": (("CIPHER_KEY",), _text),
@@ -264,6 +284,12 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError(
             "BACKUP_INTERVAL_S", settings.backup_interval_s, "cannot be combined with a cron"
         )
+    if settings.uses_postgres and settings.backup_is_scheduled:
+        raise ConfigError(
+            "BACKUP_CRON_PATTERN_SQLITE",
+            settings.backup_cron or settings.backup_interval_s,
+            "scheduled backups copy SQLite files; back PostgreSQL up with pg_dump or PITR",
+        )
     local = settings.backup_method == "LOCAL"
     if local and settings.backup_is_scheduled and not settings.backup_dir:
         raise ConfigError("BACKUP_PATH_DIR_SQLITE", None, "is required for LOCAL backups")
@@ -284,6 +310,7 @@ def describe(settings: Settings) -> dict[str, object]:
     """Settings as a dict with secrets masked, for ``check-config`` and logs."""
     masked = {
         "cipher_key",
+        "database_url",
         "s3_access_key",
         "s3_secret_key",
         "s3_session_token",

@@ -8,6 +8,7 @@ command, and returns a process exit code: 0 success, 1 failure, 2 bad usage or c
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import logging
@@ -149,6 +150,13 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     from ..store.migrate import migrate
     from ..store.sqlite import connect
 
+    if settings.database_url is not None:
+        from ..store.postgres.migrate import migrate_url
+
+        applied = asyncio.run(migrate_url(settings.database_url))
+        print(f"PostgreSQL: {applied} migration(s) applied")  # noqa: T201
+        return 0
+
     settings.database_path.parent.mkdir(parents=True, exist_ok=True)
     conn = connect(settings.database_path, settings.sqlite_synchronous)
     try:
@@ -164,9 +172,20 @@ def _check_config(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+POSTGRES_BACKUPS = (
+    "tasks-server: the database is PostgreSQL; back it up with its own tools: pg_dump for "
+    "a logical copy, or base backups with WAL archiving for point-in-time recovery "
+    "(docs/operations.md, 'Backups on PostgreSQL')"
+)
+
+
 def _backup(args: argparse.Namespace, settings: Settings) -> int:
     from ..backup.job import back_up_now
     from ..clock import SystemClock
+
+    if settings.uses_postgres:
+        print(POSTGRES_BACKUPS, file=sys.stderr)  # noqa: T201
+        return 1
 
     try:
         published = back_up_now(settings, SystemClock().now_ms(), args.to)
@@ -188,6 +207,10 @@ def _backup(args: argparse.Namespace, settings: Settings) -> int:
 def _restore(args: argparse.Namespace, settings: Settings) -> int:
     from ..backup.restore import restore_now
     from ..clock import SystemClock
+
+    if settings.uses_postgres:
+        print(POSTGRES_BACKUPS.replace("back it up", "restore it"), file=sys.stderr)  # noqa: T201
+        return 1
 
     try:
         restored = restore_now(settings, args.source, SystemClock().now_ms(), args.force)

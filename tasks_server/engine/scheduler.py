@@ -21,6 +21,7 @@ from ..errors import StorageUnavailable
 from ..models import Attempt, Call, Outcome, Result, TaskState
 from ..store import Store
 from ..timing import attempt_timeout_ms
+from .leases import LeaseKeeper
 from .retry import decide
 from .timers import DueTimers
 from .waiters import FinalWaiters
@@ -53,6 +54,7 @@ class SchedulerStats:
     succeeded: int = 0
     failed: int = 0
     retried: int = 0
+    lease_lost: int = 0  # claims dropped unsent: their lease ended before their time
     on_start: Callable[[float], None] | None = None  # called with each start's lateness (ms)
     observe: Callable[[Attempt, Result], None] | None = None
 
@@ -93,6 +95,8 @@ class Scheduler:
         self._held: list[tuple[int, int, Attempt]] = []  # claimed ahead: (due, seq, attempt)
         self._held_ids: dict[str, Attempt] = {}
         self._held_changed = asyncio.Event()  # wakes the starter: an earlier attempt is held
+        self._claimed_at_ms: dict[str, int] = {}  # held attempts: when they were claimed
+        self.leases = LeaseKeeper(store, clock, self.notify)
         self._sequence = itertools.count()
         self._stopping = False
         self._abandoned = False
@@ -122,6 +126,7 @@ class Scheduler:
         self._timers.discard(task_id)
         self.waiters.wake(task_id)  # revoked or deleted: a waiter reads the task again
         attempt = self._held_ids.pop(task_id, None)
+        self._claimed_at_ms.pop(task_id, None)
         if attempt is not None:
             outcome = Outcome(status=0, error="not sent: the task was stopped before its time")
             self._results.append(
@@ -156,6 +161,8 @@ class Scheduler:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.run_recorder(), name="scheduler-recorder")
                 group.create_task(self._start_loop(), name="scheduler-starter")
+                if self.leases.expires:
+                    group.create_task(self.leases.run(), name="lease-keeper")
                 await self._loop()
                 self._results_ready.set()
         finally:
@@ -233,6 +240,7 @@ class Scheduler:
             raise
         for attempt in attempts:
             self._held_ids[attempt.task_id] = attempt
+            self._claimed_at_ms[attempt.task_id] = now_ms
             heapq.heappush(self._held, (attempt.due_at_ms, next(self._sequence), attempt))
         self._held_changed.set()
         return started + self._start_held(now_ms)
@@ -259,9 +267,21 @@ class Scheduler:
             attempt = heapq.heappop(self._held)[2]
             if self._held_ids.get(attempt.task_id) is attempt:
                 del self._held_ids[attempt.task_id]
-                self._start(attempt, now_ms)
-                started += 1
+                claimed_at = self._claimed_at_ms.pop(attempt.task_id, now_ms)
+                if self.leases.holds(claimed_at, now_ms):
+                    self._start(attempt, now_ms)
+                    started += 1
+                else:
+                    self._drop_lost(attempt)
         return started
+
+    def _drop_lost(self, attempt: Attempt) -> None:
+        """The claim's lease ended (the database was out of reach): another node may own
+        the task by now, so the call is not made, and nothing can be recorded here."""
+        self.stats.lease_lost += 1
+        logger.warning(
+            "task %s attempt %d not sent: its lease ended", attempt.task_id, attempt.number
+        )
 
     async def _refill(self, now_ms: int) -> None:
         """Load every claimable task due before now + horizon into the timers."""
@@ -387,6 +407,7 @@ class Scheduler:
         pending = list(self._in_flight.values())
         if pending:
             await asyncio.wait(pending, timeout=grace_s)
+        self.leases.stop()  # renewed until here: the calls in flight kept their claims
         self._abandoned = True
         self._stop_waiting.set()
         self._results_ready.set()

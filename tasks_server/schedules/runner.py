@@ -18,7 +18,9 @@ from ..models import ScheduleFire
 from ..store import Store
 from .policy import LOOKAHEAD_MS, plan
 
-MAX_NAP_S = 1.0  # a wall-clock jump, or a `queue` schedule's task ending, is seen within this
+# a wall-clock jump, a `queue` schedule's task ending, or the death of the leader (another
+# node then takes over) is seen within this
+MAX_NAP_S = 1.0
 PASS_LIMIT = 512  # schedules read per pass; a full pass is followed by another at once
 # Wake when an `allow` slot is half a lookahead away, then plan a whole lookahead: in a
 # steady stream of slots each pass (and each commit) serves about half a second of them.
@@ -49,6 +51,7 @@ class ScheduleRunner:
         self.idle = asyncio.Event()  # set whenever the loop parks (tests wait on it)
         self.stats = RunnerStats()
         self.alive = False
+        self.leading = False  # whether this node planned the last pass (one node at a time)
 
     def notify(self, next_at_ms: int | None) -> None:
         """A schedule was created or changed and is next due at ``next_at_ms``: wake the
@@ -88,6 +91,8 @@ class ScheduleRunner:
         self.idle.clear()
 
     async def _nap_s(self) -> float:
+        if not self.leading:
+            return MAX_NAP_S  # ask for the leadership again after this
         next_at = await self._store.next_schedule_at(WAKE_AHEAD_MS)
         now = self._clock.now_ms()
         wake_at = now + int(MAX_NAP_S * 1000) if next_at is None else next_at
@@ -101,7 +106,13 @@ class ScheduleRunner:
     async def tick(self, now_ms: int) -> int:
         """One pass at ``now_ms``: plan every due schedule and write the plans (their
         transactions share commits). ``allow`` schedules are planned up to LOOKAHEAD_MS
-        ahead. Returns the number of schedules looked at."""
+        ahead. Returns the number of schedules looked at.
+
+        Where several nodes share the database only the leader plans (the store elects
+        it); the others look at nothing and ask again at their next pass."""
+        self.leading = await self._store.lead_schedules()
+        if not self.leading:
+            return 0
         due = await self._store.due_schedules(now_ms, LOOKAHEAD_MS, PASS_LIMIT)
         if not due:
             return 0

@@ -1,4 +1,5 @@
-"""The persistence contract. SQLite implements it now; PostgreSQL later.
+"""The persistence contract, implemented by SqliteStore (one process owns a file) and
+PostgresStore (several nodes share a database; see docs/architecture.md).
 
 Every method that changes a task is one transaction named after the transition. Methods
 that take ``owner_id`` never touch another owner's rows: another owner's task and a missing
@@ -7,7 +8,7 @@ one raise the same TaskNotFound.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..models import (
@@ -144,6 +145,36 @@ class Store(Protocol):
     async def requeue_interrupted(self, now_ms: int) -> int:
         """At start-up: attempts left in flight by a crash end as interrupted and their
         tasks become due at their planned time (at once when that has passed)."""
+
+    # several nodes on one database (trivial where one process owns the database)
+
+    @property
+    def lease_ms(self) -> int | None:
+        """How long a claim holds unless renewed, or None when claims never expire (one
+        process owns the database, and its start-up requeues what a crash left)."""
+
+    async def renew_leases(self, now_ms: int) -> None:
+        """Extend every claim this process holds to ``now_ms + lease_ms``, in one
+        transaction. Raises when the database cannot be reached: the claims then end at
+        the last renewal plus lease_ms, and the caller must not start their calls after."""
+
+    async def requeue_expired(self, now_ms: int) -> list[tuple[str, int]]:
+        """Claims whose lease ran out before ``now_ms`` (their process died or lost the
+        database) end as interrupted, and their tasks become claimable at their planned
+        time; returns those (task id, due ms). A late outcome of such an attempt changes
+        nothing (record_outcomes is fenced by attempt number and lease owner)."""
+
+    async def listen(
+        self, on_due: Callable[[str, int], None], on_schedule: Callable[[int | None], None]
+    ) -> None:
+        """Run until cancelled, calling ``on_due(task id, due ms)`` when another process
+        makes a task claimable in the near future and ``on_schedule(next ms)`` when it
+        creates or changes a schedule. Returns at once where no other process writes."""
+
+    async def lead_schedules(self) -> bool:
+        """Whether this process may plan schedule slots now: at most one process at a
+        time answers True, and another takes over within seconds when it dies. Called
+        before each planning pass; fire_schedule stays version-guarded regardless."""
 
     # recurring schedules (another owner's schedule and a missing one raise NotFound)
 

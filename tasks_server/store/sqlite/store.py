@@ -7,6 +7,8 @@ live in one module per group (owners, tasks, claims, schedules), each beside its
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .claims import ClaimOps
 from .owners import OwnerOps
 from .schedules import ScheduleOps
@@ -15,3 +17,23 @@ from .tasks import TaskOps
 
 class SqliteStore(OwnerOps, TaskOps, ClaimOps, ScheduleOps):
     """Store on SQLite. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
+
+    # -- one process owns the file: no leases, no other nodes, always the leader ----------
+
+    @property
+    def lease_ms(self) -> int | None:
+        return None
+
+    async def renew_leases(self, now_ms: int) -> None:
+        return None
+
+    async def requeue_expired(self, now_ms: int) -> list[tuple[str, int]]:
+        return []
+
+    async def listen(
+        self, on_due: Callable[[str, int], None], on_schedule: Callable[[int | None], None]
+    ) -> None:
+        return None
+
+    async def lead_schedules(self) -> bool:
+        return True

@@ -1,0 +1,117 @@
+"""LeaseKeeper: keeps this node's claims alive and reclaims those of dead nodes.
+
+Where several nodes share a database, a claim is a lease that ends unless renewed. While
+calls are in flight the keeper renews this node's leases every quarter of the lease time,
+and it frees leases that ran out (their node died or lost the database) so their tasks are
+claimed again. It also answers whether a claim still holds: a node cut off from the
+database must not start a call whose lease has ended, since another node may have taken
+the task. Where one process owns the database (SQLite), claims never expire and the
+keeper does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..clock import Clock
+from ..store import Store
+
+logger = logging.getLogger(__name__)
+
+MAX_REAP_INTERVAL_MS = 500  # a dead node's tasks are reclaimed within lease + this
+
+
+@dataclass(slots=True)
+class LeaseStats:
+    renewals: int = 0
+    failed_renewals: int = 0
+    reclaimed: int = 0  # tasks whose lease had run out, made claimable again
+
+
+class LeaseKeeper:
+    def __init__(self, store: Store, clock: Clock, on_reclaimed: Callable[[str, int], None]):
+        self._store = store
+        self._clock = clock
+        self._on_reclaimed = on_reclaimed
+        self.lease_ms = store.lease_ms
+        self._renewed_at_ms: int | None = None  # `now` of the last renewal that committed
+        self._renewing: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.stats = LeaseStats()
+
+    @property
+    def expires(self) -> bool:
+        return self.lease_ms is not None
+
+    def holds(self, claimed_at_ms: int, now_ms: int) -> bool:
+        """Whether a claim made at ``claimed_at_ms`` is still this node's at ``now_ms``.
+
+        A lease ends lease_ms after the later of its claim and the last renewal that
+        committed (renewals never shorten a lease, see renew_leases)."""
+        if self.lease_ms is None:
+            return True
+        renewed = self._renewed_at_ms or 0
+        return now_ms < max(claimed_at_ms, renewed) + self.lease_ms
+
+    async def run(self) -> None:
+        """Renew and reclaim until ``stop``; database errors are logged and retried."""
+        if self.lease_ms is None:
+            return
+        interval_ms = min(self.lease_ms // 4, MAX_REAP_INTERVAL_MS)
+        renew_every_ms = self.lease_ms // 4
+        last_renewal: int | None = None
+        while not self._stopping.is_set():
+            now = self._clock.now_ms()
+            if last_renewal is None or now - last_renewal >= renew_every_ms:
+                last_renewal = now
+                await self._renew(now, timeout_s=renew_every_ms / 1000)
+            await self._reclaim(now)
+            await self._nap(interval_ms / 1000)
+
+    async def _renew(self, now_ms: int, timeout_s: float) -> None:
+        """Renew in a task of its own and wait for it at most ``timeout_s``: a renewal
+        stuck on a cut connection is left to end by itself (it is not cancelled, as
+        cancelling a query needs the same unreachable server) and no second one starts."""
+        if self._renewing is not None and not self._renewing.done():
+            self.stats.failed_renewals += 1
+            logger.warning("renewing this node's leases is taking longer than %.1f s", timeout_s)
+            return
+        renewing = asyncio.ensure_future(self._store.renew_leases(now_ms))
+        self._renewing = renewing
+        await asyncio.wait((renewing,), timeout=timeout_s)
+        if not renewing.done():
+            return
+        exc = renewing.exception()
+        if exc is not None:  # a lost database must not stop the node; see holds()
+            self.stats.failed_renewals += 1
+            logger.warning("could not renew this node's leases: %r", exc)
+            return
+        self._renewed_at_ms = now_ms
+        self.stats.renewals += 1
+
+    async def _reclaim(self, now_ms: int) -> None:
+        try:
+            freed = await self._store.requeue_expired(now_ms)
+        except Exception as exc:
+            logger.warning("could not reclaim expired leases: %r", exc)
+            return
+        self.stats.reclaimed += len(freed)
+        for task_id, due_ms in freed:
+            self._on_reclaimed(task_id, due_ms)
+
+    async def _nap(self, seconds: float) -> None:
+        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((sleeper, stopper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stopper.cancel()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._renewing is not None:
+            self._renewing.cancel()

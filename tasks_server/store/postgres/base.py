@@ -1,0 +1,179 @@
+"""What every group of PostgreSQL store operations shares: the connection pool, the
+transaction runner, this node's identity and lease time, and the codecs that seal and open
+stored values."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, LiteralString, TypeVar
+
+from psycopg import AsyncConnection, AsyncCursor, errors
+from psycopg_pool import AsyncConnectionPool
+from pydantic import TypeAdapter
+
+from ...models import Task, TaskSpec, TaskState
+from ...sealing import Sealer
+from .migrate import migrate
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SPEC = TypeAdapter(TaskSpec)
+METADATA = TypeAdapter(tuple[tuple[str, str], ...])
+
+# every connection says who it is: `migrate-data` refuses a database a server is using
+APPLICATION_NAME = "tasks-server"
+# the channel on which a node tells the others that tasks became due (see listen)
+DUE_CHANNEL: LiteralString = "tasks_due"
+SCHEDULE_CHANNEL: LiteralString = "tasks_schedules"
+NOTIFY: LiteralString = "SELECT pg_notify(%s, %s)"
+_NOTIFY_BYTES = 7000  # PostgreSQL refuses payloads of 8000 bytes or more
+_RETRIES = 5
+
+
+def new_node_id() -> str:
+    """This process's name in lease columns: host, pid and a random part (a restarted
+    process never mistakes its predecessor's leases for its own)."""
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def connection_options() -> dict[str, Any]:
+    return {"application_name": APPLICATION_NAME, "autocommit": True}
+
+
+class PgBase:
+    """Lifecycle, the pool and the codecs; the operation groups subclass it."""
+
+    def __init__(
+        self,
+        url: str,
+        sealer: Sealer,
+        lease_ms: int = 10_000,
+        pool_size: int = 10,
+        wake_horizon_ms: int = 60_000,
+        node_id: str | None = None,
+    ) -> None:
+        self.url = url
+        self.node_id = node_id or new_node_id()
+        self._lease_ms = lease_ms
+        self._sealer = sealer
+        self._pool_size = pool_size
+        self._wake_horizon_ms = wake_horizon_ms
+        self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
+
+    @property
+    def lease_ms(self) -> int | None:
+        return self._lease_ms
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def open(self) -> None:
+        conn = await AsyncConnection.connect(self.url, **connection_options())
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        self._pool = AsyncConnectionPool(
+            self.url,
+            min_size=min(2, self._pool_size),
+            max_size=self._pool_size,
+            kwargs=connection_options(),
+            open=False,
+            name="tasks-store",
+        )
+        await self._pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        await self._close_extra()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _close_extra(self) -> None:
+        """Connections of their own (listener, leadership) close here."""
+
+    # -- running statements -------------------------------------------------------------
+
+    async def _tx(self, op: Callable[[AsyncCursor[tuple[Any, ...]]], Awaitable[T]]) -> T:
+        """Run ``op`` in one transaction; retried from the start when PostgreSQL aborts
+        it for a deadlock or a serialization failure (the op must be safe to repeat)."""
+        assert self._pool is not None, "store is not open"
+        for attempt in range(_RETRIES):
+            try:
+                async with self._pool.connection() as conn:
+                    async with conn.transaction(), conn.cursor() as cur:
+                        return await op(cur)
+            except (errors.DeadlockDetected, errors.SerializationFailure):
+                if attempt == _RETRIES - 1:
+                    raise
+                logger.info("transaction aborted by a concurrent one; running it again")
+        raise AssertionError("unreachable")
+
+    async def _read(self, sql: LiteralString, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        assert self._pool is not None, "store is not open"
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
+
+    async def _notify_due(
+        self, cur: AsyncCursor[tuple[Any, ...]], due: Sequence[tuple[str, int]], now_ms: int
+    ) -> None:
+        """Tell the other nodes, at commit, about tasks that became claimable within the
+        near future (later ones reach them through their periodic refill)."""
+        horizon = now_ms + self._wake_horizon_ms
+        near = [f"{task_id}:{due_ms}" for task_id, due_ms in due if due_ms < horizon]
+        # payload: "<sending node>|<id>:<due ms>,<id>:<due ms>,..."
+        chunk: list[str] = []
+        size = len(self.node_id) + 1
+        for item in near:
+            if chunk and size + len(item) + 1 > _NOTIFY_BYTES:
+                await cur.execute(NOTIFY, (DUE_CHANNEL, f"{self.node_id}|{','.join(chunk)}"))
+                chunk, size = [], len(self.node_id) + 1
+            chunk.append(item)
+            size += len(item) + 1
+        if chunk:
+            await cur.execute(NOTIFY, (DUE_CHANNEL, f"{self.node_id}|{','.join(chunk)}"))
+
+    async def _notify_schedule(
+        self, cur: AsyncCursor[tuple[Any, ...]], next_at_ms: int | None
+    ) -> None:
+        if next_at_ms is not None:
+            await cur.execute(NOTIFY, (SCHEDULE_CHANNEL, str(next_at_ms)))
+
+    # -- codecs -----------------------------------------------------------------------
+
+    def _seal_spec(self, spec: TaskSpec) -> bytes:
+        return self._sealer.seal(SPEC.dump_json(spec, exclude_defaults=True))
+
+    def _open_spec(self, blob: bytes) -> TaskSpec:
+        return SPEC.validate_json(self._sealer.open(bytes(blob)))
+
+    def _seal(self, value: bytes | None) -> bytes | None:
+        return None if value is None else self._sealer.seal(value)
+
+    def _open(self, value: bytes | None) -> bytes | None:
+        return None if value is None else self._sealer.open(bytes(value))
+
+    def _seal_metadata(self, metadata: tuple[tuple[str, str], ...] | None) -> bytes | None:
+        return self._seal(None if metadata is None else METADATA.dump_json(metadata))
+
+    def _task(self, row: Sequence[Any]) -> Task:
+        metadata = self._open(row[8])
+        return Task(
+            id=row[0],
+            owner_id=row[1],
+            state=TaskState(row[2]),
+            created_at_ms=row[3],
+            status_code=row[4],
+            estimate_end_at_ms=row[5],
+            estimate_execution_at_ms=row[6],
+            response=self._open(row[7]),
+            metadata=None if metadata is None else METADATA.validate_json(metadata),
+            attempts=row[9],
+            retry_count=row[10],
+            due_at_ms=row[11],
+        )

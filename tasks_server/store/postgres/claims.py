@@ -1,0 +1,201 @@
+"""The engine's operations on PostgreSQL: due tasks, claims as leases, fenced outcomes,
+lease renewal and the reclaiming of leases whose node died.
+
+A claim locks the task rows with ``FOR UPDATE SKIP LOCKED``: nodes claiming at the same
+instant take disjoint tasks and never wait for each other. A claim is a lease held by this
+node until ``lease_until``; the node renews its leases while calls are in flight. An
+outcome is written only while the task is still in flight at the same attempt number and
+leased by this node, so a late result from a node that lost its lease changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any, LiteralString
+
+from psycopg import AsyncCursor
+
+from ...models import Attempt, Result
+from .base import PgBase
+
+logger = logging.getLogger(__name__)
+Cursor = AsyncCursor[tuple[Any, ...]]
+
+TASK_DUE: LiteralString = (
+    "SELECT id, next_at FROM task WHERE next_at IS NOT NULL AND next_at < %s "
+    "ORDER BY next_at LIMIT %s"
+)
+# one statement: lock what is still claimable (skipping rows another node is claiming),
+# take the lease, and open the attempt rows
+TASK_CLAIM: LiteralString = (
+    "WITH picked AS ("
+    " SELECT id FROM task WHERE id = ANY(%(ids)s) AND next_at <= %(until)s"
+    " AND state = 'RUNNING' AND NOT in_flight FOR UPDATE SKIP LOCKED"
+    "), claimed AS ("
+    " UPDATE task t SET in_flight = true, next_at = NULL, attempts = t.attempts + 1,"
+    " lease_owner = %(node)s, lease_until = %(lease_until)s"
+    " FROM picked WHERE t.id = picked.id"
+    " RETURNING t.id, t.attempts, t.retry_count, t.due_at, t.spec"
+    "), opened AS ("
+    " INSERT INTO attempt (task_id, number, started_at)"
+    " SELECT id, attempts, greatest(%(now)s::bigint, due_at) FROM claimed"
+    ") SELECT id, attempts, retry_count, due_at, spec FROM claimed"
+)
+ATTEMPT_FINISH: LiteralString = (
+    "UPDATE attempt a SET finished_at = r.finished_at, status_code = r.status_code, "
+    "error = r.error, response = r.response, headers = r.headers, total_ms = r.total_ms "
+    "FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::int[], %s::text[], %s::bytea[], "
+    "%s::text[], %s::float8[]) "
+    "AS r(task_id, number, finished_at, status_code, error, response, headers, total_ms) "
+    # an attempt closed as interrupted (its lease ran out) keeps that ending, and a node
+    # never writes into the history of a task another node holds
+    "WHERE a.task_id = r.task_id AND a.number = r.number AND a.finished_at IS NULL "
+    "AND NOT EXISTS (SELECT 1 FROM task t WHERE t.id = a.task_id AND t.in_flight "
+    "AND t.lease_owner <> %s)"
+)
+# fenced: still in flight, at this attempt, under this node's lease
+TASK_FINISH: LiteralString = (
+    "UPDATE task t SET in_flight = false, lease_owner = NULL, lease_until = NULL, "
+    "state = r.state, status_code = r.status_code, response = r.response, "
+    "estimate_end_at = r.end_at, due_at = coalesce(r.next_due, t.due_at), "
+    "next_at = r.next_due, retry_count = t.retry_count + r.retried "
+    "FROM unnest(%s::text[], %s::int[], %s::text[], %s::int[], %s::bytea[], %s::bigint[], "
+    "%s::bigint[], %s::int[]) "
+    "AS r(id, number, state, status_code, response, end_at, next_due, retried) "
+    "WHERE t.id = r.id AND t.state = 'RUNNING' AND t.in_flight AND t.attempts = r.number "
+    "AND t.lease_owner = %s RETURNING t.id"
+)
+# greatest(): a renewal never shortens the lease of a claim made after it was sent
+LEASE_RENEW: LiteralString = (
+    "UPDATE task SET lease_until = greatest(lease_until, %s) WHERE lease_owner = %s AND in_flight"
+)
+# leases that ran out: their attempts end as interrupted and the tasks are claimable again
+# at their planned time (at once when that has passed)
+LEASE_EXPIRED: LiteralString = (
+    "WITH expired AS ("
+    " SELECT id FROM task WHERE in_flight AND lease_until < %(now)s"
+    " ORDER BY lease_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+    "), freed AS ("
+    " UPDATE task t SET in_flight = false, lease_owner = NULL, lease_until = NULL,"
+    " next_at = t.due_at FROM expired WHERE t.id = expired.id"
+    " RETURNING t.id, t.attempts, t.due_at"
+    "), closed AS ("
+    " UPDATE attempt a SET finished_at = %(now)s,"
+    " error = 'interrupted: the node running it stopped renewing its lease'"
+    " FROM freed WHERE a.task_id = freed.id AND a.number = freed.attempts"
+    " AND a.finished_at IS NULL"
+    ") SELECT id, due_at FROM freed"
+)
+_EXPIRED_BATCH = 1000
+
+
+class PgClaimOps(PgBase):
+    async def due_before(self, until_ms: int, limit: int) -> list[tuple[str, int]]:
+        return [(row[0], row[1]) for row in await self._read(TASK_DUE, (until_ms, limit))]
+
+    async def claim_due(
+        self, task_ids: Sequence[str], now_ms: int, lookahead_ms: int = 0
+    ) -> list[Attempt]:
+        if not task_ids:
+            return []
+        params = {
+            "ids": list(task_ids),
+            "until": now_ms + lookahead_ms,
+            "node": self.node_id,
+            "lease_until": now_ms + self._lease_ms,
+            "now": now_ms,
+        }
+
+        async def op(cur: Cursor) -> list[tuple[Any, ...]]:
+            await cur.execute(TASK_CLAIM, params)
+            return await cur.fetchall()
+
+        rows = await self._tx(op)
+        order = {task_id: i for i, task_id in enumerate(task_ids)}
+        rows.sort(key=lambda row: order[row[0]])
+        return [
+            Attempt(
+                task_id=row[0],
+                number=row[1],
+                spec=self._open_spec(row[4]),
+                retry_count=row[2],
+                due_at_ms=row[3],
+                started_at_ms=max(now_ms, row[3]),
+            )
+            for row in rows
+        ]
+
+    async def record_outcomes(self, results: Sequence[Result]) -> list[str]:
+        if not results:
+            return []
+        attempts = self._attempt_columns(results)
+        tasks = self._task_columns(results)
+        renotify = [(r.task_id, r.next_due_at_ms) for r in results if r.next_due_at_ms is not None]
+        now = max(r.finished_at_ms for r in results)
+
+        async def op(cur: Cursor) -> list[str]:
+            await cur.execute(ATTEMPT_FINISH, (*attempts, self.node_id))
+            await cur.execute(TASK_FINISH, (*tasks, self.node_id))
+            updated = {row[0] for row in await cur.fetchall()}
+            await self._notify_due(cur, [r for r in renotify if r[0] in updated], now)
+            return [r.task_id for r in results if r.task_id in updated]
+
+        return await self._tx(op)
+
+    def _attempt_columns(self, results: Sequence[Result]) -> tuple[list[Any], ...]:
+        return (
+            [r.task_id for r in results],
+            [r.attempt_number for r in results],
+            [r.finished_at_ms for r in results],
+            [r.outcome.status for r in results],
+            [r.outcome.error for r in results],
+            [self._seal(r.outcome.body or None) for r in results],
+            [json.dumps(r.outcome.headers) for r in results],
+            [r.outcome.total_ms for r in results],
+        )
+
+    def _task_columns(self, results: Sequence[Result]) -> tuple[list[Any], ...]:
+        retrying = [r.next_due_at_ms is not None for r in results]
+        return (
+            [r.task_id for r in results],
+            [r.attempt_number for r in results],
+            [r.state.value for r in results],
+            [r.status_code for r in results],
+            [self._seal(r.response) for r in results],
+            [0 if again else r.finished_at_ms for r, again in zip(results, retrying, strict=True)],
+            [r.next_due_at_ms for r in results],
+            [1 if again else 0 for again in retrying],
+        )
+
+    async def renew_leases(self, now_ms: int) -> None:
+        until = now_ms + self._lease_ms
+
+        async def op(cur: Cursor) -> None:
+            await cur.execute(LEASE_RENEW, (until, self.node_id))
+
+        await self._tx(op)
+
+    async def requeue_expired(self, now_ms: int) -> list[tuple[str, int]]:
+        freed: list[tuple[str, int]] = []
+        while True:
+
+            async def op(cur: Cursor) -> list[tuple[str, int]]:
+                await cur.execute(LEASE_EXPIRED, {"now": now_ms, "limit": _EXPIRED_BATCH})
+                rows = [(row[0], row[1]) for row in await cur.fetchall()]
+                await self._notify_due(cur, rows, now_ms)
+                return rows
+
+            batch = await self._tx(op)
+            freed += batch
+            if len(batch) < _EXPIRED_BATCH:
+                break
+        if freed:
+            logger.warning("reclaimed %d tasks whose lease ran out", len(freed))
+        return freed
+
+    async def requeue_interrupted(self, now_ms: int) -> int:
+        # Other nodes may be serving: only claims whose lease ran out are this start's to
+        # requeue. A crashed node's own claims follow once their lease ends.
+        return len(await self.requeue_expired(now_ms))

@@ -1,0 +1,95 @@
+"""Owner operations and their SQL (PostgreSQL)."""
+
+from __future__ import annotations
+
+from typing import Any, LiteralString
+
+from psycopg import AsyncCursor, errors
+
+from ...errors import Conflict, OwnerNotFound, PreconditionFailed
+from ...models import Owner
+from ..sqlite.owners import new_owner_id
+from .base import PgBase
+
+OWNER_INSERT: LiteralString = (
+    "INSERT INTO owner (id, name, key_digest, created_at, tasks_in_queue_limit) "
+    "VALUES (%s, %s, %s, %s, %s)"
+)
+# the queue is counted on the task_owner_pending index (see the migration's comment)
+PENDING: LiteralString = (
+    "(SELECT count(*) FROM task t WHERE t.owner_id = o.id AND t.state IN ('RUNNING', 'PAUSED'))"
+)
+OWNER_COLUMNS: LiteralString = f"o.id, o.name, o.created_at, {PENDING}, o.tasks_in_queue_limit"
+OWNER_BY_ID: LiteralString = f"SELECT {OWNER_COLUMNS} FROM owner o WHERE o.id = %s"
+OWNER_ALL: LiteralString = f"SELECT {OWNER_COLUMNS} FROM owner o ORDER BY o.created_at, o.id"
+OWNER_DIGEST: LiteralString = "SELECT key_digest FROM owner WHERE id = %s"
+OWNER_LIMIT: LiteralString = "SELECT tasks_in_queue_limit FROM owner WHERE id = %s"
+# NO KEY UPDATE: queues creations for the owner, yet not the task inserts' foreign-key checks
+OWNER_LOCK_LIMIT: LiteralString = (
+    "SELECT tasks_in_queue_limit FROM owner WHERE id = %s FOR NO KEY UPDATE"
+)
+OWNER_LOCK: LiteralString = "SELECT tasks_in_queue_limit FROM owner WHERE id = %s FOR UPDATE"
+OWNER_PENDING: LiteralString = (
+    "SELECT count(*) FROM task WHERE owner_id = %s AND state IN ('RUNNING', 'PAUSED')"
+)
+OWNER_DELETE: LiteralString = "DELETE FROM owner WHERE id = %s"
+
+
+async def lock_capacity(cur: AsyncCursor[tuple[Any, ...]], owner_id: str) -> int | None:
+    """The owner's free slots, None when unlimited. A limited owner's row stays locked
+    until the transaction ends (its creations queue up there, so two nodes cannot both take
+    the last free slot). Raises OwnerNotFound."""
+    await cur.execute(OWNER_LIMIT, (owner_id,))
+    row = await cur.fetchone()
+    if row is None:
+        raise OwnerNotFound()
+    if not row[0]:
+        return None
+    await cur.execute(OWNER_LOCK_LIMIT, (owner_id,))
+    row = await cur.fetchone()
+    if row is None:
+        raise OwnerNotFound()
+    limit: int = row[0]
+    await cur.execute(OWNER_PENDING, (owner_id,))
+    used = await cur.fetchone()
+    return limit - (used[0] if used else 0)
+
+
+class PgOwnerOps(PgBase):
+    async def create_owner(self, name: str, key_digest: bytes, now_ms: int, limit: int) -> Owner:
+        owner = Owner(new_owner_id(now_ms), name, now_ms, 0, limit)
+
+        async def op(cur: AsyncCursor[tuple[Any, ...]]) -> Owner:
+            await cur.execute(OWNER_INSERT, (owner.id, name, key_digest, now_ms, limit))
+            return owner
+
+        try:
+            return await self._tx(op)
+        except errors.UniqueViolation as exc:
+            raise Conflict("Owner has already registered") from exc
+
+    async def get_owner(self, owner_id: str) -> Owner:
+        rows = await self._read(OWNER_BY_ID, (owner_id,))
+        if not rows:
+            raise OwnerNotFound()
+        return Owner(*rows[0])
+
+    async def owner_key_digest(self, owner_id: str) -> bytes | None:
+        rows = await self._read(OWNER_DIGEST, (owner_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    async def list_owners(self) -> list[Owner]:
+        return [Owner(*row) for row in await self._read(OWNER_ALL, ())]
+
+    async def delete_owner(self, owner_id: str) -> None:
+        async def op(cur: AsyncCursor[tuple[Any, ...]]) -> None:
+            await cur.execute(OWNER_LOCK, (owner_id,))
+            if await cur.fetchone() is None:
+                raise OwnerNotFound()
+            await cur.execute(OWNER_PENDING, (owner_id,))
+            pending = await cur.fetchone()
+            if pending and pending[0]:
+                raise PreconditionFailed()
+            await cur.execute(OWNER_DELETE, (owner_id,))
+
+        await self._tx(op)

@@ -1,0 +1,123 @@
+"""PostgresStore: the Store contract on a PostgreSQL database that several nodes share.
+
+Each operation is one transaction on a pooled connection (PostgreSQL groups concurrent
+commits itself). Beside the pool, a node keeps two connections of its own: one LISTENs for
+other nodes' wake-ups, the other holds the schedule leader's advisory lock. The operations
+live in one module per group (owners, tasks, claims, schedules), each beside its SQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, LiteralString
+
+import psycopg
+from psycopg import AsyncConnection
+
+from ...errors import BackupError
+from .base import DUE_CHANNEL, SCHEDULE_CHANNEL, connection_options
+from .claims import PgClaimOps
+from .owners import PgOwnerOps
+from .schedules import PgScheduleOps
+from .tasks import PgTaskOps
+
+logger = logging.getLogger(__name__)
+
+# pg_try_advisory_lock key of the schedule leader ("tssc" as an integer)
+LEADER_LOCK = 0x74737363
+TRY_LEAD: LiteralString = "SELECT pg_try_advisory_lock(%s)"
+STILL_THERE: LiteralString = "SELECT 1"
+LISTEN_DUE: LiteralString = "LISTEN tasks_due"
+LISTEN_SCHEDULES: LiteralString = "LISTEN tasks_schedules"
+# The leader's session must end soon after its node is cut off, or the lock (and with it
+# the schedules) would stay with a node that cannot act: PostgreSQL probes the idle TCP
+# connection and drops it after about 5 s without an answer.
+_LEADER_SESSION = "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3"
+_CHECK_TIMEOUT_S = 2.0
+_RECONNECT_S = 1.0
+
+
+class PostgresStore(PgOwnerOps, PgTaskOps, PgClaimOps, PgScheduleOps):
+    """Store on PostgreSQL. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._leader: AsyncConnection[tuple[Any, ...]] | None = None
+        self._leading = False
+
+    async def backup_to(self, path: Path) -> None:
+        raise BackupError(
+            "the database is PostgreSQL: back it up with pg_dump, or continuous archiving "
+            "and point-in-time recovery (see docs/operations.md)"
+        )
+
+    # -- wake-ups from other nodes ----------------------------------------------------------
+
+    async def listen(
+        self, on_due: Callable[[str, int], None], on_schedule: Callable[[int | None], None]
+    ) -> None:
+        while True:
+            try:
+                await self._listen_once(on_due, on_schedule)
+            except psycopg.OperationalError as exc:
+                logger.warning("wake-up listener lost its connection (%s); reconnecting", exc)
+                await asyncio.sleep(_RECONNECT_S)
+
+    async def _listen_once(
+        self, on_due: Callable[[str, int], None], on_schedule: Callable[[int | None], None]
+    ) -> None:
+        conn = await AsyncConnection.connect(self.url, **connection_options())
+        async with conn:
+            await conn.execute(LISTEN_DUE)
+            await conn.execute(LISTEN_SCHEDULES)
+            async for note in conn.notifies():
+                if note.channel == DUE_CHANNEL:
+                    self._deliver_due(note.payload, on_due)
+                elif note.channel == SCHEDULE_CHANNEL:
+                    on_schedule(int(note.payload))
+
+    def _deliver_due(self, payload: str, on_due: Callable[[str, int], None]) -> None:
+        sender, _, items = payload.partition("|")
+        if sender == self.node_id:
+            return  # this node's scheduler heard of its own changes directly
+        for item in items.split(","):
+            task_id, _, due = item.partition(":")
+            on_due(task_id, int(due))
+
+    # -- schedule leadership ------------------------------------------------------------------
+
+    async def lead_schedules(self) -> bool:
+        try:
+            return await asyncio.wait_for(self._lead(), _CHECK_TIMEOUT_S)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            if self._leading:
+                logger.warning("schedule leadership lost: %s", exc)
+            await self._drop_leader_connection()
+            return False
+
+    async def _lead(self) -> bool:
+        if self._leader is None:
+            self._leader = await AsyncConnection.connect(
+                self.url, **connection_options(), options=_LEADER_SESSION
+            )
+        if self._leading:
+            await self._leader.execute(STILL_THERE)
+            return True
+        row = await (await self._leader.execute(TRY_LEAD, (LEADER_LOCK,))).fetchone()
+        self._leading = bool(row and row[0])
+        if self._leading:
+            logger.info("this node (%s) now plans the schedules", self.node_id)
+        return self._leading
+
+    async def _drop_leader_connection(self) -> None:
+        self._leading = False
+        leader, self._leader = self._leader, None
+        if leader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(leader.close(), _CHECK_TIMEOUT_S)
+
+    async def _close_extra(self) -> None:
+        await self._drop_leader_connection()

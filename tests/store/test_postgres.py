@@ -1,0 +1,116 @@
+"""What only a shared PostgreSQL database has: several stores (nodes) on one database.
+
+Claims never overlap, an outcome is fenced by the lease owner, wake-ups reach the other
+nodes, one node leads the schedules and another takes over when its session ends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import psycopg
+import pytest
+
+from tasks_server.sealing import Sealer
+from tasks_server.store.postgres import PostgresStore
+from tasks_server.store.postgres.migrate import latest_version, migrate
+from tests.store.test_contract import T0, make_owner, new_task, success
+from tests.support.waiting import wait_until
+
+LEASE_MS = 5_000
+NodeFactory = Callable[[], Awaitable[PostgresStore]]
+
+
+@pytest.fixture
+async def node(database_url: str) -> AsyncIterator[NodeFactory]:
+    """Open stores on one database, as several nodes would; all are closed at the end."""
+    opened: list[PostgresStore] = []
+
+    async def open_node() -> PostgresStore:
+        store = PostgresStore(database_url, Sealer("test-key"), lease_ms=LEASE_MS, pool_size=4)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield open_node
+    for store in opened:
+        await store.close()
+
+
+async def test_nodes_starting_together_migrate_once(database_url: str) -> None:
+    stores = [PostgresStore(database_url, Sealer("k")) for _ in range(3)]
+    await asyncio.gather(*(store.open() for store in stores))
+    for store in stores:
+        await store.close()
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        rows = await (await conn.execute("SELECT version FROM schema_version")).fetchall()
+        assert rows == [(latest_version(),)]
+        assert await migrate(conn) == 0
+
+
+async def test_concurrent_claims_take_disjoint_tasks(node: NodeFactory) -> None:
+    nodes = [await node() for _ in range(3)]
+    owner = await make_owner(nodes[0], limit=0)
+    ids = [(await nodes[0].create_task(owner.id, new_task(due=T0), T0)).id for _ in range(300)]
+    claims = await asyncio.gather(*(n.claim_due(ids, T0) for n in nodes for _ in range(2)))
+    claimed = [attempt.task_id for batch in claims for attempt in batch]
+    assert sorted(claimed) == sorted(ids)  # each task exactly once, none lost
+
+
+async def test_an_outcome_counts_only_under_the_current_lease(node: NodeFactory) -> None:
+    first, second = await node(), await node()
+    owner = await make_owner(first)
+    task = await first.create_task(owner.id, new_task(due=T0), T0)
+    [attempt] = await first.claim_due([task.id], T0)
+    assert await second.record_outcomes([success(task.id, 1, T0 + 1)]) == []  # not its lease
+    assert await second.requeue_expired(T0 + LEASE_MS + 1) == [(task.id, T0)]
+    [again] = await second.claim_due([task.id], T0 + LEASE_MS + 1)
+    assert again.number == attempt.number + 1
+    late = success(task.id, attempt.number, T0 + LEASE_MS + 2)
+    assert await first.record_outcomes([late]) == []  # the first node lost its lease
+    assert await first.record_outcomes([success(task.id, again.number, T0)]) == []
+    assert await second.record_outcomes([success(task.id, again.number, T0 + 9)]) == [task.id]
+    history = await second.list_attempts(owner.id, task.id)
+    assert [(r.number, r.status_code) for r in history] == [(1, 0), (2, 200)]
+
+
+async def test_new_tasks_wake_the_other_nodes(node: NodeFactory) -> None:
+    writer, listener = await node(), await node()
+    heard: list[tuple[str, int]] = []
+    own: list[tuple[str, int]] = []
+    tasks = [
+        asyncio.create_task(listener.listen(lambda i, d: heard.append((i, d)), lambda _: None)),
+        asyncio.create_task(writer.listen(lambda i, d: own.append((i, d)), lambda _: None)),
+    ]
+    try:
+        owner = await make_owner(writer)
+        created: list[tuple[str, int]] = []
+
+        async def listening() -> bool:
+            # LISTEN starts asynchronously: register until the listener hears one
+            task = await writer.create_task(owner.id, new_task(due=T0 + 5), T0)
+            created.append((task.id, T0 + 5))
+            await asyncio.sleep(0.05)
+            return bool(heard)
+
+        await wait_until(listening, timeout=10)
+        far = await writer.create_task(owner.id, new_task(due=T0 + 10**8), T0)
+        near = await writer.create_task(owner.id, new_task(due=T0 + 7), T0)
+        await wait_until(lambda: (near.id, T0 + 7) in heard, timeout=5)
+        assert (far.id, T0 + 10**8) not in heard  # beyond the near future: left to refills
+        assert set(heard) <= {*created, (near.id, T0 + 7)}
+        assert own == []  # a node hears its own changes directly, not through the database
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_one_leader_and_a_takeover_when_its_session_ends(node: NodeFactory) -> None:
+    first, second, third = await node(), await node(), await node()
+    assert await first.lead_schedules()
+    assert not await second.lead_schedules() and not await third.lead_schedules()
+    assert await first.lead_schedules()
+    await first.close()  # its session ends, and with it the advisory lock
+    await wait_until(second.lead_schedules, timeout=5)
+    assert not await third.lead_schedules()

@@ -1,0 +1,120 @@
+"""A throwaway PostgreSQL cluster for the tests: initdb and pg_ctl in a temporary
+directory, a free TCP port on 127.0.0.1 and the unix socket in that directory, stopped at
+the end of the session. With DATABASE_URL set, that server is used instead.
+
+initdb refuses to run as root, so when the tests run as root the cluster belongs to the
+``postgres`` system user (the Debian package creates it) and is started through runuser.
+Each test gets a database of its own (CREATE DATABASE is cheap), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from .process import free_port
+
+_SETTINGS = (
+    # a throwaway cluster: durability settings off keep the suite fast; the code under
+    # test makes no assumption about them
+    "fsync = off",
+    "synchronous_commit = off",
+    "full_page_writes = off",
+    "max_connections = 300",
+    "shared_buffers = 64MB",
+    "listen_addresses = '127.0.0.1'",
+)
+
+
+@dataclass
+class PostgresServer:
+    """Where to reach the server as a superuser, and how to make test databases."""
+
+    admin_url: str
+
+    def url_for(self, database: str) -> str:
+        return self.admin_url.rsplit("/", 1)[0] + f"/{database}"
+
+    def create_database(self) -> str:
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        return self.url_for(name)
+
+    def drop_database(self, url: str) -> None:
+        name = url.rsplit("/", 1)[1]
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+def find_bin_dir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _as_cluster_user(command: list[str]) -> list[str]:
+    if os.geteuid() != 0:
+        return command
+    return ["runuser", "-u", "postgres", "--", *command]
+
+
+@contextlib.contextmanager
+def throwaway_cluster(bin_dir: Path) -> Iterator[PostgresServer]:
+    """initdb + pg_ctl start in a new temporary directory; stop and remove it at the end."""
+    directory = Path(tempfile.mkdtemp(prefix="tasks-pg-"))
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(directory, user.pw_uid, user.pw_gid)
+    data = directory / "data"
+    port = free_port()
+    run = _runner(directory)
+    try:
+        run(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "tasks",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "-N",
+            ]
+        )
+        with (data / "postgresql.conf").open("a") as conf:
+            conf.write("\n".join((*_SETTINGS, f"port = {port}")) + "\n")
+            conf.write(f"unix_socket_directories = '{directory}'\n")
+        log = directory / "server.log"
+        run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "start"])
+        try:
+            yield PostgresServer(f"postgresql://tasks@127.0.0.1:{port}/postgres")
+        finally:
+            run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"])
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _runner(directory: Path):  # type: ignore[no-untyped-def]
+    def run(command: list[str]) -> None:
+        result = subprocess.run(
+            _as_cluster_user(command), cwd=directory, capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{command[0]} failed: {result.stdout}{result.stderr}")
+
+    return run
