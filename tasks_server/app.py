@@ -27,6 +27,8 @@ from .metrics import Metrics
 from .models import HttpRequest, TaskConfig
 from .schedules.runner import ScheduleRunner
 from .sealing import Sealer
+from .store import Store
+from .store.postgres import PostgresStore
 from .store.sqlite import DatabaseLock, SqliteStore
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ class Server:
 
     settings: Settings
     clock: Clock
-    store: SqliteStore
+    store: Store
     dispatcher: dispatch.Dispatcher
     scheduler: Scheduler
     schedules: ScheduleRunner  # recurring schedules → tasks
@@ -76,13 +78,7 @@ def build(
 ) -> Server:
     clock = clock or SystemClock()
     metrics = Metrics()
-    store = SqliteStore(
-        settings.database_path,
-        Sealer(settings.cipher_key),
-        settings.sqlite_synchronous,
-        on_commit=metrics.on_commit,
-        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
-    )
+    store = make_store(settings, metrics)
     dispatcher = dispatcher or _curl_dispatcher(settings)
     scheduler = Scheduler(store, dispatcher, clock, _scheduler_options(settings))
     metrics.watch_scheduler(scheduler)
@@ -94,7 +90,7 @@ def build(
         scheduler=scheduler,
         auth=Authenticator(store),
         unsupported=_unsupported_fields(),
-        readiness=lambda: _readiness(settings.database_path, store, scheduler),
+        readiness=lambda: _readiness(settings, store, scheduler),
         metrics_text=lambda: metrics.render(lambda: _count_pending(store)),
         schedules=schedules,
     )
@@ -119,6 +115,26 @@ def build(
         ),
     )
     return server
+
+
+def make_store(settings: Settings, metrics: Metrics | None = None) -> Store:
+    """PostgreSQL when DATABASE_URL is set (several nodes may share it), else SQLite."""
+    sealer = Sealer(settings.cipher_key)
+    if settings.database_url is not None:
+        return PostgresStore(
+            settings.database_url,
+            sealer,
+            lease_ms=settings.lease_ms,
+            pool_size=settings.pg_pool_size,
+            wake_horizon_ms=settings.horizon_ms,
+        )
+    return SqliteStore(
+        settings.database_path,
+        sealer,
+        settings.sqlite_synchronous,
+        on_commit=None if metrics is None else metrics.on_commit,
+        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+    )
 
 
 def _curl_dispatcher(settings: Settings) -> dispatch.Dispatcher:
@@ -154,10 +170,13 @@ def _throttle(settings: Settings) -> Throttle | None:
     return Throttle(settings.max_throttle_request, settings.max_throttle_time_window)
 
 
-async def _readiness(path: Path, store: SqliteStore, scheduler: Scheduler) -> dict[str, str | None]:
+async def _readiness(
+    settings: Settings, store: Store, scheduler: Scheduler
+) -> dict[str, str | None]:
     """Checks for /readyz: each is None or says what is wrong."""
+    path = settings.database_path
     problem = store.write_problem()
-    if problem is None and not _is_writable(path):
+    if problem is None and not settings.uses_postgres and not _is_writable(path):
         problem = f"{path} or its directory is not writable"
     if problem is None:
         try:
@@ -177,7 +196,7 @@ def _is_writable(path: Path) -> bool:
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
-async def _count_pending(store: SqliteStore) -> int:
+async def _count_pending(store: Store) -> int:
     return sum(owner.tasks_in_queue for owner in await store.list_owners())
 
 
@@ -197,6 +216,8 @@ async def _lifespan(server: Server) -> AsyncIterator[None]:
         await _requeue_interrupted(server)
         await _start_dispatcher(server, stack)
         _start_loop(server, stack, "scheduler", server.scheduler.run, _stop_scheduler)
+        if server.settings.uses_postgres:
+            _start_loop(server, stack, "wake-ups", lambda: _listen(server), _stop_listening)
         _start_loop(server, stack, "schedules", server.schedules.run, _stop_schedules)
         if server.backup is not None:
             _start_loop(server, stack, "backup", server.backup.run, _stop_backup)
@@ -206,7 +227,10 @@ async def _lifespan(server: Server) -> AsyncIterator[None]:
 
 async def _hold_database_lock(server: Server, stack: contextlib.AsyncExitStack) -> None:
     """A shared flock on ``<db>.lock`` while serving: `restore` refuses this database,
-    and start-up waits while a restore runs."""
+    and start-up waits while a restore runs. (PostgreSQL has no file to lock, and
+    `restore` refuses it anyway.)"""
+    if server.settings.uses_postgres:
+        return
     lock = DatabaseLock(server.settings.database_path)
     await asyncio.to_thread(lock.acquire_shared)
     stack.callback(lock.release)
@@ -284,6 +308,15 @@ async def _stop_scheduler(server: Server, task: asyncio.Task[None]) -> None:
     """No new work; calls in flight get SHUTDOWN_GRACE_S, then their outcomes are
     written. A call still running keeps its durable claim and runs again at next start."""
     await server.scheduler.stop(server.settings.shutdown_grace_s)
+
+
+async def _listen(server: Server) -> None:
+    """Other nodes' new tasks and schedule changes wake this node's loops."""
+    await server.store.listen(server.scheduler.notify, server.schedules.notify)
+
+
+async def _stop_listening(server: Server, task: asyncio.Task[None]) -> None:
+    task.cancel()
 
 
 async def _stop_schedules(server: Server, task: asyncio.Task[None]) -> None:

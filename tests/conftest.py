@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tasks_server.dispatch import Dispatcher
 from tasks_server.sealing import Sealer
 from tasks_server.store import Store
 from tests.support.clock import FakeClock
+from tests.support.postgres import PostgresServer, find_bin_dir, throwaway_cluster
 from tests.support.stores import STORES, StoreMaker
 
 TARGET = "http://127.0.0.1:9/hook"
@@ -24,6 +26,28 @@ TARGET = "http://127.0.0.1:9/hook"
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session: DATABASE_URL's, else a throwaway cluster."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield PostgresServer(url)
+        return
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (install.sh installs the Debian package)")
+    with throwaway_cluster(bin_dir) as server:
+        yield server
+
+
+@pytest.fixture
+def database_url(postgres: PostgresServer) -> Iterator[str]:
+    """A new, empty database for one test, dropped afterwards."""
+    url = postgres.create_database()
+    yield url
+    postgres.drop_database(url)
 
 
 @pytest.fixture(params=sorted(STORES))

@@ -3,6 +3,7 @@ implementation (the parametrised ``store`` fixture, tests/support/stores.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -35,8 +36,11 @@ from tasks_server.models import (
 )
 from tasks_server.sealing import Sealer, key_digest
 from tasks_server.store import Store
+from tasks_server.store.postgres import PostgresStore
+from tasks_server.store.sqlite import SqliteStore
 from tasks_server.store.sqlite.owners import new_owner_id
 from tasks_server.store.sqlite.tasks import new_task_id
+from tests.support.postgres import stored_values
 from tests.support.stores import StoreMaker
 
 T0 = 1_767_225_600_000
@@ -92,15 +96,23 @@ async def test_create_and_read_task(store: Store) -> None:
     assert (await store.get_owner(owner.id)).tasks_in_queue == 1
 
 
-def stored_bytes(directory: Path) -> bytes:
-    """Every file the test's database wrote (an implementation keeps its files in tmp_path)."""
+def stored_files(directory: Path) -> bytes:
     return b"".join(path.read_bytes() for path in directory.rglob("*") if path.is_file())
+
+
+async def stored_bytes(store: Store, directory: Path) -> bytes:
+    """Everything the test's database holds: every file it wrote (an implementation keeps
+    its files in tmp_path) or, on PostgreSQL, whose files belong to the server, every value
+    of every row."""
+    if isinstance(store, PostgresStore):
+        return await stored_values(store.url)
+    return stored_files(directory)
 
 
 async def test_secrets_are_encrypted_at_rest(store: Store, tmp_path: Path) -> None:
     owner = await make_owner(store)
     await store.create_task(owner.id, new_task(), T0)
-    raw = stored_bytes(tmp_path)
+    raw = await stored_bytes(store, tmp_path)
     assert b"owner-one" in raw  # the files do hold the data: names are not secret
     assert b"very-secret-path" not in raw and b"hunter2-password" not in raw
 
@@ -524,3 +536,59 @@ async def test_due_schedules_honour_lookahead_and_overlap(store: Store) -> None:
 async def test_write_problem_is_none_while_writes_succeed(store: Store) -> None:
     await make_owner(store)
     assert store.write_problem() is None
+
+
+# -- several nodes on one database (trivial where one process owns it) ---------------------
+
+
+async def test_a_lease_ends_unless_renewed_and_fences_late_outcomes(store: Store) -> None:
+    owner = await make_owner(store)
+    task = await store.create_task(owner.id, new_task(due=T0), T0)
+    await store.claim_due([task.id], T0)
+    lease = store.lease_ms
+    if lease is None:  # one process owns the database: claims never expire
+        await store.renew_leases(T0 + 10**9)
+        assert await store.requeue_expired(T0 + 10**9) == []
+        assert await store.record_outcomes([success(task.id, 1, T0 + 5)]) == [task.id]
+        return
+    await store.renew_leases(T0 + lease - 1)
+    assert await store.requeue_expired(T0 + lease + 1) == []  # renewed in time
+    assert await store.requeue_expired(T0 + 2 * lease) == [(task.id, T0)]
+    assert await store.record_outcomes([success(task.id, 1, T0 + 2 * lease + 1)]) == []
+    [record] = await store.list_attempts(owner.id, task.id)
+    assert record.error is not None and "interrupted" in record.error
+    assert record.status_code == 0 and record.finished_at_ms == T0 + 2 * lease
+    [again] = await store.claim_due([task.id], T0 + 2 * lease)
+    assert again.number == 2
+    assert (await store.get_task(owner.id, task.id)).state is TaskState.RUNNING
+
+
+async def test_a_renewal_never_shortens_a_lease(store: Store) -> None:
+    owner = await make_owner(store)
+    task = await store.create_task(owner.id, new_task(due=T0), T0)
+    await store.claim_due([task.id], T0 + 100)
+    await store.renew_leases(T0)  # sent before the claim, committed after it
+    lease = store.lease_ms
+    if lease is None:
+        assert await store.requeue_expired(T0 + 10**9) == []
+        return
+    assert await store.requeue_expired(T0 + lease + 50) == []
+    assert await store.requeue_expired(T0 + lease + 101) == [(task.id, T0)]
+
+
+async def test_a_single_process_leads_the_schedules(store: Store) -> None:
+    assert await store.lead_schedules()
+    assert await store.lead_schedules()  # and keeps leading
+
+
+async def test_listening_where_no_one_else_writes_returns_or_waits(store: Store) -> None:
+    heard: list[tuple[str, int]] = []
+    listener = asyncio.create_task(store.listen(lambda i, d: heard.append((i, d)), print))
+    owner = await make_owner(store)
+    await store.create_task(owner.id, new_task(due=T0), T0)
+    await asyncio.sleep(0)
+    if isinstance(store, SqliteStore):
+        assert listener.done() and listener.result() is None  # one process: nothing to hear
+    listener.cancel()
+    await asyncio.gather(listener, return_exceptions=True)
+    assert heard == []  # a store never tells its own process what it did itself

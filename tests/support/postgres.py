@@ -118,3 +118,15 @@ def _runner(directory: Path):  # type: ignore[no-untyped-def]
             raise RuntimeError(f"{command[0]} failed: {result.stdout}{result.stderr}")
 
     return run
+
+
+async def stored_values(url: str) -> bytes:
+    """Every value of every row of the store's tables, as bytes (what a reader of the
+    database, or of its files, could see)."""
+    raw = b""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        for table in ("owner", "task", "attempt", "schedule"):
+            cur = await conn.execute(f"SELECT * FROM {table}")  # type: ignore[arg-type]
+            for row in await cur.fetchall():
+                raw += b"".join(v if isinstance(v, bytes) else str(v).encode() for v in row)
+    return raw

@@ -17,6 +17,7 @@ import pytest
 
 from tasks_server.sealing import Sealer
 from tasks_server.store import Store
+from tasks_server.store.postgres import PostgresStore
 from tasks_server.store.sqlite import SqliteStore
 
 
@@ -24,6 +25,15 @@ class StoreMaker(Protocol):
     def __call__(self, sealer: Sealer) -> Store:
         """A new, unopened store on this test's database (the same one on every call)."""
         ...
+
+
+def postgres_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
+    url: str = request.getfixturevalue("database_url")  # a new database on the test cluster
+
+    def make(sealer: Sealer) -> Store:
+        return PostgresStore(url, sealer, lease_ms=10_000, pool_size=4)
+
+    return make
 
 
 def sqlite_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
@@ -37,4 +47,5 @@ def sqlite_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
 
 STORES: dict[str, Callable[[pytest.FixtureRequest, Path], StoreMaker]] = {
     "sqlite": sqlite_store,
+    "postgres": postgres_store,
 }

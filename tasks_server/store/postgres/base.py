@@ -11,10 +11,12 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, LiteralString, TypeVar
 
+import psycopg
 from psycopg import AsyncConnection, AsyncCursor, errors
 from psycopg_pool import AsyncConnectionPool
 from pydantic import TypeAdapter
 
+from ...errors import StorageUnavailable
 from ...models import Task, TaskSpec, TaskState
 from ...sealing import Sealer
 from .migrate import migrate
@@ -64,10 +66,14 @@ class PgBase:
         self._pool_size = pool_size
         self._wake_horizon_ms = wake_horizon_ms
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
+        self._write_problem: str | None = None
 
     @property
     def lease_ms(self) -> int | None:
         return self._lease_ms
+
+    def write_problem(self) -> str | None:
+        return self._write_problem
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -106,18 +112,27 @@ class PgBase:
             try:
                 async with self._pool.connection() as conn:
                     async with conn.transaction(), conn.cursor() as cur:
-                        return await op(cur)
+                        result = await op(cur)
             except (errors.DeadlockDetected, errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
                     raise
                 logger.info("transaction aborted by a concurrent one; running it again")
+                continue
+            except psycopg.OperationalError as exc:
+                self._write_problem = f"the database is out of reach: {exc}"
+                raise StorageUnavailable(self._write_problem) from exc
+            self._write_problem = None
+            return result
         raise AssertionError("unreachable")
 
     async def _read(self, sql: LiteralString, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         assert self._pool is not None, "store is not open"
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(sql, params)
-            return await cur.fetchall()
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(sql, params)
+                return await cur.fetchall()
+        except psycopg.OperationalError as exc:
+            raise StorageUnavailable(f"the database is out of reach: {exc}") from exc
 
     async def _notify_due(
         self, cur: AsyncCursor[tuple[Any, ...]], due: Sequence[tuple[str, int]], now_ms: int

@@ -11,13 +11,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, LiteralString
 
 import psycopg
 from psycopg import AsyncConnection
 
-from ...errors import BackupError
 from .base import DUE_CHANNEL, SCHEDULE_CHANNEL, connection_options
 from .claims import PgClaimOps
 from .owners import PgOwnerOps
@@ -47,12 +45,6 @@ class PostgresStore(PgOwnerOps, PgTaskOps, PgClaimOps, PgScheduleOps):
         super().__init__(*args, **kwargs)
         self._leader: AsyncConnection[tuple[Any, ...]] | None = None
         self._leading = False
-
-    async def backup_to(self, path: Path) -> None:
-        raise BackupError(
-            "the database is PostgreSQL: back it up with pg_dump, or continuous archiving "
-            "and point-in-time recovery (see docs/operations.md)"
-        )
 
     # -- wake-ups from other nodes ----------------------------------------------------------
 
