@@ -139,7 +139,9 @@ def make_store(settings: Settings, metrics: Metrics | None = None) -> Store:
 
 def _curl_dispatcher(settings: Settings) -> dispatch.Dispatcher:
     curl = dispatch.CurlSettings(
-        cert_dir=settings.cert_dir, max_host_connections=settings.max_host_connections
+        cert_dir=settings.cert_dir,
+        max_host_connections=settings.max_host_connections,
+        host_wait_s=settings.max_host_wait_s,
     )
     # the scheduler already waited SHUTDOWN_GRACE_S for in-flight calls at stop
     return dispatch.CurlDispatcher(curl, max_connections=settings.max_in_flight, close_grace_s=0.5)

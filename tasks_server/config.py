@@ -50,6 +50,7 @@ class Settings:
     lookahead_ms: int = 250  # SCHEDULER_LOOKAHEAD_MS: claim this early, send on time
     max_in_flight: int = 1000  # MAX_IN_FLIGHT: concurrent outgoing calls
     max_host_connections: int = 256  # MAX_HOST_CONNECTIONS: per target host (0 = no cap)
+    max_host_wait_s: float = 300.0  # MAX_HOST_WAIT_S: longest wait for a slot to a host
     shutdown_grace_s: float = 10.0  # SHUTDOWN_GRACE_S: wait for in-flight calls on stop
     backup_method: str = "LOCAL"  # BACKUP_METHOD_SQLITE: LOCAL | OBJECT_STORAGE
     backup_dir: str | None = None  # BACKUP_PATH_DIR_SQLITE (unset: no scheduled backups)
@@ -189,6 +190,7 @@ _SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "lookahead_ms": (("SCHEDULER_LOOKAHEAD_MS",), _int(0, 10_000)),
     "max_in_flight": (("MAX_IN_FLIGHT",), _int(1)),
     "max_host_connections": (("MAX_HOST_CONNECTIONS",), _int(0)),
+    "max_host_wait_s": (("MAX_HOST_WAIT_S",), _float),
     "shutdown_grace_s": (("SHUTDOWN_GRACE_S",), _float),
     "backup_method": (("BACKUP_METHOD_SQLITE",), _choice("LOCAL", "OBJECT_STORAGE")),
     "backup_dir": (("BACKUP_PATH_DIR_SQLITE",), _optional_text),

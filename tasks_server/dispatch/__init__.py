@@ -79,3 +79,8 @@ class Dispatcher(Protocol):
     @property
     def in_flight(self) -> int:
         """Calls submitted and not yet resolved, queued ones included."""
+
+    @property
+    def waiting_for_host(self) -> int:
+        """Calls submitted that wait behind their host's connection cap: they hold no
+        connection, and their timeout has not started."""

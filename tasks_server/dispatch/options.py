@@ -67,14 +67,16 @@ class CurlSettings:
     ``cert_dir``: the only directory certificate and key *paths* may point into (None: paths
     are refused, inline PEM content still works). ``connect_timeout_ms`` caps the connect
     phase (TCP, TLS, proxy) below the whole-call timeout. ``max_host_connections`` caps
-    the connections to one host and port (0: no cap); transfers beyond it wait inside
-    libcurl for a connection to free up. HSTS cache text is fed through HSTSREADFUNCTION,
+    the calls running at once to one host and port (0: no cap); calls beyond it wait in
+    the dispatcher's queue for that host, up to ``host_wait_s`` seconds, and their
+    timeout starts when they leave it. HSTS cache text is fed through HSTSREADFUNCTION,
     so no temporary file is ever written.
     """
 
     cert_dir: str | None = None
     connect_timeout_ms: int = 10_000
     max_host_connections: int = 256
+    host_wait_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

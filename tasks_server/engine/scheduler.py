@@ -32,6 +32,7 @@ task_logger = logging.getLogger("tasks_server.tasks")
 MAX_NAP_S = 1.0  # a wall-clock jump is noticed within this
 _REFILL_LIMIT = 200_000
 CLAIM_CHUNK = 256
+WAITING_FACTOR = 4  # calls claimed, running or waiting for their host, per in-flight slot
 START_CHUNK = 32  # held attempts started per pass: the first calls leave while the rest wait
 
 
@@ -193,7 +194,13 @@ class Scheduler:
             self.idle.clear()
 
     def _free_slots(self) -> int:
-        return self._options.max_in_flight - len(self._in_flight) - len(self._held_ids)
+        """Attempts that may be claimed now. Calls queued behind a busy host's connection
+        cap hold no slot, so a slow host never holds up the others; they are bounded
+        apart, at WAITING_FACTOR times max_in_flight, so memory stays bounded."""
+        claimed = len(self._in_flight) + len(self._held_ids)
+        running = claimed - self._dispatcher.waiting_for_host
+        limit = self._options.max_in_flight
+        return min(limit - running, WAITING_FACTOR * limit - claimed)
 
     def _has_slots(self) -> bool:
         return self._free_slots() > 0

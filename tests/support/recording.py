@@ -29,6 +29,10 @@ class RecordingDispatcher:
     def in_flight(self) -> int:
         return len(self._held)
 
+    @property
+    def waiting_for_host(self) -> int:
+        return 0
+
     def submit(self, call: Call) -> asyncio.Future[Outcome]:
         self.calls.append(call)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
