@@ -274,6 +274,17 @@ def validate(settings: Settings) -> Settings:
     """Cross-field rules that a single cast cannot see."""
     if bool(settings.path_tls_cert) != bool(settings.path_tls_key):
         raise ConfigError("PATH_TLS_CERT", settings.path_tls_cert, "needs PATH_TLS_KEY too")
+    _validate_backups(settings)
+    if settings.registration_mode == "admin" and not settings.admin_key:
+        raise ConfigError("OWNER_REGISTRATION", "admin", "needs ADMIN_KEY")
+    for key, secret in (("METRICS_KEY", settings.metrics_key), ("ADMIN_KEY", settings.admin_key)):
+        if secret is not None and not _is_bearer_secret(secret):
+            # the value is a secret: the message must not echo it
+            raise ConfigError(key, "***", "must be 16 to 256 printable characters, no spaces")
+    return settings
+
+
+def _validate_backups(settings: Settings) -> None:
     if settings.backup_method == "OBJECT_STORAGE" and settings.backup_is_scheduled:
         for key, value in (
             ("BACKUP_OBJECT_STORAGE_BUCKET_NAME", settings.s3_bucket),
@@ -295,13 +306,6 @@ def validate(settings: Settings) -> Settings:
     local = settings.backup_method == "LOCAL"
     if local and settings.backup_is_scheduled and not settings.backup_dir:
         raise ConfigError("BACKUP_PATH_DIR_SQLITE", None, "is required for LOCAL backups")
-    if settings.registration_mode == "admin" and not settings.admin_key:
-        raise ConfigError("OWNER_REGISTRATION", "admin", "needs ADMIN_KEY")
-    for key, secret in (("METRICS_KEY", settings.metrics_key), ("ADMIN_KEY", settings.admin_key)):
-        if secret is not None and not _is_bearer_secret(secret):
-            # the value is a secret: the message must not echo it
-            raise ConfigError(key, "***", "must be 16 to 256 printable characters, no spaces")
-    return settings
 
 
 def _is_bearer_secret(value: str) -> bool:
