@@ -19,10 +19,10 @@ from pathlib import Path
 from bench.common import Server, register_owner
 from tasks_server.models import HttpRequest, TaskConfig, TaskSpec
 from tasks_server.sealing import Sealer
+from tasks_server.store.ids import new_task_id
 from tasks_server.store.migrate import migrate
 from tasks_server.store.sqlite import connect
 from tasks_server.store.sqlite.base import SPEC
-from tasks_server.store.sqlite.tasks import new_task_id
 
 
 def fill(path: Path, owner_id: str, count: int, days: int) -> float:

@@ -36,10 +36,9 @@ from tasks_server.models import (
 )
 from tasks_server.sealing import Sealer, key_digest
 from tasks_server.store import Store
+from tasks_server.store.ids import new_owner_id, new_task_id
 from tasks_server.store.postgres import PostgresStore
 from tasks_server.store.sqlite import SqliteStore
-from tasks_server.store.sqlite.owners import new_owner_id
-from tasks_server.store.sqlite.tasks import new_task_id
 from tests.support.postgres import stored_values
 from tests.support.stores import StoreMaker
 

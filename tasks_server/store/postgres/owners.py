@@ -8,7 +8,7 @@ from psycopg import AsyncCursor, errors
 
 from ...errors import Conflict, OwnerNotFound, PreconditionFailed
 from ...models import Owner
-from ..sqlite.owners import new_owner_id
+from ..ids import new_owner_id
 from .base import PgBase
 
 OWNER_INSERT: LiteralString = (

@@ -27,7 +27,7 @@ from ...models import (
     TaskSpec,
     TaskState,
 )
-from ..sqlite.tasks import new_task_id
+from ..ids import new_task_id
 from .base import METADATA, PgBase
 from .owners import lock_capacity
 from .tasks import TASK_COLUMNS

@@ -13,7 +13,7 @@ from ...errors import PreconditionFailed, QueueLimitReached, TaskNotFound
 from ...models import AttemptRecord, NewTask, Task, TaskSpec, TaskState
 from ...timing import resume_due_ms
 from .. import LIST_ORDERS
-from ..sqlite.tasks import new_task_id
+from ..ids import new_task_id
 from .base import PgBase
 from .owners import lock_capacity
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
 from typing import LiteralString
 
@@ -14,6 +13,7 @@ from ...errors import (
 from ...models import (
     Owner,
 )
+from ..ids import new_owner_id
 from .base import StoreBase
 
 OWNER_INSERT: LiteralString = (
@@ -29,15 +29,6 @@ OWNER_EXISTS: LiteralString = "SELECT 1 FROM owner WHERE id = ?"
 OWNER_CAPACITY: LiteralString = (
     "SELECT tasks_in_queue, tasks_in_queue_limit FROM owner WHERE id = ?"
 )
-
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def new_owner_id(now_ms: int) -> str:
-    """A ULID: 48-bit ms time and 80 random bits in Crockford base 32 (26 characters)."""
-    value = (now_ms & ((1 << 48) - 1)) << 80 | secrets.randbits(80)
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
 class OwnerOps(StoreBase):

@@ -24,9 +24,9 @@ from ...models import (
     TaskSpec,
     TaskState,
 )
+from ..ids import new_task_id
 from .base import METADATA, TASK_COLUMNS, StoreBase
 from .owners import OWNER_CAPACITY, OWNER_EXISTS
-from .tasks import new_task_id
 
 logger = logging.getLogger(__name__)
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, LiteralString
@@ -24,6 +22,7 @@ from ...models import (
 )
 from ...timing import resume_due_ms
 from .. import LIST_ORDERS
+from ..ids import new_task_id
 from .base import METADATA, TASK_COLUMNS, StoreBase
 from .owners import OWNER_CAPACITY
 
@@ -86,16 +85,6 @@ def _list_sql(order: str, descending: bool, with_state: bool) -> LiteralString:
         f"SELECT {TASK_COLUMNS} FROM task WHERE {where} "
         f"ORDER BY {column} {direction}, id {direction} LIMIT ? OFFSET ?"
     )
-
-
-def new_task_id(now_ms: int) -> str:
-    """24 characters of [0-9A-Z]: the creation ms in hex (as the original) + 13 random.
-
-    The original used the decimal ms as the suffix, so two tasks in one ms collided
-    (docs/compatibility.md#task-ids).
-    """
-    # base32 (A-Z, 2-7) of 10 random bytes: 13 characters carry 65 random bits
-    return f"{now_ms:011X}"[-11:] + base64.b32encode(os.urandom(10))[:13].decode()
 
 
 class TaskOps(StoreBase):
