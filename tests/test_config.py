@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks_server.config import load
+from tasks_server.config import describe, load
 from tasks_server.errors import ConfigError
 
 
@@ -35,12 +35,29 @@ def test_flags_override_environment(tmp_path: Path) -> None:
         ("LOG", "maybe"),
         ("TZ", "Mars/Olympus"),
         ("TASKS_IN_QUEUE_LIMIT", "-1"),
+        ("DATABASE_URL", "mysql://db/tasks"),
+        ("LEASE_MS", "50"),
+        ("PG_POOL_SIZE", "1"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, key: str, value: str) -> None:
     with pytest.raises(ConfigError) as info:
         load({key: value}, env_file=_empty(tmp_path))
     assert info.value.key == key and key in str(info.value)
+
+
+def test_database_url_selects_postgres_and_is_not_shown(tmp_path: Path) -> None:
+    url = "postgresql://tasks:pw@db/tasks"
+    settings = load({"DATABASE_URL": url, "LEASE_MS": "3000"}, env_file=_empty(tmp_path))
+    assert settings.uses_postgres and settings.lease_ms == 3000
+    assert describe(settings)["database_url"] == "***" and "pw" not in repr(settings)
+    assert not load({}, env_file=_empty(tmp_path)).uses_postgres
+
+
+def test_scheduled_backups_are_refused_on_postgres(tmp_path: Path) -> None:
+    environ = {"DATABASE_URL": "postgresql://db/tasks", "BACKUP_INTERVAL_S": "60"}
+    with pytest.raises(ConfigError, match="pg_dump"):
+        load(environ, env_file=_empty(tmp_path))
 
 
 def test_tls_needs_both_files(tmp_path: Path) -> None:
