@@ -209,6 +209,7 @@ class Task:
     attempts: int = 0
     retry_count: int = 0
     due_at_ms: int | None = None
+    response_truncated: bool = False  # the response was cut at MAX_SIZE_DATA_RESPONSE
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +234,7 @@ class Outcome:
     error: str | None = None  # curl's error text when the transfer failed
     curl_code: int = 0
     timed_out: bool = False
-    too_large: bool = False
+    truncated: bool = False  # the body went past the cap: kept up to it, the rest not read
     total_ms: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -250,6 +251,7 @@ class AttemptRecord:
     response: bytes | None
     headers: tuple[tuple[str, str], ...]
     total_ms: float
+    truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,8 @@ def record(task: Task) -> dict[str, Any]:
     out = summary(task)
     out["response"] = None if task.response is None else base64.b64encode(task.response).decode()
     out["metadata"] = None if task.metadata is None else dict(task.metadata)
+    if task.response_truncated:
+        out["truncated"] = True  # the response was cut at MAX_SIZE_DATA_RESPONSE
     return out
 
 
@@ -148,6 +150,7 @@ async def attempts(request: Request) -> Response:
                 "durationMs": round(a.total_ms, 3),
                 "headers": [list(pair) for pair in a.headers],
                 "response": None if a.response is None else base64.b64encode(a.response).decode(),
+                "truncated": a.truncated,
             }
             for a in history
         ],

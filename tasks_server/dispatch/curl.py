@@ -50,18 +50,22 @@ class _Transfer:
     expiry: asyncio.TimerHandle | None = None  # while it waits for a slot to its host
     body: bytearray = field(default_factory=bytearray)
     headers: list[tuple[str, str]] = field(default_factory=list)
-    too_large: bool = False
+    truncated: bool = False
+    received: int = 0  # body bytes read, kept or not
     keeps_state: bool = False
     resources: list[Any] = field(default_factory=list)  # CurlMime / CurlShare to close
 
     def write_body(self, chunk: bytes) -> int | None:
-        """WRITEFUNCTION: keep the body up to the cap; returning 0 makes libcurl abort."""
-        if not self.call.config.trace_response_data:
-            return None
-        if len(self.body) + len(chunk) > self.call.max_body_bytes:
-            self.too_large = True
+        """WRITEFUNCTION: keep the body up to the cap (nothing when tracing is off) and
+        stop the download there: returning 0 makes libcurl abort the transfer."""
+        cap = self.call.max_body_bytes
+        room = cap - self.received
+        self.received += len(chunk)
+        if self.call.config.trace_response_data:
+            self.body += chunk[: max(room, 0)]
+        if self.received > cap:
+            self.truncated = True
             return 0
-        self.body += chunk
         return None
 
     def write_header(self, line: bytes) -> None:
@@ -123,11 +127,9 @@ def _setup_failure(exc: Exception) -> Outcome:
 def _outcome(transfer: _Transfer, curl_code: int, message: str | None) -> Outcome:
     curl = transfer.curl
     timings = {name: int(curl.getinfo(info)) / 1000 for name, info in _TIMINGS}
-    error = None
-    if transfer.too_large:
-        error = f"response body exceeds {transfer.call.max_body_bytes} bytes"
-    elif curl_code:
-        error = message or f"curl error {curl_code}"
+    if transfer.truncated and curl_code == pycurl.E_WRITE_ERROR:
+        curl_code = 0  # we stopped it at the cap: the answer came, cut short
+    error = (message or f"curl error {curl_code}") if curl_code else None
     return Outcome(
         status=int(curl.getinfo(pycurl.RESPONSE_CODE)),
         body=bytes(transfer.body) if curl_code == 0 else b"",
@@ -135,7 +137,7 @@ def _outcome(transfer: _Transfer, curl_code: int, message: str | None) -> Outcom
         error=error,
         curl_code=curl_code,
         timed_out=curl_code == pycurl.E_OPERATION_TIMEDOUT,
-        too_large=transfer.too_large,
+        truncated=transfer.truncated,
         total_ms=timings["total"],
         timings=timings,
     )

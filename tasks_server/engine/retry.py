@@ -8,7 +8,6 @@ from __future__ import annotations
 from ..models import Attempt, Outcome, Result, TaskState
 
 TIMEOUT_STATUS = 408
-TOO_LARGE_STATUS = 422
 NETWORK_ERROR_STATUS = 500
 TIMEOUT_TEXT = b"TimeoutError: Timeout has occurred"
 
@@ -23,10 +22,11 @@ def retry_delay_ms(interval_ms: int, retry_number: int, exponential: bool) -> in
 
 
 def classify(outcome: Outcome, max_response_bytes: int) -> tuple[bool, int, bytes | None]:
-    """Return (failed, status code to show, response to show) for one outcome."""
-    if outcome.too_large:
-        text = f"The response size cannot be more than {max_response_bytes}"
-        return True, TOO_LARGE_STATUS, text.encode()
+    """Return (failed, status code to show, response to show) for one outcome.
+
+    A body cut at ``max_response_bytes`` is kept as far as the cap and the outcome
+    follows the status code (the original failed the call with 422 and retried it:
+    docs/compatibility.md#outcomes)."""
     if outcome.timed_out:
         return True, TIMEOUT_STATUS, TIMEOUT_TEXT
     if outcome.error is not None:

@@ -979,15 +979,14 @@ async def test_timeout_against_a_hanging_target(
     assert 0.35 <= elapsed < 3.0
 
 
-async def test_a_body_over_the_cap_is_cut_short(
+async def test_a_body_over_the_cap_is_kept_up_to_it_and_the_rest_is_not_downloaded(
     dispatcher: CurlDispatcher, target: TargetServer
 ) -> None:
     total = 64 * 1024 * 1024
     target.route("/huge", Reply(stream_bytes=total))
     outcome = await send(dispatcher, make_call(target.url("/huge"), max_body_bytes=32_768))
-    assert outcome.too_large and outcome.curl_code == pycurl.E_WRITE_ERROR
-    assert (outcome.status, outcome.body) == (200, b"")
-    assert outcome.error == "response body exceeds 32768 bytes"
+    assert outcome.truncated and (outcome.curl_code, outcome.error) == (0, None)
+    assert (outcome.status, outcome.body) == (200, b"x" * 32_768)
     await wait_until(lambda: target.sent_bytes.get("/huge", 0) > 0)
     assert target.sent_bytes["/huge"] < total  # the rest was never downloaded
 
@@ -995,24 +994,42 @@ async def test_a_body_over_the_cap_is_cut_short(
 async def test_an_exact_fit_body_is_kept(dispatcher: CurlDispatcher, target: TargetServer) -> None:
     target.route("/fit", Reply(body=b"y" * 100))
     outcome = await send(dispatcher, make_call(target.url("/fit"), max_body_bytes=100))
-    assert (outcome.too_large, outcome.body) == (False, b"y" * 100)
+    assert (outcome.truncated, outcome.body) == (False, b"y" * 100)
 
 
-async def test_untraced_bodies_are_discarded_but_the_transfer_completes(
+async def test_untraced_bodies_are_discarded_within_the_cap(
     dispatcher: CurlDispatcher, target: TargetServer
 ) -> None:
-    target.route("/big", Reply(stream_bytes=300_000))
+    target.route("/small", Reply(stream_bytes=1_000))
     config = TaskConfig(trace_response_data=False)
     outcome = await send(
-        dispatcher, make_call(target.url("/big"), config=config, max_body_bytes=1_000)
+        dispatcher, make_call(target.url("/small"), config=config, max_body_bytes=1_000)
     )
-    assert (outcome.status, outcome.body, outcome.too_large, outcome.error) == (
+    assert (outcome.status, outcome.body, outcome.truncated, outcome.error) == (
         200,
         b"",
         False,
         None,
     )
-    assert target.sent_bytes["/big"] == 300_000
+
+
+async def test_untraced_bodies_also_stop_downloading_at_the_cap(
+    dispatcher: CurlDispatcher, target: TargetServer
+) -> None:
+    total = 64 * 1024 * 1024
+    target.route("/big", Reply(stream_bytes=total))
+    config = TaskConfig(trace_response_data=False)
+    outcome = await send(
+        dispatcher, make_call(target.url("/big"), config=config, max_body_bytes=1_000)
+    )
+    assert (outcome.status, outcome.body, outcome.truncated, outcome.error) == (
+        200,
+        b"",
+        True,
+        None,
+    )
+    await wait_until(lambda: target.sent_bytes.get("/big", 0) > 0)
+    assert target.sent_bytes["/big"] < total
 
 
 async def test_connection_refused_is_an_error_outcome(dispatcher: CurlDispatcher) -> None:

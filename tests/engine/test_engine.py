@@ -252,10 +252,19 @@ async def test_execute_during_retry_wait_runs_the_next_attempt_now(
     await wait_until(lambda: len(target.arrivals) == 2, message="the retry, now")
 
 
-async def test_response_over_the_cap_is_422(
-    make_server: ServerFactory, target: TargetServer
+@pytest.mark.parametrize(
+    ("reply", "trace"),
+    [
+        (Reply(200, b"x" * 1_000_000), True),  # 1 MB
+        (Reply(200, stream_bytes=1 << 40), True),  # endless, as far as the cap is concerned
+        (Reply(200, stream_bytes=1 << 40), False),  # not traced: the download stops too
+    ],
+    ids=["1MB", "endless", "endless-untraced"],
+)
+async def test_a_response_over_the_cap_is_kept_truncated_and_the_task_succeeds(
+    make_server: ServerFactory, target: TargetServer, reply: Reply, trace: bool
 ) -> None:
-    target.route("/big", Reply(200, b"x" * 5000))
+    target.route("/big", reply)
     server = await make_server(max_size_data_response=1024)
     async with client_for(server) as client:
         owner = await register_owner(client, "capped")
@@ -264,19 +273,25 @@ async def test_response_over_the_cap_is_422(
                 client,
                 owner,
                 {"url": target.url("/big"), "method": "GET"},
-                config={"executionDelay": 0},
+                config={"executionDelay": 0, "retry": 3, "traceResponseData": trace},
             )
         ).json()
 
-        async def errored() -> bool:
-            return (await state_of(client, owner, task["id"]))["state"] == "ERROR"
+        async def finished() -> bool:
+            return (await state_of(client, owner, task["id"]))["state"] != "RUNNING"
 
-        await wait_until(errored)
+        await wait_until(finished, timeout=10)
         body = await state_of(client, owner, task["id"])
-        assert body["statusCode"] == 422
-        assert base64.b64decode(str(body["response"])) == (
-            b"The response size cannot be more than 1024"
-        )
+        assert (body["state"], body["statusCode"], body["truncated"]) == ("SUCCESS", 200, True)
+        stored = None if body["response"] is None else base64.b64decode(str(body["response"]))
+        assert stored == (b"x" * 1024 if trace else None)
+        history = (
+            await client.get(f"/v1/queues/{task['id']}/attempts", headers=owner.headers)
+        ).json()
+        assert [(a["statusCode"], a["truncated"], a["error"]) for a in history] == [
+            (200, True, None)
+        ]
+    assert len(target.arrivals) == 1  # a long answer is not a reason to call again
 
 
 async def test_https_with_a_ca_given_as_content(

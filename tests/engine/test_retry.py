@@ -45,12 +45,8 @@ def test_delay_is_interval_times_n_when_exponential(
             408,
             b"TimeoutError: Timeout has occurred",
         ),
-        (
-            Outcome(status=200, too_large=True),
-            True,
-            422,
-            b"The response size cannot be more than 10",
-        ),
+        (Outcome(status=200, body=b"0123456789", truncated=True), False, 200, b"0123456789"),
+        (Outcome(status=503, body=b"0123456789", truncated=True), True, 503, b"0123456789"),
         (Outcome(status=0, error="Connection refused"), True, 500, b"Connection refused"),
     ],
 )

@@ -77,6 +77,10 @@ RESPONSE_SCHEMAS: dict[str, JsonObject] = {
             "type": ["object", "null"],
             "additionalProperties": {"type": "string"},
         },
+        truncated={
+            "type": "boolean",
+            "description": "present (true) when the response was cut at MAX_SIZE_DATA_RESPONSE",
+        },
     ),
     "Attempt": _object(
         ("attempt", "startedAt", "finishedAt", "statusCode", "error", "durationMs"),
@@ -91,6 +95,10 @@ RESPONSE_SCHEMAS: dict[str, JsonObject] = {
             "items": {"type": "array", "items": STR, "minItems": 2, "maxItems": 2},
         },
         response={"type": ["string", "null"], "description": "base64 of the body"},
+        truncated={
+            "type": "boolean",
+            "description": "the body went past MAX_SIZE_DATA_RESPONSE: kept up to it",
+        },
     ),
     "Health": _object(("status",), status={"type": "string", "enum": ["ok"]}),
     "Readiness": _object(

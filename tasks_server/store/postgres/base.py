@@ -191,4 +191,5 @@ class PgBase:
             attempts=row[9],
             retry_count=row[10],
             due_at_ms=row[11],
+            response_truncated=bool(row[12]),
         )

@@ -45,10 +45,12 @@ TASK_CLAIM: LiteralString = (
 )
 ATTEMPT_FINISH: LiteralString = (
     "UPDATE attempt a SET finished_at = r.finished_at, status_code = r.status_code, "
-    "error = r.error, response = r.response, headers = r.headers, total_ms = r.total_ms "
+    "error = r.error, response = r.response, headers = r.headers, total_ms = r.total_ms, "
+    "truncated = r.truncated "
     "FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::int[], %s::text[], %s::bytea[], "
-    "%s::text[], %s::float8[]) "
-    "AS r(task_id, number, finished_at, status_code, error, response, headers, total_ms) "
+    "%s::text[], %s::float8[], %s::boolean[]) "
+    "AS r(task_id, number, finished_at, status_code, error, response, headers, total_ms, "
+    "truncated) "
     # an attempt closed as interrupted (its lease ran out) keeps that ending, and a node
     # never writes into the history of a task another node holds
     "WHERE a.task_id = r.task_id AND a.number = r.number AND a.finished_at IS NULL "
@@ -59,11 +61,12 @@ ATTEMPT_FINISH: LiteralString = (
 TASK_FINISH: LiteralString = (
     "UPDATE task t SET in_flight = false, lease_owner = NULL, lease_until = NULL, "
     "state = r.state, status_code = r.status_code, response = r.response, "
+    "response_truncated = r.truncated, "
     "estimate_end_at = r.end_at, due_at = coalesce(r.next_due, t.due_at), "
     "next_at = r.next_due, retry_count = t.retry_count + r.retried "
     "FROM unnest(%s::text[], %s::int[], %s::text[], %s::int[], %s::bytea[], %s::bigint[], "
-    "%s::bigint[], %s::int[]) "
-    "AS r(id, number, state, status_code, response, end_at, next_due, retried) "
+    "%s::bigint[], %s::int[], %s::boolean[]) "
+    "AS r(id, number, state, status_code, response, end_at, next_due, retried, truncated) "
     "WHERE t.id = r.id AND t.state = 'RUNNING' AND t.in_flight AND t.attempts = r.number "
     "AND t.lease_owner = %s RETURNING t.id"
 )
@@ -154,6 +157,7 @@ class PgClaimOps(PgBase):
             [self._seal(r.outcome.body or None) for r in results],
             [json.dumps(r.outcome.headers) for r in results],
             [r.outcome.total_ms for r in results],
+            [r.outcome.truncated for r in results],
         )
 
     def _task_columns(self, results: Sequence[Result]) -> tuple[list[Any], ...]:
@@ -167,6 +171,7 @@ class PgClaimOps(PgBase):
             [0 if again else r.finished_at_ms for r, again in zip(results, retrying, strict=True)],
             [r.next_due_at_ms for r in results],
             [1 if again else 0 for again in retrying],
+            [r.outcome.truncated for r in results],
         )
 
     async def renew_leases(self, now_ms: int) -> None:

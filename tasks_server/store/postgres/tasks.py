@@ -21,7 +21,7 @@ Cursor = AsyncCursor[tuple[Any, ...]]
 
 TASK_COLUMNS: LiteralString = (
     "id, owner_id, state, created_at, status_code, estimate_end_at, estimate_execution_at, "
-    "response, metadata, attempts, retry_count, due_at"
+    "response, metadata, attempts, retry_count, due_at, response_truncated"
 )
 TASK_INSERT: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
@@ -44,6 +44,7 @@ TASK_RESUME: LiteralString = (
 )
 TASK_REVOKE: LiteralString = (
     "UPDATE task SET state = 'REVOKED', status_code = 0, response = NULL, "
+    "response_truncated = false, "
     "estimate_end_at = %s, next_at = NULL, in_flight = false, lease_owner = NULL, "
     "lease_until = NULL WHERE id = %s AND owner_id = %s AND state IN ('RUNNING', 'PAUSED')"
 )
@@ -61,7 +62,7 @@ TASK_EDIT: LiteralString = (
 )
 ATTEMPT_LIST: LiteralString = (
     "SELECT number, started_at, finished_at, status_code, error, response, headers, "
-    "total_ms FROM attempt WHERE task_id = %s ORDER BY number"
+    "total_ms, truncated FROM attempt WHERE task_id = %s ORDER BY number"
 )
 
 _ORDER_COLUMNS: dict[str, LiteralString] = {
@@ -153,6 +154,7 @@ class PgTaskOps(PgBase):
                 response=self._open(row[5]),
                 headers=tuple(tuple(pair) for pair in json.loads(row[6] or "[]")),
                 total_ms=row[7] or 0.0,
+                truncated=bool(row[8]),
             )
             for row in rows
         ]

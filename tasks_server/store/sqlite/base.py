@@ -42,6 +42,7 @@ TASK_FIELDS: tuple[LiteralString, ...] = (
     "attempts",
     "retry_count",
     "due_at",
+    "response_truncated",
 )
 TASK_COLUMNS: LiteralString = ", ".join(TASK_FIELDS)
 
@@ -167,4 +168,5 @@ class StoreBase:
             attempts=c["attempts"],
             retry_count=c["retry_count"],
             due_at_ms=c["due_at"],
+            response_truncated=bool(c["response_truncated"]),
         )

@@ -24,7 +24,7 @@ TASK_CLAIM: LiteralString = (
 )
 TASK_FINISH: LiteralString = (
     "UPDATE task SET in_flight = 0, state = ?, status_code = ?, response = ?, "
-    "estimate_end_at = ?, due_at = coalesce(?, due_at), next_at = ?, "
+    "response_truncated = ?, estimate_end_at = ?, due_at = coalesce(?, due_at), next_at = ?, "
     "retry_count = retry_count + ? "
     "WHERE id = ? AND state = 'RUNNING' AND in_flight = 1 AND attempts = ?"
 )
@@ -37,7 +37,7 @@ TASK_REARM: LiteralString = (
 ATTEMPT_INSERT: LiteralString = "INSERT INTO attempt (task_id, number, started_at) VALUES (?, ?, ?)"
 ATTEMPT_FINISH: LiteralString = (
     "UPDATE attempt SET finished_at = ?, status_code = ?, error = ?, response = ?, "
-    "headers = ?, total_ms = ? WHERE task_id = ? AND number = ?"
+    "truncated = ?, headers = ?, total_ms = ? WHERE task_id = ? AND number = ?"
 )
 ATTEMPT_INTERRUPT: LiteralString = (
     "UPDATE attempt SET finished_at = ?, error = 'interrupted: the server stopped' "
@@ -98,6 +98,7 @@ class ClaimOps(StoreBase):
             outcome.status,
             outcome.error,
             self._seal(outcome.body or None),
+            int(outcome.truncated),
             json.dumps(outcome.headers),
             outcome.total_ms,
             result.task_id,
@@ -108,6 +109,7 @@ class ClaimOps(StoreBase):
             result.state.value,
             result.status_code,
             self._seal(result.response),
+            int(outcome.truncated),
             0 if retrying else result.finished_at_ms,
             result.next_due_at_ms,
             result.next_due_at_ms,

@@ -46,6 +46,7 @@ TASK_RESUME: LiteralString = (
 )
 TASK_REVOKE: LiteralString = (
     "UPDATE task SET state = 'REVOKED', status_code = 0, response = NULL, "
+    "response_truncated = 0, "
     "estimate_end_at = ?, next_at = NULL, in_flight = 0 "
     "WHERE id = ? AND owner_id = ? AND state IN ('RUNNING', 'PAUSED')"
 )
@@ -63,7 +64,7 @@ TASK_EDIT: LiteralString = (
 )
 ATTEMPT_LIST: LiteralString = (
     "SELECT number, started_at, finished_at, status_code, error, response, headers, "
-    "total_ms FROM attempt WHERE task_id = ? ORDER BY number"
+    "total_ms, truncated FROM attempt WHERE task_id = ? ORDER BY number"
 )
 
 
@@ -171,6 +172,7 @@ class TaskOps(StoreBase):
                 response=self._open(row[5]),
                 headers=tuple(tuple(pair) for pair in json.loads(row[6] or "[]")),
                 total_ms=row[7] or 0.0,
+                truncated=bool(row[8]),
             )
             for row in rows
         ]
