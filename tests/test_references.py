@@ -19,6 +19,10 @@ SOURCES = [
 DOC_REF = re.compile(r"docs/([a-z_-]+\.md)((?:#[a-z0-9-]+)?)")
 # a bare "#anchor" continuing a reference, e.g. "docs/compatibility.md#outcomes and #retry"
 MORE_ANCHORS = re.compile(r"\band #([a-z0-9-]+)")
+# a file of the repository named by its path, e.g. bench/bench_engine.py
+REPO_PATH = re.compile(
+    r"(?<![\w/.-])((?:bench|tests|tasks_server|docs|scripts)/[\w/.-]*\w\.(?:py|md|sql))\b"
+)
 UNRESOLVABLE = re.compile(
     r"\bspec (section )?\d+(\.\d+)?|\(W\d+\)|\bW\d+\b[:)]|STYLE R\d+|DESIGN(\.md)? section"
 )
@@ -62,3 +66,13 @@ def test_no_reference_to_documents_outside_the_repository() -> None:
         for match in UNRESOLVABLE.finditer(source.read_text())
     ]
     assert offenders == []
+
+
+def test_cited_repository_files_exist() -> None:
+    missing = [
+        f"{source.relative_to(ROOT)}: {match.group(1)}"
+        for source in SOURCES
+        for match in REPO_PATH.finditer(source.read_text())
+        if "*" not in match.group(1) and not (ROOT / match.group(1)).exists()
+    ]
+    assert missing == []

@@ -2,8 +2,8 @@
 
 A binary heap of (due ms, sequence, task id) with lazy deletion: ``push`` of a known id
 supersedes its earlier entry, ``discard`` forgets it, and stale heap entries are skipped
-when they surface. A heap beat a hashed wheel in ``bench/bench_timers.py`` for the sizes a
-horizon holds (pop and push are O(log n) with a C implementation).
+when they surface. A heap rather than a hashed wheel: for the sizes a horizon holds, pop
+and push are O(log n) in C (``heapq``), and a wheel's buckets would cost more in Python.
 """
 
 from __future__ import annotations

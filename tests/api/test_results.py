@@ -74,7 +74,7 @@ async def test_long_poll_answers_when_the_task_succeeds(
     # the wait read the task once before and once after: no polling in between
     assert reads == 2
     assert len(server.scheduler.waiters) == 0
-    # a generous failure deadline; the figure itself is measured by bench/result_wait.py
+    # a generous failure deadline; the figure itself is measured by bench/bench_result_wait.py
     assert answered_at - target.arrivals[0].arrived_at < 2.0
 
 
