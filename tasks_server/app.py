@@ -19,10 +19,12 @@ from .api import create_app
 from .api.auth import Authenticator
 from .api.edge import Edge, Throttle
 from .api.services import Services
+from .api.workflows import step_builder
 from .backup.job import BackupJob
 from .clock import Clock, SystemClock
 from .config import Settings
 from .engine.scheduler import Scheduler, SchedulerOptions
+from .engine.waiters import FinalWaiters
 from .metrics import Metrics
 from .models import HttpRequest, TaskConfig
 from .schedules.runner import ScheduleRunner
@@ -83,16 +85,22 @@ def build(
     scheduler = Scheduler(store, dispatcher, clock, _scheduler_options(settings))
     metrics.watch_scheduler(scheduler)
     schedules = ScheduleRunner(store, scheduler, clock)
+    runs = FinalWaiters()
+    unsupported = _unsupported_fields()
+    store.step_builder = step_builder(settings, unsupported)
+    store.on_step_started = scheduler.notify
+    store.on_run_finished = runs.wake
     services = Services(
         settings=settings,
         store=store,
         clock=clock,
         scheduler=scheduler,
         auth=Authenticator(store),
-        unsupported=_unsupported_fields(),
+        unsupported=unsupported,
         readiness=lambda: _readiness(settings, store, scheduler),
         metrics_text=lambda: metrics.render(lambda: _count_pending(store)),
         schedules=schedules,
+        runs=runs,
     )
     server: Server  # the lifespan runs after build has returned, when `server` exists
     app = create_app(services, lifespan=lambda _app: _lifespan(server))

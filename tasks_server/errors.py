@@ -8,7 +8,8 @@ TasksServerError
 │   └── WrongKey                        a well-formed key that is not the owner's (401)
 ├── NotFound (LookupError)              missing, or another owner's (indistinguishable)
 │   ├── OwnerNotFound
-│   └── TaskNotFound
+│   ├── TaskNotFound
+│   └── WorkflowNotFound
 ├── Conflict                            e.g. an owner name already taken
 ├── PreconditionFailed                  wrong state, queue limit reached (422)
 │   ├── QueueLimitReached
@@ -75,6 +76,12 @@ class OwnerNotFound(NotFound):
 class TaskNotFound(NotFound):
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
+        super().__init__()
+
+
+class WorkflowNotFound(NotFound):
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
         super().__init__()
 
 

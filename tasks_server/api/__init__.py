@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Route
 
 from ..errors import TasksServerError
-from . import admin, health, openapi, owners, queues, results, schedules
+from . import admin, health, openapi, owners, queues, results, schedules, workflows
 from .errors import handle_domain_error, handle_http_error, handle_unexpected
 from .services import Services
 
@@ -18,6 +18,7 @@ from .services import Services
 def routes() -> list[BaseRoute]:
     task = "/v1/queues/{task_id}"
     schedule = "/v1/schedules/{key}"  # a schedule's id or name
+    run = "/v1/workflows/{run_id}"
     return [
         Route("/status", health.status, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
@@ -51,6 +52,13 @@ def routes() -> list[BaseRoute]:
         Route(f"{schedule}/resume", schedules.resume, methods=["PATCH"]),
         Route(f"{schedule}/next", schedules.next_runs, methods=["GET"]),
         Route(f"{schedule}/tasks", schedules.tasks, methods=["GET"]),
+        Route("/v1/workflows", workflows.create, methods=["POST"]),
+        Route("/v1/workflows", workflows.list_runs, methods=["GET"]),
+        Route(run, workflows.get, methods=["GET"]),
+        Route(run, workflows.delete, methods=["DELETE"]),
+        Route(f"{run}/retry", workflows.retry, methods=["POST"]),
+        Route(f"{run}/cancel", workflows.cancel, methods=["POST"]),
+        Route(f"{run}/result", workflows.result, methods=["GET"]),
     ]
 
 

@@ -11,6 +11,7 @@ from starlette.requests import Request
 
 from ..clock import Clock
 from ..config import Settings
+from ..engine.waiters import FinalWaiters
 from ..models import HttpRequest, TaskConfig
 from ..store import Store
 from .auth import Authenticator
@@ -46,6 +47,7 @@ class Services:
     readiness: Callable[[], Awaitable[dict[str, str | None]]]
     metrics_text: Callable[[], Awaitable[bytes]] | None = None  # Prometheus exposition
     schedules: ScheduleNotifier | None = None  # the recurring-schedule runner
+    runs: FinalWaiters | None = None  # woken when a workflow run ends
 
 
 def services(request: Request) -> Services:

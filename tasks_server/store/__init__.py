@@ -25,6 +25,7 @@ from ..models import (
     TaskSpec,
     TaskState,
 )
+from ..workflows.model import NewRun, RunState, WorkflowRun
 
 LIST_ORDERS = ("createdAt", "estimateEndAt", "estimateExecutionAt")
 
@@ -240,6 +241,47 @@ class Store(Protocol):
         is logged and skipped (it still counts as a run). Returns (task id, due ms) of the
         created tasks.
         """
+
+    # workflow runs (a step is a task; the store advances runs when their tasks end)
+
+    async def create_run(self, owner_id: str, run: NewRun, now_ms: int) -> WorkflowRun:
+        """Store a run, its steps and their dependency edges in one transaction, and
+        create the tasks of its root steps (due at ``run.due_at_ms`` or later). Steps whose
+        condition is false are skipped. Raises OwnerNotFound."""
+
+    async def get_run(self, owner_id: str, run_id: str) -> WorkflowRun:
+        """The run with every step (state, task, attempts, output, error), in declaration
+        order. Raises WorkflowNotFound (also for another owner's run)."""
+
+    async def list_runs(
+        self,
+        owner_id: str,
+        state: RunState | None,
+        name: str | None,
+        limit: int,
+        before: tuple[int, str] | None = None,
+    ) -> list[WorkflowRun]:
+        """The owner's runs without their steps, newest first (created at, then id,
+        descending), optionally of one state and name; ``before`` is the (created at, id)
+        of the last run of the previous page."""
+
+    async def cancel_run(self, owner_id: str, run_id: str, now_ms: int) -> list[str]:
+        """PENDING/RUNNING → CANCELLED: waiting steps are cancelled, running steps' tasks
+        revoked (their ids are returned, to be forgotten by the scheduler). Raises
+        WorkflowNotFound, PreconditionFailed when the run is final."""
+
+    async def retry_run(self, owner_id: str, run_id: str, now_ms: int) -> WorkflowRun:
+        """ERROR/CANCELLED → RUNNING: failed and cancelled steps run again (those with
+        every dependency met at once, with new tasks), successful steps keep their
+        results and are not called again. Raises WorkflowNotFound, PreconditionFailed."""
+
+    async def delete_run(self, owner_id: str, run_id: str) -> None:
+        """Delete a final run with its steps (their tasks stay, with their history).
+        Raises WorkflowNotFound, PreconditionFailed when the run is not final."""
+
+    async def expire_runs(self, now_ms: int, limit: int = 100) -> list[str]:
+        """Runs past their deadline end in ERROR as cancel_run does; returns the revoked
+        tasks' ids."""
 
 
 __all__ = ["LIST_ORDERS", "Store"]

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from ... import __version__
 from ...errors import NotFound
-from . import failures, schedules
+from . import failures, schedules, workflows
 from .parts import DOCS_ASSETS, RESPONSE_SCHEMAS, SECURITY_SCHEMES, JsonObject
 from .paths import operation_paths, owner_paths, request_schemas, task_paths
 
@@ -40,6 +40,7 @@ def spec() -> JsonObject:
             {"name": "operations", "description": "Health, metrics, docs, administration"},
             schedules.OPENAPI_TAG,
             *failures.OPENAPI_TAGS,
+            workflows.OPENAPI_TAG,
         ],
         "paths": {
             **owner_paths(list_query),
@@ -47,10 +48,16 @@ def spec() -> JsonObject:
             **operation_paths(),
             **schedules.openapi_paths(),
             **failures.openapi_paths(),
+            **workflows.openapi_paths(),
         },
         "components": {
             # the task models' own entries (with their date notes) win over the copies
-            "schemas": {**schedules.openapi_schemas(), **requests, **RESPONSE_SCHEMAS},
+            "schemas": {
+                **schedules.openapi_schemas(),
+                **workflows.openapi_schemas(),
+                **requests,
+                **RESPONSE_SCHEMAS,
+            },
             "securitySchemes": SECURITY_SCHEMES,
         },
     }

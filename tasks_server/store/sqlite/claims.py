@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, LiteralString
 
 from ...models import (
@@ -81,15 +81,26 @@ class ClaimOps(StoreBase):
     async def record_outcomes(self, results: Sequence[Result]) -> list[str]:
         rows = [self._outcome_params(result) for result in results]
 
-        def op(conn: sqlite3.Connection) -> list[str]:
+        def op(conn: sqlite3.Connection) -> tuple[list[str], Callable[[], None]]:
             updated = []
             for result, (attempt_params, task_params) in zip(results, rows, strict=True):
                 conn.execute(ATTEMPT_FINISH, attempt_params)
                 if conn.execute(TASK_FINISH, task_params).rowcount:
                     updated.append(result.task_id)
-            return updated
+            recorded = set(updated)
+            announce = self._outcome_followups(conn, [r for r in results if r.task_id in recorded])
+            return updated, announce
 
-        return await self._write(op, savepoint=True)
+        updated, announce = await self._write(op, savepoint=True)
+        announce()
+        return updated
+
+    def _outcome_followups(
+        self, conn: sqlite3.Connection, results: Sequence[Result]
+    ) -> Callable[[], None]:
+        """Writes that follow recorded outcomes in the same transaction (workflow steps);
+        returns what to announce once it is committed. Nothing here."""
+        return lambda: None
 
     def _outcome_params(self, result: Result) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         outcome = result.outcome

@@ -13,9 +13,10 @@ from .claims import ClaimOps
 from .owners import OwnerOps
 from .schedules import ScheduleOps
 from .tasks import TaskOps
+from .workflows import WorkflowOps
 
 
-class SqliteStore(OwnerOps, TaskOps, ClaimOps, ScheduleOps):
+class SqliteStore(OwnerOps, TaskOps, WorkflowOps, ClaimOps, ScheduleOps):
     """Store on SQLite. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 
     # -- one process owns the file: no leases, no other nodes, always the leader ----------

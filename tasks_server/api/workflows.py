@@ -1,0 +1,288 @@
+"""Workflow endpoints: start a run, read and list runs, retry, cancel, delete, and wait
+for a run's result (docs/workflows.md). Every call is scoped to the caller's runs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..config import Settings
+from ..errors import ValidationFailed, WorkflowNotFound
+from ..models import HttpRequest, NewTask, TaskConfig
+from ..workflows.graph import DefinitionError, check
+from ..workflows.model import NewRun, RunState, StepTemplate, WorkflowRun, WorkflowStep
+from ..workflows.template import TemplateError, references, render
+from . import results
+from .convert import field_error, to_new_task
+from .errors import validation_failed
+from .schemas import TaskIn
+from .services import Services, services
+from .wire import DONE, answer, read_json
+from .workflow_schemas import RUN_ID, ConditionIn, RunListQuery, StepIn, WorkflowIn
+
+Unsupported = Callable[[HttpRequest, TaskConfig], list[str]]
+_MESSAGE = re.compile(r"\s+")
+
+
+# -- a step's rendered request → a task ---------------------------------------------------------
+
+
+def step_builder(
+    settings: Settings, unsupported: Unsupported
+) -> Callable[[dict[str, Any], int], NewTask]:
+    """What the store calls to turn a rendered step into a task: the registration's own
+    validation, with its errors flattened into one ValueError message."""
+    context = {"tz": settings.tz, "cert_dir": settings.cert_dir}
+
+    def build(request: dict[str, Any], now_ms: int) -> NewTask:
+        try:
+            body = TaskIn.model_validate(request, context=context)
+            new = to_new_task(body, now_ms)
+        except ValidationError as exc:
+            raise ValueError(_describe_pydantic(exc)) from exc
+        except ValidationFailed as exc:
+            raise ValueError(_describe_tree(exc.tree or {}, "") or exc.message) from exc
+        missing = unsupported(new.spec.request, new.spec.config)
+        if missing:
+            raise ValueError(f"not supported by this server's libcurl: {', '.join(missing)}")
+        return new
+
+    return build
+
+
+def _describe_pydantic(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {_MESSAGE.sub(' ', first['msg'])}"
+
+
+def _describe_tree(tree: dict[str, Any], path: str) -> str:
+    for message in tree.get("_errors", []):
+        return f"{path or 'request'}: {message}"
+    for key, value in tree.items():
+        if key != "_errors" and isinstance(value, dict):
+            found = _describe_tree(value, f"{path}.{key}" if path else key)
+            if found:
+                return found
+    return ""
+
+
+# -- the body → a new run ---------------------------------------------------------------------
+
+
+def _field_error(path: tuple[str | int, ...], message: str) -> ValidationFailed:
+    return field_error(tuple(str(part) for part in path), message)
+
+
+def _condition(step: int, value: ConditionIn) -> dict[str, Any]:
+    operators = ["in" if name == "in_" else name for name in value.operators()]
+    if len(operators) != 1:
+        raise _field_error(
+            ("steps", step, "when"), "A condition needs a value and exactly one operator"
+        )
+    data = value.model_dump(by_alias=True)
+    return {"value": value.value, operators[0]: data[operators[0]]}
+
+
+def _template(position: int, step: StepIn) -> StepTemplate:
+    request: dict[str, Any] = {"httpRequest": step.httpRequest}
+    config = dict(step.config or {})
+    if "executeAt" not in config and "executionDelay" not in config:
+        config["executionDelay"] = 0  # a step starts as soon as its dependencies allow
+    request["config"] = config
+    if step.metadata is not None:
+        request["metadata"] = step.metadata
+    when: Any = None
+    if isinstance(step.when, list):
+        when = [_condition(position, item) for item in step.when]
+    elif step.when is not None:
+        when = _condition(position, step.when)
+    return StepTemplate(
+        id=step.id,
+        depends_on=tuple(step.dependsOn),
+        request=request,
+        when=when,
+        output=step.output,
+        run_if_skipped=step.runIfSkipped,
+    )
+
+
+def _to_new_run(app: Services, body: WorkflowIn, now_ms: int) -> NewRun:
+    steps = tuple(_template(position, step) for position, step in enumerate(body.steps))
+    try:
+        check(steps, body.input)
+    except DefinitionError as exc:
+        raise _field_error(exc.path, exc.message) from exc
+    build = step_builder(app.settings, app.unsupported)
+    for position, step in enumerate(steps):
+        _check_early(build, position, step, body.input, now_ms)
+    config = body.config
+    if config.executeAt is not None and config.executionDelay is not None:
+        raise field_error(("config", "executeAt"), "Give executeAt or executionDelay, not both")
+    due = (
+        config.executeAt if config.executeAt is not None else now_ms + (config.executionDelay or 0)
+    )
+    metadata = tuple(config.metadata.items()) if config.metadata else None
+    return NewRun(body.name, body.input, steps, due, config.timeoutMs, metadata)
+
+
+def _check_early(
+    build: Callable[[dict[str, Any], int], NewTask],
+    position: int,
+    step: StepTemplate,
+    run_input: Any,
+    now_ms: int,
+) -> None:
+    """A step that refers to nothing but the input can be rendered and validated now."""
+    if any(ref.root != "input" for ref in references(step.request)):
+        return
+    try:
+        build(render(step.request, {"input": run_input}), now_ms)
+    except (TemplateError, ValueError) as exc:
+        raise _field_error(("steps", position), str(exc)) from exc
+
+
+# -- views ----------------------------------------------------------------------------------
+
+
+def step_view(step: WorkflowStep) -> dict[str, Any]:
+    return {
+        "id": step.id,
+        "state": step.state.value,
+        "dependsOn": list(step.depends_on),
+        "taskId": step.task_id,
+        "attempts": step.attempts,
+        "statusCode": step.status_code,
+        "output": step.output,
+        "error": step.error,
+        "startedAt": step.started_at_ms,
+        "finishedAt": step.finished_at_ms,
+    }
+
+
+def run_view(run: WorkflowRun, with_steps: bool = True) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": run.id,
+        "name": run.name,
+        "state": run.state.value,
+        "createdAt": run.created_at_ms,
+        "dueAt": run.due_at_ms,
+        "finishedAt": run.finished_at_ms,
+        "deadlineAt": run.deadline_ms,
+        "error": run.error,
+        "metadata": None if run.metadata is None else dict(run.metadata),
+    }
+    if with_steps:
+        view["steps"] = [step_view(step) for step in run.steps]
+    return view
+
+
+def _run_id(request: Request) -> str:
+    raw = str(request.path_params["run_id"]).upper()
+    if not RUN_ID.fullmatch(raw):
+        raise field_error(("runId",), "Invalid workflow run id")
+    return raw
+
+
+# -- handlers -------------------------------------------------------------------------------
+
+
+async def create(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    data = await read_json(request, app.settings.max_size_body_request)
+    try:
+        body = WorkflowIn.model_validate(data, context={"tz": app.settings.tz})
+    except ValidationError as exc:
+        raise validation_failed(exc, data) from exc
+    now = app.clock.now_ms()
+    run = await app.store.create_run(owner_id, _to_new_run(app, body, now), now)
+    return answer(request, run_view(run), 201)
+
+
+async def list_runs(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    raw = dict(request.query_params)
+    raw.pop("pretty", None)
+    try:
+        query = RunListQuery.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_failed(exc, raw) from exc
+    before = None
+    if query.cursor is not None:
+        at, _, last_id = query.cursor.partition(".")
+        before = (int(at), last_id)
+    state = RunState(query.state) if query.state else None
+    runs = await app.store.list_runs(owner_id, state, query.name, query.limit, before)
+    cursor = f"{runs[-1].created_at_ms}.{runs[-1].id}" if len(runs) == query.limit else None
+    return answer(request, {"runs": [run_view(run, False) for run in runs], "cursor": cursor})
+
+
+async def get(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    return answer(request, run_view(await app.store.get_run(owner_id, _run_id(request))))
+
+
+async def retry(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    run = await app.store.retry_run(owner_id, _run_id(request), app.clock.now_ms())
+    return answer(request, run_view(run))
+
+
+async def cancel(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    run_id = _run_id(request)
+    for task_id in await app.store.cancel_run(owner_id, run_id, app.clock.now_ms()):
+        app.scheduler.forget(task_id)
+    return answer(request, run_view(await app.store.get_run(owner_id, run_id)))
+
+
+async def delete(request: Request) -> Response:
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    await app.store.delete_run(owner_id, _run_id(request))
+    return answer(request, DONE)
+
+
+async def result(request: Request) -> Response:
+    """The run once it is final (200), or as it is when the wait ends (202)."""
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    run_id = _run_id(request)
+    wait_s = results.wait_seconds(request) or 0.0
+    run = await _wait_until_final(app, owner_id, run_id, wait_s)
+    return answer(request, run_view(run), 200 if run.state.is_final else 202)
+
+
+async def _wait_until_final(
+    app: Services, owner_id: str, run_id: str, wait_s: float
+) -> WorkflowRun:
+    if app.runs is None:
+        raise WorkflowNotFound(run_id)
+    deadline = app.clock.monotonic() + wait_s
+    while True:
+        woken = app.runs.wait(run_id)
+        try:
+            run = await app.store.get_run(owner_id, run_id)
+            remaining = deadline - app.clock.monotonic()
+            if run.state.is_final or remaining <= 0:
+                return run
+            sleeper = asyncio.ensure_future(app.clock.sleep(remaining))
+            try:
+                await asyncio.wait((woken, sleeper), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+            if not woken.done():
+                return await app.store.get_run(owner_id, run_id)
+        finally:
+            app.runs.release(run_id, woken)

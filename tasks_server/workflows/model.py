@@ -1,0 +1,88 @@
+"""Domain values of workflows: a run, its steps and their states. Frozen, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class RunState(StrEnum):
+    PENDING = "PENDING"  # created; its first steps are not due yet
+    RUNNING = "RUNNING"  # steps are being run
+    SUCCESS = "SUCCESS"  # every step succeeded or was skipped
+    ERROR = "ERROR"  # a step ended in error; nothing new starts until a retry
+    CANCELLED = "CANCELLED"  # cancelled by its owner
+
+    @property
+    def is_final(self) -> bool:
+        return self in (RunState.SUCCESS, RunState.ERROR, RunState.CANCELLED)
+
+
+class StepState(StrEnum):
+    WAITING = "WAITING"  # some dependency has not succeeded yet
+    RUNNING = "RUNNING"  # its task exists and has not ended
+    SUCCESS = "SUCCESS"
+    ERROR = "ERROR"  # its task ended in error, or its request could not be built
+    SKIPPED = "SKIPPED"  # its condition was false, or a dependency was skipped
+    CANCELLED = "CANCELLED"
+
+
+@dataclass(frozen=True, slots=True)
+class StepTemplate:
+    """A step as declared: the wire ``httpRequest``/``config``/``metadata`` it renders into
+    a task, with ``{{ … }}`` placeholders still in place."""
+
+    id: str
+    depends_on: tuple[str, ...]
+    request: dict[str, Any]  # {"httpRequest": …, "config": …, "metadata": …}
+    when: Any = None  # a condition (see template.holds), or None: always run
+    output: Any = None  # a template rendered against the step's own response
+    run_if_skipped: bool = False  # run although a dependency was skipped
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    name: str
+    input: Any
+    steps: tuple[StepTemplate, ...]
+    due_at_ms: int  # when the root steps are due
+    timeout_ms: int | None = None  # the run fails if it is not final by created + timeout
+    metadata: tuple[tuple[str, str], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowStep:
+    id: str
+    state: StepState
+    depends_on: tuple[str, ...]
+    task_id: str | None
+    attempts: int
+    status_code: int
+    output: Any
+    error: str | None
+    started_at_ms: int | None
+    finished_at_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRun:
+    id: str
+    owner_id: str
+    name: str
+    state: RunState
+    created_at_ms: int
+    due_at_ms: int
+    finished_at_ms: int | None
+    deadline_ms: int | None
+    error: str | None
+    metadata: tuple[tuple[str, str], ...] | None
+    steps: tuple[WorkflowStep, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StepStart:
+    """A step task the store created while advancing a run: the scheduler arms it."""
+
+    task_id: str
+    due_at_ms: int
