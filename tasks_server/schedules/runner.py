@@ -3,7 +3,8 @@
 Each pass reads the due schedules from the store, lets policy.plan decide, and
 writes each plan in one store transaction (the tasks and the schedule's new cursor
 together), then hands the new tasks to the task scheduler. It sleeps until the next
-schedule is due, a wake-up, or at most MAX_NAP_S.
+schedule is due, a wake-up, or at most MAX_NAP_S. Being the server's planner loop, each
+pass also ends workflow runs past their deadline.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ WAKE_AHEAD_MS = LOOKAHEAD_MS // 2
 
 class TaskNotifier(Protocol):
     def notify(self, task_id: str, due_at_ms: int) -> None: ...
+
+    def forget(self, task_id: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -113,6 +116,9 @@ class ScheduleRunner:
         self.leading = await self._store.lead_schedules()
         if not self.leading:
             return 0
+        # the planner loop also ends workflow runs past their deadline (config.timeoutMs)
+        for task_id in await self._store.expire_runs(now_ms):
+            self._tasks.forget(task_id)
         due = await self._store.due_schedules(now_ms, LOOKAHEAD_MS, PASS_LIMIT)
         if not due:
             return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -58,6 +59,17 @@ async def until_state(
 
     await wait_until(reached, message=f"run {state}")
     return found
+
+
+async def idle(server: Server) -> None:
+    """Wait until the scheduler has parked with nothing in flight or left to record."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+    scheduler = server.scheduler
+    await wait_until(
+        lambda: scheduler.idle.is_set() and scheduler.in_flight == 0,
+        message="the scheduler to park",
+    )
 
 
 def steps_of(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -126,6 +138,7 @@ async def test_the_order_example_passes_the_tax_total_along(
         lambda: len(target.arrivals_at("/warehouse")) == 1, message="first warehouse call"
     )
     for count in (2, 3):
+        await idle(server)  # the failed attempt is recorded: its retry is planned from then
         clock.advance(1.0 * (count - 1))
         await wait_until(
             lambda c=count: len(target.arrivals_at("/warehouse")) == c, message=f"warehouse {count}"
@@ -406,3 +419,45 @@ async def test_a_delayed_run_is_pending_until_its_time(
     clock.advance(0.1)
     done = await until_state(client, owner, run["id"], "SUCCESS")
     assert done["finishedAt"] is not None and len(target.arrivals) == 1
+
+
+async def test_a_run_past_its_timeout_ends_in_error_and_revokes_its_steps(
+    server: Server,
+    client: httpx.AsyncClient,
+    owner: OwnerAuth,
+    clock: FakeClock,
+    target: TargetServer,
+) -> None:
+    target.route("/hang", Reply(hang=True))
+    target.route("/next", Reply(200))
+    body = {
+        "name": "too-slow",
+        "config": {"timeoutMs": 5_000},
+        "steps": [
+            {"id": "hang", **post(target, "/hang", timeout=60_000)},
+            {"id": "next", "dependsOn": ["hang"], **post(target, "/next")},
+        ],
+    }
+    run = await start(client, owner, body)
+    assert run["deadlineAt"] == clock.now_ms() + 5_000
+    await wait_until(lambda: len(target.arrivals_at("/hang")) == 1, message="the hanging call")
+    clock.advance(4.9)
+    assert (await read(client, owner, run["id"]))["state"] == "RUNNING"
+    ended: dict[str, Any] = {}
+
+    async def timed_out() -> bool:
+        # the planner looks at deadlines at least once a second: move time on in small
+        # steps until it has looked after the deadline
+        ended.update(await read(client, owner, run["id"]))
+        if ended["state"] == "RUNNING" and clock.now_ms() < run["deadlineAt"] + 3_000:
+            clock.advance(0.05)
+        return ended["state"] == "ERROR"
+
+    await wait_until(timed_out, message="the run to time out")
+    failed = ended
+    assert failed["finishedAt"] >= run["deadlineAt"]
+    assert failed["error"] == "the run timed out"
+    assert [s["state"] for s in failed["steps"]] == ["CANCELLED", "CANCELLED"]
+    task = await client.get(f"/v1/queues/{run['steps'][0]['taskId']}", headers=owner.headers)
+    assert task.json()["state"] == "REVOKED"
+    target.release()
