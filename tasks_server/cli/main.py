@@ -23,6 +23,7 @@ from ..config import Settings, describe, load
 from ..errors import ConfigError
 from . import cron as cron_commands
 from . import tasks as task_commands
+from . import workflows as workflow_commands
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def parser() -> argparse.ArgumentParser:
 
     task_commands.add_commands(commands)  # owner …, task …: HTTP calls to a running server
     cron_commands.add_commands(commands)  # cron …: recurring schedules, the same way
+    workflow_commands.add_commands(commands)  # workflow …: multi-step runs, the same way
     return top
 
 
