@@ -87,9 +87,7 @@ def build(
     schedules = ScheduleRunner(store, scheduler, clock)
     runs = FinalWaiters()
     unsupported = _unsupported_fields()
-    store.step_builder = step_builder(settings, unsupported)
-    store.on_step_started = scheduler.notify
-    store.on_run_finished = runs.wake
+    store.watch_workflows(step_builder(settings, unsupported), scheduler.notify, runs.wake)
     services = Services(
         settings=settings,
         store=store,

@@ -130,7 +130,11 @@ def add_commands(commands: Any) -> None:
         "--wait", type=float, metavar="SECONDS", help="wait up to SECONDS (≤ 60) for the result"
     )
     listing = add_command(group, "list", "list your runs, newest first", flags, _list, _print_list)
-    listing.add_argument("--state", choices=["PENDING", "RUNNING", "SUCCESS", "ERROR", "CANCELLED"])
+    listing.add_argument(
+        "--state",
+        choices=["PENDING", "RUNNING", "SUCCESS", "ERROR", "CANCELLED"],
+        help="only runs in this state",
+    )
     listing.add_argument("--name", help="only runs of this workflow name")
     listing.add_argument("--limit", type=int, default=100, help="at most this many (1-1000)")
     actions: list[tuple[str, str, Handler, Printer]] = [

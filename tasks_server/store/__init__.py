@@ -26,6 +26,7 @@ from ..models import (
     TaskState,
 )
 from ..workflows.model import NewRun, RunState, WorkflowRun
+from ..workflows.steps import RunFinished, StepBuilder, StepStarted
 
 LIST_ORDERS = ("createdAt", "estimateEndAt", "estimateExecutionAt")
 
@@ -243,6 +244,13 @@ class Store(Protocol):
         """
 
     # workflow runs (a step is a task; the store advances runs when their tasks end)
+
+    def watch_workflows(
+        self, builder: StepBuilder, step_started: StepStarted, run_finished: RunFinished
+    ) -> None:
+        """How a rendered step becomes a task (``builder``, raising ValueError for a step
+        that cannot be registered), and who to tell once a transaction that created a step's
+        task or ended a run is committed (the scheduler, the waiters)."""
 
     async def create_run(self, owner_id: str, run: NewRun, now_ms: int) -> WorkflowRun:
         """Store a run, its steps and their dependency edges in one transaction, and

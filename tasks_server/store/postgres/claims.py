@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, LiteralString
 
 from psycopg import AsyncCursor
@@ -138,14 +138,25 @@ class PgClaimOps(PgBase):
         renotify = [(r.task_id, r.next_due_at_ms) for r in results if r.next_due_at_ms is not None]
         now = max(r.finished_at_ms for r in results)
 
-        async def op(cur: Cursor) -> list[str]:
+        async def op(cur: Cursor) -> tuple[list[str], Callable[[], None]]:
             await cur.execute(ATTEMPT_FINISH, (*attempts, self.node_id))
             await cur.execute(TASK_FINISH, (*tasks, self.node_id))
             updated = {row[0] for row in await cur.fetchall()}
             await self._notify_due(cur, [r for r in renotify if r[0] in updated], now)
-            return [r.task_id for r in results if r.task_id in updated]
+            recorded = [r for r in results if r.task_id in updated]
+            announce = await self._outcome_followups(cur, recorded)
+            return [r.task_id for r in recorded], announce
 
-        return await self._tx(op)
+        updated, announce = await self._tx(op)
+        announce()
+        return updated
+
+    async def _outcome_followups(
+        self, cur: Cursor, results: Sequence[Result]
+    ) -> Callable[[], None]:
+        """Writes that follow recorded outcomes in the same transaction (workflow steps);
+        returns what to announce once it is committed. Nothing here."""
+        return lambda: None
 
     def _attempt_columns(self, results: Sequence[Result]) -> tuple[list[Any], ...]:
         return (

@@ -21,6 +21,7 @@ from .claims import PgClaimOps
 from .owners import PgOwnerOps
 from .schedules import PgScheduleOps
 from .tasks import PgTaskOps
+from .workflows import PgWorkflowOps
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ _CHECK_TIMEOUT_S = 2.0
 _RECONNECT_S = 1.0
 
 
-class PostgresStore(PgOwnerOps, PgTaskOps, PgClaimOps, PgScheduleOps):
+class PostgresStore(PgOwnerOps, PgTaskOps, PgWorkflowOps, PgClaimOps, PgScheduleOps):
     """Store on PostgreSQL. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -17,24 +17,35 @@ from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
 from ...errors import OwnerNotFound, PreconditionFailed, WorkflowNotFound
-from ...models import NewTask, Result, TaskState
+from ...models import Result, TaskState
 from ...workflows.model import (
     NewRun,
     RunState,
     StepStart,
     StepState,
-    StepTemplate,
     WorkflowRun,
     WorkflowStep,
 )
-from ...workflows.template import TemplateError, holds, references, render, response_context
+from ...workflows.steps import (
+    CANCELLED,
+    TIMED_OUT,
+    RunFinished,
+    StepBuilder,
+    StepStarted,
+    encode_template,
+    labelled,
+    referenced_steps,
+    step_error,
+    step_response,
+    step_result,
+)
+from ...workflows.template import TemplateError, holds, render
+from ..ids import new_task_id
 from .base import METADATA, StoreBase
 from .owners import OWNER_EXISTS
-from .tasks import TASK_INSERT, TASK_REVOKE, new_task_id
+from .tasks import TASK_INSERT, TASK_REVOKE
 
 logger = logging.getLogger(__name__)
-
-StepBuilder = Callable[[dict[str, Any], int], NewTask]
 
 RUN_INSERT: LiteralString = (
     "INSERT INTO workflow_run (id, owner_id, name, state, created_at, due_at, deadline_at, "
@@ -134,22 +145,17 @@ class _Advance:
     finished_runs: list[str] = field(default_factory=list)
 
 
-def _template_blob(step: StepTemplate) -> bytes:
-    return json.dumps(
-        {
-            "request": step.request,
-            "when": step.when,
-            "output": step.output,
-            "runIfSkipped": step.run_if_skipped,
-        }
-    ).encode()
-
-
 class WorkflowOps(StoreBase):
-    # set by the composition root: how a rendered step becomes a task, and who to tell
-    step_builder: StepBuilder | None = None
-    on_step_started: Callable[[str, int], None] | None = None
-    on_run_finished: Callable[[str], None] | None = None
+    _step_builder: StepBuilder | None = None
+    _step_started: StepStarted | None = None
+    _run_finished: RunFinished | None = None
+
+    def watch_workflows(
+        self, builder: StepBuilder, step_started: StepStarted, run_finished: RunFinished
+    ) -> None:
+        self._step_builder = builder
+        self._step_started = step_started
+        self._run_finished = run_finished
 
     async def create_run(self, owner_id: str, run: NewRun, now_ms: int) -> WorkflowRun:
         run_id = new_task_id(now_ms)
@@ -159,7 +165,7 @@ class WorkflowOps(StoreBase):
         metadata_blob = self._seal(
             None if run.metadata is None else METADATA.dump_json(run.metadata)
         )
-        templates = [(step, self._sealer.seal(_template_blob(step))) for step in run.steps]
+        templates = [(step, self._sealer.seal(encode_template(step))) for step in run.steps]
 
         def op(conn: sqlite3.Connection) -> _Advance:
             if conn.execute(OWNER_EXISTS, (owner_id,)).fetchone() is None:
@@ -225,7 +231,7 @@ class WorkflowOps(StoreBase):
                 raise WorkflowNotFound(run_id)
             if RunState(row[3]).is_final:
                 raise PreconditionFailed(f"the run is {row[3]}")
-            conn.execute(RUN_SET_STATE, (RunState.CANCELLED.value, now_ms, "cancelled", run_id))
+            conn.execute(RUN_SET_STATE, (RunState.CANCELLED.value, now_ms, CANCELLED, run_id))
             conn.execute(STEP_CANCEL_WAITING, (now_ms, run_id))
             revoked = []
             for (task_id,) in conn.execute(STEP_CANCEL_RUNNING, (now_ms, run_id)).fetchall():
@@ -278,9 +284,7 @@ class WorkflowOps(StoreBase):
             ended = []
             for (run_id,) in conn.execute(RUN_OVERDUE, (now_ms, limit)).fetchall():
                 owner_id = conn.execute(RUN_STATE, (run_id,)).fetchone()[0]
-                conn.execute(
-                    RUN_SET_STATE, (RunState.ERROR.value, now_ms, "the run timed out", run_id)
-                )
+                conn.execute(RUN_SET_STATE, (RunState.ERROR.value, now_ms, TIMED_OUT, run_id))
                 conn.execute(STEP_CANCEL_WAITING, (now_ms, run_id))
                 tasks = [row[0] for row in conn.execute(STEP_CANCEL_RUNNING, (now_ms, run_id))]
                 for task_id in tasks:
@@ -323,22 +327,19 @@ class WorkflowOps(StoreBase):
     ) -> None:
         now = result.finished_at_ms
         owner_id, run_state, _ = conn.execute(RUN_STATE, (run_id,)).fetchone()
-        body = result.response if result.response is not None else result.outcome.body
-        response = response_context(result.status_code, result.outcome.headers, body)
+        response = step_response(result)
         if result.state is TaskState.ERROR:
-            error = result.outcome.error or f"the call answered {result.status_code}"
+            error = step_error(result)
             self._fail_step(conn, run_id, step_id, run_state, error, response, now, advance)
             return
         template = json.loads(self._sealer.open(template_blob))
         try:
-            context = self._context(conn, run_id, template["output"])
-            output = render(template["output"], {**context, "response": response})
+            context = self._context(conn, run_id, referenced_steps(template, "output"))
+            blob = self._sealer.seal(step_result(template, context, response))
         except TemplateError as exc:
-            self._fail_step(
-                conn, run_id, step_id, run_state, f"output: {exc}", response, now, advance
-            )
+            error = f"output: {exc}"
+            self._fail_step(conn, run_id, step_id, run_state, error, response, now, advance)
             return
-        blob = self._sealer.seal(json.dumps({"response": response, "output": output}).encode())
         conn.execute(STEP_FINISHED, (StepState.SUCCESS.value, blob, None, now, run_id, step_id))
         self._step_done(conn, run_id, owner_id, step_id, False, now, advance)
 
@@ -458,52 +459,42 @@ class WorkflowOps(StoreBase):
     ) -> StepStart | None:
         if dep_skipped and not template["runIfSkipped"]:
             return None
-        context = self._context(conn, run_id, [template["request"], template["when"]])
+        refs = referenced_steps(template, "request") | referenced_steps(template, "when")
+        context = self._context(conn, run_id, refs)
         if template["when"] is not None and not holds(template["when"], context):
             return None
-        request = render(template["request"], context)
-        assert self.step_builder is not None, "the store was given no step builder"
-        new = self.step_builder(request, now)
+        assert self._step_builder is not None, "the store was given no step builder"
+        new = labelled(
+            self._step_builder(render(template["request"], context), now), run_id, step_id
+        )
         due = max(new.due_at_ms, due_floor_ms)
-        labels = (("workflowRun", run_id), ("workflowStep", step_id))
-        metadata = (new.spec.metadata or ()) + labels
-        spec = type(new.spec)(new.spec.request, new.spec.config, metadata)
+        metadata = self._seal(METADATA.dump_json(new.spec.metadata or ()))
         task_id = new_task_id(now)
         conn.execute(
             TASK_INSERT,
-            (
-                task_id,
-                owner_id,
-                now,
-                due,
-                due,
-                due,
-                self._seal(METADATA.dump_json(metadata)),
-                self._seal_spec(spec),
-            ),
+            (task_id, owner_id, now, due, due, due, metadata, self._seal_spec(new.spec)),
         )
         conn.execute(STEP_STARTED, (task_id, now, run_id, step_id))
         return StepStart(task_id, due)
 
-    def _context(self, conn: sqlite3.Connection, run_id: str, template: Any) -> dict[str, Any]:
-        """The input and the results of the steps ``template`` refers to."""
+    def _context(self, conn: sqlite3.Connection, run_id: str, step_ids: set[str]) -> dict[str, Any]:
+        """The run's input and the results of the steps named."""
         steps: dict[str, Any] = {}
-        for ref in references(template):
-            if ref.step is not None and ref.step not in steps:
-                row = conn.execute(STEP_RESULT, (run_id, ref.step)).fetchone()
-                if row is not None and row[0] is not None:
-                    steps[ref.step] = json.loads(self._sealer.open(row[0]))
+        for step_id in step_ids:
+            row = conn.execute(STEP_RESULT, (run_id, step_id)).fetchone()
+            if row is not None and row[0] is not None:
+                steps[step_id] = json.loads(self._sealer.open(row[0]))
         input_blob = conn.execute(RUN_STATE, (run_id,)).fetchone()[2]
         return {"input": json.loads(self._sealer.open(input_blob)), "steps": steps}
 
     def _announce(self, advance: _Advance) -> None:
         """Tell the scheduler and the waiters, after the commit."""
-        if self.on_step_started is not None:
+        if self._step_started is not None:
             for start in advance.started:
-                self.on_step_started(start.task_id, start.due_at_ms)
-        if self.on_run_finished is not None:
+                self._step_started(start.task_id, start.due_at_ms)
+        if self._run_finished is not None:
             for run_id in advance.finished_runs:
-                self.on_run_finished(run_id)
+                self._run_finished(run_id)
 
     # -- rows -----------------------------------------------------------------------------
 

@@ -1,0 +1,77 @@
+"""What both stores do the same way when they advance a run: how a step's template is
+kept, what a finished step's result holds, and the texts of step and run errors. Pure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ..models import NewTask, Result
+from .model import StepTemplate
+from .template import TemplateError, references, render, response_context
+
+# how a rendered step becomes a task: the registration's own validation (ValueError)
+StepBuilder = Callable[[dict[str, Any], int], NewTask]
+# who the store tells after a commit: a step's task was created (id, due ms); a run ended
+StepStarted = Callable[[str, int], None]
+RunFinished = Callable[[str], None]
+
+TIMED_OUT = "the run timed out"
+CANCELLED = "cancelled"
+
+
+def encode_template(step: StepTemplate) -> bytes:
+    return json.dumps(
+        {
+            "request": step.request,
+            "when": step.when,
+            "output": step.output,
+            "runIfSkipped": step.run_if_skipped,
+        }
+    ).encode()
+
+
+def referenced_steps(template: dict[str, Any], part: str) -> set[str]:
+    """The step ids whose results ``template[part]`` refers to."""
+    return {ref.step for ref in references(template[part]) if ref.step is not None}
+
+
+def step_response(result: Result) -> dict[str, Any]:
+    """The ``response`` placeholders see for a finished attempt (the body as stored)."""
+    body = result.response if result.response is not None else result.outcome.body
+    return response_context(result.status_code, result.outcome.headers, body)
+
+
+def step_error(result: Result) -> str:
+    return result.outcome.error or f"the call answered {result.status_code}"
+
+
+def run_error(step_id: str, error: str) -> str:
+    return f"step {step_id!r} failed: {error}"
+
+
+def step_result(
+    template: dict[str, Any], context: dict[str, Any], response: dict[str, Any]
+) -> bytes:
+    """The stored result of a step that succeeded: its response and rendered output.
+    Raises TemplateError when the output refers to something missing."""
+    output = render(template["output"], {**context, "response": response})
+    return json.dumps({"response": response, "output": output}).encode()
+
+
+def failed_result(response: dict[str, Any] | None) -> bytes | None:
+    if response is None:
+        return None
+    return json.dumps({"response": response, "output": None}).encode()
+
+
+def labelled(new: NewTask, run_id: str, step_id: str) -> NewTask:
+    """The step's task with the run and step in its metadata (as the task list shows)."""
+    labels = (("workflowRun", run_id), ("workflowStep", step_id))
+    spec = new.spec
+    metadata = (spec.metadata or ()) + labels
+    return NewTask(type(spec)(spec.request, spec.config, metadata), new.due_at_ms)
+
+
+__all__ = ["TemplateError"]

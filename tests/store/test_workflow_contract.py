@@ -1,0 +1,275 @@
+"""The Store contract for workflow runs, on every implementation (the parametrised
+``store`` fixture, tests/support/stores.py): runs advance in the transaction that records
+a step's outcome, and the store tells who must know after the commit."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tasks_server.errors import OwnerNotFound, PreconditionFailed, WorkflowNotFound
+from tasks_server.models import (
+    HttpRequest,
+    NewTask,
+    Outcome,
+    Owner,
+    Result,
+    TaskConfig,
+    TaskSpec,
+    TaskState,
+)
+from tasks_server.sealing import key_digest
+from tasks_server.store import Store
+from tasks_server.workflows.model import NewRun, RunState, StepState, StepTemplate
+
+T0 = 1_767_225_600_000
+
+
+class Watcher:
+    """The builder and listeners a server gives the store, recording what they saw."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, int]] = []
+        self.finished: list[str] = []
+        self.bodies: dict[str, Any] = {}  # task url → rendered body
+
+    def build(self, request: dict[str, Any], now_ms: int) -> NewTask:
+        http = request["httpRequest"]
+        if "bad" in http["url"]:
+            raise ValueError("httpRequest.url: Invalid url")
+        data = http.get("data")
+        self.bodies[http["url"]] = data
+        body = None if data is None else json.dumps(data)
+        spec = TaskSpec(HttpRequest(http["url"], "POST", data_json=body), TaskConfig())
+        return NewTask(spec, now_ms + request.get("config", {}).get("executionDelay", 0))
+
+
+@pytest.fixture
+def watcher(store: Store) -> Watcher:
+    found = Watcher()
+    store.watch_workflows(
+        found.build, lambda t, d: found.started.append((t, d)), found.finished.append
+    )
+    return found
+
+
+async def make_owner(store: Store, name: str = "owner-one") -> Owner:
+    return await store.create_owner(name, key_digest(name * 8), T0, 1000)
+
+
+def step(step_id: str, *deps: str, data: Any = None, **extra: Any) -> StepTemplate:
+    http: dict[str, Any] = {"url": f"https://example.com/{step_id}", "method": "POST"}
+    if data is not None:
+        http["data"] = data
+    return StepTemplate(step_id, deps, {"httpRequest": http}, **extra)
+
+
+def run_of(*steps: StepTemplate, due: int = T0, timeout_ms: int | None = None) -> NewRun:
+    return NewRun("order", {"id": "A-1"}, steps, due, timeout_ms, (("team", "ops"),))
+
+
+async def finish(
+    store: Store, task_id: str, at: int, status: int = 200, body: bytes = b"{}"
+) -> None:
+    """Claim the step's task and record its outcome, as the scheduler does."""
+    [attempt] = await store.claim_due([task_id], at)
+    state = TaskState.SUCCESS if status < 400 else TaskState.ERROR
+    outcome = Outcome(status=status, body=body, headers=(("X-Rate", "0.2"),))
+    assert await store.record_outcomes(
+        [Result(task_id, attempt.number, at, state, status, body, outcome)]
+    ) == [task_id]
+
+
+async def test_a_run_starts_its_roots_and_advances_in_the_outcome_transaction(
+    store: Store, watcher: Watcher
+) -> None:
+    owner = await make_owner(store)
+    run = await store.create_run(
+        owner.id,
+        run_of(
+            step(
+                "tax",
+                data={"order": "{{ input.id }}"},
+                output={"total": "{{ response.body.total }}"},
+            ),
+            step(
+                "store",
+                "tax",
+                data={
+                    "total": "{{ steps.tax.output.total }}",
+                    "rate": "{{ steps.tax.response.headers.x-rate }}",
+                },
+            ),
+            step("sync", "store"),
+        ),
+        T0,
+    )
+    assert run.state is RunState.RUNNING and run.metadata == (("team", "ops"),)
+    assert [s.state for s in run.steps] == [StepState.RUNNING, StepState.WAITING, StepState.WAITING]
+    tax_task = run.steps[0].task_id
+    assert tax_task is not None and watcher.started == [(tax_task, T0)]
+    assert watcher.bodies["https://example.com/tax"] == {"order": "A-1"}
+    task = await store.get_task(owner.id, tax_task)
+    assert task.metadata == (("workflowRun", run.id), ("workflowStep", "tax"))
+
+    await finish(store, tax_task, T0 + 10, body=b'{"total": 48.5}')
+    after = await store.get_run(owner.id, run.id)
+    assert [s.state for s in after.steps] == [
+        StepState.SUCCESS,
+        StepState.RUNNING,
+        StepState.WAITING,
+    ]
+    assert after.steps[0].output == {"total": 48.5} and after.steps[0].attempts == 1
+    assert watcher.bodies["https://example.com/store"] == {"total": 48.5, "rate": "0.2"}
+    assert watcher.started[-1] == (after.steps[1].task_id, T0 + 10)
+
+    await finish(store, after.steps[1].task_id or "", T0 + 20)
+    sync_task = (await store.get_run(owner.id, run.id)).steps[2].task_id
+    assert watcher.finished == []
+    await finish(store, sync_task or "", T0 + 30)
+    done = await store.get_run(owner.id, run.id)
+    assert done.state is RunState.SUCCESS and done.finished_at_ms == T0 + 30
+    assert watcher.finished == [run.id]
+
+
+async def test_fan_in_waits_for_every_dependency(store: Store, watcher: Watcher) -> None:
+    owner = await make_owner(store)
+    run = await store.create_run(owner.id, run_of(step("a"), step("b"), step("c", "a", "b")), T0)
+    a, b = run.steps[0].task_id or "", run.steps[1].task_id or ""
+    await finish(store, a, T0 + 1)
+    assert (await store.get_run(owner.id, run.id)).steps[2].state is StepState.WAITING
+    await finish(store, b, T0 + 2)
+    assert (await store.get_run(owner.id, run.id)).steps[2].state is StepState.RUNNING
+
+
+async def test_a_failed_step_fails_the_run_and_retry_keeps_the_successes(
+    store: Store, watcher: Watcher
+) -> None:
+    owner = await make_owner(store)
+    run = await store.create_run(owner.id, run_of(step("a"), step("b", "a"), step("c", "b")), T0)
+    await finish(store, run.steps[0].task_id or "", T0 + 1)
+    failing = (await store.get_run(owner.id, run.id)).steps[1].task_id or ""
+    await finish(store, failing, T0 + 2, status=500, body=b"down")
+    failed = await store.get_run(owner.id, run.id)
+    assert (
+        failed.state is RunState.ERROR and failed.error == "step 'b' failed: the call answered 500"
+    )
+    assert [s.state for s in failed.steps] == [
+        StepState.SUCCESS,
+        StepState.ERROR,
+        StepState.WAITING,
+    ]
+    assert watcher.finished == [run.id]
+    with pytest.raises(PreconditionFailed):
+        await store.cancel_run(owner.id, run.id, T0)  # a final run cannot be cancelled
+    started_before = len(watcher.started)
+    retried = await store.retry_run(owner.id, run.id, T0 + 3)
+    assert retried.state is RunState.RUNNING and retried.error is None
+    assert [s.state for s in retried.steps] == [
+        StepState.SUCCESS,
+        StepState.RUNNING,
+        StepState.WAITING,
+    ]
+    assert retried.steps[1].task_id != failing
+    assert len(watcher.started) == started_before + 1  # only b: a is not called again
+    with pytest.raises(PreconditionFailed):
+        await store.retry_run(owner.id, run.id, T0 + 4)
+
+
+async def test_cancel_revokes_running_steps_and_delete_needs_a_final_run(
+    store: Store, watcher: Watcher
+) -> None:
+    owner = await make_owner(store)
+    run = await store.create_run(owner.id, run_of(step("a"), step("b", "a")), T0)
+    with pytest.raises(PreconditionFailed):
+        await store.delete_run(owner.id, run.id)
+    revoked = await store.cancel_run(owner.id, run.id, T0 + 5)
+    assert revoked == [run.steps[0].task_id]
+    assert (await store.get_task(owner.id, revoked[0])).state is TaskState.REVOKED
+    cancelled = await store.get_run(owner.id, run.id)
+    assert cancelled.state is RunState.CANCELLED
+    assert [s.state for s in cancelled.steps] == [StepState.CANCELLED, StepState.CANCELLED]
+    await store.delete_run(owner.id, run.id)
+    with pytest.raises(WorkflowNotFound):
+        await store.get_run(owner.id, run.id)
+
+
+async def test_conditions_skip_and_the_skip_passes_on_unless_a_step_opts_in(
+    store: Store, watcher: Watcher
+) -> None:
+    owner = await make_owner(store)
+    never = {"value": "{{ input.id }}", "equals": "B-2"}
+    run = await store.create_run(
+        owner.id,
+        run_of(step("a", when=never), step("b", "a"), step("c", "a", run_if_skipped=True)),
+        T0,
+    )
+    assert [s.state for s in run.steps] == [StepState.SKIPPED, StepState.SKIPPED, StepState.RUNNING]
+    await finish(store, run.steps[2].task_id or "", T0 + 1)
+    assert (await store.get_run(owner.id, run.id)).state is RunState.SUCCESS
+
+
+async def test_a_step_that_cannot_be_built_fails_the_run_with_the_reason(
+    store: Store, watcher: Watcher
+) -> None:
+    owner = await make_owner(store)
+    bad = StepTemplate(
+        "b", ("a",), {"httpRequest": {"url": "https://bad.example/", "method": "GET"}}
+    )
+    missing = step("c", "a", data={"x": "{{ steps.a.response.body.nope }}"})
+    run = await store.create_run(owner.id, run_of(step("a"), bad, missing), T0)
+    await finish(store, run.steps[0].task_id or "", T0 + 1)
+    failed = await store.get_run(owner.id, run.id)
+    assert failed.state is RunState.ERROR
+    assert (
+        failed.steps[1].error == "httpRequest.url: Invalid url" and failed.steps[1].task_id is None
+    )
+
+
+async def test_runs_past_their_deadline_expire(store: Store, watcher: Watcher) -> None:
+    owner = await make_owner(store)
+    run = await store.create_run(owner.id, run_of(step("a"), timeout_ms=5_000), T0)
+    assert run.deadline_ms == T0 + 5_000
+    assert await store.expire_runs(T0 + 4_999) == []
+    assert await store.expire_runs(T0 + 5_000) == [run.steps[0].task_id]
+    expired = await store.get_run(owner.id, run.id)
+    assert expired.state is RunState.ERROR and expired.error == "the run timed out"
+    assert watcher.finished == [run.id]
+
+
+async def test_runs_are_listed_newest_first_per_owner_and_hidden_from_others(
+    store: Store, watcher: Watcher
+) -> None:
+    owner, other = await make_owner(store), await make_owner(store, "owner-two")
+    ids = [(await store.create_run(owner.id, run_of(step("a")), T0 + n)).id for n in range(3)]
+    page = await store.list_runs(owner.id, None, None, 2)
+    assert [r.id for r in page] == ids[:0:-1] and page[0].steps == ()
+    rest = await store.list_runs(owner.id, None, None, 2, (page[-1].created_at_ms, page[-1].id))
+    assert [r.id for r in rest] == ids[:1]
+    assert await store.list_runs(owner.id, RunState.SUCCESS, None, 10) == []
+    assert len(await store.list_runs(owner.id, RunState.RUNNING, "order", 10)) == 3
+    assert await store.list_runs(other.id, None, None, 10) == []
+    for call in (
+        store.get_run(other.id, ids[0]),
+        store.cancel_run(other.id, ids[0], T0),
+        store.retry_run(other.id, ids[0], T0),
+        store.delete_run(other.id, ids[0]),
+    ):
+        with pytest.raises(WorkflowNotFound):
+            await call
+    with pytest.raises(OwnerNotFound):
+        await store.create_run("no-such-owner", run_of(step("a")), T0)
+
+
+async def test_a_delayed_run_is_pending_until_its_first_step_finishes(
+    store: Store, watcher: Watcher
+) -> None:
+    owner = await make_owner(store)
+    run = await store.create_run(owner.id, run_of(step("a"), step("b", "a"), due=T0 + 60_000), T0)
+    assert run.state is RunState.PENDING and watcher.started == [
+        (run.steps[0].task_id, T0 + 60_000)
+    ]
+    await finish(store, run.steps[0].task_id or "", T0 + 60_001)
+    assert (await store.get_run(owner.id, run.id)).state is RunState.RUNNING
