@@ -1,0 +1,326 @@
+"""Advancing workflow runs on PostgreSQL inside the transaction that records a step's outcome:
+the step is finished, its dependants' counts of unmet dependencies drop through
+``workflow_edge`` (no scan of the run), and the steps left with none are rendered and
+inserted as tasks (the ``StepBuilder`` the composition root gives the store validates
+them). The SQL the run operations share lives here too."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, LiteralString
+
+from psycopg import AsyncCursor
+
+from ...models import Result, TaskState
+from ...workflows.model import (
+    RunState,
+    StepStart,
+    StepState,
+)
+from ...workflows.steps import (
+    RunFinished,
+    StepBuilder,
+    StepStarted,
+    labelled,
+    referenced_steps,
+    step_error,
+    step_response,
+    step_result,
+)
+from ...workflows.template import TemplateError, holds, render
+from ..ids import new_task_id
+from .base import METADATA, PgBase
+from .tasks import TASK_INSERT
+
+logger = logging.getLogger(__name__)
+
+Cursor = AsyncCursor[tuple[Any, ...]]
+
+
+async def _one(cur: Cursor, sql: LiteralString, params: Any) -> Any:
+    await cur.execute(sql, params)
+    return await cur.fetchone()
+
+
+async def _all(cur: Cursor, sql: LiteralString, params: Any) -> list[Any]:
+    await cur.execute(sql, params)
+    return await cur.fetchall()
+
+
+RUN_STATE: LiteralString = "SELECT owner_id, state, input FROM workflow_run WHERE id = %s"
+
+RUN_LOCK: LiteralString = "SELECT owner_id, state, input FROM workflow_run WHERE id = %s FOR UPDATE"
+
+RUN_SET_STATE: LiteralString = (
+    "UPDATE workflow_run SET state = %s, finished_at = %s, error = %s WHERE id = %s"
+)
+
+RUN_START: LiteralString = (
+    "UPDATE workflow_run SET state = 'RUNNING' WHERE id = %s AND state = 'PENDING'"
+)
+
+RUN_DONE_ONE: LiteralString = (
+    "UPDATE workflow_run SET remaining = remaining - 1 WHERE id = %s RETURNING remaining, state"
+)
+
+STEP_BY_TASK: LiteralString = (
+    "SELECT run_id, step_id, template FROM workflow_step WHERE task_id = %s AND state = 'RUNNING'"
+)
+
+STEP_TEMPLATE: LiteralString = (
+    "SELECT template, state, dep_skipped FROM workflow_step WHERE run_id = %s AND step_id = %s"
+)
+
+STEP_RESULT: LiteralString = (
+    "SELECT result FROM workflow_step WHERE run_id = %s AND step_id = %s AND state = 'SUCCESS'"
+)
+
+STEP_STARTED: LiteralString = (
+    "UPDATE workflow_step SET state = 'RUNNING', task_id = %s, started_at = %s, "
+    "finished_at = NULL, error = NULL WHERE run_id = %s AND step_id = %s"
+)
+
+STEP_FINISHED: LiteralString = (
+    "UPDATE workflow_step SET state = %s, result = %s, error = %s, finished_at = %s "
+    "WHERE run_id = %s AND step_id = %s"
+)
+
+STEP_RELEASE: LiteralString = (
+    "UPDATE workflow_step SET unmet = unmet - 1, dep_skipped = greatest(dep_skipped, %s) "
+    "WHERE run_id = %s AND step_id IN "
+    "(SELECT dependant FROM workflow_edge WHERE run_id = %s AND step_id = %s) "
+    "RETURNING step_id, unmet, state"
+)
+
+
+@dataclass(slots=True)
+class Advance:
+    """What one transaction did to runs: step tasks to arm, runs that ended."""
+
+    started: list[StepStart] = field(default_factory=list)
+    finished_runs: list[str] = field(default_factory=list)
+
+
+class PgStepOps(PgBase):
+    _step_builder: StepBuilder | None = None
+    _step_started: StepStarted | None = None
+    _run_finished: RunFinished | None = None
+
+    def _unseal(self, blob: bytes) -> bytes:
+        return self._sealer.open(bytes(blob))
+
+    def watch_workflows(
+        self, builder: StepBuilder, step_started: StepStarted, run_finished: RunFinished
+    ) -> None:
+        self._step_builder = builder
+        self._step_started = step_started
+        self._run_finished = run_finished
+
+    # -- inside the outcome transaction ---------------------------------------------------
+
+    async def _outcome_followups(
+        self, cur: Cursor, results: Sequence[Result]
+    ) -> Callable[[], None]:
+        advance = await self.advance_steps(cur, results)
+        return lambda: self._announce(advance)
+
+    async def advance_steps(self, cur: Cursor, results: Sequence[Result]) -> Advance:
+        """Finish the workflow steps whose task just ended (called inside the transaction
+        that records the outcomes) and start what they release."""
+        advance = Advance()
+        for result in results:
+            if result.state not in (TaskState.SUCCESS, TaskState.ERROR):
+                continue
+            row = await _one(cur, STEP_BY_TASK, (result.task_id,))
+            if row is not None:
+                await self._finish_step(cur, row[0], row[1], row[2], result, advance)
+        await self._tell_nodes(cur, advance, max((r.finished_at_ms for r in results), default=0))
+        return advance
+
+    async def _tell_nodes(self, cur: Cursor, advance: Advance, now_ms: int) -> None:
+        """Other nodes learn of the step tasks this transaction created, at its commit."""
+        started = [(start.task_id, start.due_at_ms) for start in advance.started]
+        if started:
+            await self._notify_due(cur, started, now_ms)
+
+    async def _finish_step(
+        self,
+        cur: Cursor,
+        run_id: str,
+        step_id: str,
+        template_blob: bytes,
+        result: Result,
+        advance: Advance,
+    ) -> None:
+        now = result.finished_at_ms
+        # the run's row is locked: steps of one run finishing on two nodes take turns
+        owner_id, run_state, _ = await _one(cur, RUN_LOCK, (run_id,))
+        response = step_response(result)
+        if result.state is TaskState.ERROR:
+            error = step_error(result)
+            await self._fail_step(cur, run_id, step_id, run_state, error, response, now, advance)
+            return
+        template = json.loads(self._unseal(template_blob))
+        try:
+            context = await self._context(cur, run_id, referenced_steps(template, "output"))
+            blob = self._sealer.seal(step_result(template, context, response))
+        except TemplateError as exc:
+            error = f"output: {exc}"
+            await self._fail_step(cur, run_id, step_id, run_state, error, response, now, advance)
+            return
+        await cur.execute(
+            STEP_FINISHED, (StepState.SUCCESS.value, blob, None, now, run_id, step_id)
+        )
+        await self._step_done(cur, run_id, owner_id, step_id, False, now, advance)
+
+    async def _fail_step(
+        self,
+        cur: Cursor,
+        run_id: str,
+        step_id: str,
+        run_state: str,
+        error: str,
+        response: dict[str, Any] | None,
+        now: int,
+        advance: Advance,
+    ) -> None:
+        blob = (
+            None
+            if response is None
+            else self._sealer.seal(json.dumps({"response": response, "output": None}).encode())
+        )
+        await cur.execute(STEP_FINISHED, (StepState.ERROR.value, blob, error, now, run_id, step_id))
+        if not RunState(run_state).is_final:
+            message = f"step {step_id!r} failed: {error}"
+            await cur.execute(RUN_SET_STATE, (RunState.ERROR.value, now, message, run_id))
+            advance.finished_runs.append(run_id)
+
+    async def _start_ready(
+        self,
+        cur: Cursor,
+        run_id: str,
+        owner_id: str,
+        step_ids: Sequence[str],
+        now: int,
+        due_floor_ms: int,
+        advance: Advance,
+    ) -> None:
+        """Start steps with nothing unmet, and count the ones that are skipped."""
+        for step_id in await self._start_steps(
+            cur, run_id, owner_id, step_ids, now, due_floor_ms, advance
+        ):
+            await self._step_done(cur, run_id, owner_id, step_id, True, now, advance)
+
+    async def _step_done(
+        self,
+        cur: Cursor,
+        run_id: str,
+        owner_id: str,
+        step_id: str,
+        skipped: bool,
+        now: int,
+        advance: Advance,
+    ) -> None:
+        """A step succeeded or was skipped: count it, and start (or skip) the dependants
+        it leaves with nothing unmet. Iterative, so a long chain of skips is no recursion."""
+        work = [(step_id, skipped)]
+        while work:
+            done_id, done_skipped = work.pop()
+            remaining, run_state = await _one(cur, RUN_DONE_ONE, (run_id,))
+            if RunState(run_state).is_final:
+                return  # a failed or cancelled run starts nothing new
+            await cur.execute(RUN_START, (run_id,))
+            if remaining == 0:
+                await cur.execute(RUN_SET_STATE, (RunState.SUCCESS.value, now, None, run_id))
+                advance.finished_runs.append(run_id)
+                return
+            released = await _all(cur, STEP_RELEASE, (int(done_skipped), run_id, run_id, done_id))
+            ready = [dep for dep, unmet, state in released if unmet == 0 and state == "WAITING"]
+            skipped_now = await self._start_steps(cur, run_id, owner_id, ready, now, now, advance)
+            work.extend((dep, True) for dep in skipped_now)
+
+    async def _start_steps(
+        self,
+        cur: Cursor,
+        run_id: str,
+        owner_id: str,
+        step_ids: Sequence[str],
+        now: int,
+        due_floor_ms: int,
+        advance: Advance,
+    ) -> list[str]:
+        """Turn ready steps into tasks; returns the ones skipped (their dependants are
+        released by the caller). A step whose request cannot be built fails the run."""
+        skipped = []
+        for step_id in step_ids:
+            template_blob, _, dep_skipped = await _one(cur, STEP_TEMPLATE, (run_id, step_id))
+            template = json.loads(self._unseal(template_blob))
+            try:
+                start = await self._start_step(
+                    cur, run_id, owner_id, step_id, template, bool(dep_skipped), now, due_floor_ms
+                )
+            except (TemplateError, ValueError) as exc:
+                run_state = (await _one(cur, RUN_STATE, (run_id,)))[1]
+                await self._fail_step(cur, run_id, step_id, run_state, str(exc), None, now, advance)
+                break  # the run failed: nothing new starts
+            if start is None:
+                await cur.execute(
+                    STEP_FINISHED, (StepState.SKIPPED.value, None, None, now, run_id, step_id)
+                )
+                skipped.append(step_id)
+            else:
+                advance.started.append(start)
+        return skipped
+
+    async def _start_step(
+        self,
+        cur: Cursor,
+        run_id: str,
+        owner_id: str,
+        step_id: str,
+        template: dict[str, Any],
+        dep_skipped: bool,
+        now: int,
+        due_floor_ms: int,
+    ) -> StepStart | None:
+        if dep_skipped and not template["runIfSkipped"]:
+            return None
+        refs = referenced_steps(template, "request") | referenced_steps(template, "when")
+        context = await self._context(cur, run_id, refs)
+        if template["when"] is not None and not holds(template["when"], context):
+            return None
+        assert self._step_builder is not None, "the store was given no step builder"
+        new = labelled(
+            self._step_builder(render(template["request"], context), now), run_id, step_id
+        )
+        due = max(new.due_at_ms, due_floor_ms)
+        metadata = self._seal(METADATA.dump_json(new.spec.metadata or ()))
+        task_id = new_task_id(now)
+        await cur.execute(
+            TASK_INSERT,
+            (task_id, owner_id, now, due, due, due, metadata, self._seal_spec(new.spec)),
+        )
+        await cur.execute(STEP_STARTED, (task_id, now, run_id, step_id))
+        return StepStart(task_id, due)
+
+    async def _context(self, cur: Cursor, run_id: str, step_ids: set[str]) -> dict[str, Any]:
+        """The run's input and the results of the steps named."""
+        steps: dict[str, Any] = {}
+        for step_id in step_ids:
+            row = await _one(cur, STEP_RESULT, (run_id, step_id))
+            if row is not None and row[0] is not None:
+                steps[step_id] = json.loads(self._unseal(row[0]))
+        input_blob = (await _one(cur, RUN_STATE, (run_id,)))[2]
+        return {"input": json.loads(self._unseal(input_blob)), "steps": steps}
+
+    def _announce(self, advance: Advance) -> None:
+        """Tell the scheduler and the waiters, after the commit."""
+        if self._step_started is not None:
+            for start in advance.started:
+                self._step_started(start.task_id, start.due_at_ms)
+        if self._run_finished is not None:
+            for run_id in advance.finished_runs:
+                self._run_finished(run_id)
