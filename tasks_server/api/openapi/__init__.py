@@ -50,7 +50,12 @@ def spec() -> JsonObject:
         },
         "components": {
             # the task models' own entries (with their date notes) win over the copies
-            "schemas": {**schedules.openapi_schemas(), **requests, **RESPONSE_SCHEMAS},
+            "schemas": {
+                **schedules.openapi_schemas(),
+                **requests,
+                **RESPONSE_SCHEMAS,
+                **failures.SCHEMAS,
+            },
             "securitySchemes": SECURITY_SCHEMES,
         },
     }

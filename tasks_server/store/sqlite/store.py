@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .claims import ClaimOps
+from .dead_letters import DeadLetterOps
 from .owners import OwnerOps
 from .schedules import ScheduleOps
 from .tasks import TaskOps
 
 
-class SqliteStore(OwnerOps, TaskOps, ClaimOps, ScheduleOps):
+class SqliteStore(OwnerOps, TaskOps, ClaimOps, ScheduleOps, DeadLetterOps):
     """Store on SQLite. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 
     # -- one process owns the file: no leases, no other nodes, always the leader ----------
