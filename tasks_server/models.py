@@ -225,6 +225,13 @@ class DeadLetterFilter:
     schedule_id: str | None = None
     label: tuple[str, str | None] | None = None
 
+    def matches_label(self, metadata: tuple[tuple[str, str], ...] | None) -> bool:
+        """True without a label filter, or when ``metadata`` has the label."""
+        if self.label is None:
+            return True
+        key, value = self.label
+        return any(k == key and (value is None or v == value) for k, v in metadata or ())
+
 
 @dataclass(frozen=True, slots=True)
 class Attempt:

@@ -592,15 +592,6 @@ async def test_listening_where_no_one_else_writes_returns_or_waits(store: Store)
     listener.cancel()
     await asyncio.gather(listener, return_exceptions=True)
     assert heard == []  # a store never tells its own process what it did itself
-    await store.create_task(owner.id, new_task(), T0)
-    target = tmp_path / "copy.db"
-    await store.backup_to(target)
-    conn = sqlite3.connect(target)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        assert conn.execute("SELECT count(*) FROM task").fetchone() == (1,)
-    finally:
-        conn.close()
 
 
 # -- the dead-letter queue ----------------------------------------------------------------

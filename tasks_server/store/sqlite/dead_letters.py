@@ -12,9 +12,9 @@ from typing import Any, LiteralString
 
 from ...errors import PreconditionFailed, QueueLimitReached, TaskNotFound
 from ...models import DeadLetterFilter, Task, TaskSpec
-from .base import METADATA, StoreBase
+from .base import METADATA, TASK_COLUMNS, TASK_FIELDS, StoreBase
 from .owners import OWNER_CAPACITY
-from .tasks import TASK_BY_ID, TASK_COLUMNS, TASK_SPEC
+from .tasks import TASK_BY_ID, TASK_SPEC
 
 # the filters are optional: "? IS NULL OR ..." keeps one static statement for them all
 DEAD_PAGE: LiteralString = (
@@ -52,13 +52,13 @@ class DeadLetterOps(StoreBase):
             rows = await self._read(DEAD_PAGE, self._page_params(owner_id, where, position))
             for row in rows:
                 task = self._dead_task(row)
-                if where.label is None or _has_label(task, where.label):
+                if where.matches_label(task.metadata):
                     found.append(task)
                     if len(found) == limit:
                         break
             if len(rows) < _SCAN_ROWS:
                 break
-            position = (rows[-1][5], rows[-1][0])
+            position = (rows[-1][TASK_FIELDS.index("estimate_end_at")], rows[-1][0])
         return found
 
     @staticmethod
@@ -82,7 +82,9 @@ class DeadLetterOps(StoreBase):
         )
 
     def _dead_task(self, row: Sequence[Any]) -> Task:
-        return dataclasses.replace(self._task(row), schedule_id=row[12], cycle=row[13])
+        count = len(TASK_FIELDS)
+        task = self._task(row[:count])
+        return dataclasses.replace(task, schedule_id=row[count], cycle=row[count + 1])
 
     async def replay_task(
         self, owner_id: str, task_id: str, spec: TaskSpec | None, due_at_ms: int, now_ms: int
@@ -138,8 +140,3 @@ class DeadLetterOps(StoreBase):
             )
 
         return await self._write(op, savepoint=True)
-
-
-def _has_label(task: Task, label: tuple[str, str | None]) -> bool:
-    key, value = label
-    return any(k == key and (value is None or v == value) for k, v in task.metadata or ())
