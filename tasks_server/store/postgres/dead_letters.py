@@ -19,7 +19,8 @@ from .tasks import TASK_BY_ID, TASK_COLUMNS, TASK_SPEC
 Cursor = AsyncCursor[tuple[Any, ...]]
 
 DEAD_PAGE: LiteralString = (
-    f"SELECT {TASK_COLUMNS}, schedule_id, cycle FROM task "
+    # the two extra columns first: _task reads the rest, whatever TASK_COLUMNS holds
+    f"SELECT schedule_id, cycle, {TASK_COLUMNS} FROM task "
     "WHERE owner_id = %s AND state = 'ERROR' "
     "AND (%s::bigint IS NULL OR estimate_end_at >= %s) "
     "AND (%s::bigint IS NULL OR estimate_end_at < %s) "
@@ -69,14 +70,15 @@ class PgDeadLetterOps(PgBase):
             )
             rows = await self._read(DEAD_PAGE, params)
             for row in rows:
-                task = dataclasses.replace(self._task(row), schedule_id=row[12], cycle=row[13])
+                task = dataclasses.replace(self._task(row[2:]), schedule_id=row[0], cycle=row[1])
                 if where.matches_label(task.metadata):
                     found.append(task)
                     if len(found) == limit:
                         break
             if len(rows) < _SCAN_ROWS:
                 break
-            position = (rows[-1][5], rows[-1][0])
+            last = self._task(rows[-1][2:])
+            position = (last.estimate_end_at_ms, last.id)
         return found
 
     async def replay_task(

@@ -12,13 +12,14 @@ from typing import Any, LiteralString
 
 from ...errors import PreconditionFailed, QueueLimitReached, TaskNotFound
 from ...models import DeadLetterFilter, Task, TaskSpec
-from .base import METADATA, TASK_COLUMNS, TASK_FIELDS, StoreBase
+from .base import METADATA, TASK_COLUMNS, StoreBase
 from .owners import OWNER_CAPACITY
 from .tasks import TASK_BY_ID, TASK_SPEC
 
 # the filters are optional: "? IS NULL OR ..." keeps one static statement for them all
 DEAD_PAGE: LiteralString = (
-    f"SELECT {TASK_COLUMNS}, schedule_id, cycle FROM task "
+    # the two extra columns first: _task reads the rest, whatever TASK_COLUMNS holds
+    f"SELECT schedule_id, cycle, {TASK_COLUMNS} FROM task "
     "WHERE owner_id = ? AND state = 'ERROR' "
     "AND (? IS NULL OR estimate_end_at >= ?) AND (? IS NULL OR estimate_end_at < ?) "
     "AND (? IS NULL OR status_code = ?) AND (? IS NULL OR schedule_id = ?) "
@@ -58,7 +59,8 @@ class DeadLetterOps(StoreBase):
                         break
             if len(rows) < _SCAN_ROWS:
                 break
-            position = (rows[-1][TASK_FIELDS.index("estimate_end_at")], rows[-1][0])
+            last = self._dead_task(rows[-1])
+            position = (last.estimate_end_at_ms, last.id)
         return found
 
     @staticmethod
@@ -82,9 +84,7 @@ class DeadLetterOps(StoreBase):
         )
 
     def _dead_task(self, row: Sequence[Any]) -> Task:
-        count = len(TASK_FIELDS)
-        task = self._task(row[:count])
-        return dataclasses.replace(task, schedule_id=row[count], cycle=row[count + 1])
+        return dataclasses.replace(self._task(row[2:]), schedule_id=row[0], cycle=row[1])
 
     async def replay_task(
         self, owner_id: str, task_id: str, spec: TaskSpec | None, due_at_ms: int, now_ms: int
