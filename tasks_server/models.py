@@ -210,6 +210,27 @@ class Task:
     retry_count: int = 0
     due_at_ms: int | None = None
     response_truncated: bool = False  # the response was cut at MAX_SIZE_DATA_RESPONSE
+    schedule_id: str | None = None  # read only where a listing shows it
+    cycle: int = 1  # 1, then one more per replay from the dead-letter queue
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which of an owner's tasks in ERROR a dead-letter operation applies to; every field
+    is optional. ``label`` is a metadata key, or a key and the value it must have."""
+
+    failed_from_ms: int | None = None  # failed at or after
+    failed_until_ms: int | None = None  # failed before
+    status_code: int | None = None
+    schedule_id: str | None = None
+    label: tuple[str, str | None] | None = None
+
+    def matches_label(self, metadata: tuple[tuple[str, str], ...] | None) -> bool:
+        """True without a label filter, or when ``metadata`` has the label."""
+        if self.label is None:
+            return True
+        key, value = self.label
+        return any(k == key and (value is None or v == value) for k, v in metadata or ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +243,8 @@ class Attempt:
     retry_count: int  # retries made before this attempt (0 on the first)
     due_at_ms: int  # when this attempt was planned
     started_at_ms: int
+    owner_id: str = ""
+    schedule_id: str | None = None  # the schedule that created the task, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +275,7 @@ class AttemptRecord:
     headers: tuple[tuple[str, str], ...]
     total_ms: float
     truncated: bool = False
+    cycle: int = 1
 
 
 @dataclass(frozen=True, slots=True)

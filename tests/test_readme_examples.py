@@ -9,6 +9,7 @@ import asyncio
 import os
 import re
 import shutil
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -58,15 +59,17 @@ async def test_every_example_runs(tmp_path: Path, target: TargetServer) -> None:
         preamble = (
             "set -euo pipefail\n"
             f"URL={server.url}\nTARGET=http://127.0.0.1:{target.port}\n"
-            f'H=(-H "Authorization: Bearer {owner["key"]}" -H "X-Tasks-Owner-Id: {owner["id"]}")\n'
+            f"OWNER_ID={owner['id']}\nKEY={owner['key']}\n"
+            'H=(-H "Authorization: Bearer $KEY" -H "X-Tasks-Owner-Id: $OWNER_ID")\n'
         )
+        path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # tasks-server itself
         for block in section_blocks():
             process = await asyncio.create_subprocess_exec(
                 "bash",
                 "-c",
                 preamble + block,
                 cwd=tmp_path,
-                env={**os.environ, "PATH": os.environ["PATH"]},
+                env={**os.environ, "PATH": path},
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
             )

@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Route
 
 from ..errors import TasksServerError
-from . import admin, health, openapi, owners, queues, results, schedules, workflows
+from . import admin, dead_letters, health, openapi, owners, queues, results, schedules, workflows
 from .errors import handle_domain_error, handle_http_error, handle_unexpected
 from .services import Services
 
@@ -43,6 +43,11 @@ def routes() -> list[BaseRoute]:
         Route(f"{task}/pause", queues.pause, methods=["PATCH"]),
         Route(f"{task}/resume", queues.resume, methods=["PATCH"]),
         Route(f"{task}/revoke", queues.revoke, methods=["PATCH"]),
+        Route("/v1/dlq", dead_letters.list_dead_letters, methods=["GET"]),
+        Route("/v1/dlq", dead_letters.delete_many, methods=["DELETE"]),
+        Route("/v1/dlq/replay", dead_letters.replay_many, methods=["POST"]),
+        Route("/v1/dlq/{task_id}", dead_letters.delete, methods=["DELETE"]),
+        Route("/v1/dlq/{task_id}/replay", dead_letters.replay, methods=["POST"]),
         Route("/v1/schedules", schedules.list_schedules, methods=["GET"]),
         Route("/v1/schedules", schedules.create, methods=["POST"]),
         Route(schedule, schedules.get, methods=["GET"]),

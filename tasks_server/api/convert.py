@@ -46,6 +46,10 @@ def to_new_task(body: TaskIn, now_ms: int) -> NewTask:
     config_in = body.config
     if config_in.executeAt is not None and config_in.executeAt <= now_ms:
         raise field_error(("config", "executeAt"), "Execution date must be greater than today")
+    if body.httpRequest.data is not None and body.httpRequest.json_body is not None:
+        raise field_error(
+            ("httpRequest", "json"), "Give the body either as data or as json, not both"
+        )
     if body.httpRequest.transport == "curl":
         for name in _CURL_ONLY_FETCH_FIELDS:
             if getattr(config_in, name) is not None:
@@ -84,6 +88,11 @@ def _pem(value: str | None) -> Pem | None:
 
 def to_request(wire: HttpRequestIn) -> HttpRequest:
     data = None if wire.method in ("GET", "DELETE") else wire.data
+    json_text = None
+    if isinstance(data, dict):
+        json_text = json.dumps(data, separators=(",", ":"))
+    elif wire.json_body is not None and wire.method not in ("GET", "DELETE"):
+        json_text = json.dumps(wire.json_body, separators=(",", ":"))
     aws = wire.authAwsSigv4
     return HttpRequest(
         url=wire.url,
@@ -91,7 +100,7 @@ def to_request(wire: HttpRequestIn) -> HttpRequest:
         query=tuple((wire.query or {}).items()),
         headers=tuple((wire.headers or {}).items()),
         data_text=data if isinstance(data, str) else None,
-        data_json=json.dumps(data, separators=(",", ":")) if isinstance(data, dict) else None,
+        data_json=json_text,
         form=tuple(FormField(f.name, f.value) for f in data) if isinstance(data, list) else None,
         cookie_file=(
             base64.b64decode(wire.cookie).decode() if isinstance(wire.cookie, str) else None
@@ -205,8 +214,11 @@ def _pem_out(value: Pem | None) -> str | None:
 
 def request_to_wire(request: HttpRequest) -> dict[str, Any]:
     data: Any = request.data_text
+    json_body: Any = None
     if request.data_json is not None:
         data = json.loads(request.data_json)
+        if not isinstance(data, dict):  # sent as `json`: under `data` it would mean a form
+            data, json_body = None, data
     elif request.form is not None:
         data = [{"name": f.name, "value": f.value} for f in request.form]
     cookie: Any = None
@@ -221,6 +233,7 @@ def request_to_wire(request: HttpRequest) -> dict[str, Any]:
         "query": dict(request.query) or None,
         "headers": dict(request.headers) or None,
         "data": data,
+        "json": json_body,
         "cookie": cookie,
         "authBasic": _cred_out(request.auth_basic),
         "authDigest": _cred_out(request.auth_digest),

@@ -54,7 +54,8 @@ def task_id_of(request: Request) -> str:
     return raw
 
 
-def _validate(app: Services, data: Any, now_ms: int) -> NewTask:
+def validate_task(app: Services, data: Any, now_ms: int) -> NewTask:
+    """A registration body (as a value) → the new task, with every rule applied."""
     context = {"tz": app.settings.tz, "cert_dir": app.settings.cert_dir}
     try:
         body = TaskIn.model_validate(data, context=context)
@@ -72,10 +73,10 @@ def _check(app: Services, new: NewTask) -> NewTask:
 
 
 def _validate_body(app: Services, body: bytes | None, now_ms: int) -> NewTask:
-    """Like _validate, but pydantic parses the JSON text itself: one pass in Rust on the
+    """Like validate_task, but pydantic parses the JSON text itself: one pass in Rust on the
     registration hot path. The text is parsed again in Python only to name bad fields."""
     if body is None:
-        return _validate(app, {}, now_ms)
+        return validate_task(app, {}, now_ms)
     context = {"tz": app.settings.tz, "cert_dir": app.settings.cert_dir}
     try:
         wire = TaskIn.model_validate_json(body, context=context)
@@ -143,6 +144,7 @@ async def attempts(request: Request) -> Response:
         [
             {
                 "attempt": a.number,
+                "cycle": a.cycle,
                 "startedAt": a.started_at_ms,
                 "finishedAt": a.finished_at_ms,
                 "statusCode": a.status_code,
@@ -184,7 +186,7 @@ async def edit(request: Request) -> Response:
     spec = await app.store.get_spec(owner_id, task_id)
     data = merge_patch(spec_to_wire(spec), patch)
     now = app.clock.now_ms()
-    new = _validate(app, data, now)
+    new = validate_task(app, data, now)
     task = await app.store.edit_task(owner_id, task_id, new, now)
     if task.state is TaskState.RUNNING:
         app.scheduler.notify(task.id, new.due_at_ms)

@@ -22,6 +22,7 @@ from .. import log as log_setup
 from ..config import Settings, describe, load
 from ..errors import ConfigError
 from . import cron as cron_commands
+from . import dlq as dlq_commands
 from . import tasks as task_commands
 from . import workflows as workflow_commands
 
@@ -80,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
     task_commands.add_commands(commands)  # owner …, task …: HTTP calls to a running server
     cron_commands.add_commands(commands)  # cron …: recurring schedules, the same way
     workflow_commands.add_commands(commands)  # workflow …: multi-step runs, the same way
+    dlq_commands.add_commands(commands)  # dlq …: the dead-letter queue
     return top
 
 

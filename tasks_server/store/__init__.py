@@ -14,6 +14,7 @@ from typing import Protocol
 from ..models import (
     Attempt,
     AttemptRecord,
+    DeadLetterFilter,
     NewSchedule,
     NewTask,
     Owner,
@@ -120,6 +121,41 @@ class Store(Protocol):
 
         Raises TaskNotFound, PreconditionFailed when final or already attempted.
         """
+
+    # the dead-letter queue: the owner's tasks in ERROR
+
+    async def list_dead_letters(
+        self,
+        owner_id: str,
+        where: DeadLetterFilter,
+        limit: int,
+        after: tuple[int, str] | None = None,
+    ) -> list[Task]:
+        """Up to ``limit`` of the owner's tasks in ERROR that match ``where``, newest
+        failure first (by ``estimate_end_at_ms``, then id, both descending), with
+        ``schedule_id`` and ``cycle`` filled in. ``after`` is the (failed at, id) of the
+        last task of the previous page; the next page starts strictly after it."""
+
+    async def replay_task(
+        self, owner_id: str, task_id: str, spec: TaskSpec | None, due_at_ms: int, now_ms: int
+    ) -> Task:
+        """ERROR → RUNNING due at ``due_at_ms``: a new attempt cycle (cycle + 1, retries
+        from zero, attempt numbers go on; status and response cleared). ``spec``, when
+        given, replaces the stored request, options and metadata. The owner's task limit
+        applies as to a new task. Raises TaskNotFound, QueueLimitReached, or
+        PreconditionFailed when the task is not in ERROR."""
+
+    async def replay_dead_letters(
+        self, owner_id: str, task_ids: Sequence[str], first_due_ms: int, spacing_ms: int
+    ) -> list[tuple[str, int]]:
+        """Replay, in one transaction and in the given order, those of ``task_ids`` that
+        are the owner's and still in ERROR, as replay_task does with the stored spec: the
+        n-th replayed is due at ``first_due_ms + n * spacing_ms``. Stops at the owner's
+        task limit. Returns (task id, due ms) of the replayed tasks."""
+
+    async def delete_dead_letters(self, owner_id: str, task_ids: Sequence[str]) -> int:
+        """Delete those of ``task_ids`` that are the owner's and in ERROR, with their
+        history, in one transaction; returns how many."""
 
     # the engine
 

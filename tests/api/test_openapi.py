@@ -62,7 +62,8 @@ def test_path_parameters_are_declared() -> None:
 def test_request_schemas_come_from_the_validating_models() -> None:
     schemas = spec()["components"]["schemas"]
     for model in (TaskIn, HttpRequestIn, ConfigIn):
-        assert set(schemas[model.__name__]["properties"]) == set(model.model_fields)
+        wire_names = {field.alias or name for name, field in model.model_fields.items()}
+        assert set(schemas[model.__name__]["properties"]) == wire_names
         assert schemas[model.__name__]["additionalProperties"] is False
     register = spec()["paths"]["/v1/queues/register"]["post"]
     assert register["requestBody"]["content"]["application/json"]["schema"] == {

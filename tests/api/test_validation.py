@@ -26,7 +26,7 @@ from tests.support.clock import FakeClock
 
 REGISTER = "/v1/queues/register"
 FIX = "Do not retry without fixing the problem"
-URL_RULE = "URL must start with either http or https and cannot use / and ? at the end"
+URL_RULE = "URL must start with http:// or https://"
 DEFAULT_USER_AGENT = "Tasks-Server/1.0 (compatible; Linux x86_64; +http://tasks-server)"
 MAX_SAFE_INTEGER = 2**53 - 1
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"
@@ -426,6 +426,11 @@ async def test_header_value_of_1024_chars_is_stored(
         ("http://example.com/a b", "http://example.com/a%20b"),
         ("http://example.com/x?q=a b", "http://example.com/x?q=a%20b"),
         ("http://example.com/caf\u00e9", "http://example.com/caf%C3%A9"),
+        ("https://hooks.example.com/", "https://hooks.example.com/"),
+        ("https://hooks.example.com", "https://hooks.example.com/"),
+        ("http://example.com:8080", "http://example.com:8080/"),
+        ("http://example.com/hook/", "http://example.com/hook/"),
+        ("http://example.com/hook?", "http://example.com/hook?"),
     ],
 )
 async def test_url_is_stored_in_normalised_form(
@@ -438,10 +443,6 @@ async def test_url_is_stored_in_normalised_form(
 @pytest.mark.parametrize(
     "url",
     [
-        pytest.param("http://example.com:8080", id="no path normalises to /"),
-        pytest.param("http://example.com/", id="ends with /"),
-        pytest.param("http://example.com/hook/", id="path ends with /"),
-        pytest.param("http://example.com/hook?", id="ends with ?"),
         pytest.param("ftp://example.com/file", id="ftp"),
         pytest.param("ws://example.com/socket", id="ws"),
     ],
@@ -479,7 +480,7 @@ async def test_url_of_1024_chars_is_accepted(client: httpx.AsyncClient, owner: O
 async def test_other_url_fields_follow_the_url_rule(
     client: httpx.AsyncClient, owner: OwnerAuth, field: str
 ) -> None:
-    tree = await rejected(client, owner, body(config={field: "http://example.com/"}))
+    tree = await rejected(client, owner, body(config={field: "ftp://example.com/"}))
     assert URL_RULE in errors_at(tree, "config", field)
     assert error_paths(tree) == {("config", field)}
     config = await stored_config(client, owner, **{field: "HTTP://Example.com/ref"})
@@ -819,12 +820,17 @@ async def test_method_must_be_a_string(client: httpx.AsyncClient, owner: OwnerAu
     [
         pytest.param("plain text", id="string"),
         pytest.param("x" * 4096, id="string of 4096"),
+        pytest.param("x" * 30_000, id="string of 30,000 (within MAX_SIZE_BODY_REQUEST)"),
         pytest.param([{"name": "a", "value": "1"}] * 64, id="form of 64"),
         pytest.param(
             {"a": "x", "n": 1.5, "t": True, "z": None, "o": {"p": {"q": "deep"}}},
             id="JSON of 3 levels",
         ),
         pytest.param({}, id="empty JSON object"),
+        pytest.param({"a": {"b": {"c": {"d": {"e": [1, {"f": None}]}}}}}, id="JSON of 6 levels"),
+        pytest.param({"items": [{"id": 1}, {"id": 2}], "tags": []}, id="JSON with arrays"),
+        pytest.param({"user name": "x", "@type": "event"}, id="JSON keys of any text"),
+        pytest.param({"text": "v" * 20_000}, id="JSON string of 20,000"),
     ],
 )
 async def test_data_forms_are_stored(
@@ -834,14 +840,10 @@ async def test_data_forms_are_stored(
     assert wire["httpRequest"]["data"] == data
 
 
-NO_DEEPER = "Invalid object (at most 3 levels, no arrays)"
-
-
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         pytest.param("", "String must contain at least 1 character(s)", id="empty string"),
-        pytest.param("x" * 4097, "String must contain at most 4096 character(s)", id="4097"),
         pytest.param([], "Array must contain at least 1 element(s)", id="empty form"),
         pytest.param(
             [{"name": "a", "value": "1"}] * 65,
@@ -864,13 +866,6 @@ NO_DEEPER = "Invalid object (at most 3 levels, no arrays)"
             id="form value 4097",
         ),
         pytest.param([{"name": "a"}], "Required", id="form value missing"),
-        pytest.param({"a": {"b": {"c": {"d": 1}}}}, NO_DEEPER, id="JSON of 4 levels"),
-        pytest.param({"a": [1, 2]}, NO_DEEPER, id="JSON array value"),
-        pytest.param({"a": {"b": []}}, NO_DEEPER, id="nested JSON array"),
-        pytest.param({"bad key": 1}, "Invalid key bad key", id="JSON key"),
-        pytest.param(
-            {"a": "v" * 4097}, "String must contain at most 4096 character(s)", id="JSON string"
-        ),
         pytest.param(12, "Expected string, received number", id="number"),
     ],
 )
@@ -1636,3 +1631,49 @@ async def test_list_state_filter(client: httpx.AsyncClient, owner: OwnerAuth) ->
     assert [item["id"] for item in running.json()] == [task_id]
     paused = await client.get("/v1/queues?state=paused", headers=owner.headers)
     assert paused.json() == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param([1, 2, 3], id="array"),
+        pytest.param([{"name": "a", "value": "1"}], id="array shaped like a form"),
+        pytest.param("text", id="string"),
+        pytest.param(42, id="number"),
+        pytest.param(False, id="false"),
+        pytest.param({"a": [1]}, id="object"),
+    ],
+)
+async def test_json_sends_any_json_value_and_is_never_a_form(
+    client: httpx.AsyncClient, owner: OwnerAuth, value: Any
+) -> None:
+    wire = await stored(client, owner, body({"method": "POST", "json": value}))
+    if isinstance(value, dict):
+        # an object reads back as `data`, the original's form of a JSON object body
+        assert wire["httpRequest"]["data"] == value and "json" not in wire["httpRequest"]
+    else:
+        assert wire["httpRequest"]["json"] == value and "data" not in wire["httpRequest"]
+
+
+async def test_a_form_shaped_data_array_stays_a_multipart_form(
+    client: httpx.AsyncClient, owner: OwnerAuth
+) -> None:
+    form = [{"name": "a", "value": "1"}]
+    wire = await stored(client, owner, body({"method": "POST", "data": form}))
+    assert wire["httpRequest"]["data"] == form and "json" not in wire["httpRequest"]
+
+
+async def test_data_and_json_together_are_refused(
+    client: httpx.AsyncClient, owner: OwnerAuth
+) -> None:
+    tree = await rejected(client, owner, body({"method": "POST", "data": "x", "json": [1]}))
+    assert tree == only_error(
+        ("httpRequest", "json"), "Give the body either as data or as json, not both"
+    )
+
+
+async def test_json_null_means_no_body_as_data_null_does(
+    client: httpx.AsyncClient, owner: OwnerAuth
+) -> None:
+    wire = await stored(client, owner, body({"method": "POST", "json": None}))
+    assert "json" not in wire["httpRequest"] and "data" not in wire["httpRequest"]

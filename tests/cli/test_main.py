@@ -203,7 +203,7 @@ async def test_task_add_from_body_file_with_flag_overrides(
 async def test_validation_errors_name_the_field(cli: Cli, owner: dict[str, str]) -> None:
     run = await cli("task", "add", "ftp://127.0.0.1/x")
     assert run.code == 1
-    assert "httpRequest.url: URL must start with either http or https" in run.err
+    assert "httpRequest.url: URL must start with http:// or https://" in run.err
 
 
 async def test_exit_codes_for_missing_credentials_and_unreachable_server(cli: Cli) -> None:

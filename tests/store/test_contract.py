@@ -19,6 +19,7 @@ from tasks_server.errors import (
 )
 from tasks_server.models import (
     Credentials,
+    DeadLetterFilter,
     HttpRequest,
     NewSchedule,
     NewTask,
@@ -591,3 +592,103 @@ async def test_listening_where_no_one_else_writes_returns_or_waits(store: Store)
     listener.cancel()
     await asyncio.gather(listener, return_exceptions=True)
     assert heard == []  # a store never tells its own process what it did itself
+
+
+# -- the dead-letter queue ----------------------------------------------------------------
+
+
+async def dead_letter(
+    store: Store,
+    owner: Owner,
+    at: int,
+    status: int = 500,
+    metadata: tuple[tuple[str, str], ...] | None = None,
+) -> str:
+    spec = TaskSpec(HttpRequest(url=SECRET_URL, method="POST"), TaskConfig(), metadata)
+    task = await store.create_task(owner.id, NewTask(spec, T0), T0)
+    [attempt] = await store.claim_due([task.id], T0)
+    assert attempt.owner_id == owner.id and attempt.schedule_id is None
+    outcome = Outcome(status=status, body=b"no")
+    failed = Result(task.id, attempt.number, at, TaskState.ERROR, status, b"no", outcome)
+    assert await store.record_outcomes([failed]) == [task.id]
+    return task.id
+
+
+async def test_dead_letters_are_listed_newest_first_with_filters(store: Store) -> None:
+    owner = await make_owner(store)
+    other = await make_owner(store, "other-owner")
+    first = await dead_letter(store, owner, T0 + 10, metadata=(("team", "a"),))
+    second = await dead_letter(store, owner, T0 + 20, 503, (("team", "b"),))
+    third = await dead_letter(store, owner, T0 + 30)
+    await dead_letter(store, other, T0 + 40)
+    await store.create_task(owner.id, new_task(), T0)  # RUNNING: not a dead letter
+    every = DeadLetterFilter()
+    listed = await store.list_dead_letters(owner.id, every, 10)
+    assert [t.id for t in listed] == [third, second, first]
+    assert listed[0].cycle == 1 and listed[0].state is TaskState.ERROR
+    page = await store.list_dead_letters(owner.id, every, 2)
+    rest = await store.list_dead_letters(
+        owner.id, every, 2, (page[-1].estimate_end_at_ms, page[-1].id)
+    )
+    assert [t.id for t in page + rest] == [third, second, first]
+    assert [
+        t.id for t in await store.list_dead_letters(owner.id, DeadLetterFilter(status_code=503), 10)
+    ] == [second]
+    assert [
+        t.id
+        for t in await store.list_dead_letters(owner.id, DeadLetterFilter(label=("team", "a")), 10)
+    ] == [first]
+    assert [
+        t.id
+        for t in await store.list_dead_letters(owner.id, DeadLetterFilter(label=("team", None)), 10)
+    ] == [second, first]
+    window = DeadLetterFilter(failed_from_ms=T0 + 20, failed_until_ms=T0 + 30)
+    assert [t.id for t in await store.list_dead_letters(owner.id, window, 10)] == [second]
+
+
+async def test_replay_starts_a_new_cycle(store: Store) -> None:
+    owner = await make_owner(store, limit=1)
+    task_id = await dead_letter(store, owner, T0 + 10)
+    intruder = await make_owner(store, "intruder")
+    with pytest.raises(TaskNotFound):
+        await store.replay_task(intruder.id, task_id, None, T0 + 50, T0 + 50)
+    edited = TaskSpec(
+        HttpRequest(url="http://127.0.0.1:9/fixed", method="PUT"), TaskConfig(), (("x", "y"),)
+    )
+    replayed = await store.replay_task(owner.id, task_id, edited, T0 + 50, T0 + 50)
+    assert replayed.state is TaskState.RUNNING and replayed.status_code == 0
+    assert replayed.due_at_ms == T0 + 50 and replayed.metadata == (("x", "y"),)
+    assert await store.get_spec(owner.id, task_id) == edited
+    assert (await store.get_owner(owner.id)).tasks_in_queue == 1
+    with pytest.raises(PreconditionFailed):
+        await store.replay_task(owner.id, task_id, None, T0 + 60, T0 + 60)
+    [attempt] = await store.claim_due([task_id], T0 + 50)
+    assert attempt.number == 2 and attempt.retry_count == 0
+    await store.record_outcomes([success(task_id, 2, T0 + 60)])
+    history = await store.list_attempts(owner.id, task_id)
+    assert [(a.number, a.cycle) for a in history] == [(1, 1), (2, 2)]
+    assert await store.list_dead_letters(owner.id, DeadLetterFilter(), 10) == []
+
+
+async def test_replay_many_spaces_them_and_stops_at_the_limit(store: Store) -> None:
+    owner = await make_owner(store, limit=2)
+    ids = [await dead_letter(store, owner, T0 + n) for n in range(3)]
+    replayed = await store.replay_dead_letters(owner.id, ids, T0 + 100, 20)
+    assert replayed == [(ids[0], T0 + 100), (ids[1], T0 + 120)]
+    assert (await store.get_owner(owner.id)).tasks_in_queue == 2
+    assert [t.id for t in await store.list_dead_letters(owner.id, DeadLetterFilter(), 10)] == [
+        ids[2]
+    ]
+    assert await store.replay_dead_letters(owner.id, ids[:2], T0, 0) == []  # not in ERROR now
+
+
+async def test_delete_dead_letters_only_touches_the_owners_errors(store: Store) -> None:
+    owner = await make_owner(store)
+    intruder = await make_owner(store, "intruder")
+    dead = await dead_letter(store, owner, T0 + 1)
+    running = await store.create_task(owner.id, new_task(), T0)
+    assert await store.delete_dead_letters(intruder.id, [dead]) == 0
+    assert await store.delete_dead_letters(owner.id, [dead, running.id]) == 1
+    with pytest.raises(TaskNotFound):
+        await store.get_task(owner.id, dead)
+    assert (await store.get_task(owner.id, running.id)).state is TaskState.RUNNING

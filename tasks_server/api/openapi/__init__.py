@@ -57,6 +57,7 @@ def spec() -> JsonObject:
                 **workflows.openapi_schemas(),
                 **requests,
                 **RESPONSE_SCHEMAS,
+                **failures.SCHEMAS,
             },
             "securitySchemes": SECURITY_SCHEMES,
         },

@@ -35,6 +35,141 @@ def result_paths() -> JsonObject:
     }
 
 
+def _query(name: str, schema: JsonObject, description: str) -> JsonObject:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_TIME = {"anyOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}]}
+DEAD_FILTERS = [
+    _query("from", _TIME, "failed at or after (epoch ms or ISO 8601; UTC without offset)"),
+    _query("to", _TIME, "failed before"),
+    _query("statusCode", {"type": "integer", "minimum": 0, "maximum": 999}, "last status"),
+    _query("schedule", {"type": "string"}, "the id or name of the schedule that made it"),
+    _query("label", {"type": "string"}, "a metadata key, or key=value"),
+]
+_LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most")
+
+
+def dead_letter_paths() -> JsonObject:
+    task_done = (200, json_body(schema_ref("Done"), "done"))
+    replayed = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "state": {"type": "string"},
+            "estimateExecutionAt": {"type": "integer"},
+        },
+    }
+    return {
+        "/v1/dlq": {
+            "get": operation(
+                "List the caller's dead letters (tasks in ERROR), newest failure first",
+                "dead letters",
+                (200, json_body(schema_ref("DeadLetterPage"), "a page and the next cursor")),
+                (400, 401, 403),
+                security=OWNER_AUTH,
+                parameters=[
+                    *DEAD_FILTERS,
+                    _LIMIT,
+                    _query("cursor", {"type": "string"}, "`next` of the previous page"),
+                ],
+            ),
+            "delete": operation(
+                "Delete matching dead letters (a filter is required; from=0 is all)",
+                "dead letters",
+                (200, json_body(schema_ref("DeadLettersDeleted"), "how many")),
+                (400, 401, 403),
+                security=OWNER_AUTH,
+                parameters=[*DEAD_FILTERS, _LIMIT],
+            ),
+        },
+        "/v1/dlq/replay": {
+            "post": operation(
+                "Replay matching dead letters at a bounded rate",
+                "dead letters",
+                (200, json_body(schema_ref("DeadLettersReplayed"), "the replayed tasks")),
+                (400, 401, 403),
+                security=OWNER_AUTH,
+                parameters=[
+                    *DEAD_FILTERS,
+                    _LIMIT,
+                    _query("rate", {"type": "integer", "minimum": 1, "maximum": 1000}, "per s"),
+                ],
+                description="At most `limit` (default 100) tasks, due `rate` per second "
+                "(default 50) from now; each starts a new attempt cycle. Stops at the "
+                "owner's task limit.",
+            ),
+        },
+        "/v1/dlq/{task_id}": {
+            "parameters": [TASK_ID],
+            "delete": operation(
+                "Delete one dead letter",
+                "dead letters",
+                task_done,
+                (400, 401, 403, 404),
+                security=OWNER_AUTH,
+            ),
+        },
+        "/v1/dlq/{task_id}/replay": {
+            "parameters": [TASK_ID],
+            "post": operation(
+                "Replay one dead letter, optionally edited",
+                "dead letters",
+                (200, json_body(replayed, "running again")),
+                (400, 401, 403, 404, 413, 422),
+                security=OWNER_AUTH,
+                body={"type": "object", "description": "optional JSON merge patch over TaskIn"},
+                description="A new attempt cycle of the same task, due now (or as the "
+                "patch's config says); its history keeps every attempt. A body edits the "
+                "stored registration first (RFC 7386) and is validated like a new one.",
+            ),
+        },
+    }
+
+
+_DEAD_LETTER = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "state": {"type": "string", "enum": ["ERROR"]},
+        "createdAt": {"type": "integer"},
+        "failedAt": {"type": "integer"},
+        "statusCode": {"type": "integer"},
+        "attempts": {"type": "integer"},
+        "cycle": {"type": "integer"},
+        "scheduleId": {"type": ["string", "null"]},
+        "metadata": {"type": ["object", "null"]},
+    },
+}
+SCHEMAS: dict[str, JsonObject] = {
+    "DeadLetterPage": {
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": _DEAD_LETTER},
+            "next": {"type": ["string", "null"]},
+        },
+    },
+    "DeadLettersDeleted": {
+        "type": "object",
+        "properties": {"deleted": {"type": "integer"}, "more": {"type": "boolean"}},
+    },
+    "DeadLettersReplayed": {
+        "type": "object",
+        "properties": {
+            "replayed": {"type": "integer"},
+            "tasks": {"type": "array", "items": {"type": "object"}},
+            "more": {"type": "boolean"},
+        },
+    },
+}
+
+
 OPENAPI_TAGS = [
     {"name": "dead letters", "description": "Tasks that ended in ERROR: list, replay, delete"},
     {"name": "alerts", "description": "Rules that send e-mail or webhook alerts"},
@@ -42,4 +177,4 @@ OPENAPI_TAGS = [
 
 
 def openapi_paths() -> JsonObject:
-    return {**result_paths()}
+    return {**result_paths(), **dead_letter_paths()}

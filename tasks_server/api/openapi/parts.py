@@ -85,6 +85,11 @@ RESPONSE_SCHEMAS: dict[str, JsonObject] = {
     "Attempt": _object(
         ("attempt", "startedAt", "finishedAt", "statusCode", "error", "durationMs"),
         attempt={"type": "integer", "minimum": 1},
+        cycle={
+            "type": "integer",
+            "minimum": 1,
+            "description": "1, then one more per replay from the dead-letter queue",
+        },
         startedAt=_MS,
         finishedAt={"type": ["integer", "null"]},
         statusCode=_INT,

@@ -37,11 +37,12 @@ TASK_CLAIM: LiteralString = (
     " UPDATE task t SET in_flight = true, next_at = NULL, attempts = t.attempts + 1,"
     " lease_owner = %(node)s, lease_until = %(lease_until)s"
     " FROM picked WHERE t.id = picked.id"
-    " RETURNING t.id, t.attempts, t.retry_count, t.due_at, t.spec"
+    " RETURNING t.id, t.attempts, t.retry_count, t.due_at, t.spec, t.owner_id,"
+    " t.schedule_id, t.cycle"
     "), opened AS ("
-    " INSERT INTO attempt (task_id, number, started_at)"
-    " SELECT id, attempts, greatest(%(now)s::bigint, due_at) FROM claimed"
-    ") SELECT id, attempts, retry_count, due_at, spec FROM claimed"
+    " INSERT INTO attempt (task_id, number, started_at, cycle)"
+    " SELECT id, attempts, greatest(%(now)s::bigint, due_at), cycle FROM claimed"
+    ") SELECT id, attempts, retry_count, due_at, spec, owner_id, schedule_id FROM claimed"
 )
 ATTEMPT_FINISH: LiteralString = (
     "UPDATE attempt a SET finished_at = r.finished_at, status_code = r.status_code, "
@@ -126,6 +127,8 @@ class PgClaimOps(PgBase):
                 retry_count=row[2],
                 due_at_ms=row[3],
                 started_at_ms=max(now_ms, row[3]),
+                owner_id=row[5],
+                schedule_id=row[6],
             )
             for row in rows
         ]

@@ -18,6 +18,7 @@ from psycopg import AsyncConnection
 
 from .base import DUE_CHANNEL, SCHEDULE_CHANNEL, connection_options
 from .claims import PgClaimOps
+from .dead_letters import PgDeadLetterOps
 from .owners import PgOwnerOps
 from .schedules import PgScheduleOps
 from .tasks import PgTaskOps
@@ -39,7 +40,9 @@ _CHECK_TIMEOUT_S = 2.0
 _RECONNECT_S = 1.0
 
 
-class PostgresStore(PgOwnerOps, PgTaskOps, PgWorkflowOps, PgClaimOps, PgScheduleOps):
+class PostgresStore(
+    PgOwnerOps, PgTaskOps, PgWorkflowOps, PgClaimOps, PgScheduleOps, PgDeadLetterOps
+):
     """Store on PostgreSQL. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

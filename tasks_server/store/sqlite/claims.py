@@ -20,7 +20,7 @@ TASK_DUE: LiteralString = (
 TASK_CLAIM: LiteralString = (
     "UPDATE task SET in_flight = 1, next_at = NULL, attempts = attempts + 1 "
     "WHERE id = ? AND state = 'RUNNING' AND in_flight = 0 AND next_at <= ? "
-    "RETURNING attempts, retry_count, due_at, spec"
+    "RETURNING attempts, retry_count, due_at, spec, owner_id, schedule_id, cycle"
 )
 TASK_FINISH: LiteralString = (
     "UPDATE task SET in_flight = 0, state = ?, status_code = ?, response = ?, "
@@ -34,7 +34,9 @@ TASK_REQUEUE: LiteralString = (
 TASK_REARM: LiteralString = (
     "UPDATE task SET next_at = due_at WHERE state = 'RUNNING' AND in_flight = 0 AND next_at IS NULL"
 )
-ATTEMPT_INSERT: LiteralString = "INSERT INTO attempt (task_id, number, started_at) VALUES (?, ?, ?)"
+ATTEMPT_INSERT: LiteralString = (
+    "INSERT INTO attempt (task_id, number, started_at, cycle) VALUES (?, ?, ?, ?)"
+)
 ATTEMPT_FINISH: LiteralString = (
     "UPDATE attempt SET finished_at = ?, status_code = ?, error = ?, response = ?, "
     "truncated = ?, headers = ?, total_ms = ? WHERE task_id = ? AND number = ?"
@@ -61,7 +63,7 @@ class ClaimOps(StoreBase):
             for task_id in task_ids:
                 row = conn.execute(TASK_CLAIM, (task_id, until)).fetchone()
                 if row is not None:
-                    conn.execute(ATTEMPT_INSERT, (task_id, row[0], max(now_ms, row[2])))
+                    conn.execute(ATTEMPT_INSERT, (task_id, row[0], max(now_ms, row[2]), row[6]))
                     claimed.append((task_id, row))
             return claimed
 
@@ -74,6 +76,8 @@ class ClaimOps(StoreBase):
                 retry_count=row[1],
                 due_at_ms=row[2],
                 started_at_ms=max(now_ms, row[2]),
+                owner_id=row[4],
+                schedule_id=row[5],
             )
             for task_id, row in rows
         ]

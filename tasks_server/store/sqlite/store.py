@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .claims import ClaimOps
+from .dead_letters import DeadLetterOps
 from .owners import OwnerOps
 from .schedules import ScheduleOps
 from .tasks import TaskOps
 from .workflows import WorkflowOps
 
 
-class SqliteStore(OwnerOps, TaskOps, WorkflowOps, ClaimOps, ScheduleOps):
+class SqliteStore(OwnerOps, TaskOps, WorkflowOps, ClaimOps, ScheduleOps, DeadLetterOps):
     """Store on SQLite. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 
     # -- one process owns the file: no leases, no other nodes, always the leader ----------

@@ -64,7 +64,7 @@ TASK_EDIT: LiteralString = (
 )
 ATTEMPT_LIST: LiteralString = (
     "SELECT number, started_at, finished_at, status_code, error, response, headers, "
-    "total_ms, truncated FROM attempt WHERE task_id = ? ORDER BY number"
+    "total_ms, truncated, cycle FROM attempt WHERE task_id = ? ORDER BY number"
 )
 
 
@@ -173,6 +173,7 @@ class TaskOps(StoreBase):
                 headers=tuple(tuple(pair) for pair in json.loads(row[6] or "[]")),
                 total_ms=row[7] or 0.0,
                 truncated=bool(row[8]),
+                cycle=row[9],
             )
             for row in rows
         ]
