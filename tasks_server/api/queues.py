@@ -5,6 +5,7 @@ is a missing task."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +16,7 @@ from starlette.responses import Response
 
 from ..errors import PreconditionFailed, TaskNotFound, Unsupported, ValidationFailed
 from ..models import NewTask, Task, TaskState
+from ..timing import first_due_ms
 from . import results
 from .convert import field_error, spec_to_wire, to_new_task
 from .errors import validation_failed
@@ -122,9 +124,19 @@ async def list_tasks(request: Request) -> Response:
 
 
 async def get(request: Request) -> Response:
+    """The 8-field record plus the retry progress: ``retryCount`` (retries made),
+    ``retriesLeft`` and ``nextAttemptAt`` (the planned time of the next attempt, or of the
+    one in flight, while RUNNING; else null)."""
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    return answer(request, record(await app.store.get_task(owner_id, task_id_of(request))))
+    task_id = task_id_of(request)
+    task = await app.store.get_task(owner_id, task_id)
+    spec = await app.store.get_spec(owner_id, task_id)
+    view = record(task)
+    view["retryCount"] = task.retry_count
+    view["retriesLeft"] = max(spec.config.retry_limit - task.retry_count, 0)
+    view["nextAttemptAt"] = task.due_at_ms if task.state is TaskState.RUNNING else None
+    return answer(request, view)
 
 
 async def get_config(request: Request) -> Response:
@@ -174,7 +186,9 @@ def merge_patch(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 async def edit(request: Request) -> Response:
     """Change a task that has not started: the body is merged into the stored
-    registration (JSON merge patch), re-validated whole, and the due time recomputed."""
+    registration (JSON merge patch) and re-validated whole. A patch that leaves the timing
+    (``executeAt``, ``executionDelay``) alone keeps the due time; one that changes it
+    recomputes it from the task's registration time."""
     app = services(request)
     owner_id = await app.auth.owner_id(request)
     task_id = task_id_of(request)
@@ -184,13 +198,33 @@ async def edit(request: Request) -> Response:
             {"_errors": ["Expected a non-empty object with httpRequest, config or metadata"]}
         )
     spec = await app.store.get_spec(owner_id, task_id)
+    current = await app.store.get_task(owner_id, task_id)
     data = merge_patch(spec_to_wire(spec), patch)
     now = app.clock.now_ms()
     new = validate_task(app, data, now)
+    new = dataclasses.replace(new, due_at_ms=_edited_due_ms(current, new, patch, now))
     task = await app.store.edit_task(owner_id, task_id, new, now)
     if task.state is TaskState.RUNNING:
         app.scheduler.notify(task.id, new.due_at_ms)
     return answer(request, record(task))
+
+
+_TIMING_KEYS = ("executeAt", "executionDelay")
+
+
+def _edited_due_ms(current: Task, new: NewTask, patch: dict[str, Any], now_ms: int) -> int:
+    """The due time after an edit (see ``edit``)."""
+    config_patch = patch.get("config")
+    touches_timing = isinstance(config_patch, dict) and any(
+        key in config_patch for key in _TIMING_KEYS
+    )
+    if touches_timing or current.due_at_ms is None:
+        return first_due_ms(new.spec.config, current.created_at_ms)
+    if current.state is TaskState.PAUSED:
+        # the edit restarts the pause at now: shift the due time so that the time left
+        # at resume stays what it was
+        return current.due_at_ms + now_ms - current.estimate_end_at_ms
+    return current.due_at_ms
 
 
 async def execute(request: Request) -> Response:

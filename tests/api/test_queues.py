@@ -47,7 +47,9 @@ async def test_get_and_lowercase_id(client: httpx.AsyncClient, owner: OwnerAuth)
     task = (await register_task(client, owner)).json()
     for task_id in (task["id"], task["id"].lower()):
         response = await client.get(f"/v1/queues/{task_id}", headers=owner.headers)
-        assert response.status_code == 200 and response.json() == task
+        assert response.status_code == 200
+        progress = {"retryCount": 0, "retriesLeft": 0, "nextAttemptAt": task["estimateExecutionAt"]}
+        assert response.json() == {**task, **progress}
 
 
 async def test_get_unknown_is_404_and_bad_id_is_400(
@@ -192,7 +194,8 @@ async def test_edit_before_the_first_attempt(
         headers=owner.headers,
     )
     assert response.status_code == 200, response.text
-    assert response.json()["estimateExecutionAt"] == clock.now_ms() + 9000
+    # a new delay counts from the registration, not from the edit
+    assert response.json()["estimateExecutionAt"] == task["createdAt"] + 9000
     config = (await client.get(f"/v1/queues/{task['id']}/config", headers=owner.headers)).json()
     assert config["httpRequest"]["headers"] == {"A": "1", "B": "2"}
     assert config["config"]["executionDelay"] == 9000
@@ -280,3 +283,46 @@ async def test_list_query_is_validated(
 ) -> None:
     response = await client.get("/v1/queues", params={"limit": limit}, headers=owner.headers)
     assert response.status_code == 400 and response.json()["message"]["limit"]["_errors"]
+
+
+async def test_an_edit_that_leaves_timing_alone_keeps_the_due_time(
+    client: httpx.AsyncClient, owner: OwnerAuth, clock: FakeClock
+) -> None:
+    task = (await register_task(client, owner, config={"executionDelay": 5000})).json()
+    clock.advance(3.1)
+    response = await client.patch(
+        f"/v1/queues/{task['id']}", json={"config": {"retry": 2}}, headers=owner.headers
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["estimateExecutionAt"] == task["estimateExecutionAt"]
+    view = (await client.get(f"/v1/queues/{task['id']}", headers=owner.headers)).json()
+    assert view["nextAttemptAt"] == task["estimateExecutionAt"] and view["retriesLeft"] == 2
+
+
+async def test_an_edit_of_the_timing_recomputes_from_the_registration_time(
+    client: httpx.AsyncClient, owner: OwnerAuth, clock: FakeClock
+) -> None:
+    task = (await register_task(client, owner, config={"executionDelay": 5000})).json()
+    clock.advance(3.1)
+    response = await client.patch(
+        f"/v1/queues/{task['id']}", json={"config": {"executionDelay": 8000}}, headers=owner.headers
+    )
+    assert response.json()["estimateExecutionAt"] == task["createdAt"] + 8000
+
+
+async def test_an_edit_of_a_paused_task_keeps_the_time_left(
+    client: httpx.AsyncClient, owner: OwnerAuth, clock: FakeClock
+) -> None:
+    task = (await register_task(client, owner, config={"executionDelay": 5000})).json()
+    clock.advance(1)
+    await client.patch(f"/v1/queues/{task['id']}/pause", headers=owner.headers)  # 4 s left
+    clock.advance(10)
+    edited = await client.patch(
+        f"/v1/queues/{task['id']}", json={"metadata": {"k": "v"}}, headers=owner.headers
+    )
+    assert edited.status_code == 200, edited.text
+    clock.advance(10)
+    resumed = await client.patch(f"/v1/queues/{task['id']}/resume", headers=owner.headers)
+    assert resumed.status_code == 200
+    view = (await client.get(f"/v1/queues/{task['id']}", headers=owner.headers)).json()
+    assert view["nextAttemptAt"] == clock.now_ms() + 4000

@@ -315,3 +315,34 @@ async def test_https_with_a_ca_given_as_content(
 
         await wait_until(succeeded)
         assert len(secure.arrivals) == 1
+
+
+async def test_the_task_view_shows_retries_made_left_and_the_next_attempt(
+    server: Server,
+    client: httpx.AsyncClient,
+    owner: OwnerAuth,
+    clock: FakeClock,
+    target: TargetServer,
+) -> None:
+    target.route("/flaky", Reply(503, b"busy"))
+    task = (
+        await register_task(
+            client,
+            owner,
+            {"url": target.url("/flaky"), "method": "GET"},
+            config={"executionDelay": 0, "retry": 3, "retryInterval": 1000},
+        )
+    ).json()
+
+    async def view() -> dict[str, object]:
+        answer = await client.get(f"/v1/queues/{task['id']}", headers=owner.headers)
+        body: dict[str, object] = answer.json()
+        return body
+
+    async def retried_once() -> bool:
+        return (await view())["retryCount"] == 1
+
+    await wait_until(retried_once, message="the first retry to be planned")
+    body = await view()
+    # retry n waits interval x n: the first retry is due 1 s after the first attempt ended
+    assert body["retriesLeft"] == 2 and body["nextAttemptAt"] == clock.now_ms() + 1000

@@ -81,6 +81,13 @@ RESPONSE_SCHEMAS: dict[str, JsonObject] = {
             "type": "boolean",
             "description": "present (true) when the response was cut at MAX_SIZE_DATA_RESPONSE",
         },
+        retryCount={**_INT, "description": "retries made (GET /v1/queues/{id} only)"},
+        retriesLeft={**_INT, "description": "retries still allowed (GET /v1/queues/{id} only)"},
+        nextAttemptAt={
+            "type": ["integer", "null"],
+            "description": "planned time of the next attempt, or of the one in flight, while "
+            "RUNNING; null otherwise (GET /v1/queues/{id} only)",
+        },
     ),
     "Attempt": _object(
         ("attempt", "startedAt", "finishedAt", "statusCode", "error", "durationMs"),
