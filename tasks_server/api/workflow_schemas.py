@@ -64,6 +64,9 @@ class WorkflowIn(Strict):
     input: Any = Field(default_factory=dict)
     steps: Annotated[list[StepIn], Field(min_length=1, max_length=MAX_STEPS)]
     config: RunConfigIn = Field(default_factory=RunConfigIn)
+    # an httpRequest without a body: the server sends the run's envelope when it ends
+    onSuccess: dict[str, Any] | None = None
+    onFailure: dict[str, Any] | None = None
 
 
 def _page(low: int, high: int) -> Any:

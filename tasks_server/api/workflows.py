@@ -17,6 +17,7 @@ from ..errors import ValidationFailed, WorkflowNotFound
 from ..models import HttpRequest, NewTask, TaskConfig
 from ..workflows.graph import DefinitionError, check
 from ..workflows.model import NewRun, RunState, StepTemplate, WorkflowRun, WorkflowStep
+from ..workflows.steps import callback_request, envelope
 from ..workflows.template import TemplateError, references, render
 from . import results
 from .convert import field_error, to_new_task
@@ -129,7 +130,36 @@ def _to_new_run(app: Services, body: WorkflowIn, now_ms: int) -> NewRun:
         config.executeAt if config.executeAt is not None else now_ms + (config.executionDelay or 0)
     )
     metadata = tuple(config.metadata.items()) if config.metadata else None
-    return NewRun(body.name, body.input, steps, due, config.timeoutMs, metadata)
+    for field, callback in (("onSuccess", body.onSuccess), ("onFailure", body.onFailure)):
+        if callback is not None:
+            _check_callback(build, field, callback, now_ms)
+    return NewRun(
+        body.name,
+        body.input,
+        steps,
+        due,
+        config.timeoutMs,
+        metadata,
+        body.onSuccess,
+        body.onFailure,
+    )
+
+
+def _check_callback(
+    build: Callable[[dict[str, Any], int], NewTask],
+    field: str,
+    callback: dict[str, Any],
+    now_ms: int,
+) -> None:
+    """A callback is a registration whose body the server supplies: validated as one now."""
+    for supplied in ("data",):
+        if supplied in callback:
+            raise _field_error((field, supplied), "The server supplies a callback's body")
+    sample = envelope({"id": "", "state": "SUCCESS"}, [])
+    try:
+        build(callback_request(callback, sample), now_ms)
+    except ValueError as exc:
+        raise _field_error((field,), str(exc)) from exc
 
 
 def _check_early(

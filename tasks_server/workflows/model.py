@@ -49,6 +49,9 @@ class NewRun:
     due_at_ms: int  # when the root steps are due
     timeout_ms: int | None = None  # the run fails if it is not final by created + timeout
     metadata: tuple[tuple[str, str], ...] | None = None
+    # the wire httpRequest (no body) called with the run's envelope when it ends
+    on_success: dict[str, Any] | None = None
+    on_failure: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,4 +74,38 @@ def labelled(new: NewTask, run_id: str, step_id: str) -> NewTask:
     return NewTask(type(spec)(spec.request, spec.config, metadata), new.due_at_ms)
 
 
+# a callback is retried like this, and never has callbacks of its own
+CALLBACK_CONFIG = {"executionDelay": 0, "retry": 3, "retryInterval": 1000}
+
+
+def encode_callbacks(on_success: Any, on_failure: Any) -> bytes | None:
+    if on_success is None and on_failure is None:
+        return None
+    return json.dumps({"onSuccess": on_success, "onFailure": on_failure}).encode()
+
+
+def callback_for(callbacks: dict[str, Any] | None, state: str) -> dict[str, Any] | None:
+    """The callback a run that ended in ``state`` calls: onSuccess after SUCCESS,
+    onFailure after ERROR (a timeout included); none after a cancel, the owner's own act."""
+    if callbacks is None:
+        return None
+    found: dict[str, Any] | None = {
+        "SUCCESS": callbacks.get("onSuccess"),
+        "ERROR": callbacks.get("onFailure"),
+    }.get(state)
+    return found
+
+
+def envelope(run: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON body of a run's callback: what ended, how, and each step's outcome."""
+    return {"type": "workflow.run.finished", "run": run, "steps": steps}
+
+
+def callback_request(callback: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The registration a callback becomes: its httpRequest (POST unless it says) with the
+    envelope as JSON body, retried three times."""
+    http = {"method": "POST", **callback, "data": body}
+    return {"httpRequest": http, "config": dict(CALLBACK_CONFIG)}
+
+
 __all__ = ["TemplateError"]

@@ -273,3 +273,32 @@ async def test_a_delayed_run_is_pending_until_its_first_step_finishes(
     ]
     await finish(store, run.steps[0].task_id or "", T0 + 60_001)
     assert (await store.get_run(owner.id, run.id)).state is RunState.RUNNING
+
+
+async def test_a_run_that_ends_creates_its_callback_task_in_the_same_transaction(
+    store: Store, watcher: Watcher
+) -> None:
+    owner = await make_owner(store)
+    on_failure = {"url": "https://example.com/failed"}
+    on_success = {"url": "https://example.com/ok"}
+    run = await store.create_run(
+        owner.id,
+        NewRun("order", {}, (step("a"),), T0, None, None, on_success, on_failure),
+        T0,
+    )
+    cancelled = await store.create_run(
+        owner.id,
+        NewRun("other", {}, (step("a"),), T0, None, None, on_success, on_failure),
+        T0,
+    )
+    await finish(store, run.steps[0].task_id or "", T0 + 7, status=500, body=b"down")
+    callback_task, due = watcher.started[-1]
+    assert due == T0 + 7
+    body = watcher.bodies["https://example.com/failed"]
+    assert body["run"]["id"] == run.id and body["run"]["state"] == "ERROR"
+    assert body["steps"][0]["state"] == "ERROR" and body["steps"][0]["statusCode"] == 500
+    task = await store.get_task(owner.id, callback_task)
+    assert task.metadata == (("workflowRun", run.id), ("workflowCallback", "onFailure"))
+    await store.cancel_run(owner.id, cancelled.id, T0 + 8)
+    assert watcher.started[-1][0] == callback_task  # a cancel is the owner's act: no callback
+    assert "https://example.com/ok" not in watcher.bodies

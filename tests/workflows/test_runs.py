@@ -461,3 +461,89 @@ async def test_a_run_past_its_timeout_ends_in_error_and_revokes_its_steps(
     task = await client.get(f"/v1/queues/{run['steps'][0]['taskId']}", headers=owner.headers)
     assert task.json()["state"] == "REVOKED"
     target.release()
+
+
+async def test_a_run_calls_its_callback_once_with_the_envelope(
+    server: Server, client: httpx.AsyncClient, owner: OwnerAuth, target: TargetServer
+) -> None:
+    target.route("/ok", Reply(200, b'{"n": 1}', JSON_HEADERS))
+    target.route("/broken", Reply(500, b"down"))
+    target.route("/done", Reply(200))
+    target.route("/failed", Reply(200))
+    callbacks = {
+        "onSuccess": {"url": target.url("/done"), "headers": {"X-Run": "yes"}},
+        "onFailure": {"url": target.url("/failed"), "method": "PUT"},
+    }
+    good = await start(
+        client,
+        owner,
+        {
+            "name": "good",
+            "steps": [{"id": "a", **post(target, "/ok"), "output": {"n": "{{ response.body.n }}"}}],
+            **callbacks,
+        },
+    )
+    bad = await start(
+        client,
+        owner,
+        {
+            "name": "bad",
+            "steps": [
+                {"id": "a", **post(target, "/ok")},
+                {"id": "b", "dependsOn": ["a"], **post(target, "/broken")},
+            ],
+            **callbacks,
+        },
+    )
+    await until_state(client, owner, good["id"], "SUCCESS")
+    await until_state(client, owner, bad["id"], "ERROR")
+    await wait_until(
+        lambda: len(target.arrivals_at("/done")) == 1 and len(target.arrivals_at("/failed")) == 1
+    )
+    done = target.arrivals_at("/done")[0]
+    assert done.method == "POST" and done.header("X-Run") == "yes"
+    envelope = json.loads(done.body)
+    assert envelope["type"] == "workflow.run.finished"
+    assert envelope["run"]["id"] == good["id"] and envelope["run"]["state"] == "SUCCESS"
+    assert envelope["steps"] == [
+        {
+            "id": "a",
+            "state": "SUCCESS",
+            "taskId": good["steps"][0]["taskId"],
+            "attempts": 1,
+            "statusCode": 200,
+            "output": {"n": 1},
+            "error": None,
+        }
+    ]
+    failed = json.loads(target.arrivals_at("/failed")[0].body)
+    assert target.arrivals_at("/failed")[0].method == "PUT"
+    assert failed["run"]["state"] == "ERROR"
+    assert failed["run"]["error"] == "step 'b' failed: the call answered 500"
+    assert [s["state"] for s in failed["steps"]] == ["SUCCESS", "ERROR"]
+    listed = (await client.get("/v1/queues", headers=owner.headers)).json()
+    assert len(listed) == 5  # 3 steps and 2 callbacks, each an ordinary task
+
+
+@pytest.mark.parametrize(
+    ("callback", "message"),
+    [
+        ({"url": "https://example.com/", "data": {"x": 1}}, "supplies a callback's body"),
+        ({"url": "not a url"}, "url"),
+    ],
+)
+async def test_a_bad_callback_is_refused_at_once(
+    server: Server,
+    client: httpx.AsyncClient,
+    owner: OwnerAuth,
+    callback: dict[str, Any],
+    message: str,
+) -> None:
+    body = {
+        "name": "bad-callback",
+        "steps": [{"id": "a", "httpRequest": {"url": "https://example.com/", "method": "GET"}}],
+        "onFailure": callback,
+    }
+    response = await client.post("/v1/workflows", json=body, headers=owner.headers)
+    assert response.status_code == 400 and message in response.text
+    assert "onFailure" in response.text

@@ -13,7 +13,9 @@ CREATE TABLE workflow_run (
     remaining INTEGER NOT NULL,
     error TEXT,
     input BLOB NOT NULL,
-    metadata BLOB
+    metadata BLOB,
+    -- onSuccess / onFailure: the calls made with the run's envelope when it ends
+    callbacks BLOB
 ) STRICT;
 
 CREATE INDEX workflow_run_owner ON workflow_run (owner_id, created_at);

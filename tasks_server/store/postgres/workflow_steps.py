@@ -24,6 +24,9 @@ from ...workflows.steps import (
     RunFinished,
     StepBuilder,
     StepStarted,
+    callback_for,
+    callback_request,
+    envelope,
     labelled,
     referenced_steps,
     step_error,
@@ -93,6 +96,16 @@ STEP_RELEASE: LiteralString = (
     "WHERE run_id = %s AND step_id IN "
     "(SELECT dependant FROM workflow_edge WHERE run_id = %s AND step_id = %s) "
     "RETURNING step_id, unmet, state"
+)
+
+
+RUN_ENDED: LiteralString = (
+    "SELECT owner_id, name, created_at, metadata, callbacks FROM workflow_run WHERE id = %s"
+)
+STEP_SUMMARY: LiteralString = (
+    "SELECT s.step_id, s.state, s.task_id, coalesce(t.attempts, 0), "
+    "coalesce(t.status_code, 0), s.result, s.error FROM workflow_step s "
+    "LEFT JOIN task t ON t.id = s.task_id WHERE s.run_id = %s ORDER BY s.position"
 )
 
 
@@ -196,7 +209,7 @@ class PgStepOps(PgBase):
         if not RunState(run_state).is_final:
             message = f"step {step_id!r} failed: {error}"
             await cur.execute(RUN_SET_STATE, (RunState.ERROR.value, now, message, run_id))
-            advance.finished_runs.append(run_id)
+            await self._run_ended(cur, run_id, RunState.ERROR, message, now, advance)
 
     async def _start_ready(
         self,
@@ -235,7 +248,7 @@ class PgStepOps(PgBase):
             await cur.execute(RUN_START, (run_id,))
             if remaining == 0:
                 await cur.execute(RUN_SET_STATE, (RunState.SUCCESS.value, now, None, run_id))
-                advance.finished_runs.append(run_id)
+                await self._run_ended(cur, run_id, RunState.SUCCESS, None, now, advance)
                 return
             released = await _all(cur, STEP_RELEASE, (int(done_skipped), run_id, run_id, done_id))
             ready = [dep for dep, unmet, state in released if unmet == 0 and state == "WAITING"]
@@ -324,3 +337,79 @@ class PgStepOps(PgBase):
         if self._run_finished is not None:
             for run_id in advance.finished_runs:
                 self._run_finished(run_id)
+
+    async def _run_ended(
+        self,
+        cur: Cursor,
+        run_id: str,
+        state: RunState,
+        error: str | None,
+        now: int,
+        advance: Advance,
+    ) -> None:
+        """The run just ended in ``state``: tell the waiters after the commit, and create
+        its onSuccess / onFailure callback task with the run's envelope, in this
+        transaction (so the callback is neither lost nor made for an end that did not
+        count)."""
+        advance.finished_runs.append(run_id)
+        owner_id, name, created_at, metadata, callbacks = await _one(cur, RUN_ENDED, (run_id,))
+        callback = callback_for(
+            None if callbacks is None else json.loads(self._unseal(callbacks)), state.value
+        )
+        if callback is None:
+            return
+        opened = self._open(metadata)
+        labels = None if opened is None else METADATA.validate_json(opened)
+        run = {
+            "id": run_id,
+            "name": name,
+            "state": state.value,
+            "error": error,
+            "createdAt": created_at,
+            "finishedAt": now,
+            "metadata": None if labels is None else dict(labels),
+        }
+        steps = []
+        for step_id, step_state, task_id, attempts, status, result, step_error_text in await _all(
+            cur, STEP_SUMMARY, (run_id,)
+        ):
+            found = None if result is None else json.loads(self._unseal(result))
+            steps.append(
+                {
+                    "id": step_id,
+                    "state": step_state,
+                    "taskId": task_id,
+                    "attempts": attempts,
+                    "statusCode": status,
+                    "output": None if found is None else found.get("output"),
+                    "error": step_error_text,
+                }
+            )
+        assert self._step_builder is not None, "the store was given no step builder"
+        try:
+            new = self._step_builder(callback_request(callback, envelope(run, steps)), now)
+        except ValueError as exc:  # checked when the run was created; logged if it changed
+            logger.error("workflow run %s: callback not made: %s", run_id, exc)
+            return
+        key = "onSuccess" if state is RunState.SUCCESS else "onFailure"
+        spec = new.spec
+        metadata_pairs = (spec.metadata or ()) + (
+            ("workflowRun", run_id),
+            ("workflowCallback", key),
+        )
+        spec = type(spec)(spec.request, spec.config, metadata_pairs)
+        task_id = new_task_id(now)
+        await cur.execute(
+            TASK_INSERT,
+            (
+                task_id,
+                owner_id,
+                now,
+                now,
+                now,
+                now,
+                self._seal(METADATA.dump_json(metadata_pairs)),
+                self._seal_spec(spec),
+            ),
+        )
+        advance.started.append(StepStart(task_id, now))

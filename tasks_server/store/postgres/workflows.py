@@ -18,6 +18,7 @@ from ...workflows.model import (
 from ...workflows.steps import (
     CANCELLED,
     TIMED_OUT,
+    encode_callbacks,
     encode_template,
 )
 from ..ids import new_task_id
@@ -36,7 +37,7 @@ from .workflow_steps import (
 
 RUN_INSERT: LiteralString = (
     "INSERT INTO workflow_run (id, owner_id, name, state, created_at, due_at, deadline_at, "
-    "remaining, input, metadata) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    "remaining, input, metadata, callbacks) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 
 RUN_COLUMNS: LiteralString = (
@@ -114,6 +115,7 @@ class PgWorkflowOps(PgStepOps):
             None if run.metadata is None else METADATA.dump_json(run.metadata)
         )
         templates = [(step, self._sealer.seal(encode_template(step))) for step in run.steps]
+        callbacks = self._seal(encode_callbacks(run.on_success, run.on_failure))
 
         async def op(cur: Cursor) -> Advance:
             await lock_capacity(cur, owner_id)  # raises OwnerNotFound
@@ -130,6 +132,7 @@ class PgWorkflowOps(PgStepOps):
                     len(run.steps),
                     input_blob,
                     metadata_blob,
+                    callbacks,
                 ),
             )
             for position, (step, blob) in enumerate(templates):
@@ -229,20 +232,23 @@ class PgWorkflowOps(PgStepOps):
         if not await self._read(RUN_OVERDUE, (now_ms, 1)):
             return []  # the usual case costs one indexed read, no write
 
-        async def op(cur: Cursor) -> list[tuple[str, list[str]]]:
+        async def op(cur: Cursor) -> tuple[list[tuple[str, list[str]]], Advance]:
             ended = []
+            advance = Advance()
             for (run_id,) in await _all(cur, RUN_OVERDUE, (now_ms, limit)):
                 owner_id = (await _one(cur, RUN_STATE, (run_id,)))[0]
                 await cur.execute(RUN_SET_STATE, (RunState.ERROR.value, now_ms, TIMED_OUT, run_id))
+                await self._run_ended(cur, run_id, RunState.ERROR, TIMED_OUT, now_ms, advance)
                 await cur.execute(STEP_CANCEL_WAITING, (now_ms, run_id))
                 tasks = [row[0] for row in (await _all(cur, STEP_CANCEL_RUNNING, (now_ms, run_id)))]
                 for task_id in tasks:
                     await cur.execute(TASK_REVOKE, (now_ms, task_id, owner_id))
                 ended.append((run_id, tasks))
-            return ended
+            await self._tell_nodes(cur, advance, now_ms)
+            return ended, advance
 
-        ended = await self._tx(op)
-        self._announce(Advance(finished_runs=[run_id for run_id, _ in ended]))
+        ended, advance = await self._tx(op)
+        self._announce(advance)
         return [task_id for _, tasks in ended for task_id in tasks]
 
     # -- rows -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from ...workflows.model import (
 from ...workflows.steps import (
     CANCELLED,
     TIMED_OUT,
+    encode_callbacks,
     encode_template,
 )
 from ..ids import new_task_id
@@ -29,7 +30,7 @@ from .workflow_steps import RUN_SET_STATE, RUN_STATE, Advance, StepOps
 
 RUN_INSERT: LiteralString = (
     "INSERT INTO workflow_run (id, owner_id, name, state, created_at, due_at, deadline_at, "
-    "remaining, input, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "remaining, input, metadata, callbacks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 RUN_COLUMNS: LiteralString = (
@@ -106,6 +107,7 @@ class WorkflowOps(StepOps):
             None if run.metadata is None else METADATA.dump_json(run.metadata)
         )
         templates = [(step, self._sealer.seal(encode_template(step))) for step in run.steps]
+        callbacks = self._seal(encode_callbacks(run.on_success, run.on_failure))
 
         def op(conn: sqlite3.Connection) -> Advance:
             if conn.execute(OWNER_EXISTS, (owner_id,)).fetchone() is None:
@@ -123,6 +125,7 @@ class WorkflowOps(StepOps):
                     len(run.steps),
                     input_blob,
                     metadata_blob,
+                    callbacks,
                 ),
             )
             for position, (step, blob) in enumerate(templates):
@@ -220,20 +223,22 @@ class WorkflowOps(StepOps):
         if not await self._read(RUN_OVERDUE, (now_ms, 1)):
             return []  # the usual case costs one indexed read, no write
 
-        def op(conn: sqlite3.Connection) -> list[tuple[str, list[str]]]:
+        def op(conn: sqlite3.Connection) -> tuple[list[tuple[str, list[str]]], Advance]:
             ended = []
+            advance = Advance()
             for (run_id,) in conn.execute(RUN_OVERDUE, (now_ms, limit)).fetchall():
                 owner_id = conn.execute(RUN_STATE, (run_id,)).fetchone()[0]
                 conn.execute(RUN_SET_STATE, (RunState.ERROR.value, now_ms, TIMED_OUT, run_id))
+                self._run_ended(conn, run_id, RunState.ERROR, TIMED_OUT, now_ms, advance)
                 conn.execute(STEP_CANCEL_WAITING, (now_ms, run_id))
                 tasks = [row[0] for row in conn.execute(STEP_CANCEL_RUNNING, (now_ms, run_id))]
                 for task_id in tasks:
                     conn.execute(TASK_REVOKE, (now_ms, task_id, owner_id))
                 ended.append((run_id, tasks))
-            return ended
+            return ended, advance
 
-        ended = await self._write(op, savepoint=True)
-        self._announce(Advance(finished_runs=[run_id for run_id, _ in ended]))
+        ended, advance = await self._write(op, savepoint=True)
+        self._announce(advance)
         return [task_id for _, tasks in ended for task_id in tasks]
 
     # -- rows -----------------------------------------------------------------------------

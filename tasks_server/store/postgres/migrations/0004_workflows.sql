@@ -14,7 +14,9 @@ CREATE TABLE workflow_run (
     remaining INTEGER NOT NULL,
     error TEXT,
     input BYTEA NOT NULL,
-    metadata BYTEA
+    metadata BYTEA,
+    -- onSuccess / onFailure: the calls made with the run's envelope when it ends
+    callbacks BYTEA
 );
 
 CREATE INDEX workflow_run_owner ON workflow_run (owner_id, created_at);
