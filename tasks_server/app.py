@@ -99,6 +99,7 @@ def build(
         metrics_text=lambda: metrics.render(lambda: _count_pending(store)),
         schedules=schedules,
         runs=runs,
+        egress=settings.egress_policy,
     )
     server: Server  # the lifespan runs after build has returned, when `server` exists
     app = create_app(services, lifespan=lambda _app: _lifespan(server))
@@ -148,6 +149,7 @@ def _curl_dispatcher(settings: Settings) -> dispatch.Dispatcher:
         cert_dir=settings.cert_dir,
         max_host_connections=settings.max_host_connections,
         host_wait_s=settings.max_host_wait_s,
+        egress=settings.egress_policy,
     )
     # the scheduler already waited SHUTDOWN_GRACE_S for in-flight calls at stop
     return dispatch.CurlDispatcher(curl, max_connections=settings.max_in_flight, close_grace_s=0.5)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .dispatch.egress import EgressPolicy
 from .errors import ConfigError
 
 T = TypeVar("T")
@@ -73,6 +74,11 @@ class Settings:
     admin_key: str | None = field(default=None, repr=False)  # ADMIN_KEY: enables /v1/admin/*
     # OWNER_REGISTRATION: open | admin | closed; unset = admin with ADMIN_KEY, else open
     owner_registration: str | None = None
+    # EGRESS_ALLOW: CIDRs and host names calls may reach although private or loopback
+    egress_allow: str = ""
+    egress_deny: str = ""  # EGRESS_DENY: CIDRs and host names always refused
+    egress_proxies: str = ""  # EGRESS_PROXIES: the only proxies a task may name
+    egress_ports: str = ""  # EGRESS_PORTS: the only destination ports (empty: any)
 
     @property
     def database_path(self) -> Path:
@@ -94,6 +100,12 @@ class Settings:
         if self.owner_registration:
             return self.owner_registration
         return "admin" if self.admin_key else "open"
+
+    @property
+    def egress_policy(self) -> EgressPolicy:
+        return EgressPolicy.parse(
+            self.egress_allow, self.egress_deny, self.egress_proxies, self.egress_ports
+        )
 
     @property
     def throttle_enabled(self) -> bool:
@@ -215,6 +227,10 @@ _SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "metrics_key": (("METRICS_KEY",), _optional_text),
     "admin_key": (("ADMIN_KEY",), _optional_text),
     "owner_registration": (("OWNER_REGISTRATION",), _choice("open", "admin", "closed")),
+    "egress_allow": (("EGRESS_ALLOW",), _text),
+    "egress_deny": (("EGRESS_DENY",), _text),
+    "egress_proxies": (("EGRESS_PROXIES",), _text),
+    "egress_ports": (("EGRESS_PORTS",), _text),
 }
 
 ENV_VARIABLES: tuple[str, ...] = tuple(name for names, _ in _SOURCES.values() for name in names)
