@@ -10,16 +10,16 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import pycurl
 
-from tasks_server.models import Call, Outcome
+from tasks_server.models import Call, Outcome, ResolveEntry
 
-from .egress import EgressPolicy, owner_allows
+from .egress import EgressPolicy, host_address, owner_allows
 from .options import (
     CurlSettings,
     HstsEntry,
@@ -214,6 +214,15 @@ def _outcome(transfer: _Transfer, curl_code: int, message: str | None) -> Outcom
     )
 
 
+def _doh_needs_pin(call: Call) -> bool:
+    doh_url = call.config.doh_url
+    if doh_url is None:
+        return False
+    host = urlsplit(doh_url).hostname or ""
+    pinned = any(entry.host == host for entry in call.config.resolve or ())
+    return host_address(host) is None and not pinned
+
+
 def _doh_refusal(transfer: _Transfer) -> str | None:
     """libcurl opens DoH connections on internal handles that skip OPENSOCKETFUNCTION, so
     the DoH server is held to the host rules here (it must be https)."""
@@ -264,6 +273,7 @@ class CurlDispatcher:
         self._active: dict[Any, _Transfer] = {}
         self._hosts: dict[str, _Host] = {}
         self._host_waiting = 0  # calls waiting for a slot to their host
+        self._pinning: set[asyncio.Task[None]] = set()  # DoH servers being looked up
         self._closed = False
 
     @property
@@ -297,17 +307,67 @@ class CurlDispatcher:
         host = self._hosts.get(name) or self._hosts.setdefault(name, _Host(name))
         transfer = _Transfer(call, future, host, policy=self._settings.egress)
         future.add_done_callback(partial(self._on_future_done, transfer))
-        if self._host_is_full(host):
+        if _doh_needs_pin(call):
+            pinning = self._loop.create_task(self._pin_doh(transfer))
+            self._pinning.add(pinning)
+            pinning.add_done_callback(self._pinning.discard)
+            return future
+        self._enqueue(transfer)
+        return future
+
+    def _enqueue(self, transfer: _Transfer) -> None:
+        """Start the call now or queue it behind its host's cap."""
+        if self._host_is_full(transfer.host):
             self._wait_for_host(transfer)
         else:
             self._take_host_slot(transfer)
             self._start_waiting()
-        return future
+
+    async def _pin_doh(self, transfer: _Transfer) -> None:
+        """Start ``transfer`` once its DoH server is pinned, or end it with the refusal."""
+        outcome = await self._pinned_doh(transfer)
+        if outcome is None and (transfer.future.done() or self._closed):
+            outcome = _failure("aborted: the dispatcher was closed")
+        if outcome is None:
+            self._enqueue(transfer)
+        else:
+            _resolve(transfer.future, outcome)
+            self._forget_idle_host(transfer.host)
+
+    async def _pinned_doh(self, transfer: _Transfer) -> Outcome | None:
+        """Resolve the DoH server's name here, keep only addresses the policy allows and
+        pin them with a ``resolve`` entry: libcurl's DoH handles skip OPENSOCKETFUNCTION
+        but look their host up in the transfer's private DNS cache, where the pin is.
+        Returns the failure, or None once ``transfer.call`` carries the pin."""
+        assert self._loop is not None
+        config = transfer.call.config
+        parts = urlsplit(config.doh_url or "")
+        host, port = parts.hostname or "", parts.port or 443
+        refusal = _doh_refusal(transfer)
+        if refusal is not None:
+            return Outcome(status=0, error=refusal, denied=True)
+        try:
+            infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            return _failure(f"config.dohUrl: cannot resolve {host}: {exc}")
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        verdicts = [(a, self._settings.egress.connection(a, port, host)) for a in addresses]
+        allowed = tuple(a for a, reason in verdicts if reason is None)
+        if not allowed:
+            reason = next((r for _, r in verdicts if r), f"egress denied: {host} has no address")
+            return Outcome(status=0, error=reason, denied=True)
+        pinned = replace(
+            config, resolve=(*(config.resolve or ()), ResolveEntry(host, port, allowed))
+        )
+        transfer.call = replace(transfer.call, config=pinned)
+        return None
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        for pinning in list(self._pinning):
+            pinning.cancel()
         pending = [t.future for t in (*self._waiting, *self._active.values())]
         if pending:
             await asyncio.wait(pending, timeout=self._close_grace_s)

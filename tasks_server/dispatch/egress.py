@@ -205,9 +205,14 @@ def _ports(text: str) -> frozenset[int] | None:
     return frozenset(ports)
 
 
-def _contains(networks: Iterable[IpNetwork], address: IpAddress) -> bool:
+def _contains(networks: Iterable[IpNetwork], address: IpAddress, strict: bool = False) -> bool:
+    """Whether a network holds ``address`` or the IPv4 address inside it. ``strict`` (for
+    allow lists) looks inside IPv4-mapped addresses only: they are the one form that
+    reaches the same IPv4 host; NAT64, 6to4 and Teredo ones go through some gateway."""
     forms = [address]
     inner = embedded_ipv4(address)
+    if strict and isinstance(address, ipaddress.IPv6Address):
+        inner = address.ipv4_mapped
     if inner is not None:
         forms.append(inner)
     return any(form.version == n.version and form in n for n in networks for form in forms)
@@ -268,7 +273,7 @@ class EgressPolicy:
             return f"egress denied: {address} is in EGRESS_DENY"
         if host is not None and any(host_matches(p, host) for p in self.deny_hosts):
             return f"egress denied: {normalize_host(host)} is in EGRESS_DENY"
-        if _contains(self.allow_networks, address):
+        if _contains(self.allow_networks, address, strict=True):
             return None
         if host is not None and any(host_matches(p, host) for p in self.allow_hosts):
             return None
@@ -291,7 +296,7 @@ class EgressPolicy:
         if any(host_matches(p, bare) for p in self.proxy_hosts):
             return True
         address = host_address(bare)
-        return address is not None and _contains(self.proxy_networks, address)
+        return address is not None and _contains(self.proxy_networks, address, strict=True)
 
     def proxy_connection(self, ip: str, proxy_host: str) -> str | None:
         """Refusal reason for the socket to a proxy: a listed proxy may be anywhere,
