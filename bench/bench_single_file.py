@@ -112,6 +112,7 @@ def serving(artifact: Path, directory: Path, env: dict[str, str]) -> Iterator[tu
         "PATH_SQLITE": str(directory / "tasks.db"),
         "CIPHER_KEY": "bench-single-file",
         "LOG_LEVEL": "WARNING",
+        "EGRESS_ALLOW": "127.0.0.1/32",  # the sink is on loopback
     }
     log = (directory / "server.log").open("wb")
     started = time.monotonic()

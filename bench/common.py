@@ -79,6 +79,8 @@ class Server:
             "LOG_LEVEL": "WARNING",
             "TASKS_IN_QUEUE_LIMIT": "0",
             "MAX_IN_FLIGHT": "4000",
+            # the sinks run on loopback, which the egress policy refuses unless allowed
+            "EGRESS_ALLOW": "127.0.0.1/32",
             **env,
         }
         self.proc: Proc | None = None

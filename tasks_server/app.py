@@ -23,6 +23,7 @@ from .api.workflows import step_builder
 from .backup.job import BackupJob
 from .clock import Clock, SystemClock
 from .config import Settings
+from .dispatch.egress import EgressPolicy
 from .engine.scheduler import Scheduler, SchedulerOptions
 from .engine.waiters import FinalWaiters
 from .metrics import Metrics
@@ -99,6 +100,7 @@ def build(
         metrics_text=lambda: metrics.render(lambda: _count_pending(store)),
         schedules=schedules,
         runs=runs,
+        egress=egress_policy(settings),
     )
     server: Server  # the lifespan runs after build has returned, when `server` exists
     app = create_app(services, lifespan=lambda _app: _lifespan(server))
@@ -143,11 +145,19 @@ def make_store(settings: Settings, metrics: Metrics | None = None) -> Store:
     )
 
 
+def egress_policy(settings: Settings) -> EgressPolicy:
+    """The egress settings as a policy (config.py has checked every entry)."""
+    return EgressPolicy.parse(
+        settings.egress_allow, settings.egress_deny, settings.egress_proxies, settings.egress_ports
+    )
+
+
 def _curl_dispatcher(settings: Settings) -> dispatch.Dispatcher:
     curl = dispatch.CurlSettings(
         cert_dir=settings.cert_dir,
         max_host_connections=settings.max_host_connections,
         host_wait_s=settings.max_host_wait_s,
+        egress=egress_policy(settings),
     )
     # the scheduler already waited SHUTDOWN_GRACE_S for in-flight calls at stop
     return dispatch.CurlDispatcher(curl, max_connections=settings.max_in_flight, close_grace_s=0.5)

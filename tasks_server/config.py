@@ -6,7 +6,9 @@ Tasks Server where it had one (docs/compatibility.md#configuration).
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -73,6 +75,11 @@ class Settings:
     admin_key: str | None = field(default=None, repr=False)  # ADMIN_KEY: enables /v1/admin/*
     # OWNER_REGISTRATION: open | admin | closed; unset = admin with ADMIN_KEY, else open
     owner_registration: str | None = None
+    # EGRESS_ALLOW: CIDRs and host names calls may reach although private or loopback
+    egress_allow: str = ""
+    egress_deny: str = ""  # EGRESS_DENY: CIDRs and host names always refused
+    egress_proxies: str = ""  # EGRESS_PROXIES: the only proxies a task may name
+    egress_ports: str = ""  # EGRESS_PORTS: the only destination ports (empty: any)
 
     @property
     def database_path(self) -> Path:
@@ -162,6 +169,32 @@ def _postgres_url(raw: str) -> str | None:
     return value
 
 
+_HOST_PATTERN = re.compile(
+    r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$"
+)
+
+
+def _networks_and_hosts(raw: str) -> str:
+    """Comma-separated CIDRs, addresses and host names (``*.example.com`` for names under
+    it); the egress policy (dispatch/egress.py) reads them."""
+    for entry in (item.strip() for item in raw.split(",")):
+        if not entry:
+            continue
+        try:
+            ipaddress.ip_network(entry.strip("[]"), strict=False)
+        except ValueError:
+            if not _HOST_PATTERN.match(entry.lower()):
+                raise ValueError(f"{entry!r} is neither a CIDR nor a host name") from None
+    return raw
+
+
+def _ports(raw: str) -> str:
+    for entry in (item.strip() for item in raw.split(",")):
+        if entry and not (entry.isdigit() and 1 <= int(entry) <= 65535):
+            raise ValueError(f"{entry!r} is not a port from 1 to 65535")
+    return raw
+
+
 # setting name -> (environment variable names, first wins; cast)
 _SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "host": (("HOST",), _text),
@@ -215,6 +248,10 @@ _SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "metrics_key": (("METRICS_KEY",), _optional_text),
     "admin_key": (("ADMIN_KEY",), _optional_text),
     "owner_registration": (("OWNER_REGISTRATION",), _choice("open", "admin", "closed")),
+    "egress_allow": (("EGRESS_ALLOW",), _networks_and_hosts),
+    "egress_deny": (("EGRESS_DENY",), _networks_and_hosts),
+    "egress_proxies": (("EGRESS_PROXIES",), _networks_and_hosts),
+    "egress_ports": (("EGRESS_PORTS",), _ports),
 }
 
 ENV_VARIABLES: tuple[str, ...] = tuple(name for names, _ in _SOURCES.values() for name in names)

@@ -260,6 +260,7 @@ class Outcome:
     truncated: bool = False  # the body went past the cap: kept up to it, the rest not read
     total_ms: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    denied: bool = False  # refused by the egress policy: no retry, the target was not tried
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +302,9 @@ class Call:
     headers: tuple[tuple[str, str], ...]  # added by the server (X-Tasks-*), sent last
     timeout_ms: int
     max_body_bytes: int
+    owner_id: str = ""  # whose call it is: connections are never shared between owners
+    # the owner's validated domains (host patterns); None when the owner has no list
+    allowed_hosts: tuple[str, ...] | None = None
 
 
 # -- recurring schedules ----------------------------------------------------------------

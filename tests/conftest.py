@@ -21,6 +21,9 @@ from tests.support.postgres import PostgresServer, find_bin_dir, throwaway_clust
 from tests.support.stores import STORES, StoreMaker
 
 TARGET = "http://127.0.0.1:9/hook"
+# The targets these tests call run on loopback, which the egress policy refuses by default:
+# allowed here explicitly, so the default everywhere else stays deny.
+LOOPBACK_ALLOWED = "127.0.0.1/32"
 
 
 @pytest.fixture
@@ -68,7 +71,9 @@ async def store(make_store: StoreMaker) -> AsyncIterator[Store]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(path_sqlite=str(tmp_path / "tasks.db"), shutdown_grace_s=2.0)
+    return Settings(
+        path_sqlite=str(tmp_path / "tasks.db"), shutdown_grace_s=2.0, egress_allow=LOOPBACK_ALLOWED
+    )
 
 
 ServerFactory = Callable[..., Awaitable[Server]]

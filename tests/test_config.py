@@ -80,3 +80,33 @@ def _empty(tmp_path: Path) -> Path:
     path = tmp_path / "empty.env"
     path.write_text("")
     return path
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("EGRESS_ALLOW", "127.0.0.1/32,not a host", "'not a host' is neither a CIDR nor a host"),
+        ("EGRESS_DENY", "10.0.0.0/33", "'10.0.0.0/33' is neither a CIDR nor a host"),
+        ("EGRESS_PROXIES", "proxy_1.example", "neither a CIDR nor a host name"),
+        ("EGRESS_PORTS", "80,0", "'0' is not a port from 1 to 65535"),
+    ],
+)
+def test_egress_settings_name_the_bad_entry(key: str, value: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=key) as caught:
+        load({key: value}, env_file=None)
+    assert reason in str(caught.value)
+
+
+def test_egress_settings_are_read() -> None:
+    settings = load(
+        {
+            "EGRESS_ALLOW": "127.0.0.1/32, intranet.example",
+            "EGRESS_DENY": "*.blocked.example",
+            "EGRESS_PROXIES": "proxy.internal",
+            "EGRESS_PORTS": "80,443",
+        },
+        env_file=None,
+    )
+    assert settings.egress_allow == "127.0.0.1/32, intranet.example"
+    assert settings.egress_ports == "80,443"
+    assert load({}, env_file=None).egress_allow == ""  # the default refuses private ranges

@@ -62,7 +62,9 @@ def fail_then_succeed() -> RecordingDispatcher:
 async def test_json_lines_have_fields_and_no_secrets(
     make_server: ServerFactory, clock: FakeClock, captured: io.StringIO
 ) -> None:
-    server = await make_server(fail_then_succeed(), log=True, cipher_key=SECRETS["cipher"])
+    server = await make_server(
+        fail_then_succeed(), log=True, cipher_key=SECRETS["cipher"], egress_proxies="127.0.0.1"
+    )
     async with client_for(server) as client:
         owner = await register_owner(client, "logging-owner")
         request = {

@@ -20,6 +20,7 @@ from ..errors import NotFound, TaskNotFound, ValidationFailed
 from ..models import DeadLetterFilter, Task
 from .convert import field_error, spec_to_wire
 from .errors import validation_failed
+from .outgoing import check_outgoing
 from .queues import merge_patch, task_id_of, validate_task
 from .schemas import Strict, query_int
 from .services import Services, services
@@ -157,6 +158,7 @@ async def replay(request: Request) -> Response:
         for name in _FIRST_RUN_OPTIONS:
             stored["config"].pop(name, None)
         new = validate_task(app, merge_patch(stored, patch), now)
+        await check_outgoing(app, owner_id, new.spec)
         config = patch.get("config")
         timed = isinstance(config, dict) and any(name in config for name in _FIRST_RUN_OPTIONS)
         spec, due = new.spec, new.due_at_ms if timed else now

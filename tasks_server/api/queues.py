@@ -20,6 +20,7 @@ from ..timing import first_due_ms
 from . import results
 from .convert import field_error, spec_to_wire, to_new_task
 from .errors import validation_failed
+from .outgoing import check_outgoing
 from .schemas import ListQuery, TaskIn
 from .services import Services, services
 from .wire import DONE, answer, parse_json, read_body, read_json
@@ -95,6 +96,7 @@ async def register(request: Request) -> Response:
     body = await read_body(request, app.settings.max_size_body_request)
     now = app.clock.now_ms()
     new = _validate_body(app, body, now)
+    await check_outgoing(app, owner_id, new.spec)
     wait_s = results.wait_seconds(request)
     task = await app.store.create_task(owner_id, new, now)
     app.scheduler.notify(task.id, new.due_at_ms)
@@ -202,6 +204,7 @@ async def edit(request: Request) -> Response:
     data = merge_patch(spec_to_wire(spec), patch)
     now = app.clock.now_ms()
     new = validate_task(app, data, now)
+    await check_outgoing(app, owner_id, new.spec)
     new = dataclasses.replace(new, due_at_ms=_edited_due_ms(current, new, patch, now))
     task = await app.store.edit_task(owner_id, task_id, new, now)
     if task.state is TaskState.RUNNING:

@@ -27,6 +27,7 @@ from ..models import (
 from ..schedules import policy
 from .convert import config_to_wire, field_error, request_to_wire, to_new_task
 from .errors import validation_failed
+from .outgoing import check_outgoing
 from .queues import merge_patch, summary
 from .schedule_schemas import (
     SCHEDULE_ID,
@@ -169,6 +170,7 @@ async def create(request: Request) -> Response:
     data = await read_json(request, app.settings.max_size_body_request)
     now = app.clock.now_ms()
     new = _validate(app, data, now)
+    await check_outgoing(app, owner_id, new.task)
     first = policy.start(new.timing, now)
     schedule = await app.store.create_schedule(
         owner_id, new, now, first.state, first.cursor_ms, first.next_at_ms
@@ -206,6 +208,7 @@ async def edit(request: Request) -> Response:
     async def revise(schedule: Schedule, now_ms: int) -> tuple[Schedule, TaskSpec | None]:
         template = await app.store.get_schedule_spec(owner_id, schedule.id)
         new = _validate(app, merge_patch(_definition(schedule, template), patch), now_ms)
+        await check_outgoing(app, owner_id, new.task)
         state = policy.revised(schedule, new.timing, now_ms)
         changed = _with_progress(schedule, state, name=new.name, timing=new.timing)
         return changed, new.task

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
+import idna
 from dateutil import parser as date_parser
 from pydantic import (
     AfterValidator,
@@ -65,6 +66,18 @@ def _percent_encode(text: str, unsafe: str) -> str:
     return quote(text, safe=_SAFE[unsafe])
 
 
+def _ascii_host(host: str) -> str:
+    """The host as it goes on the wire: non-ASCII names in their IDNA (UTS 46) form."""
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise PydanticCustomError(
+            "url", "Host name {host} cannot be encoded as IDNA", {"host": host}
+        ) from exc
+
+
 def _check_url(value: str) -> str:
     if len(value) > 1024 or any(ch in value for ch in "\r\n\t\x00"):
         raise PydanticCustomError("url", "Invalid url")
@@ -75,8 +88,11 @@ def _check_url(value: str) -> str:
         raise PydanticCustomError("url", "Invalid url") from exc
     if not parts.hostname or " " in parts.netloc:
         raise PydanticCustomError("url", "Invalid url")
+    if port == 0:
+        raise PydanticCustomError("url", "Port 0 is not allowed")
     scheme = parts.scheme.lower()
-    netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    hostname = _ascii_host(parts.hostname)
+    netloc = hostname if ":" not in hostname else f"[{hostname}]"
     if parts.username is not None:
         auth = parts.username + (f":{parts.password}" if parts.password is not None else "")
         netloc = f"{auth}@{netloc}"
@@ -101,6 +117,15 @@ def _check_url(value: str) -> str:
 
 
 HttpUrl = Annotated[str, AfterValidator(_check_url)]
+
+
+def _https_only(value: str) -> str:
+    if not value.startswith("https://"):
+        raise PydanticCustomError("url", "Must be an https URL")
+    return value
+
+
+HttpsUrl = Annotated[str, AfterValidator(_check_url), AfterValidator(_https_only)]
 
 
 def _check_ip(value: str) -> str:
@@ -351,7 +376,7 @@ class ConfigIn(Strict):
     protoRedirect: Annotated[Literal["http", "https"], BeforeValidator(_lower)] | None = None
     dnsServer: Annotated[list[Ip], Field(min_length=1, max_length=4)] | None = None
     resolve: Annotated[list[ResolveIn], Field(min_length=1, max_length=4)] | None = None
-    dohUrl: HttpUrl | None = None
+    dohUrl: HttpsUrl | None = None  # libcurl only speaks DoH over https
     dohInsecure: bool | None = None
     tlsVersion: Version | None = None
     tlsMaxVersion: Version | None = None

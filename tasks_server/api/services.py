@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from starlette.requests import Request
 
 from ..clock import Clock
 from ..config import Settings
+from ..dispatch.egress import EgressPolicy
 from ..engine.waiters import FinalWaiters
 from ..models import HttpRequest, TaskConfig
 from ..store import Store
@@ -46,6 +47,7 @@ class Services:
     # check name → None when fine, else what is wrong
     readiness: Callable[[], Awaitable[dict[str, str | None]]]
     metrics_text: Callable[[], Awaitable[bytes]] | None = None  # Prometheus exposition
+    egress: EgressPolicy = field(default_factory=EgressPolicy)  # where calls may go
     schedules: ScheduleNotifier | None = None  # the recurring-schedule runner
     runs: FinalWaiters | None = None  # woken when a workflow run ends
 

@@ -7,18 +7,28 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import pycurl
 
-from tasks_server.models import Call, Outcome
+from tasks_server.models import Call, Outcome, ResolveEntry
 
-from .options import CurlSettings, HstsEntry, HstsPreload, MimeForm, PrivateDnsCache, curl_options
+from .egress import EgressPolicy, host_address, owner_allows
+from .options import (
+    CurlSettings,
+    HstsEntry,
+    HstsPreload,
+    MimeForm,
+    PrivateDnsCache,
+    curl_options,
+    request_url,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +64,13 @@ class _Transfer:
     received: int = 0  # body bytes read, kept or not
     keeps_state: bool = False
     resources: list[Any] = field(default_factory=list)  # CurlMime / CurlShare to close
+    policy: EgressPolicy = field(default_factory=EgressPolicy)
+    hop_url: str = ""  # the URL of the request libcurl is making now (redirects move it)
+    hop_status: int = 0
+    denied: str | None = None  # why the egress policy refused a connection or a hop
+
+    def __post_init__(self) -> None:
+        self.hop_url = request_url(self.call.request)
 
     def write_body(self, chunk: bytes) -> int | None:
         """WRITEFUNCTION: keep the body up to the cap (nothing when tracing is off) and
@@ -68,15 +85,65 @@ class _Transfer:
             return 0
         return None
 
-    def write_header(self, line: bytes) -> None:
-        """HEADERFUNCTION: keep only the last response's headers (redirects, 100, CONNECT)."""
+    def write_header(self, line: bytes) -> int | None:
+        """HEADERFUNCTION: keep only the last response's headers (redirects, 100, CONNECT),
+        and check where a redirect leads before libcurl follows it (returning 0 aborts)."""
         text = line.decode("latin-1").rstrip("\r\n")
         if text.startswith("HTTP/"):
             self.headers.clear()
-            return
+            code = text.split(" ", 2)[1:2]
+            self.hop_status = int(code[0]) if code and code[0].isdigit() else 0
+            return None
         name, colon, value = text.partition(":")
         if colon and name and not name[0].isspace():
             self.headers.append((name.strip(), value.strip()))
+            if name.strip().lower() == "location" and self._follows_redirect():
+                return self._next_hop(value.strip())
+        return None
+
+    def _follows_redirect(self) -> bool:
+        return self.call.config.location and 300 <= self.hop_status < 400 and self.hop_status != 304
+
+    def _next_hop(self, location: str) -> int | None:
+        url = urljoin(self.hop_url, location)
+        reason = self.hop_refusal(url)
+        if reason is not None:
+            self.denied = reason
+            return 0
+        self.hop_url = url
+        return None
+
+    def hop_refusal(self, url: str) -> str | None:
+        """Why the policy refuses a request to ``url`` before any address is known: the
+        deny list, written-out or ``localhost`` hosts, ports, the owner's domains."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        except ValueError:
+            return f"egress denied: {url!r} is not a valid URL"
+        host = parts.hostname or ""
+        return self.policy.host(host, port) or owner_allows(self.call.allowed_hosts, host)
+
+    def open_socket(self, purpose: int, address: Any) -> socket.socket | int:
+        """OPENSOCKETFUNCTION: every connection of this transfer (first request, redirect
+        hops, ``resolve`` pins, the proxy) is checked on the address libcurl resolved,
+        before a byte is sent. SOCKET_BAD makes libcurl try the next address or fail."""
+        ip, port = address.addr[0], address.addr[1]
+        proxy = self.call.config.proxy
+        if proxy is not None:
+            reason = self.policy.proxy_connection(ip, proxy.host)
+        else:
+            host = urlsplit(self.hop_url).hostname
+            reason = self.policy.connection(ip, port, host)
+            if reason is None and host is not None:
+                reason = owner_allows(self.call.allowed_hosts, host)
+        if reason is not None:
+            self.denied = reason
+            return int(pycurl.SOCKET_BAD)
+        sock = socket.socket(address.family, address.socktype, address.protocol)
+        # pycurl hands libcurl a dup() of this descriptor; ours is closed with the transfer
+        self.resources.append(sock)
+        return sock
 
 
 @dataclass(slots=True, eq=False)
@@ -129,7 +196,10 @@ def _outcome(transfer: _Transfer, curl_code: int, message: str | None) -> Outcom
     timings = {name: int(curl.getinfo(info)) / 1000 for name, info in _TIMINGS}
     if transfer.truncated and curl_code == pycurl.E_WRITE_ERROR:
         curl_code = 0  # we stopped it at the cap: the answer came, cut short
+    denied = bool(curl_code and transfer.denied)
     error = (message or f"curl error {curl_code}") if curl_code else None
+    if denied:
+        error = transfer.denied
     return Outcome(
         status=int(curl.getinfo(pycurl.RESPONSE_CODE)),
         body=bytes(transfer.body) if curl_code == 0 else b"",
@@ -140,7 +210,28 @@ def _outcome(transfer: _Transfer, curl_code: int, message: str | None) -> Outcom
         truncated=transfer.truncated,
         total_ms=timings["total"],
         timings=timings,
+        denied=denied,
     )
+
+
+def _doh_needs_pin(call: Call) -> bool:
+    doh_url = call.config.doh_url
+    if doh_url is None:
+        return False
+    host = urlsplit(doh_url).hostname or ""
+    pinned = any(entry.host == host for entry in call.config.resolve or ())
+    return host_address(host) is None and not pinned
+
+
+def _doh_refusal(transfer: _Transfer) -> str | None:
+    """libcurl opens DoH connections on internal handles that skip OPENSOCKETFUNCTION, so
+    the DoH server is held to the host rules here (it must be https)."""
+    doh_url = transfer.call.config.doh_url
+    if doh_url is None:
+        return None
+    if not doh_url.lower().startswith("https://"):
+        return "egress denied: config.dohUrl must be an https URL"
+    return transfer.hop_refusal(doh_url)
 
 
 def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
@@ -182,6 +273,7 @@ class CurlDispatcher:
         self._active: dict[Any, _Transfer] = {}
         self._hosts: dict[str, _Host] = {}
         self._host_waiting = 0  # calls waiting for a slot to their host
+        self._pinning: set[asyncio.Task[None]] = set()  # DoH servers being looked up
         self._closed = False
 
     @property
@@ -213,19 +305,69 @@ class CurlDispatcher:
             return future
         name = host_key(call.request.url)
         host = self._hosts.get(name) or self._hosts.setdefault(name, _Host(name))
-        transfer = _Transfer(call, future, host)
+        transfer = _Transfer(call, future, host, policy=self._settings.egress)
         future.add_done_callback(partial(self._on_future_done, transfer))
-        if self._host_is_full(host):
+        if _doh_needs_pin(call):
+            pinning = self._loop.create_task(self._pin_doh(transfer))
+            self._pinning.add(pinning)
+            pinning.add_done_callback(self._pinning.discard)
+            return future
+        self._enqueue(transfer)
+        return future
+
+    def _enqueue(self, transfer: _Transfer) -> None:
+        """Start the call now or queue it behind its host's cap."""
+        if self._host_is_full(transfer.host):
             self._wait_for_host(transfer)
         else:
             self._take_host_slot(transfer)
             self._start_waiting()
-        return future
+
+    async def _pin_doh(self, transfer: _Transfer) -> None:
+        """Start ``transfer`` once its DoH server is pinned, or end it with the refusal."""
+        outcome = await self._pinned_doh(transfer)
+        if outcome is None and (transfer.future.done() or self._closed):
+            outcome = _failure("aborted: the dispatcher was closed")
+        if outcome is None:
+            self._enqueue(transfer)
+        else:
+            _resolve(transfer.future, outcome)
+            self._forget_idle_host(transfer.host)
+
+    async def _pinned_doh(self, transfer: _Transfer) -> Outcome | None:
+        """Resolve the DoH server's name here, keep only addresses the policy allows and
+        pin them with a ``resolve`` entry: libcurl's DoH handles skip OPENSOCKETFUNCTION
+        but look their host up in the transfer's private DNS cache, where the pin is.
+        Returns the failure, or None once ``transfer.call`` carries the pin."""
+        assert self._loop is not None
+        config = transfer.call.config
+        parts = urlsplit(config.doh_url or "")
+        host, port = parts.hostname or "", parts.port or 443
+        refusal = _doh_refusal(transfer)
+        if refusal is not None:
+            return Outcome(status=0, error=refusal, denied=True)
+        try:
+            infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            return _failure(f"config.dohUrl: cannot resolve {host}: {exc}")
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        verdicts = [(a, self._settings.egress.connection(a, port, host)) for a in addresses]
+        allowed = tuple(a for a, reason in verdicts if reason is None)
+        if not allowed:
+            reason = next((r for _, r in verdicts if r), f"egress denied: {host} has no address")
+            return Outcome(status=0, error=reason, denied=True)
+        pinned = replace(
+            config, resolve=(*(config.resolve or ()), ResolveEntry(host, port, allowed))
+        )
+        transfer.call = replace(transfer.call, config=pinned)
+        return None
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        for pinning in list(self._pinning):
+            pinning.cancel()
         pending = [t.future for t in (*self._waiting, *self._active.values())]
         if pending:
             await asyncio.wait(pending, timeout=self._close_grace_s)
@@ -249,6 +391,12 @@ class CurlDispatcher:
             self._begin(self._waiting.popleft())
 
     def _begin(self, transfer: _Transfer) -> None:
+        # Checked before any socket: a proxied call never opens one to its target, and a
+        # task registered before the policy changed is held to the policy of today.
+        refusal = transfer.hop_refusal(transfer.hop_url) or _doh_refusal(transfer)
+        if refusal is not None:
+            _resolve(transfer.future, Outcome(status=0, error=refusal, denied=True))
+            return
         transfer.curl = self._idle.pop() if self._idle else pycurl.Curl()
         try:
             self._configure(transfer)
@@ -267,6 +415,7 @@ class CurlDispatcher:
                 transfer.keeps_state = True
         curl.setopt(pycurl.WRITEFUNCTION, transfer.write_body)
         curl.setopt(pycurl.HEADERFUNCTION, transfer.write_header)
+        curl.setopt(pycurl.OPENSOCKETFUNCTION, transfer.open_socket)
 
     def _live_value(self, transfer: _Transfer, value: object) -> object:
         """Build the per-handle object a descriptive option value stands for."""

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os.path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import pycurl
 
 from tasks_server.models import Call, Credentials, HttpRequest, Pem, TaskConfig
+
+from .egress import EgressPolicy
 
 Option = tuple[int, object]
 
@@ -70,13 +72,14 @@ class CurlSettings:
     the calls running at once to one host and port (0: no cap); calls beyond it wait in
     the dispatcher's queue for that host, up to ``host_wait_s`` seconds, and their
     timeout starts when they leave it. HSTS cache text is fed through HSTSREADFUNCTION,
-    so no temporary file is ever written.
+    so no temporary file is ever written. ``egress`` decides which connections may open.
     """
 
     cert_dir: str | None = None
     connect_timeout_ms: int = 10_000
     max_host_connections: int = 256
     host_wait_s: float = 300.0
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,9 @@ def decide(attempt: Attempt, outcome: Outcome, now_ms: int, max_response_bytes: 
     if not failed:
         shown = response if config.trace_response_data else None
         return _result(attempt, outcome, now_ms, TaskState.SUCCESS, status, shown)
-    if status in config.ignore_status_code or attempt.retry_count >= config.retry_limit:
+    # A call the egress policy refused never reached its target: retrying cannot help.
+    terminal = outcome.denied or attempt.retry_count >= config.retry_limit
+    if status in config.ignore_status_code or terminal:
         return _result(attempt, outcome, now_ms, TaskState.ERROR, status, response)
     if config.retry_at_ms is not None:
         next_due = config.retry_at_ms

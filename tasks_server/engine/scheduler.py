@@ -316,6 +316,7 @@ class Scheduler:
             headers=attempt_headers(attempt),
             timeout_ms=attempt_timeout_ms(config, attempt.number, now_ms),
             max_body_bytes=self._options.max_response_bytes,
+            owner_id=attempt.owner_id,
         )
         self.stats.claimed += 1
         if self.stats.on_start is not None:

@@ -5,6 +5,7 @@ normalised values that are stored."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tasks_server.config import Settings
 from tests.conftest import (
     TARGET,
     OwnerAuth,
@@ -422,7 +424,7 @@ async def test_header_value_of_1024_chars_is_stored(
         ("https://example.com:443/hook", "https://example.com/hook"),
         ("http://example.com:8080/hook", "http://example.com:8080/hook"),
         ("https://example.com/hook?a=1&b=2", "https://example.com/hook?a=1&b=2"),
-        ("http://[::1]:9/hook", "http://[::1]:9/hook"),
+        ("http://[2606:4700::1111]:9/hook", "http://[2606:4700::1111]:9/hook"),
         ("http://example.com/a b", "http://example.com/a%20b"),
         ("http://example.com/x?q=a b", "http://example.com/x?q=a%20b"),
         ("http://example.com/caf\u00e9", "http://example.com/caf%C3%A9"),
@@ -483,8 +485,41 @@ async def test_other_url_fields_follow_the_url_rule(
     tree = await rejected(client, owner, body(config={field: "ftp://example.com/"}))
     assert URL_RULE in errors_at(tree, "config", field)
     assert error_paths(tree) == {("config", field)}
-    config = await stored_config(client, owner, **{field: "HTTP://Example.com/ref"})
-    assert config[field] == "http://example.com/ref"
+    config = await stored_config(client, owner, **{field: "HTTPS://Example.com/ref"})
+    assert config[field] == "https://example.com/ref"
+
+
+async def test_doh_url_must_be_https(client: httpx.AsyncClient, owner: OwnerAuth) -> None:
+    tree = await rejected(client, owner, body(config={"dohUrl": "http://dns.example/q"}))
+    assert errors_at(tree, "config", "dohUrl") == ["Must be an https URL"]
+
+
+@pytest.mark.parametrize(
+    ("url", "stored_url"),
+    [
+        ("http://bücher.example/x", "http://xn--bcher-kva.example/x"),
+        ("https://ÉXAMPLE.org/y", "https://xn--xample-9ua.org/y"),
+    ],
+)
+async def test_international_host_names_are_stored_as_idna(
+    client: httpx.AsyncClient, owner: OwnerAuth, url: str, stored_url: str
+) -> None:
+    wire = await stored(client, owner, body({"url": url}))
+    assert wire["httpRequest"]["url"] == stored_url
+
+
+async def test_host_names_idna_cannot_encode_are_refused(
+    client: httpx.AsyncClient, owner: OwnerAuth
+) -> None:
+    tree = await rejected(client, owner, body({"url": "http://a\u2488b.example/x"}))
+    assert error_paths(tree) == {("httpRequest", "url")}
+    assert "cannot be encoded as IDNA" in errors_at(tree, "httpRequest", "url")[0]
+
+
+@pytest.mark.parametrize("url", ["http://example.com:0/x", "https://example.com:00/x"])
+async def test_port_zero_is_refused(client: httpx.AsyncClient, owner: OwnerAuth, url: str) -> None:
+    tree = await rejected(client, owner, body({"url": url}))
+    assert errors_at(tree, "httpRequest", "url") == ["Port 0 is not allowed"]
 
 
 # -- 7.1 dates -------------------------------------------------------------------------
@@ -1258,6 +1293,12 @@ async def test_hsts_cache_file_as_base64(client: httpx.AsyncClient, owner: Owner
     assert config["hsts"] == hsts
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # the proxies these tests name, listed as an admin would list them
+    return dataclasses.replace(settings, egress_proxies="proxy.lan,p.lan,10.1.2.3,127.0.0.1")
+
+
 def proxy(**fields: Any) -> dict[str, Any]:
     return {"protocol": "http", "host": "proxy.lan", **fields}
 
@@ -1334,7 +1375,7 @@ async def test_four_resolve_entries_of_four_addresses(
     client: httpx.AsyncClient, owner: OwnerAuth
 ) -> None:
     entries = [
-        resolve_entry(host=f"h{i}.example", address=[f"10.0.0.{j}" for j in range(4)])
+        resolve_entry(host=f"h{i}.example", address=[f"93.184.216.{j}" for j in range(4)])
         for i in range(4)
     ]
     config = await stored_config(client, owner, resolve=entries)

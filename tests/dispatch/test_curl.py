@@ -31,6 +31,7 @@ from tasks_server.dispatch import (
     request_url,
     unsupported_fields,
 )
+from tasks_server.dispatch.egress import EgressPolicy
 from tasks_server.models import (
     DEFAULT_USER_AGENT,
     AwsSigv4,
@@ -59,7 +60,9 @@ from tests.support.targets import (
 from tests.support.waiting import wait_until
 
 CAPABILITIES = curl_capabilities()
-SETTINGS = CurlSettings(cert_dir="/etc/tasks/certs")
+# the targets run on loopback, which the egress policy refuses unless allowed
+LOOPBACK = EgressPolicy.parse(allow="127.0.0.1/32", proxies="127.0.0.1/32")
+SETTINGS = CurlSettings(cert_dir="/etc/tasks/certs", egress=LOOPBACK)
 
 
 def make_call(
@@ -502,7 +505,9 @@ def test_ha_proxy_client_ip_is_refused_when_unsupported() -> None:
 
 @pytest.fixture
 async def dispatcher() -> AsyncIterator[CurlDispatcher]:
-    dispatcher = CurlDispatcher(CurlSettings(), max_connections=64, close_grace_s=0.5)
+    dispatcher = CurlDispatcher(
+        CurlSettings(egress=LOOPBACK), max_connections=64, close_grace_s=0.5
+    )
     await dispatcher.start()
     yield dispatcher
     await dispatcher.close()
@@ -530,7 +535,7 @@ async def send(dispatcher: Dispatcher, call: Call) -> Outcome:
 
 
 def test_curl_dispatcher_is_a_dispatcher() -> None:
-    dispatcher: Dispatcher = CurlDispatcher(CurlSettings())
+    dispatcher: Dispatcher = CurlDispatcher(CurlSettings(egress=LOOPBACK))
     assert dispatcher.in_flight == 0
 
 
@@ -644,7 +649,9 @@ async def test_https_with_ca_and_client_cert_files_inside_the_cert_dir(
         cert=ClientCert(Pem(path=str(tmp_path / "client.pem"))),
         key=Pem(path="client.key"),
     )
-    dispatcher = CurlDispatcher(CurlSettings(cert_dir=str(tmp_path)), close_grace_s=0.5)
+    dispatcher = CurlDispatcher(
+        CurlSettings(cert_dir=str(tmp_path), egress=LOOPBACK), close_grace_s=0.5
+    )
     await dispatcher.start()
     try:
         async with TargetServer(tls.server_context(require_client_cert=True)) as server:
@@ -1071,7 +1078,7 @@ async def test_a_slow_target_does_not_delay_fast_ones(
 async def test_max_connections_queues_later_calls(target: TargetServer) -> None:
     target.route("/slow", Reply(hang=True))
     target.route("/fast", Reply())
-    dispatcher = CurlDispatcher(CurlSettings(), max_connections=1, close_grace_s=0.5)
+    dispatcher = CurlDispatcher(CurlSettings(egress=LOOPBACK), max_connections=1, close_grace_s=0.5)
     await dispatcher.start()
     try:
         slow = dispatcher.submit(make_call(target.url("/slow")))
@@ -1100,7 +1107,7 @@ async def test_cancelling_a_future_aborts_its_transfer(
 
 async def test_close_aborts_what_is_still_running(target: TargetServer) -> None:
     target.route("/hang", Reply(hang=True))
-    dispatcher = CurlDispatcher(CurlSettings(), close_grace_s=0.1)
+    dispatcher = CurlDispatcher(CurlSettings(egress=LOOPBACK), close_grace_s=0.1)
     await dispatcher.start()
     future = dispatcher.submit(make_call(target.url("/hang"), timeout_ms=20_000))
     await wait_until(lambda: len(target.arrivals) == 1)
@@ -1116,7 +1123,7 @@ async def test_close_aborts_what_is_still_running(target: TargetServer) -> None:
 
 async def test_close_lets_in_flight_calls_finish_within_the_grace(target: TargetServer) -> None:
     target.route("/slowish", Reply(200, b"made it", delay_s=0.2))
-    dispatcher = CurlDispatcher(CurlSettings(), close_grace_s=5.0)
+    dispatcher = CurlDispatcher(CurlSettings(egress=LOOPBACK), close_grace_s=5.0)
     await dispatcher.start()
     future = dispatcher.submit(make_call(target.url("/slowish")))
     await dispatcher.close()
@@ -1125,4 +1132,4 @@ async def test_close_lets_in_flight_calls_finish_within_the_grace(target: Target
 
 async def test_submit_before_start_is_a_programming_error() -> None:
     with pytest.raises(RuntimeError, match="start"):
-        CurlDispatcher(CurlSettings()).submit(make_call())
+        CurlDispatcher(CurlSettings(egress=LOOPBACK)).submit(make_call())

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from tasks_server.dispatch import CurlDispatcher, CurlSettings
+from tasks_server.dispatch.egress import EgressPolicy
 from tasks_server.models import Call, HttpRequest, Outcome, TaskConfig
 from tests.support.targets import Reply, TargetServer
 from tests.support.waiting import wait_until
@@ -29,7 +30,11 @@ def call(url: str, timeout_ms: int) -> Call:
 async def curl(
     max_host_connections: int, max_connections: int = 64, host_wait_s: float = 300.0
 ) -> AsyncIterator[CurlDispatcher]:
-    settings = CurlSettings(max_host_connections=max_host_connections, host_wait_s=host_wait_s)
+    settings = CurlSettings(
+        max_host_connections=max_host_connections,
+        host_wait_s=host_wait_s,
+        egress=EgressPolicy.parse(allow="127.0.0.1/32"),  # the targets are on loopback
+    )
     dispatcher = CurlDispatcher(settings, max_connections=max_connections, close_grace_s=0.2)
     await dispatcher.start()
     try:

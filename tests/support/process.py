@@ -35,6 +35,8 @@ class ServerProcess:
             "PATH_SQLITE": str(directory / "tasks.db"),
             "CIPHER_KEY": "process-test",
             "LOG_LEVEL": "WARNING",
+            # the tests' targets are on loopback, which is refused unless allowed
+            "EGRESS_ALLOW": "127.0.0.1/32",
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
