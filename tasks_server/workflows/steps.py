@@ -4,7 +4,7 @@ kept, what a finished step's result holds, and the texts of step and run errors.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..models import NewTask, Result
@@ -99,6 +99,30 @@ def callback_for(callbacks: dict[str, Any] | None, state: str) -> dict[str, Any]
 def envelope(run: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
     """The JSON body of a run's callback: what ended, how, and each step's outcome."""
     return {"type": "workflow.run.finished", "run": run, "steps": steps}
+
+
+def step_summary(row: Sequence[Any], result: Any) -> dict[str, Any]:
+    """A step in a callback's envelope, from (id, state, task, attempts, status, _, error)
+    and its opened result."""
+    step_id, state, task_id, attempts, status, _, error = row
+    output = None if result is None else result.get("output")
+    return {
+        "id": step_id,
+        "state": state,
+        "taskId": task_id,
+        "attempts": attempts,
+        "statusCode": status,
+        "output": output,
+        "error": error,
+    }
+
+
+def callback_task(new: NewTask, run_id: str, state: str) -> NewTask:
+    """The callback's task, labelled with its run and which callback it is."""
+    key = "onSuccess" if state == "SUCCESS" else "onFailure"
+    spec = new.spec
+    metadata = (spec.metadata or ()) + (("workflowRun", run_id), ("workflowCallback", key))
+    return NewTask(type(spec)(spec.request, spec.config, metadata), new.due_at_ms)
 
 
 def callback_request(callback: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:

@@ -26,12 +26,14 @@ from ...workflows.steps import (
     StepStarted,
     callback_for,
     callback_request,
+    callback_task,
     envelope,
     labelled,
     referenced_steps,
     step_error,
     step_response,
     step_result,
+    step_summary,
 )
 from ...workflows.template import TemplateError, holds, render
 from ..ids import new_task_id
@@ -359,57 +361,22 @@ class PgStepOps(PgBase):
         if callback is None:
             return
         opened = self._open(metadata)
-        labels = None if opened is None else METADATA.validate_json(opened)
-        run = {
-            "id": run_id,
-            "name": name,
-            "state": state.value,
-            "error": error,
-            "createdAt": created_at,
-            "finishedAt": now,
-            "metadata": None if labels is None else dict(labels),
-        }
-        steps = []
-        for step_id, step_state, task_id, attempts, status, result, step_error_text in await _all(
-            cur, STEP_SUMMARY, (run_id,)
-        ):
-            found = None if result is None else json.loads(self._unseal(result))
-            steps.append(
-                {
-                    "id": step_id,
-                    "state": step_state,
-                    "taskId": task_id,
-                    "attempts": attempts,
-                    "statusCode": status,
-                    "output": None if found is None else found.get("output"),
-                    "error": step_error_text,
-                }
-            )
+        labels = None if opened is None else dict(METADATA.validate_json(opened))
+        run = {"id": run_id, "name": name, "state": state.value, "error": error}
+        run.update(createdAt=created_at, finishedAt=now, metadata=labels)
+        steps = [
+            step_summary(row, None if row[5] is None else json.loads(self._unseal(row[5])))
+            for row in await _all(cur, STEP_SUMMARY, (run_id,))
+        ]
         assert self._step_builder is not None, "the store was given no step builder"
         try:
-            new = self._step_builder(callback_request(callback, envelope(run, steps)), now)
+            built = self._step_builder(callback_request(callback, envelope(run, steps)), now)
         except ValueError as exc:  # checked when the run was created; logged if it changed
             logger.error("workflow run %s: callback not made: %s", run_id, exc)
             return
-        key = "onSuccess" if state is RunState.SUCCESS else "onFailure"
-        spec = new.spec
-        metadata_pairs = (spec.metadata or ()) + (
-            ("workflowRun", run_id),
-            ("workflowCallback", key),
-        )
-        spec = type(spec)(spec.request, spec.config, metadata_pairs)
+        new = callback_task(built, run_id, state.value)
         task_id = new_task_id(now)
-        await cur.execute(
-            TASK_INSERT,
-            (
-                task_id,
-                owner_id,
-                now,
-                now,
-                now,
-                now,
-                self._seal(METADATA.dump_json(metadata_pairs)),
-                self._seal_spec(spec),
-            ),
-        )
+        metadata_blob = self._seal(METADATA.dump_json(new.spec.metadata or ()))
+        params = (task_id, owner_id, now, now, now, now, metadata_blob, self._seal_spec(new.spec))
+        await cur.execute(TASK_INSERT, params)
         advance.started.append(StepStart(task_id, now))
