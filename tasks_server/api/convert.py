@@ -31,7 +31,7 @@ from .delivery import (
     to_flow_control,
     to_retry_policy,
 )
-from .errors import field_error
+from .errors import field_error as field_error  # re-exported: handlers import it from here
 from .schemas import ConfigIn, CredentialsIn, HttpRequestIn, TaskIn
 
 _CURL_ONLY_FETCH_FIELDS = ("credentials", "referrerPolicy", "mode")
