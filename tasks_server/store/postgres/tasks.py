@@ -26,6 +26,11 @@ TASK_COLUMNS: LiteralString = (
 )
 TASK_INSERT: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
+    "next_at, metadata, spec) VALUES (%s, %s, 'RUNNING', %s, %s, %s, %s, %s, %s)"
+)
+# a registration: with its priority, deduplication id and flow-control key
+TASK_REGISTER: LiteralString = (
+    "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
     "next_at, metadata, spec, priority, dedup_key, dedup_until, flow_key) "
     "VALUES (%s, %s, 'RUNNING', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
@@ -164,7 +169,7 @@ class PgTaskOps(PgBase):
                     return existing
             if free is not None and free <= 0:
                 raise QueueLimitReached()
-            await cur.execute(TASK_INSERT, params)
+            await cur.execute(TASK_REGISTER, params)
             if flow is not None:
                 await cur.execute(
                     FLOW_UPSERT,

@@ -30,6 +30,11 @@ from .owners import OWNER_CAPACITY, OWNER_EXISTS
 
 TASK_INSERT: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
+    "next_at, metadata, spec) VALUES (?, ?, 'RUNNING', ?, ?, ?, ?, ?, ?)"
+)
+# a registration: with its priority, deduplication id and flow-control key
+TASK_REGISTER: LiteralString = (
+    "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
     "next_at, metadata, spec, priority, dedup_key, dedup_until, flow_key) "
     "VALUES (?, ?, 'RUNNING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
@@ -166,7 +171,7 @@ class TaskOps(StoreBase):
                 raise OwnerNotFound()
             if row[1] and row[0] >= row[1]:
                 raise QueueLimitReached()
-            conn.execute(TASK_INSERT, params)
+            conn.execute(TASK_REGISTER, params)
             if flow is not None:
                 conn.execute(
                     FLOW_UPSERT,
