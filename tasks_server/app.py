@@ -170,6 +170,7 @@ def _scheduler_options(settings: Settings) -> SchedulerOptions:
         max_in_flight=settings.max_in_flight,
         max_response_bytes=settings.max_size_data_response,
         log_attempts=settings.log,
+        retry_after_max_ms=settings.retry_after_max_s * 1000,
     )
 
 

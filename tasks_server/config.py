@@ -54,6 +54,10 @@ class Settings:
     max_host_connections: int = 256  # MAX_HOST_CONNECTIONS: per target host (0 = no cap)
     max_host_wait_s: float = 300.0  # MAX_HOST_WAIT_S: longest wait for a slot to a host
     shutdown_grace_s: float = 10.0  # SHUTDOWN_GRACE_S: wait for in-flight calls on stop
+    retry_after_max_s: int = 3600  # RETRY_AFTER_MAX_S: cap on a target's Retry-After
+    dedup_window_s: int = 86_400  # DEDUP_WINDOW_S: how long a deduplication id holds
+    max_batch_items: int = 1000  # MAX_BATCH_ITEMS: registrations per batch request
+    max_size_body_batch: int = 8 * 1024 * 1024  # MAX_SIZE_BODY_BATCH (bytes)
     backup_method: str = "LOCAL"  # BACKUP_METHOD_SQLITE: LOCAL | OBJECT_STORAGE
     backup_dir: str | None = None  # BACKUP_PATH_DIR_SQLITE (unset: no scheduled backups)
     backup_cron: str | None = None  # BACKUP_CRON_PATTERN_SQLITE
@@ -225,6 +229,10 @@ _SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "max_host_connections": (("MAX_HOST_CONNECTIONS",), _int(0)),
     "max_host_wait_s": (("MAX_HOST_WAIT_S",), _float),
     "shutdown_grace_s": (("SHUTDOWN_GRACE_S",), _float),
+    "retry_after_max_s": (("RETRY_AFTER_MAX_S",), _int(0)),
+    "dedup_window_s": (("DEDUP_WINDOW_S",), _int(1)),
+    "max_batch_items": (("MAX_BATCH_ITEMS",), _int(1, 100_000)),
+    "max_size_body_batch": (("MAX_SIZE_BODY_BATCH",), _int(1024)),
     "backup_method": (("BACKUP_METHOD_SQLITE",), _choice("LOCAL", "OBJECT_STORAGE")),
     "backup_dir": (("BACKUP_PATH_DIR_SQLITE",), _optional_text),
     "backup_cron": (("BACKUP_CRON_PATTERN_SQLITE",), _optional_text),

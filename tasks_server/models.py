@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 
 class TaskState(StrEnum):
@@ -116,6 +116,54 @@ class HttpRequest:
     transport: str | None = None  # "curl" or None; kept for the wire format only
 
 
+class Jitter(StrEnum):
+    """How a retry policy spreads its delays (AWS's names for the same three curves)."""
+
+    NONE = "none"  # exactly the computed delay
+    FULL = "full"  # uniform in [0, delay]
+    EQUAL = "equal"  # delay / 2 + uniform in [0, delay / 2]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Cloud Tasks' retry shape; defaults are Cloud Tasks' queue defaults.
+
+    The wait before retry n starts at ``min_backoff_ms``, doubles ``max_doublings`` times,
+    then grows linearly by its last doubled value, capped at ``max_backoff_ms``. Retrying
+    stops once ``max_attempts`` attempts were made (-1: no bound) and
+    ``max_retry_duration_ms`` has passed since the first attempt (0: no bound); an
+    unbounded limit counts as reached unless both are unbounded.
+    """
+
+    max_attempts: int = 100
+    max_retry_duration_ms: int = 0
+    min_backoff_ms: int = 100
+    max_backoff_ms: int = 3_600_000
+    max_doublings: int = 16
+    jitter: Jitter = Jitter.NONE
+
+
+class FlowPeriod(StrEnum):
+    SECOND = "1s"
+    MINUTE = "1m"
+    HOUR = "1h"
+
+    @property
+    def ms(self) -> int:
+        return {"1s": 1_000, "1m": 60_000, "1h": 3_600_000}[self.value]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowControl:
+    """A flow-control key of its owner: at most ``rate`` starts per ``period`` (a token
+    bucket whose burst is the rate) and ``parallelism`` calls in flight. None: no limit."""
+
+    key: str
+    rate: int | None = None
+    period: FlowPeriod = FlowPeriod.SECOND
+    parallelism: int | None = None
+
+
 DEFAULT_USER_AGENT = "Tasks-Server/1.0 (compatible; Linux x86_64; +http://tasks-server)"
 
 
@@ -172,9 +220,20 @@ class TaskConfig:
     proxy_auth_digest: Credentials | None = None
     ha_proxy_client_ip: str | None = None
     ha_proxy_protocol: bool | None = None
+    # delivery semantics beside the original's options
+    retry_policy: RetryPolicy | None = None  # replaces retry/retryInterval/... when set
+    retry_on: tuple[int, ...] = ()  # statuses retried besides the default ones
+    no_retry_on: tuple[int, ...] = ()  # statuses never retried
+    priority: int = 0  # -100..100; higher starts first among tasks due together
+    deduplication_id: str | None = None
+    flow_control: FlowControl | None = None
 
     @property
     def retry_limit(self) -> int:
+        """Retries allowed by count (-1: no bound by count)."""
+        if self.retry_policy is not None:
+            attempts = self.retry_policy.max_attempts
+            return -1 if attempts < 0 else max(attempts - 1, 0)
         return 1 if self.retry_at_ms is not None else self.retry
 
 
@@ -191,6 +250,8 @@ class TaskSpec:
 class NewTask:
     spec: TaskSpec
     due_at_ms: int  # the planned first attempt (estimateExecutionAt)
+    # a registration with the spec's deduplication id returns the existing task until then
+    dedup_until_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +273,8 @@ class Task:
     response_truncated: bool = False  # the response was cut at MAX_SIZE_DATA_RESPONSE
     schedule_id: str | None = None  # read only where a listing shows it
     cycle: int = 1  # 1, then one more per replay from the dead-letter queue
+    # True when this answer is an existing task found by its deduplication id
+    deduplicated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +308,19 @@ class Attempt:
     started_at_ms: int
     owner_id: str = ""
     schedule_id: str | None = None  # the schedule that created the task, if any
+    first_started_at_ms: int | None = None  # the task's first attempt (retry durations)
+
+
+FlowRef = tuple[str, str]  # (owner id, flow-control key): keys are per owner
+
+
+class DueTask(NamedTuple):
+    """A claimable task as the engine's due-time index sees it."""
+
+    task_id: str
+    due_at_ms: int
+    priority: int = 0
+    flow: FlowRef | None = None
 
 
 @dataclass(frozen=True, slots=True)

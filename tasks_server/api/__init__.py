@@ -10,7 +10,18 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Route
 
 from ..errors import TasksServerError
-from . import admin, dead_letters, health, openapi, owners, queues, results, schedules, workflows
+from . import (
+    admin,
+    batch,
+    dead_letters,
+    health,
+    openapi,
+    owners,
+    queues,
+    results,
+    schedules,
+    workflows,
+)
 from .errors import handle_domain_error, handle_http_error, handle_unexpected
 from .services import Services
 
@@ -33,6 +44,8 @@ def routes() -> list[BaseRoute]:
         Route("/v1/owners/{name}", owners.delete, methods=["DELETE"]),
         Route("/v1/queues", queues.list_tasks, methods=["GET"]),
         Route("/v1/queues/register", queues.register, methods=["POST"]),
+        Route("/v1/queues/register/batch", batch.register_batch, methods=["POST"]),
+        Route("/v1/queues/batch/{action}", batch.batch_action, methods=["POST"]),
         Route(task, queues.get, methods=["GET"]),
         Route(task, queues.edit, methods=["PATCH"]),
         Route(task, queues.delete, methods=["DELETE"]),

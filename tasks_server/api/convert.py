@@ -7,7 +7,6 @@ import base64
 import json
 from typing import Any
 
-from ..errors import ValidationFailed
 from ..models import (
     DEFAULT_USER_AGENT,
     AwsSigv4,
@@ -24,21 +23,18 @@ from ..models import (
     TaskSpec,
 )
 from ..timing import first_due_ms
+from .delivery import (
+    ORIGINAL_RETRY_FIELDS,
+    check_retry_policy,
+    flow_out,
+    policy_out,
+    to_flow_control,
+    to_retry_policy,
+)
+from .errors import field_error as field_error  # re-exported: handlers import it from here
 from .schemas import ConfigIn, CredentialsIn, HttpRequestIn, TaskIn
 
 _CURL_ONLY_FETCH_FIELDS = ("credentials", "referrerPolicy", "mode")
-
-
-def field_error(path: tuple[str, ...], message: str) -> ValidationFailed:
-    """A ValidationFailed whose tree names one field, like the original's zod tree
-    (docs/compatibility.md#validation-errors)."""
-    tree: dict[str, Any] = {"_errors": []}
-    node = tree
-    for part in path:
-        node[part] = {"_errors": []}
-        node = node[part]
-    node["_errors"].append(message)
-    return ValidationFailed(tree)
 
 
 def to_new_task(body: TaskIn, now_ms: int) -> NewTask:
@@ -54,6 +50,7 @@ def to_new_task(body: TaskIn, now_ms: int) -> NewTask:
         for name in _CURL_ONLY_FETCH_FIELDS:
             if getattr(config_in, name) is not None:
                 raise field_error(("config", name), "Invalid curl option")
+    check_retry_policy(config_in)
     config = to_config(config_in, body.httpRequest.transport)
     due = first_due_ms(config, now_ms)
     if config.retry_at_ms is not None and config.retry_at_ms < due + 1000:
@@ -121,6 +118,8 @@ def to_request(wire: HttpRequestIn) -> HttpRequest:
 def to_config(wire: ConfigIn, transport: str | None) -> TaskConfig:
     retry_at = wire.retryAt
     retry = 1 if retry_at is not None else int(wire.retry)
+    if wire.retryPolicy is not None:
+        retry = 0
     referer = wire.refererUrl
     if transport == "curl":
         referer = referer or "AUTO"
@@ -187,6 +186,12 @@ def to_config(wire: ConfigIn, transport: str | None) -> TaskConfig:
         proxy_auth_digest=_credentials(wire.proxyAuthDigest),
         ha_proxy_client_ip=wire.haProxyClientIp,
         ha_proxy_protocol=wire.haProxyProtocol,
+        retry_policy=to_retry_policy(wire.retryPolicy),
+        retry_on=tuple(wire.retryOn),
+        no_retry_on=tuple(wire.noRetryOn),
+        priority=wire.priority,
+        deduplication_id=wire.deduplicationId,
+        flow_control=to_flow_control(wire.flowControl),
     )
 
 
@@ -314,7 +319,16 @@ def config_to_wire(config: TaskConfig) -> dict[str, Any]:
         "proxyAuthDigest": _cred_out(c.proxy_auth_digest),
         "haProxyClientIp": c.ha_proxy_client_ip,
         "haProxyProtocol": c.ha_proxy_protocol,
+        "retryOn": list(c.retry_on) or None,
+        "noRetryOn": list(c.no_retry_on) or None,
+        "priority": c.priority or None,
+        "deduplicationId": c.deduplication_id,
+        "retryPolicy": policy_out(c.retry_policy),
+        "flowControl": flow_out(c.flow_control),
     }
+    if c.retry_policy is not None:
+        for name in ORIGINAL_RETRY_FIELDS:
+            wire.pop(name, None)
     return _without_none(wire)
 
 

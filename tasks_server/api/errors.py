@@ -53,7 +53,20 @@ STATUS: dict[type[TasksServerError], tuple[int, str]] = {
 }
 
 
-def error_response(exc: TasksServerError) -> JSONResponse:
+def field_error(path: tuple[str, ...], message: str) -> ValidationFailed:
+    """A ValidationFailed whose tree names one field, like the original's zod tree
+    (docs/compatibility.md#validation-errors)."""
+    tree: dict[str, Any] = {"_errors": []}
+    node = tree
+    for part in path:
+        node[part] = {"_errors": []}
+        node = node[part]
+    node["_errors"].append(message)
+    return ValidationFailed(tree)
+
+
+def error_body(exc: TasksServerError) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of a domain error (also used per item of a batch)."""
     for cls in type(exc).__mro__:
         if cls in STATUS:
             status, action = STATUS[cls]
@@ -63,12 +76,17 @@ def error_response(exc: TasksServerError) -> JSONResponse:
     message: Any = exc.message
     if isinstance(exc, ValidationFailed) and exc.tree is not None:
         message = exc.tree
+    return status, {"action": action, "message": message}
+
+
+def error_response(exc: TasksServerError) -> JSONResponse:
+    status, body = error_body(exc)
     headers = None
     if isinstance(exc, Throttled):
         headers = {"RateLimit-Remaining": "0", "RateLimit-Reset": str(exc.reset_s)}
     if isinstance(exc, StorageUnavailable):
         headers = {"Retry-After": str(exc.retry_after_s)}
-    return JSONResponse({"action": action, "message": message}, status, headers=headers)
+    return JSONResponse(body, status, headers=headers)
 
 
 async def handle_domain_error(request: Request, exc: Exception) -> Response:

@@ -64,10 +64,10 @@ def validate_task(app: Services, data: Any, now_ms: int) -> NewTask:
         body = TaskIn.model_validate(data, context=context)
     except ValidationError as exc:
         raise validation_failed(exc, data) from exc
-    return _check(app, to_new_task(body, now_ms))
+    return check_supported(app, to_new_task(body, now_ms))
 
 
-def _check(app: Services, new: NewTask) -> NewTask:
+def check_supported(app: Services, new: NewTask) -> NewTask:
     """Refuse options this server's libcurl cannot do, rather than ignore them."""
     missing = app.unsupported(new.spec.request, new.spec.config)
     if missing:
@@ -87,7 +87,34 @@ def _validate_body(app: Services, body: bytes | None, now_ms: int) -> NewTask:
         if any(error["type"] == "json_invalid" for error in exc.errors()):
             raise ValidationFailed() from exc
         raise validation_failed(exc, parse_json(body)) from exc
-    return _check(app, to_new_task(wire, now_ms))
+    return check_supported(app, to_new_task(wire, now_ms))
+
+
+def with_dedup(app: Services, new: NewTask, header: str | None, now_ms: int) -> NewTask:
+    """Take the ``Idempotency-Key`` header as the deduplication id and set the window."""
+    config = new.spec.config
+    if header is not None:
+        if not 1 <= len(header) <= 128:
+            raise field_error(("Idempotency-Key",), "Must be 1 to 128 characters")
+        if config.deduplication_id not in (None, header):
+            raise field_error(
+                ("config", "deduplicationId"), "Differs from the Idempotency-Key header"
+            )
+        config = dataclasses.replace(config, deduplication_id=header)
+    if config.deduplication_id is None:
+        return new
+    spec = dataclasses.replace(new.spec, config=config)
+    until = now_ms + app.settings.dedup_window_s * 1000
+    return dataclasses.replace(new, spec=spec, dedup_until_ms=until)
+
+
+def created(request: Request, task: Task) -> Response:
+    """201 with a new task; 200 and ``X-Tasks-Deduplicated: true`` with an existing one."""
+    if task.deduplicated:
+        response = answer(request, record(task), 200)
+        response.headers["X-Tasks-Deduplicated"] = "true"
+        return response
+    return answer(request, record(task), 201)
 
 
 async def register(request: Request) -> Response:
@@ -97,13 +124,16 @@ async def register(request: Request) -> Response:
     now = app.clock.now_ms()
     new = _validate_body(app, body, now)
     await check_outgoing(app, owner_id, new.spec)
+    new = with_dedup(app, new, request.headers.get("idempotency-key"), now)
     wait_s = results.wait_seconds(request)
     task = await app.store.create_task(owner_id, new, now)
-    app.scheduler.notify(task.id, new.due_at_ms)
+    if task.deduplicated:
+        return created(request, task)
+    app.scheduler.notify(task.id, new.due_at_ms, new.spec.config.priority)
     if wait_s is not None:
         task = await results.wait_until_final(app, owner_id, task.id, wait_s)
         return results.answer_result(request, task, 201)
-    return answer(request, record(task), 201)
+    return created(request, task)
 
 
 async def list_tasks(request: Request) -> Response:
@@ -208,7 +238,7 @@ async def edit(request: Request) -> Response:
     new = dataclasses.replace(new, due_at_ms=_edited_due_ms(current, new, patch, now))
     task = await app.store.edit_task(owner_id, task_id, new, now)
     if task.state is TaskState.RUNNING:
-        app.scheduler.notify(task.id, new.due_at_ms)
+        app.scheduler.notify(task.id, new.due_at_ms, new.spec.config.priority)
     return answer(request, record(task))
 
 

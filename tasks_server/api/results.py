@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from ..models import Task
 from . import queues
-from .convert import field_error
+from .errors import field_error
 from .services import Services, services
 from .wire import answer
 

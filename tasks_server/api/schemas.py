@@ -323,6 +323,37 @@ class ProxyIn(Strict):
 
 
 Version = Literal["1.0", "1.1", "1.2", "1.3"]
+_DAY_MS = 86_400_000
+
+
+class RetryPolicyIn(Strict):
+    """Cloud Tasks' retry shape (durations in ms); defaults are Cloud Tasks' own. The wait
+    starts at minBackoffMs, doubles maxDoublings times, then grows linearly, capped at
+    maxBackoffMs; retrying stops once maxAttempts (-1: unbounded) and maxRetryDurationMs
+    (0: unbounded) are both reached."""
+
+    maxAttempts: Annotated[int, Field(ge=-1, le=10_000)] = 100
+    maxRetryDurationMs: Annotated[int, Field(ge=0, le=365 * _DAY_MS)] = 0
+    minBackoffMs: Annotated[int, Field(ge=0, le=30 * _DAY_MS)] = 100
+    maxBackoffMs: Annotated[int, Field(ge=0, le=30 * _DAY_MS)] = 3_600_000
+    maxDoublings: Annotated[int, Field(ge=0, le=32)] = 16
+    jitter: Literal["none", "full", "equal"] = "none"
+
+
+FlowKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")]
+
+
+class FlowControlIn(Strict):
+    """At most ``rate`` starts per ``period`` and ``parallelism`` calls in flight among
+    the owner's tasks with this key; the last registration sets the limits."""
+
+    key: FlowKey
+    rate: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    period: Literal["1s", "1m", "1h"] = "1s"
+    parallelism: Annotated[int, Field(ge=1, le=100_000)] | None = None
+
+
+StatusList = Annotated[list[Annotated[int, Field(ge=400, le=599)]], Field(max_length=40)]
 
 
 class ConfigIn(Strict):
@@ -389,6 +420,40 @@ class ConfigIn(Strict):
     proxyAuthDigest: CredentialsIn | None = None
     haProxyClientIp: Ip | None = None
     haProxyProtocol: bool | None = None
+    retryPolicy: Annotated[
+        RetryPolicyIn | None,
+        Field(
+            description="Cloud Tasks' retry policy; not combinable with retry, retryAt, "
+            "retryInterval or retryExponential"
+        ),
+    ] = None
+    retryOn: Annotated[
+        StatusList,
+        Field(description="statuses retried besides 5xx, 408, 429 and connection errors"),
+    ] = Field(default_factory=list)
+    noRetryOn: Annotated[StatusList, Field(description="statuses never retried")] = Field(
+        default_factory=list
+    )
+    priority: Annotated[
+        int,
+        Field(
+            ge=-100,
+            le=100,
+            description="among tasks due together or held by a limit, higher starts first",
+        ),
+    ] = 0
+    deduplicationId: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=128,
+            description="a repeat within DEDUP_WINDOW_S returns the existing task",
+        ),
+    ] = None
+    flowControl: Annotated[
+        FlowControlIn | None,
+        Field(description="the owner's flow-control key this task counts against"),
+    ] = None
 
 
 Metadata = Annotated[

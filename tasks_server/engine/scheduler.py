@@ -12,17 +12,18 @@ import asyncio
 import heapq
 import itertools
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..clock import Backoff, Clock, sleep_or_wake
 from ..dispatch import Dispatcher
 from ..errors import StorageUnavailable
-from ..models import Attempt, Call, Outcome, Result, TaskState
+from ..models import Attempt, Call, DueTask, Outcome, Result, TaskState
 from ..store import Store
 from ..timing import attempt_timeout_ms
 from .leases import LeaseKeeper
-from .retry import decide
+from .retry import DEFAULT_RETRY_AFTER_MAX_MS, decide
 from .timers import DueTimers
 from .waiters import FinalWaiters
 
@@ -45,6 +46,8 @@ class SchedulerOptions:
     # claim this long before the due time and hold the attempt until then, so the claim
     # transaction and spec decoding are done when the instant comes
     lookahead_ms: int = 0
+    retry_after_max_ms: int = DEFAULT_RETRY_AFTER_MAX_MS  # cap on a target's Retry-After
+    seed: int | None = None  # seeds the retry jitter (tests); None: from the OS
 
 
 @dataclass(slots=True)
@@ -87,13 +90,16 @@ class Scheduler:
         self._options = options or SchedulerOptions()
         self._timers = DueTimers()
         self._horizon_end_ms = 0
-        self._refilling: list[tuple[str, int]] | None = None
+        self._refilling: list[DueTask] | None = None
         self._wake = asyncio.Event()
         self._wake_at_ms: int | None = None
         self._results: list[Result] = []
         self._results_ready = asyncio.Event()
         self._in_flight: dict[str, asyncio.Future[Outcome]] = {}
-        self._held: list[tuple[int, int, Attempt]] = []  # claimed ahead: (due, seq, attempt)
+        self._rng = random.Random(self._options.seed)
+        # claimed ahead: (due, -priority, seq, attempt)
+        self._held: list[tuple[int, int, int, Attempt]] = []
+        self._priorities: dict[str, int] = {}  # of the attempts in flight
         self._held_ids: dict[str, Attempt] = {}
         self._held_changed = asyncio.Event()  # wakes the starter: an earlier attempt is held
         self._claimed_at_ms: dict[str, int] = {}  # held attempts: when they were claimed
@@ -110,12 +116,12 @@ class Scheduler:
 
     # -- called by the API (in-memory, never blocking) ----------------------------------
 
-    def notify(self, task_id: str, due_at_ms: int) -> None:
+    def notify(self, task_id: str, due_at_ms: int, priority: int = 0) -> None:
         """A task became claimable at ``due_at_ms``; arm it if it is within the horizon."""
         if self._refilling is not None:
-            self._refilling.append((task_id, due_at_ms))
+            self._refilling.append(DueTask(task_id, due_at_ms, priority))
         if due_at_ms < self._horizon_end_ms:
-            self._timers.push(task_id, due_at_ms)
+            self._timers.push(task_id, due_at_ms, priority)
             if self._wake_at_ms is None or due_at_ms < self._wake_at_ms:
                 self._wake.set()
 
@@ -248,7 +254,8 @@ class Scheduler:
         for attempt in attempts:
             self._held_ids[attempt.task_id] = attempt
             self._claimed_at_ms[attempt.task_id] = now_ms
-            heapq.heappush(self._held, (attempt.due_at_ms, next(self._sequence), attempt))
+            order = (attempt.due_at_ms, -attempt.spec.config.priority, next(self._sequence))
+            heapq.heappush(self._held, (*order, attempt))
         self._held_changed.set()
         return started + self._start_held(now_ms)
 
@@ -271,7 +278,7 @@ class Scheduler:
         ones; callers yield between chunks so the first calls get going."""
         started = 0
         while self._held and self._held[0][0] <= now_ms and started < limit:
-            attempt = heapq.heappop(self._held)[2]
+            attempt = heapq.heappop(self._held)[3]
             if self._held_ids.get(attempt.task_id) is attempt:
                 del self._held_ids[attempt.task_id]
                 claimed_at = self._claimed_at_ms.pop(attempt.task_id, now_ms)
@@ -297,14 +304,11 @@ class Scheduler:
         try:
             rows = await self._store.due_before(until, _REFILL_LIMIT)
             if len(rows) == _REFILL_LIMIT:
-                until = rows[-1][1]  # ties at the cut are loaded by the next refill
-            for task_id, due_ms in rows:
-                if due_ms < until and task_id not in self._in_flight:
-                    self._timers.push(task_id, due_ms)
+                until = rows[-1].due_at_ms  # ties at the cut are loaded by the next refill
+            for due in (*rows, *self._refilling):
+                if due.due_at_ms < until and due.task_id not in self._in_flight:
+                    self._timers.push(due.task_id, due.due_at_ms, due.priority)
             self._horizon_end_ms = until
-            for task_id, due_ms in self._refilling:
-                if due_ms < until and task_id not in self._in_flight:
-                    self._timers.push(task_id, due_ms)
         finally:
             self._refilling = None
 
@@ -323,6 +327,7 @@ class Scheduler:
             self.stats.on_start(float(now_ms - attempt.due_at_ms))
         future = self._dispatcher.submit(call)
         self._in_flight[attempt.task_id] = future
+        self._priorities[attempt.task_id] = config.priority
         future.add_done_callback(lambda done: self._finished(attempt, done))
 
     def _finished(self, attempt: Attempt, future: asyncio.Future[Outcome]) -> None:
@@ -330,7 +335,15 @@ class Scheduler:
             return  # shutting down: the claim stays durable and is retried at start-up
         exc = future.exception()
         outcome = future.result() if exc is None else Outcome(status=0, error=repr(exc))
-        result = decide(attempt, outcome, self._clock.now_ms(), self._options.max_response_bytes)
+        options = self._options
+        result = decide(
+            attempt,
+            outcome,
+            self._clock.now_ms(),
+            options.max_response_bytes,
+            self._rng,
+            options.retry_after_max_ms,
+        )
         if self.stats.observe is not None:
             self.stats.observe(attempt, result)
         self._results.append(result)
@@ -368,11 +381,12 @@ class Scheduler:
             return False
         for result in batch:
             self._in_flight.pop(result.task_id, None)
+            priority = self._priorities.pop(result.task_id, 0)
             if result.task_id not in updated:
                 continue
             self._count(result)
             if result.next_due_at_ms is not None:
-                self.notify(result.task_id, result.next_due_at_ms)
+                self.notify(result.task_id, result.next_due_at_ms, priority)
             elif result.state.is_terminal:
                 self.waiters.wake(result.task_id)
         self._wake.set()

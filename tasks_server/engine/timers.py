@@ -1,6 +1,6 @@
 """DueTimers: the in-memory index of tasks due in the near future; pure, no I/O.
 
-A binary heap of (due ms, sequence, task id) with lazy deletion: ``push`` of a known id
+A binary heap of (due ms, -priority, sequence, task id) with lazy deletion: ``push`` of a known id
 supersedes its earlier entry, ``discard`` forgets it, and stale heap entries are skipped
 when they surface. A heap rather than a hashed wheel: for the sizes a horizon holds, pop
 and push are O(log n) in C (``heapq``), and a wheel's buckets would cost more in Python.
@@ -14,7 +14,7 @@ import itertools
 
 class DueTimers:
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, str]] = []
+        self._heap: list[tuple[int, int, int, str]] = []
         self._due: dict[str, int] = {}  # task id → its live due time
         self._sequence = itertools.count()
 
@@ -24,10 +24,11 @@ class DueTimers:
     def __contains__(self, task_id: str) -> bool:
         return task_id in self._due
 
-    def push(self, task_id: str, due_ms: int) -> None:
-        """Arm (or re-arm) a task; the latest push for an id wins."""
+    def push(self, task_id: str, due_ms: int, priority: int = 0) -> None:
+        """Arm (or re-arm) a task; the latest push for an id wins. Among equal due
+        times the higher priority pops first, then the earlier push."""
         self._due[task_id] = due_ms
-        heapq.heappush(self._heap, (due_ms, next(self._sequence), task_id))
+        heapq.heappush(self._heap, (due_ms, -priority, next(self._sequence), task_id))
         if len(self._heap) > 2 * len(self._due) + 1024:
             self._compact()
 
@@ -39,7 +40,7 @@ class DueTimers:
         heap, due = self._heap, self._due
         popped: list[str] = []
         while heap and heap[0][0] <= now_ms and (limit is None or len(popped) < limit):
-            due_ms, _, task_id = heapq.heappop(heap)
+            due_ms, _, _, task_id = heapq.heappop(heap)
             if due.get(task_id) == due_ms:
                 del due[task_id]
                 popped.append(task_id)
@@ -48,10 +49,10 @@ class DueTimers:
     def next_due(self) -> int | None:
         """The earliest live due time, or None when empty."""
         heap, due = self._heap, self._due
-        while heap and due.get(heap[0][2]) != heap[0][0]:
+        while heap and due.get(heap[0][3]) != heap[0][0]:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
     def _compact(self) -> None:
-        self._heap = [entry for entry in self._heap if self._due.get(entry[2]) == entry[0]]
+        self._heap = [entry for entry in self._heap if self._due.get(entry[3]) == entry[0]]
         heapq.heapify(self._heap)

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from ..errors import TasksServerError
 from ..models import (
     Attempt,
     AttemptRecord,
     DeadLetterFilter,
+    DueTask,
     NewSchedule,
     NewTask,
     Owner,
@@ -73,7 +75,22 @@ class Store(Protocol):
     async def create_task(self, owner_id: str, new: NewTask, now_ms: int) -> Task:
         """Insert a RUNNING task due at ``new.due_at_ms``; returns once committed.
 
-        The per-owner limit is checked in the same transaction (QueueLimitReached).
+        The per-owner limit is checked in the same transaction (QueueLimitReached). When
+        ``new.dedup_until_ms`` is set and the owner has a task registered with the same
+        ``config.deduplication_id`` whose window has not passed, nothing is written and
+        that task is returned with ``deduplicated=True`` (a unique index makes this hold
+        under concurrent registrations). A task with ``config.flow_control`` sets that
+        key's limits for its owner (the last registration wins).
+        """
+
+    async def create_tasks(
+        self, owner_id: str, news: Sequence[NewTask], now_ms: int
+    ) -> list[Task | TasksServerError]:
+        """Register many tasks in one transaction, each as ``create_task`` would.
+
+        The answer has one entry per item, in order: the task, or the domain error that
+        refused that item (e.g. QueueLimitReached); a refused item writes nothing and does
+        not stop the others. Raises OwnerNotFound for an unknown owner.
         """
 
     async def get_task(self, owner_id: str, task_id: str) -> Task:
@@ -159,8 +176,9 @@ class Store(Protocol):
 
     # the engine
 
-    async def due_before(self, until_ms: int, limit: int) -> list[tuple[str, int]]:
-        """(task id, due ms) of claimable tasks due before ``until_ms``, earliest first."""
+    async def due_before(self, until_ms: int, limit: int) -> list[DueTask]:
+        """Claimable tasks due before ``until_ms``: earliest first, then the higher
+        priority, with the owner's flow-control key when the task has one."""
 
     async def claim_due(
         self, task_ids: Sequence[str], now_ms: int, lookahead_ms: int = 0
@@ -169,8 +187,9 @@ class Store(Protocol):
 
         Only tasks still RUNNING, not in flight and due by ``now_ms + lookahead_ms`` are
         claimed; the others are silently skipped. An attempt's start time is its due time
-        when it was claimed ahead of it. Once this returns the claim is durable
-        (at-least-once).
+        when it was claimed ahead of it; the first claim of a task records its first
+        attempt time (``Attempt.first_started_at_ms``, for retry durations). Once this
+        returns the claim is durable (at-least-once).
         """
 
     async def record_outcomes(self, results: Sequence[Result]) -> list[str]:

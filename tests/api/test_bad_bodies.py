@@ -62,6 +62,7 @@ async def _concrete(client: httpx.AsyncClient, owner: OwnerAuth) -> dict[str, st
         "key": schedule.json()["id"],
         "owner_id": owner.id,
         "name": owner.name,
+        "action": "pause",
     }
 
 

@@ -17,6 +17,7 @@ from tasks_server.models import (
     HttpRequest,
     NewTask,
     Outcome,
+    RetryPolicy,
     TaskConfig,
     TaskSpec,
     TaskState,
@@ -169,3 +170,56 @@ async def test_timeout_at_limits_the_first_attempt(
     await scheduler.tick(T0)
     call: Call = dispatcher.calls[0]
     assert call.timeout_ms == 2500
+
+
+async def test_equal_due_times_start_by_priority(
+    store: Store, owner_id: str, scheduler: Scheduler, dispatcher: RecordingDispatcher
+) -> None:
+    await scheduler.tick(T0)
+    ids = {}
+    for priority in (0, -100, 50, 100, -5):
+        task = await store.create_task(owner_id, NewTask(spec(priority=priority), T0 + 1000), T0)
+        scheduler.notify(task.id, T0 + 1000, priority)
+        ids[task.id] = priority
+    assert await scheduler.tick(T0 + 1000) == 5
+    started = [ids[c.headers[0][1]] for c in dispatcher.calls]
+    assert started == [100, 50, 0, -5, -100]
+
+
+async def test_refill_keeps_priority_order(
+    store: Store, owner_id: str, scheduler: Scheduler, dispatcher: RecordingDispatcher
+) -> None:
+    """Tasks loaded from the store (not notified) keep their priority order too."""
+    ids = {}
+    for priority in (-1, 7, 3):
+        task = await store.create_task(owner_id, NewTask(spec(priority=priority), T0), T0)
+        ids[task.id] = priority
+    assert await scheduler.tick(T0) == 3
+    assert [ids[c.headers[0][1]] for c in dispatcher.calls] == [7, 3, -1]
+
+
+async def test_retry_policy_plans_cloud_tasks_backoff(
+    store: Store, owner_id: str, dispatcher: RecordingDispatcher
+) -> None:
+    dispatcher.script = lambda call: Outcome(status=503)
+    policy = RetryPolicy(max_attempts=4, min_backoff_ms=1000, max_backoff_ms=60_000)
+    scheduler = Scheduler(store, dispatcher, FakeClock(T0), SchedulerOptions())
+    recorder = asyncio.create_task(scheduler.run_recorder())
+    task_id = await add(store, owner_id, scheduler, T0, retry_policy=policy)
+    now = T0
+    planned = []
+    for _ in range(4):
+        assert await scheduler.tick(now) == 1
+        await settle(scheduler)
+        task = await store.get_task(owner_id, task_id)
+        if task.state is not TaskState.RUNNING:
+            break
+        assert task.due_at_ms is not None
+        planned.append(task.due_at_ms - T0)  # the clock stands still at T0
+        now = task.due_at_ms
+    assert planned == [1000, 2000, 4000]
+    assert (await store.get_task(owner_id, task_id)).state is TaskState.ERROR
+    headers = dict(dispatcher.calls[1].headers)
+    assert headers["X-Tasks-Retry-Limit"] == "3"
+    await scheduler.stop(0.1)
+    await recorder

@@ -48,3 +48,13 @@ def test_compaction_keeps_live_entries() -> None:
             timers.push(f"t{index}", round_ * 10_000 + index)
     assert len(timers) == 2000
     assert timers.pop_due(20_000 + 1) == ["t0", "t1"]
+
+
+def test_equal_due_times_pop_by_priority_then_push_order() -> None:
+    timers = DueTimers()
+    timers.push("low", 100, -5)
+    timers.push("plain", 100)
+    timers.push("high", 100, 80)
+    timers.push("plain-2", 100)
+    timers.push("early", 99, -100)
+    assert timers.pop_due(100) == ["early", "high", "plain", "plain-2", "low"]

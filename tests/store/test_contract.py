@@ -20,6 +20,8 @@ from tasks_server.errors import (
 from tasks_server.models import (
     Credentials,
     DeadLetterFilter,
+    DueTask,
+    FlowControl,
     HttpRequest,
     NewSchedule,
     NewTask,
@@ -31,6 +33,7 @@ from tasks_server.models import (
     ScheduleFire,
     ScheduleState,
     ScheduleTiming,
+    Task,
     TaskConfig,
     TaskSpec,
     TaskState,
@@ -182,7 +185,7 @@ async def test_pause_resume_keeps_remaining_time(store: Store) -> None:
     resumed = await store.resume_task(owner.id, task.id, T0 + 60_000)
     assert resumed.state is TaskState.RUNNING and resumed.estimate_end_at_ms == 0
     assert resumed.estimate_execution_at_ms == T0 + 66_000
-    assert await store.due_before(T0 + 10**9, 10) == [(task.id, T0 + 66_000)]
+    assert await store.due_before(T0 + 10**9, 10) == [DueTask(task.id, T0 + 66_000)]
     with pytest.raises(PreconditionFailed):
         await store.resume_task(owner.id, task.id, T0 + 61_000)
 
@@ -249,7 +252,7 @@ async def test_retry_rearms_the_task(store: Store) -> None:
     assert (
         waiting.estimate_execution_at_ms == T0
     )  # retries do not move it (docs/compatibility.md#time-fields)
-    assert await store.due_before(T0 + 10_000, 10) == [(task.id, T0 + 1005)]
+    assert await store.due_before(T0 + 10_000, 10) == [DueTask(task.id, T0 + 1005)]
     [second] = await store.claim_due([task.id], T0 + 1005)
     assert (second.number, second.retry_count, second.due_at_ms) == (2, 1, T0 + 1005)
 
@@ -279,7 +282,7 @@ async def test_execute_makes_due_now_even_while_waiting_to_retry(store: Store) -
     task = await store.create_task(owner.id, new_task(due=T0 + 50_000), T0)
     executed = await store.execute_task(owner.id, task.id, T0 + 10)
     assert executed.estimate_execution_at_ms == T0 + 10
-    assert await store.due_before(T0 + 11, 10) == [(task.id, T0 + 10)]
+    assert await store.due_before(T0 + 11, 10) == [DueTask(task.id, T0 + 10)]
     await store.pause_task(owner.id, task.id, T0 + 20)
     with pytest.raises(PreconditionFailed):
         await store.execute_task(owner.id, task.id, T0 + 30)
@@ -302,11 +305,92 @@ async def test_requeue_interrupted_keeps_planned_times(store: Store) -> None:
     future = await store.create_task(owner.id, new_task(due=T0 + 90_000), T0)
     await store.claim_due([running.id], T0)
     assert await store.requeue_interrupted(T0 + 30_000) == 1
-    assert await store.due_before(T0 + 10**9, 10) == [(running.id, T0), (future.id, T0 + 90_000)]
+    assert await store.due_before(T0 + 10**9, 10) == [
+        DueTask(running.id, T0),
+        DueTask(future.id, T0 + 90_000),
+    ]
     [interrupted] = await store.list_attempts(owner.id, running.id)
     assert interrupted.error is not None and "interrupted" in interrupted.error
     [again] = await store.claim_due([running.id], T0 + 30_000)
     assert again.number == 2
+
+
+async def test_due_order_is_time_then_priority_with_flow_key(store: Store) -> None:
+    owner = await make_owner(store)
+    low = await store.create_task(owner.id, new_task(T0 + 10, priority=-3), T0)
+    high = await store.create_task(
+        owner.id, new_task(T0 + 10, priority=9, flow_control=FlowControl("k1", rate=5)), T0
+    )
+    early = await store.create_task(owner.id, new_task(T0 + 5, priority=-100), T0)
+    assert await store.due_before(T0 + 11, 10) == [
+        DueTask(early.id, T0 + 5, -100),
+        DueTask(high.id, T0 + 10, 9, (owner.id, "k1")),
+        DueTask(low.id, T0 + 10, -3),
+    ]
+
+
+async def test_first_attempt_time_is_kept_across_retries(store: Store) -> None:
+    owner = await make_owner(store)
+    task = await store.create_task(owner.id, new_task(T0 + 10), T0)
+    [first] = await store.claim_due([task.id], T0 + 20)
+    assert first.first_started_at_ms == T0 + 20 and first.owner_id == owner.id
+    retry = Result(task.id, 1, T0 + 30, TaskState.RUNNING, 503, None, Outcome(503), T0 + 500)
+    assert await store.record_outcomes([retry]) == [task.id]
+    [second] = await store.claim_due([task.id], T0 + 600)
+    assert second.first_started_at_ms == T0 + 20 and second.started_at_ms == T0 + 600
+
+
+def deduplicated(due: int = T0 + 1000, key: str = "order-42", until: int = T0 + 60_000) -> NewTask:
+    new = new_task(due, deduplication_id=key)
+    return NewTask(new.spec, due, dedup_until_ms=until)
+
+
+async def test_deduplication_returns_the_existing_task(store: Store) -> None:
+    owner = await make_owner(store)
+    other = await make_owner(store, "owner-two")
+    first = await store.create_task(owner.id, deduplicated(), T0)
+    assert not first.deduplicated
+    again = await store.create_task(owner.id, deduplicated(due=T0 + 5000), T0 + 10)
+    assert again.deduplicated and again.id == first.id
+    assert again.estimate_execution_at_ms == T0 + 1000  # the existing task, unchanged
+    assert (await store.get_owner(owner.id)).tasks_in_queue == 1
+    # keys are per owner
+    foreign = await store.create_task(other.id, deduplicated(), T0)
+    assert not foreign.deduplicated and foreign.id != first.id
+    # once the window has passed the key is free again
+    later = await store.create_task(owner.id, deduplicated(until=T0 + 200_000), T0 + 60_000)
+    assert not later.deduplicated and later.id != first.id
+    # the window holds even after the first task finished
+    [attempt] = await store.claim_due([later.id], T0 + 61_000)
+    await store.record_outcomes([success(later.id, attempt.number, T0 + 61_001)])
+    final = await store.create_task(owner.id, deduplicated(), T0 + 62_000)
+    assert final.deduplicated and final.id == later.id and final.state is TaskState.SUCCESS
+
+
+async def test_concurrent_registrations_with_one_key_create_one_task(store: Store) -> None:
+    owner = await make_owner(store)
+    tasks = await asyncio.gather(
+        *(store.create_task(owner.id, deduplicated(), T0) for _ in range(50))
+    )
+    assert len({task.id for task in tasks}) == 1
+    assert sum(not task.deduplicated for task in tasks) == 1
+    assert (await store.get_owner(owner.id)).tasks_in_queue == 1
+
+
+async def test_batch_registers_in_order_with_per_item_errors(store: Store) -> None:
+    owner = await make_owner(store, limit=3)
+    news = [new_task(T0 + i) for i in range(2)] + [deduplicated(), deduplicated()]
+    news += [new_task(T0 + 9)]
+    results = await store.create_tasks(owner.id, news, T0)
+    assert len(results) == 5
+    first, second, keyed, same, refused = results
+    assert isinstance(first, Task) and isinstance(second, Task) and isinstance(keyed, Task)
+    assert first.due_at_ms == T0 and second.due_at_ms == T0 + 1
+    assert isinstance(same, Task) and same.deduplicated and same.id == keyed.id
+    assert isinstance(refused, QueueLimitReached)
+    assert (await store.get_owner(owner.id)).tasks_in_queue == 3
+    with pytest.raises(OwnerNotFound):
+        await store.create_tasks("0" * 26, news, T0)
 
 
 async def test_wrong_cipher_key_cannot_read_specs(make_store: StoreMaker) -> None:
@@ -469,7 +553,7 @@ async def test_firing_creates_tasks_and_moves_the_progress_once(store: Store) ->
         created[0][0]
     ]
     assert (await store.get_owner(owner.id)).tasks_in_queue == 2
-    assert sorted(await store.due_before(T0 + 200_000, 10)) == sorted(created)
+    assert sorted(await store.due_before(T0 + 200_000, 10)) == sorted(DueTask(*c) for c in created)
 
     after = await store.get_schedule(owner.id, schedule.id)
     assert (after.cursor_ms, after.runs, after.last_run_at_ms) == (slots[1], 2, slots[1])

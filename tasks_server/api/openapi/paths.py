@@ -25,6 +25,18 @@ from .parts import (
     schema_ref,
 )
 
+IDEMPOTENCY_KEY: JsonObject = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+    "description": "Same as config.deduplicationId (they must agree when both are given)",
+}
+DEDUPLICATED: JsonObject = {
+    **json_body(schema_ref("Task"), "an existing task with the same deduplication id"),
+    "headers": {"X-Tasks-Deduplicated": {"schema": {"type": "string", "const": "true"}}},
+}
+
 
 def task_paths() -> JsonObject:
     task = "/v1/queues/{task_id}"
@@ -40,11 +52,17 @@ def task_paths() -> JsonObject:
                 (400, 401, 403, 413, 422),
                 security=OWNER_AUTH,
                 body=schema_ref("TaskIn"),
-                parameters=[PRETTY, WAIT],
-                also={202: json_body(schema_ref("Task"), "stored; not final when the wait ended")},
+                parameters=[PRETTY, WAIT, IDEMPOTENCY_KEY],
+                also={
+                    200: DEDUPLICATED,
+                    202: json_body(schema_ref("Task"), "stored; not final when the wait ended"),
+                },
                 description="The call to make, when, and how to retry it. A 201 means "
                 "the task is durably stored. With `wait`, the answer comes when the task "
-                "is final (201 with its outcome) or when the wait ends (202).",
+                "is final (201 with its outcome) or when the wait ends (202). With a "
+                "deduplication id (the Idempotency-Key header or config.deduplicationId) a "
+                "repeat within DEDUP_WINDOW_S answers 200 with the existing task and "
+                "`X-Tasks-Deduplicated: true`.",
             )
         },
         task: {

@@ -17,15 +17,15 @@ from typing import Any, LiteralString
 
 from psycopg import AsyncCursor
 
-from ...models import Attempt, Result
+from ...models import Attempt, DueTask, Result
 from .base import PgBase
 
 logger = logging.getLogger(__name__)
 Cursor = AsyncCursor[tuple[Any, ...]]
 
 TASK_DUE: LiteralString = (
-    "SELECT id, next_at FROM task WHERE next_at IS NOT NULL AND next_at < %s "
-    "ORDER BY next_at LIMIT %s"
+    "SELECT id, next_at, priority, owner_id, flow_key FROM task "
+    "WHERE next_at IS NOT NULL AND next_at < %s ORDER BY next_at, priority DESC LIMIT %s"
 )
 # one statement: lock what is still claimable (skipping rows another node is claiming),
 # take the lease, and open the attempt rows
@@ -35,14 +35,16 @@ TASK_CLAIM: LiteralString = (
     " AND state = 'RUNNING' AND NOT in_flight FOR UPDATE SKIP LOCKED"
     "), claimed AS ("
     " UPDATE task t SET in_flight = true, next_at = NULL, attempts = t.attempts + 1,"
-    " lease_owner = %(node)s, lease_until = %(lease_until)s"
+    " lease_owner = %(node)s, lease_until = %(lease_until)s,"
+    " first_attempt_at = coalesce(t.first_attempt_at, greatest(%(now)s::bigint, t.due_at))"
     " FROM picked WHERE t.id = picked.id"
     " RETURNING t.id, t.attempts, t.retry_count, t.due_at, t.spec, t.owner_id,"
-    " t.schedule_id, t.cycle"
+    " t.schedule_id, t.cycle, t.first_attempt_at"
     "), opened AS ("
     " INSERT INTO attempt (task_id, number, started_at, cycle)"
     " SELECT id, attempts, greatest(%(now)s::bigint, due_at), cycle FROM claimed"
-    ") SELECT id, attempts, retry_count, due_at, spec, owner_id, schedule_id FROM claimed"
+    ") SELECT id, attempts, retry_count, due_at, spec, owner_id, schedule_id, first_attempt_at"
+    " FROM claimed"
 )
 ATTEMPT_FINISH: LiteralString = (
     "UPDATE attempt a SET finished_at = r.finished_at, status_code = r.status_code, "
@@ -96,8 +98,11 @@ _EXPIRED_BATCH = 1000
 
 
 class PgClaimOps(PgBase):
-    async def due_before(self, until_ms: int, limit: int) -> list[tuple[str, int]]:
-        return [(row[0], row[1]) for row in await self._read(TASK_DUE, (until_ms, limit))]
+    async def due_before(self, until_ms: int, limit: int) -> list[DueTask]:
+        return [
+            DueTask(row[0], row[1], row[2], None if row[4] is None else (row[3], row[4]))
+            for row in await self._read(TASK_DUE, (until_ms, limit))
+        ]
 
     async def claim_due(
         self, task_ids: Sequence[str], now_ms: int, lookahead_ms: int = 0
@@ -129,6 +134,7 @@ class PgClaimOps(PgBase):
                 started_at_ms=max(now_ms, row[3]),
                 owner_id=row[5],
                 schedule_id=row[6],
+                first_started_at_ms=row[7],
             )
             for row in rows
         ]

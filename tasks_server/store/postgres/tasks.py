@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, LiteralString
 
 from psycopg import AsyncCursor
 
-from ...errors import PreconditionFailed, QueueLimitReached, TaskNotFound
+from ...errors import PreconditionFailed, QueueLimitReached, TaskNotFound, TasksServerError
 from ...models import AttemptRecord, NewTask, Task, TaskSpec, TaskState
 from ...timing import resume_due_ms
 from .. import LIST_ORDERS
@@ -26,6 +27,27 @@ TASK_COLUMNS: LiteralString = (
 TASK_INSERT: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
     "next_at, metadata, spec) VALUES (%s, %s, 'RUNNING', %s, %s, %s, %s, %s, %s)"
+)
+# a registration: with its priority, deduplication id and flow-control key
+TASK_REGISTER: LiteralString = (
+    "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
+    "next_at, metadata, spec, priority, dedup_key, dedup_until, flow_key) "
+    "VALUES (%s, %s, 'RUNNING', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+# registrations with one deduplication id queue up here until the first one commits
+DEDUP_LOCK: LiteralString = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))"
+TASK_BY_DEDUP: LiteralString = (
+    f"SELECT {TASK_COLUMNS}, dedup_until FROM task WHERE owner_id = %s AND dedup_key = %s"
+)
+TASK_DEDUP_EXPIRE: LiteralString = (
+    "UPDATE task SET dedup_key = NULL, dedup_until = NULL WHERE owner_id = %s AND dedup_key = %s"
+)
+# the last registration naming a key sets its limits (as QStash does)
+FLOW_UPSERT: LiteralString = (
+    "INSERT INTO flow_control (owner_id, key, rate, period_ms, parallelism, updated_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (owner_id, key) DO UPDATE SET "
+    "rate = excluded.rate, period_ms = excluded.period_ms, "
+    "parallelism = excluded.parallelism, updated_at = excluded.updated_at"
 )
 TASK_BY_ID: LiteralString = f"SELECT {TASK_COLUMNS} FROM task WHERE id = %s AND owner_id = %s"
 TASK_STATE: LiteralString = (
@@ -55,6 +77,7 @@ TASK_EXECUTE: LiteralString = (
 )
 TASK_EDIT: LiteralString = (
     "UPDATE task SET spec = %s, metadata = %s, estimate_execution_at = %s, due_at = %s, "
+    "priority = %s, flow_key = %s, "
     "next_at = CASE WHEN state = 'RUNNING' THEN %s::bigint END, "
     "estimate_end_at = CASE WHEN state = 'PAUSED' THEN %s ELSE 0 END "
     "WHERE id = %s AND owner_id = %s AND attempts = 0 AND NOT in_flight "
@@ -85,33 +108,99 @@ def _list_sql(order: str, descending: bool, with_state: bool) -> LiteralString:
 
 class PgTaskOps(PgBase):
     async def create_task(self, owner_id: str, new: NewTask, now_ms: int) -> Task:
-        task_id = new_task_id(now_ms)
-        spec_blob = self._seal_spec(new.spec)
-        metadata = new.spec.metadata
-        metadata_blob = self._seal_metadata(metadata)
-        due = new.due_at_ms
+        insert = self._task_insert(owner_id, new, now_ms)
 
-        async def op(cur: Cursor) -> None:
+        async def op(cur: Cursor) -> Task:
             free = await lock_capacity(cur, owner_id)
+            task = await insert(cur, free)
+            if not task.deduplicated:
+                await self._notify_due(cur, [(task.id, new.due_at_ms)], now_ms)
+            return task
+
+        return await self._tx(op)
+
+    async def create_tasks(
+        self, owner_id: str, news: Sequence[NewTask], now_ms: int
+    ) -> list[Task | TasksServerError]:
+        inserts = [self._task_insert(owner_id, new, now_ms) for new in news]
+
+        async def op(cur: Cursor) -> list[Task | TasksServerError]:
+            free = await lock_capacity(cur, owner_id)
+            results: list[Task | TasksServerError] = []
+            for insert in inserts:
+                try:
+                    task = await insert(cur, free)
+                except TasksServerError as exc:  # checked before any write of the item
+                    results.append(exc)
+                    continue
+                if free is not None and not task.deduplicated:
+                    free -= 1
+                results.append(task)
+            created = [(t.id, t.estimate_execution_at_ms) for t in results if isinstance(t, Task)]
+            await self._notify_due(cur, created, now_ms)
+            return results
+
+        return await self._tx(op)
+
+    def _task_insert(
+        self, owner_id: str, new: NewTask, now_ms: int
+    ) -> Callable[[Cursor, int | None], Awaitable[Task]]:
+        """The write of one registration, given the owner's free slots (None: no limit);
+        sealing is done here, before the transaction."""
+        task_id = new_task_id(now_ms)
+        config = new.spec.config
+        dedup_key = config.deduplication_id if new.dedup_until_ms is not None else None
+        flow = config.flow_control
+        due = new.due_at_ms
+        params = (
+            *(task_id, owner_id, now_ms, due, due, due),
+            self._seal_metadata(new.spec.metadata),
+            self._seal_spec(new.spec),
+            config.priority,
+            dedup_key,
+            new.dedup_until_ms if dedup_key is not None else None,
+            None if flow is None else flow.key,
+        )
+
+        async def insert(cur: Cursor, free: int | None) -> Task:
+            if dedup_key is not None:
+                existing = await self._deduplicated(cur, owner_id, dedup_key, now_ms)
+                if existing is not None:
+                    return existing
             if free is not None and free <= 0:
                 raise QueueLimitReached()
-            params = (task_id, owner_id, now_ms, due, due, due, metadata_blob, spec_blob)
-            await cur.execute(TASK_INSERT, params)
-            await self._notify_due(cur, [(task_id, due)], now_ms)
+            await cur.execute(TASK_REGISTER, params)
+            if flow is not None:
+                await cur.execute(
+                    FLOW_UPSERT,
+                    (owner_id, flow.key, flow.rate, flow.period.ms, flow.parallelism, now_ms),
+                )
+            return Task(
+                id=task_id,
+                owner_id=owner_id,
+                state=TaskState.RUNNING,
+                created_at_ms=now_ms,
+                status_code=0,
+                estimate_end_at_ms=0,
+                estimate_execution_at_ms=due,
+                response=None,
+                metadata=new.spec.metadata,
+                due_at_ms=due,
+            )
 
-        await self._tx(op)
-        return Task(
-            id=task_id,
-            owner_id=owner_id,
-            state=TaskState.RUNNING,
-            created_at_ms=now_ms,
-            status_code=0,
-            estimate_end_at_ms=0,
-            estimate_execution_at_ms=due,
-            response=None,
-            metadata=metadata,
-            due_at_ms=due,
-        )
+        return insert
+
+    async def _deduplicated(self, cur: Cursor, owner_id: str, key: str, now_ms: int) -> Task | None:
+        """The live task registered with ``key``; an expired one gives the key up."""
+        await cur.execute(DEDUP_LOCK, (f"{owner_id}/{key}",))
+        await cur.execute(TASK_BY_DEDUP, (owner_id, key))
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        if row[-1] is not None and row[-1] <= now_ms:
+            await cur.execute(TASK_DEDUP_EXPIRE, (owner_id, key))
+            return None
+        return dataclasses.replace(self._task(row[:-1]), deduplicated=True)
 
     async def get_task(self, owner_id: str, task_id: str) -> Task:
         rows = await self._read(TASK_BY_ID, (task_id, owner_id))
@@ -234,7 +323,13 @@ class PgTaskOps(PgBase):
         spec_blob = self._seal_spec(new.spec)
         metadata_blob = self._seal_metadata(new.spec.metadata)
         due = new.due_at_ms
-        params = (spec_blob, metadata_blob, due, due, due, now_ms, task_id, owner_id)
+        flow = new.spec.config.flow_control
+        flow_key = None if flow is None else flow.key
+        priority = new.spec.config.priority
+        params = (
+            *(spec_blob, metadata_blob, due, due, priority, flow_key),
+            *(due, now_ms, task_id, owner_id),
+        )
         transition = self._transition(owner_id, task_id, TASK_EDIT, params)
 
         async def op(cur: Cursor) -> Task:

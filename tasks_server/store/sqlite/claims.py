@@ -9,18 +9,21 @@ from typing import Any, LiteralString
 
 from ...models import (
     Attempt,
+    DueTask,
     Result,
 )
 from .base import StoreBase
 
 TASK_DUE: LiteralString = (
-    "SELECT id, next_at FROM task WHERE next_at IS NOT NULL AND next_at < ? "
-    "ORDER BY next_at LIMIT ?"
+    "SELECT id, next_at, priority, owner_id, flow_key FROM task "
+    "WHERE next_at IS NOT NULL AND next_at < ? ORDER BY next_at, priority DESC LIMIT ?"
 )
 TASK_CLAIM: LiteralString = (
-    "UPDATE task SET in_flight = 1, next_at = NULL, attempts = attempts + 1 "
+    "UPDATE task SET in_flight = 1, next_at = NULL, attempts = attempts + 1, "
+    "first_attempt_at = coalesce(first_attempt_at, max(?, due_at)) "
     "WHERE id = ? AND state = 'RUNNING' AND in_flight = 0 AND next_at <= ? "
-    "RETURNING attempts, retry_count, due_at, spec, owner_id, schedule_id, cycle"
+    "RETURNING attempts, retry_count, due_at, spec, owner_id, schedule_id, cycle, "
+    "first_attempt_at"
 )
 TASK_FINISH: LiteralString = (
     "UPDATE task SET in_flight = 0, state = ?, status_code = ?, response = ?, "
@@ -50,8 +53,11 @@ ATTEMPT_INTERRUPT: LiteralString = (
 class ClaimOps(StoreBase):
     """The engine's operations of SqliteStore: find, claim and record attempts."""
 
-    async def due_before(self, until_ms: int, limit: int) -> list[tuple[str, int]]:
-        return [(row[0], row[1]) for row in await self._read(TASK_DUE, (until_ms, limit))]
+    async def due_before(self, until_ms: int, limit: int) -> list[DueTask]:
+        return [
+            DueTask(row[0], row[1], row[2], None if row[4] is None else (row[3], row[4]))
+            for row in await self._read(TASK_DUE, (until_ms, limit))
+        ]
 
     async def claim_due(
         self, task_ids: Sequence[str], now_ms: int, lookahead_ms: int = 0
@@ -61,7 +67,7 @@ class ClaimOps(StoreBase):
         def op(conn: sqlite3.Connection) -> list[tuple[str, Any]]:
             claimed = []
             for task_id in task_ids:
-                row = conn.execute(TASK_CLAIM, (task_id, until)).fetchone()
+                row = conn.execute(TASK_CLAIM, (now_ms, task_id, until)).fetchone()
                 if row is not None:
                     conn.execute(ATTEMPT_INSERT, (task_id, row[0], max(now_ms, row[2]), row[6]))
                     claimed.append((task_id, row))
@@ -78,6 +84,7 @@ class ClaimOps(StoreBase):
                 started_at_ms=max(now_ms, row[2]),
                 owner_id=row[4],
                 schedule_id=row[5],
+                first_started_at_ms=row[7],
             )
             for task_id, row in rows
         ]

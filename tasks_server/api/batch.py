@@ -1,0 +1,221 @@
+"""Batch endpoints: many registrations in one request and one transaction, and state
+changes of many tasks (by ids or by a filter) in one request. Each item gets its own
+answer; a bad item never blocks the others."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import TaskNotFound, TasksServerError, ValidationFailed
+from ..models import NewTask, Task, TaskState
+from ..store import Store
+from .convert import to_new_task
+from .errors import error_body, validation_failed
+from .outgoing import check_outgoing
+from .queues import check_supported, record
+from .schemas import TaskIn
+from .services import Services, services
+from .wire import answer, parse_json, read_body
+
+_BATCH = TypeAdapter(list[TaskIn])
+Item = NewTask | TasksServerError
+MAX_FILTER_MATCHES = 100_000  # tasks one filtered batch action may touch
+_PAGE = 1000
+
+
+def parse_items(app: Services, body: bytes | None, now_ms: int) -> list[Item]:
+    """Validate every registration of the array; an item's failure is its answer.
+
+    The whole array is validated in one pydantic pass when every item is valid (the fast
+    path); otherwise item by item, to name each bad item's fields.
+    """
+    if body is None:
+        raise ValidationFailed({"_errors": ["Expected a JSON array of registrations"]})
+    limit = app.settings.max_batch_items
+    context = {"tz": app.settings.tz, "cert_dir": app.settings.cert_dir}
+    try:
+        wires: list[TaskIn | TasksServerError] = list(_BATCH.validate_json(body, context=context))
+    except ValidationError:
+        wires = _validate_each(parse_json(body), limit, context)
+    if not 1 <= len(wires) <= limit:
+        raise ValidationFailed({"_errors": [f"Expected 1 to {limit} registrations"]})
+    return [_to_new(app, wire, now_ms) for wire in wires]
+
+
+def _validate_each(
+    data: Any, limit: int, context: dict[str, Any]
+) -> list[TaskIn | TasksServerError]:
+    if not isinstance(data, list):
+        raise ValidationFailed({"_errors": ["Expected a JSON array of registrations"]})
+    if not 1 <= len(data) <= limit:
+        raise ValidationFailed({"_errors": [f"Expected 1 to {limit} registrations"]})
+    wires: list[TaskIn | TasksServerError] = []
+    for item in data:
+        try:
+            wires.append(TaskIn.model_validate(item, context=context))
+        except ValidationError as exc:
+            wires.append(validation_failed(exc, item))
+    return wires
+
+
+def _to_new(app: Services, wire: TaskIn | TasksServerError, now_ms: int) -> Item:
+    if isinstance(wire, TasksServerError):
+        return wire
+    try:
+        new = check_supported(app, to_new_task(wire, now_ms))
+    except TasksServerError as exc:
+        return exc
+    if new.spec.config.deduplication_id is None:
+        return new
+    return NewTask(new.spec, new.due_at_ms, now_ms + app.settings.dedup_window_s * 1000)
+
+
+async def register_batch(request: Request) -> Response:
+    """``POST /v1/queues/register/batch``: one transaction; per item 201 with the task,
+    200 with an existing task (deduplicated), or the item's 4xx error."""
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    body = await read_body(request, app.settings.max_size_body_batch)
+    now = app.clock.now_ms()
+    items = [await _allowed(app, owner_id, item) for item in parse_items(app, body, now)]
+    news = [item for item in items if isinstance(item, NewTask)]
+    stored = iter(await app.store.create_tasks(owner_id, news, now) if news else [])
+    results = []
+    for item in items:
+        outcome = next(stored) if isinstance(item, NewTask) else item
+        if isinstance(outcome, Task):
+            if not outcome.deduplicated:
+                priority = item.spec.config.priority if isinstance(item, NewTask) else 0
+                app.scheduler.notify(outcome.id, outcome.estimate_execution_at_ms, priority)
+            results.append(_task_result(outcome))
+        else:
+            status, error = error_body(outcome)
+            results.append({"status": status, **error})
+    return answer(request, results, 200)
+
+
+async def _allowed(app: Services, owner_id: str, item: Item) -> Item:
+    """The item, or the egress policy's refusal of where its calls would go."""
+    if isinstance(item, NewTask):
+        try:
+            await check_outgoing(app, owner_id, item.spec)
+        except TasksServerError as exc:
+            return exc
+    return item
+
+
+def _task_result(task: Task) -> dict[str, Any]:
+    if task.deduplicated:
+        return {"status": 200, "deduplicated": True, "task": record(task)}
+    return {"status": 201, "task": record(task)}
+
+
+# -- state changes of many tasks ---------------------------------------------------------
+
+
+class BatchFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    state: Literal["RUNNING", "PAUSED", "SUCCESS", "ERROR", "REVOKED"] | None = None
+
+
+class BatchActionIn(BaseModel):
+    """Either ``ids`` or ``filter`` (``{}`` matches every task of the owner)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    ids: (
+        Annotated[
+            list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]{24}$")]],
+            Field(min_length=1, max_length=10_000),
+        ]
+        | None
+    ) = None
+    filter: BatchFilter | None = None
+
+
+Action = Callable[[Store, str, str, int], Awaitable[Task | None]]
+
+
+async def _pause(store: Store, owner_id: str, task_id: str, now_ms: int) -> Task | None:
+    return await store.pause_task(owner_id, task_id, now_ms)
+
+
+async def _resume(store: Store, owner_id: str, task_id: str, now_ms: int) -> Task | None:
+    return await store.resume_task(owner_id, task_id, now_ms)
+
+
+async def _revoke(store: Store, owner_id: str, task_id: str, now_ms: int) -> Task | None:
+    return await store.revoke_task(owner_id, task_id, now_ms)
+
+
+async def _delete(store: Store, owner_id: str, task_id: str, now_ms: int) -> Task | None:
+    await store.delete_task(owner_id, task_id)
+    return None
+
+
+ACTIONS: dict[str, Action] = {
+    "pause": _pause,
+    "resume": _resume,
+    "revoke": _revoke,
+    "delete": _delete,
+}
+
+
+async def batch_action(request: Request) -> Response:
+    """``POST /v1/queues/batch/{action}``: apply one transition to many tasks.
+
+    Answers how many changed and, for each task that did not, its id and error (a task
+    in the wrong state is a 422, an unknown one a 404).
+    """
+    app = services(request)
+    owner_id = await app.auth.owner_id(request)
+    action = str(request.path_params["action"])
+    if action not in ACTIONS:
+        raise TaskNotFound(action)
+    data = parse_json(await read_body(request, app.settings.max_size_body_batch))
+    try:
+        query = BatchActionIn.model_validate(data)
+    except ValidationError as exc:
+        raise validation_failed(exc, data) from exc
+    if (query.ids is None) == (query.filter is None):
+        raise ValidationFailed({"_errors": ["Give either ids or filter"]})
+    ids = query.ids or await _matching(app.store, owner_id, query.filter or BatchFilter())
+    now = app.clock.now_ms()
+    outcomes = await asyncio.gather(
+        *(_apply(app, ACTIONS[action], owner_id, task_id.upper(), now) for task_id in ids)
+    )
+    failed = [outcome for outcome in outcomes if outcome is not None]
+    return answer(request, {"matched": len(ids), "done": len(ids) - len(failed), "failed": failed})
+
+
+async def _apply(
+    app: Services, action: Action, owner_id: str, task_id: str, now_ms: int
+) -> dict[str, Any] | None:
+    try:
+        task = await action(app.store, owner_id, task_id, now_ms)
+    except TasksServerError as exc:
+        status, error = error_body(exc)
+        return {"id": task_id, "status": status, **error}
+    if task is not None and task.state is TaskState.RUNNING and task.due_at_ms is not None:
+        app.scheduler.notify(task.id, task.due_at_ms)
+    else:
+        app.scheduler.forget(task_id)
+    return None
+
+
+async def _matching(store: Store, owner_id: str, where: BatchFilter) -> list[str]:
+    state = TaskState(where.state) if where.state else None
+    ids: list[str] = []
+    while len(ids) < MAX_FILTER_MATCHES:
+        page = await store.list_tasks(owner_id, state, "createdAt", False, _PAGE, len(ids))
+        ids += [task.id for task in page]
+        if len(page) < _PAGE:
+            break
+    return ids[:MAX_FILTER_MATCHES]
