@@ -244,6 +244,8 @@ class TaskSpec:
     request: HttpRequest
     config: TaskConfig
     metadata: tuple[tuple[str, str], ...] | None = None
+    on_success: HttpRequest | None = None  # called with the outcome after a final SUCCESS
+    on_failure: HttpRequest | None = None  # called with the outcome after a final ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +358,15 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class FollowUp:
+    """A task created in the transaction that records a result (a callback)."""
+
+    task_id: str
+    spec: TaskSpec
+    due_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     """A decided attempt, ready to be written: the new state and what to show."""
 
@@ -367,6 +378,7 @@ class Result:
     response: bytes | None  # what the task shows as its latest response
     outcome: Outcome
     next_due_at_ms: int | None = None  # set when a retry is planned
+    follow_up: FollowUp | None = None  # created with the outcome, if the task is updated
 
 
 @dataclass(frozen=True, slots=True)

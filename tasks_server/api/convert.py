@@ -64,7 +64,13 @@ def to_new_task(body: TaskIn, now_ms: int) -> NewTask:
             ("config", "timeoutAt"), "Timeout date must be greater than execution date"
         )
     metadata = tuple(body.metadata.items()) if body.metadata else None
-    spec = TaskSpec(to_request(body.httpRequest), config, metadata)
+    spec = TaskSpec(
+        to_request(body.httpRequest),
+        config,
+        metadata,
+        on_success=None if body.onSuccess is None else to_request(body.onSuccess),
+        on_failure=None if body.onFailure is None else to_request(body.onFailure),
+    )
     return NewTask(spec=spec, due_at_ms=due)
 
 
@@ -340,4 +346,14 @@ def spec_to_wire(spec: TaskSpec) -> dict[str, Any]:
     }
     if spec.metadata:
         wire["metadata"] = dict(spec.metadata)
+    wire.update(callbacks_to_wire(spec))
+    return wire
+
+
+def callbacks_to_wire(spec: TaskSpec) -> dict[str, Any]:
+    """``onSuccess`` and ``onFailure`` as registered (without the body the server adds)."""
+    wire: dict[str, Any] = {}
+    for name, request in (("onSuccess", spec.on_success), ("onFailure", spec.on_failure)):
+        if request is not None:
+            wire[name] = request_to_wire(request)
     return wire

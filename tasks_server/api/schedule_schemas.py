@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 from .. import cron
 from .schemas import (
     MAX_SAFE_INTEGER,
+    CallbackIn,
     ConfigIn,
     DateMs,
     HttpRequestIn,
@@ -66,6 +67,8 @@ class ScheduleIn(Strict):
     httpRequest: HttpRequestIn
     config: ConfigIn = Field(default_factory=ConfigIn)
     metadata: Metadata | None = None
+    onSuccess: CallbackIn | None = None
+    onFailure: CallbackIn | None = None
     startAt: DateMs | None = None
     endAt: DateMs | None = None
     maxRuns: Annotated[int, Field(ge=1, le=MAX_SAFE_INTEGER)] | None = None

@@ -25,7 +25,7 @@ from ..models import (
     TaskSpec,
 )
 from ..schedules import policy
-from .convert import config_to_wire, field_error, request_to_wire, to_new_task
+from .convert import callbacks_to_wire, config_to_wire, field_error, request_to_wire, to_new_task
 from .errors import validation_failed
 from .outgoing import check_outgoing
 from .queues import merge_patch, summary
@@ -81,6 +81,7 @@ def template_to_wire(task: TaskSpec) -> dict[str, Any]:
     wire: dict[str, Any] = {"httpRequest": request_to_wire(task.request), "config": config}
     if task.metadata:
         wire["metadata"] = dict(task.metadata)
+    wire.update(callbacks_to_wire(task))
     return wire
 
 
@@ -109,7 +110,11 @@ def to_new_schedule(app: Services, body: ScheduleIn, now_ms: int) -> NewSchedule
     if body.startAt is not None and body.endAt is not None and body.endAt <= body.startAt:
         raise field_error(("endAt",), "End date must be greater than start date")
     task_in = TaskIn.model_construct(
-        httpRequest=body.httpRequest, config=body.config, metadata=body.metadata
+        httpRequest=body.httpRequest,
+        config=body.config,
+        metadata=body.metadata,
+        onSuccess=body.onSuccess,
+        onFailure=body.onFailure,
     )
     spec = to_new_task(task_in, now_ms).spec
     missing = app.unsupported(spec.request, spec.config)

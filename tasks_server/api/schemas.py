@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationInfo,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -462,10 +463,24 @@ Metadata = Annotated[
 ]
 
 
+class CallbackIn(HttpRequestIn):
+    """A call the server makes with a JSON body of its own (a callback, an alert)."""
+
+    method: Method = "POST"
+
+    @model_validator(mode="after")
+    def _no_body(self) -> CallbackIn:
+        if self.data is not None:
+            raise PydanticCustomError("callback_data", "The server supplies the body")
+        return self
+
+
 class TaskIn(Strict):
     httpRequest: HttpRequestIn
     config: ConfigIn = Field(default_factory=ConfigIn)
     metadata: Metadata | None = None
+    onSuccess: CallbackIn | None = None
+    onFailure: CallbackIn | None = None
 
 
 # -- owners and queries -----------------------------------------------------------------

@@ -9,6 +9,7 @@ the store and the dispatcher.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -21,7 +22,9 @@ from ..dispatch import Dispatcher
 from ..errors import StorageUnavailable
 from ..models import Attempt, Call, DueTask, Outcome, Result, TaskState
 from ..store import Store
+from ..store.ids import new_task_id
 from ..timing import attempt_timeout_ms
+from .callbacks import callback_for
 from .leases import LeaseKeeper
 from .retry import DEFAULT_RETRY_AFTER_MAX_MS, decide
 from .timers import DueTimers
@@ -107,6 +110,9 @@ class Scheduler:
         self._sequence = itertools.count()
         self._stopping = False
         self._abandoned = False
+        self._attempts: dict[tuple[str, int], Attempt] = {}  # decided, not yet recorded
+        # told about every outcome once it is committed (alerts); in memory, never blocking
+        self.on_recorded: Callable[[list[tuple[Attempt, Result]]], None] | None = None
         self.waiters = FinalWaiters()  # woken after a task's final outcome is committed
         self._stop_requested = asyncio.Event()
         self._stop_waiting = asyncio.Event()  # set once stop's grace period is over
@@ -344,6 +350,11 @@ class Scheduler:
             self._rng,
             options.retry_after_max_ms,
         )
+        if result.next_due_at_ms is None:
+            callback = callback_for(attempt, result, new_task_id(result.finished_at_ms))
+            if callback is not None:
+                result = dataclasses.replace(result, follow_up=callback)
+        self._attempts[(result.task_id, result.attempt_number)] = attempt
         if self.stats.observe is not None:
             self.stats.observe(attempt, result)
         self._results.append(result)
@@ -379,16 +390,24 @@ class Scheduler:
             updated = set(await self._store.record_outcomes(batch))
         except StorageUnavailable:
             return False
+        recorded: list[tuple[Attempt, Result]] = []
         for result in batch:
             self._in_flight.pop(result.task_id, None)
             priority = self._priorities.pop(result.task_id, 0)
+            attempt = self._attempts.pop((result.task_id, result.attempt_number), None)
             if result.task_id not in updated:
                 continue
             self._count(result)
+            if attempt is not None:
+                recorded.append((attempt, result))
             if result.next_due_at_ms is not None:
                 self.notify(result.task_id, result.next_due_at_ms, priority)
             elif result.state.is_terminal:
                 self.waiters.wake(result.task_id)
+            if result.follow_up is not None:
+                self.notify(result.follow_up.task_id, result.follow_up.due_at_ms)
+        if recorded and self.on_recorded is not None:
+            self.on_recorded(recorded)
         self._wake.set()
         return True
 

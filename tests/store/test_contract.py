@@ -22,6 +22,7 @@ from tasks_server.models import (
     DeadLetterFilter,
     DueTask,
     FlowControl,
+    FollowUp,
     HttpRequest,
     NewSchedule,
     NewTask,
@@ -776,3 +777,33 @@ async def test_delete_dead_letters_only_touches_the_owners_errors(store: Store) 
     with pytest.raises(TaskNotFound):
         await store.get_task(owner.id, dead)
     assert (await store.get_task(owner.id, running.id)).state is TaskState.RUNNING
+
+
+# -- callbacks: tasks created with an outcome ---------------------------------------------
+
+
+async def test_a_follow_up_is_created_with_the_outcome_that_counts(store: Store) -> None:
+    owner = await make_owner(store, limit=1)
+    task = await store.create_task(owner.id, new_task(due=T0), T0)
+    [attempt] = await store.claim_due([task.id], T0)
+    callback = TaskSpec(HttpRequest(url=SECRET_URL, method="POST", data_json="{}"), TaskConfig())
+    follow_up = FollowUp(new_task_id(T0), callback, T0 + 5)
+    outcome = Outcome(status=500, body=b"no")
+    failed = Result(task.id, attempt.number, T0 + 5, TaskState.ERROR, 500, b"no", outcome)
+    late = dataclasses.replace(
+        failed, attempt_number=7, follow_up=FollowUp(new_task_id(T0), callback, T0)
+    )
+    # a result the fence refuses creates nothing
+    assert await store.record_outcomes([late]) == []
+    assert await store.record_outcomes([dataclasses.replace(failed, follow_up=follow_up)]) == [
+        task.id
+    ]
+    created = await store.get_task(owner.id, follow_up.task_id)
+    assert created.state is TaskState.RUNNING and created.due_at_ms == T0 + 5
+    assert await store.get_spec(owner.id, follow_up.task_id) == callback
+    assert (await store.get_owner(owner.id)).tasks_in_queue == 1  # it took the freed slot
+    assert [t.id for t in await store.list_tasks(owner.id, None, "createdAt", False, 10, 0)] == [
+        task.id,
+        follow_up.task_id,
+    ]
+    assert (follow_up.task_id, T0 + 5) in await store.due_before(T0 + 10, 10)

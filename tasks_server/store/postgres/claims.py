@@ -73,6 +73,13 @@ TASK_FINISH: LiteralString = (
     "WHERE t.id = r.id AND t.state = 'RUNNING' AND t.in_flight AND t.attempts = r.number "
     "AND t.lease_owner = %s RETURNING t.id"
 )
+# a callback: the finished task's owner (the limit is not checked: the finished task has
+# just stopped being counted, in the same transaction)
+TASK_FOLLOW_UP: LiteralString = (
+    "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
+    "next_at, metadata, spec) SELECT %s, owner_id, 'RUNNING', %s, %s, %s, %s, %s, %s "
+    "FROM task WHERE id = %s"
+)
 # greatest(): a renewal never shortens the lease of a claim made after it was sent
 LEASE_RENEW: LiteralString = (
     "UPDATE task SET lease_until = greatest(lease_until, %s) WHERE lease_owner = %s AND in_flight"
@@ -145,13 +152,22 @@ class PgClaimOps(PgBase):
         attempts = self._attempt_columns(results)
         tasks = self._task_columns(results)
         renotify = [(r.task_id, r.next_due_at_ms) for r in results if r.next_due_at_ms is not None]
+        follow_ups = {
+            r.follow_up.task_id: self._follow_up_params(r) for r in results if r.follow_up
+        }
         now = max(r.finished_at_ms for r in results)
 
         async def op(cur: Cursor) -> tuple[list[str], Callable[[], None]]:
             await cur.execute(ATTEMPT_FINISH, (*attempts, self.node_id))
             await cur.execute(TASK_FINISH, (*tasks, self.node_id))
             updated = {row[0] for row in await cur.fetchall()}
-            await self._notify_due(cur, [r for r in renotify if r[0] in updated], now)
+            created = [r.follow_up for r in results if r.follow_up and r.task_id in updated]
+            if created:
+                params = [follow_ups[f.task_id] for f in created]
+                await cur.executemany(TASK_FOLLOW_UP, params)
+            due = [r for r in renotify if r[0] in updated]
+            due += [(f.task_id, f.due_at_ms) for f in created]
+            await self._notify_due(cur, due, now)
             recorded = [r for r in results if r.task_id in updated]
             announce = await self._outcome_followups(cur, recorded)
             return [r.task_id for r in recorded], announce
@@ -166,6 +182,21 @@ class PgClaimOps(PgBase):
         """Writes that follow recorded outcomes in the same transaction (workflow steps);
         returns what to announce once it is committed. Nothing here."""
         return lambda: None
+
+    def _follow_up_params(self, result: Result) -> tuple[Any, ...]:
+        follow_up = result.follow_up
+        assert follow_up is not None
+        due = follow_up.due_at_ms
+        return (
+            follow_up.task_id,
+            due,
+            due,
+            due,
+            due,
+            self._seal_metadata(follow_up.spec.metadata),
+            self._seal_spec(follow_up.spec),
+            result.task_id,
+        )
 
     def _attempt_columns(self, results: Sequence[Result]) -> tuple[list[Any], ...]:
         return (

@@ -12,7 +12,7 @@ from ...models import (
     DueTask,
     Result,
 )
-from .base import StoreBase
+from .base import METADATA, StoreBase
 
 TASK_DUE: LiteralString = (
     "SELECT id, next_at, priority, owner_id, flow_key FROM task "
@@ -36,6 +36,13 @@ TASK_REQUEUE: LiteralString = (
 )
 TASK_REARM: LiteralString = (
     "UPDATE task SET next_at = due_at WHERE state = 'RUNNING' AND in_flight = 0 AND next_at IS NULL"
+)
+# a callback: the finished task's owner, counted like a new task (the finished task has
+# just stopped being counted, in the same transaction)
+TASK_FOLLOW_UP: LiteralString = (
+    "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
+    "next_at, metadata, spec) SELECT ?, owner_id, 'RUNNING', ?, ?, ?, ?, ?, ? "
+    "FROM task WHERE id = ?"
 )
 ATTEMPT_INSERT: LiteralString = (
     "INSERT INTO attempt (task_id, number, started_at, cycle) VALUES (?, ?, ?, ?)"
@@ -91,6 +98,7 @@ class ClaimOps(StoreBase):
 
     async def record_outcomes(self, results: Sequence[Result]) -> list[str]:
         rows = [self._outcome_params(result) for result in results]
+        follow_ups = {r.task_id: self._follow_up_params(r) for r in results if r.follow_up}
 
         def op(conn: sqlite3.Connection) -> tuple[list[str], Callable[[], None]]:
             updated = []
@@ -98,6 +106,8 @@ class ClaimOps(StoreBase):
                 conn.execute(ATTEMPT_FINISH, attempt_params)
                 if conn.execute(TASK_FINISH, task_params).rowcount:
                     updated.append(result.task_id)
+                    if result.task_id in follow_ups:
+                        conn.execute(TASK_FOLLOW_UP, follow_ups[result.task_id])
             recorded = set(updated)
             announce = self._outcome_followups(conn, [r for r in results if r.task_id in recorded])
             return updated, announce
@@ -112,6 +122,15 @@ class ClaimOps(StoreBase):
         """Writes that follow recorded outcomes in the same transaction (workflow steps);
         returns what to announce once it is committed. Nothing here."""
         return lambda: None
+
+    def _follow_up_params(self, result: Result) -> tuple[Any, ...]:
+        follow_up = result.follow_up
+        assert follow_up is not None
+        metadata = follow_up.spec.metadata
+        metadata_blob = self._seal(None if metadata is None else METADATA.dump_json(metadata))
+        due = follow_up.due_at_ms
+        spec_blob = self._seal_spec(follow_up.spec)
+        return (follow_up.task_id, due, due, due, due, metadata_blob, spec_blob, result.task_id)
 
     def _outcome_params(self, result: Result) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         outcome = result.outcome
