@@ -280,25 +280,6 @@ class Task:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetterFilter:
-    """Which of an owner's tasks in ERROR a dead-letter operation applies to; every field
-    is optional. ``label`` is a metadata key, or a key and the value it must have."""
-
-    failed_from_ms: int | None = None  # failed at or after
-    failed_until_ms: int | None = None  # failed before
-    status_code: int | None = None
-    schedule_id: str | None = None
-    label: tuple[str, str | None] | None = None
-
-    def matches_label(self, metadata: tuple[tuple[str, str], ...] | None) -> bool:
-        """True without a label filter, or when ``metadata`` has the label."""
-        if self.label is None:
-            return True
-        key, value = self.label
-        return any(k == key and (value is None or v == value) for k, v in metadata or ())
-
-
-@dataclass(frozen=True, slots=True)
 class Attempt:
     """One claimed attempt: the durable record that a call is about to leave."""
 

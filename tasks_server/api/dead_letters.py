@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import NotFound, TaskNotFound, ValidationFailed
-from ..models import DeadLetterFilter, Task
+from ..models import Task
+from ..store import DeadLetterFilter
 from .convert import field_error, spec_to_wire
 from .errors import validation_failed
 from .outgoing import check_outgoing
@@ -79,6 +80,7 @@ class DeadLetterQuery(Strict):
 def _query(request: Request, *refused: str) -> DeadLetterQuery:
     """The query, refusing parameters this operation does not take (``refused``)."""
     raw = dict(request.query_params)
+    raw.pop("pretty", None)  # indents the answer (wire.answer); not a filter
     try:
         query = DeadLetterQuery.model_validate(raw)
     except ValidationError as exc:

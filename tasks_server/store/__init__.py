@@ -9,13 +9,13 @@ one raise the same TaskNotFound.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import TasksServerError
 from ..models import (
     Attempt,
     AttemptRecord,
-    DeadLetterFilter,
     DueTask,
     NewSchedule,
     NewTask,
@@ -32,6 +32,25 @@ from ..workflows.model import NewRun, RunState, WorkflowRun
 from ..workflows.steps import RunFinished, StepBuilder, StepStarted
 
 LIST_ORDERS = ("createdAt", "estimateEndAt", "estimateExecutionAt")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which of an owner's tasks in ERROR a dead-letter operation applies to; every field
+    is optional. ``label`` is a metadata key, or a key and the value it must have."""
+
+    failed_from_ms: int | None = None  # failed at or after
+    failed_until_ms: int | None = None  # failed before
+    status_code: int | None = None
+    schedule_id: str | None = None
+    label: tuple[str, str | None] | None = None
+
+    def matches_label(self, metadata: tuple[tuple[str, str], ...] | None) -> bool:
+        """True without a label filter, or when ``metadata`` has the label."""
+        if self.label is None:
+            return True
+        key, value = self.label
+        return any(k == key and (value is None or v == value) for k, v in metadata or ())
 
 
 class Store(Protocol):
@@ -347,4 +366,4 @@ class Store(Protocol):
         tasks' ids."""
 
 
-__all__ = ["LIST_ORDERS", "Store"]
+__all__ = ["LIST_ORDERS", "DeadLetterFilter", "Store"]

@@ -19,7 +19,6 @@ from tasks_server.errors import (
 )
 from tasks_server.models import (
     Credentials,
-    DeadLetterFilter,
     DueTask,
     FlowControl,
     FollowUp,
@@ -40,7 +39,7 @@ from tasks_server.models import (
     TaskState,
 )
 from tasks_server.sealing import Sealer, key_digest
-from tasks_server.store import Store
+from tasks_server.store import DeadLetterFilter, Store
 from tasks_server.store.ids import new_owner_id, new_task_id
 from tasks_server.store.postgres import PostgresStore
 from tasks_server.store.sqlite import SqliteStore

@@ -11,7 +11,8 @@ from typing import Any, LiteralString
 from psycopg import AsyncCursor
 
 from ...errors import PreconditionFailed, QueueLimitReached, TaskNotFound
-from ...models import DeadLetterFilter, Task, TaskSpec
+from ...models import Task, TaskSpec
+from .. import DeadLetterFilter
 from .base import PgBase
 from .owners import lock_capacity
 from .tasks import TASK_BY_ID, TASK_COLUMNS, TASK_SPEC

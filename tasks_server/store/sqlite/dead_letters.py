@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from typing import Any, LiteralString
 
 from ...errors import PreconditionFailed, QueueLimitReached, TaskNotFound
-from ...models import DeadLetterFilter, Task, TaskSpec
+from ...models import Task, TaskSpec
+from .. import DeadLetterFilter
 from .base import METADATA, TASK_COLUMNS, StoreBase
 from .owners import OWNER_CAPACITY
 from .tasks import TASK_BY_ID, TASK_SPEC
