@@ -805,4 +805,5 @@ async def test_a_follow_up_is_created_with_the_outcome_that_counts(store: Store)
         task.id,
         follow_up.task_id,
     ]
-    assert (follow_up.task_id, T0 + 5) in await store.due_before(T0 + 10, 10)
+    due = [(d.task_id, d.due_at_ms) for d in await store.due_before(T0 + 10, 10)]
+    assert (follow_up.task_id, T0 + 5) in due
