@@ -12,6 +12,7 @@ TasksServerError
 │   └── WorkflowNotFound
 ├── Conflict                            e.g. an owner name already taken
 ├── PreconditionFailed                  wrong state, queue limit reached (422)
+│   ├── WrongState                      a transition the task's state forbids
 │   ├── QueueLimitReached
 │   └── Unsupported                     an option this build of libcurl cannot do
 ├── PayloadTooLarge                     request body over the limit (413)
@@ -90,11 +91,24 @@ class Conflict(TasksServerError):
 
 
 class PreconditionFailed(TasksServerError):
-    default_message = "The request did not meet one of it's preconditions"
+    """An action the target's state does not allow; the message says which rule."""
+
+    default_message = "The request did not meet one of its preconditions"
+
+
+class WrongState(PreconditionFailed):
+    """A task transition its current state does not allow."""
+
+    def __init__(self, task_id: str, state: str, rule: str) -> None:
+        self.task_id = task_id
+        self.state = state
+        super().__init__(f"Task {task_id} is {state}; {rule}")
 
 
 class QueueLimitReached(PreconditionFailed):
-    default_message = "Tasks in queue has reached it's limit"
+    def __init__(self, limit: int | None = None) -> None:
+        detail = "" if limit is None else f" of {limit} (the owner's tasksInQueueLimit)"
+        super().__init__(f"Tasks in queue has reached its limit{detail}")
 
 
 class Unsupported(PreconditionFailed):

@@ -77,7 +77,7 @@ async def delete(request: Request) -> Response:
     name = _name(request)
     owner = await app.store.get_owner(owner_id)
     if owner.name != name:
-        raise PreconditionFailed()
+        raise PreconditionFailed(f"{name} is not the name of the owner in X-Tasks-Owner-Id")
     await app.store.delete_owner(owner_id)
     app.auth.forget(owner_id)
     return answer(request, DONE)

@@ -84,8 +84,7 @@ def _validate_body(app: Services, body: bytes | None, now_ms: int) -> NewTask:
     try:
         wire = TaskIn.model_validate_json(body, context=context)
     except ValidationError as exc:
-        if any(error["type"] == "json_invalid" for error in exc.errors()):
-            raise ValidationFailed() from exc
+        # parse_json names the syntax error, or gives the value to name bad fields by
         raise validation_failed(exc, parse_json(body)) from exc
     return check_supported(app, to_new_task(wire, now_ms))
 
@@ -301,7 +300,7 @@ async def delete(request: Request) -> Response:
     try:
         await app.store.delete_task(owner_id, task_id)
     except TaskNotFound as exc:
-        raise PreconditionFailed() from exc
+        raise PreconditionFailed("This owner has no task with that id") from exc
     app.scheduler.forget(task_id)
     return answer(request, DONE)
 
@@ -311,4 +310,4 @@ async def _action(transition: Transition, app: Services, owner_id: str, task_id:
     try:
         return await transition(owner_id, task_id, app.clock.now_ms())
     except TaskNotFound as exc:
-        raise PreconditionFailed() from exc
+        raise PreconditionFailed("This owner has no task with that id") from exc

@@ -493,13 +493,22 @@ OwnerName = Annotated[
 
 
 def _owner_name(value: str) -> str:
-    if not re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", value):
-        raise PydanticCustomError(
-            "owner_name",
-            "String cannot start or end with a hyphen, contain consecutive hyphens, "
-            "or begin with a number",
-        )
-    return value
+    """5 to 32 characters (checked by the length constraint) of a-z, 0-9 and single
+    hyphens, starting with a letter; the message names the rule the value breaks."""
+    if re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", value):
+        return value
+    other = sorted({ch for ch in value if not (ch.isascii() and (ch.isalnum() or ch == "-"))})
+    upper = sorted({ch for ch in value if ch.isascii() and ch.isupper()})
+    if other or upper:
+        found = ", ".join(repr(ch) for ch in [*upper, *other])
+        problem = f"Use only lowercase letters a-z, digits and hyphens (found {found})"
+    elif value[:1].isdigit():
+        problem = "String cannot begin with a number"
+    elif value.startswith("-") or value.endswith("-"):
+        problem = "String cannot start or end with a hyphen"
+    else:
+        problem = "String cannot contain consecutive hyphens"
+    raise PydanticCustomError("owner_name", problem)
 
 
 class OwnerIn(Strict):

@@ -38,7 +38,13 @@ async def read_body(request: Request, max_bytes: int) -> bytes | None:
         logger.debug("client hung up during the request body of %s", request.url.path)
         raise ClientGone() from None
     body = b"".join(chunks)
-    if not _JSON_TYPE.match(request.headers.get("content-type", "")):
+    content_type = request.headers.get("content-type", "")
+    if not _JSON_TYPE.match(content_type):
+        if body.strip():  # a body the original would have ignored: say why instead
+            received = f"'{content_type}'" if content_type else "none"
+            raise ValidationFailed(
+                message=f"Content-Type must be application/json (received {received})"
+            )
         return None
     return body
 
@@ -51,8 +57,11 @@ def parse_json(body: bytes | None) -> Any:
         return {}
     try:
         return json.loads(body)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise ValidationFailed(message=f"The body is not valid JSON: {exc.msg} at {where}") from exc
     except (ValueError, RecursionError) as exc:
-        raise ValidationFailed() from exc
+        raise ValidationFailed(message="The body is not valid JSON") from exc
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:

@@ -105,6 +105,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    _check_files(settings)
+    if settings.uses_postgres:
+        return _run_server(settings)
+    from ..store.sqlite.lock import ServeLock
+
+    with ServeLock(settings.database_path):  # ConfigError when another server holds it
+        return _run_server(settings)
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_files(settings: Settings) -> None:
+    """Refuse, with the setting's name, files serve would only fail on later with a
+    traceback: missing TLS files, a database path that is not an SQLite file."""
+    for key, value in (
+        ("PATH_TLS_CERT", settings.path_tls_cert),
+        ("PATH_TLS_KEY", settings.path_tls_key),
+        ("PATH_TLS_CA", settings.path_tls_ca),
+    ):
+        if value and not Path(value).is_file():
+            raise ConfigError(key, value, "no such file")
+    database = settings.database_path
+    if settings.uses_postgres or not database.is_file() or database.stat().st_size == 0:
+        return
+    with database.open("rb") as file:
+        if file.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+            raise ConfigError("PATH_SQLITE", str(database), "is not an SQLite database file")
+
+
+def _run_server(settings: Settings) -> int:
     import uvicorn
 
     from ..app import build

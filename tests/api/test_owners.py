@@ -86,3 +86,22 @@ async def test_name_is_reusable_after_delete(client: httpx.AsyncClient, owner: O
     await client.delete(f"/v1/owners/{owner.name}", headers=owner.headers)
     again = await register_owner(client, owner.name)
     assert again.id != owner.id
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("My-Owner", "Use only lowercase letters a-z, digits and hyphens (found 'M', 'O')"),
+        ("owner_one", "Use only lowercase letters a-z, digits and hyphens (found '_')"),
+        ("1owner", "String cannot begin with a number"),
+        ("-owner", "String cannot start or end with a hyphen"),
+        ("owner-", "String cannot start or end with a hyphen"),
+        ("own--er", "String cannot contain consecutive hyphens"),
+    ],
+)
+async def test_the_owner_name_error_names_the_rule_broken(
+    client: httpx.AsyncClient, name: str, message: str
+) -> None:
+    response = await client.post("/v1/owners/register", json={"name": name})
+    assert response.status_code == 400
+    assert response.json()["message"]["name"]["_errors"] == [message]

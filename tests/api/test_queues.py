@@ -230,7 +230,9 @@ async def test_queue_limit(make_server: ServerFactory) -> None:
             assert (await register_task(client, owner)).status_code == 201
         response = await register_task(client, owner)
         assert response.status_code == 422
-        assert response.json()["message"] == "Tasks in queue has reached it's limit"
+        assert response.json()["message"] == (
+            "Tasks in queue has reached its limit of 2 (the owner's tasksInQueueLimit)"
+        )
         assert len((await client.get("/v1/queues", headers=owner.headers)).json()) == 2
 
 
@@ -326,3 +328,14 @@ async def test_an_edit_of_a_paused_task_keeps_the_time_left(
     assert resumed.status_code == 200
     view = (await client.get(f"/v1/queues/{task['id']}", headers=owner.headers)).json()
     assert view["nextAttemptAt"] == clock.now_ms() + 4000
+
+
+async def test_a_refused_transition_says_the_state_and_the_rule(
+    client: httpx.AsyncClient, owner: OwnerAuth
+) -> None:
+    task = (await register_task(client, owner)).json()
+    resumed = await client.patch(f"/v1/queues/{task['id']}/resume", headers=owner.headers)
+    assert resumed.status_code == 422
+    assert resumed.json()["message"] == (
+        f"Task {task['id']} is RUNNING; only a PAUSED task can be resumed"
+    )

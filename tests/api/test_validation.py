@@ -202,7 +202,7 @@ async def test_body_must_be_an_object(
 @pytest.mark.parametrize(
     "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "Application/JSON"]
 )
-async def test_non_json_content_type_reads_as_empty_object(
+async def test_a_body_without_a_json_content_type_is_refused_saying_so(
     client: httpx.AsyncClient, owner: OwnerAuth, content_type: str | None
 ) -> None:
     headers = dict(owner.headers)
@@ -210,7 +210,26 @@ async def test_non_json_content_type_reads_as_empty_object(
         headers["Content-Type"] = content_type
     response = await client.post(REGISTER, content=json.dumps(body()), headers=headers)
     assert response.status_code == 400
+    received = "none" if content_type is None else f"'{content_type}'"
+    message = f"Content-Type must be application/json (received {received})"
+    assert response.json() == {"action": FIX, "message": message}
+
+
+async def test_no_body_and_no_content_type_reads_as_empty_object(
+    client: httpx.AsyncClient, owner: OwnerAuth
+) -> None:
+    response = await client.post(REGISTER, headers=owner.headers)
+    assert response.status_code == 400
     assert response.json() == {"action": FIX, "message": only_error(("httpRequest",), "Required")}
+
+
+async def test_malformed_json_says_where(client: httpx.AsyncClient, owner: OwnerAuth) -> None:
+    headers = {**owner.headers, "Content-Type": "application/json"}
+    response = await client.post(REGISTER, content=b'{"httpRequest": ', headers=headers)
+    assert response.status_code == 400
+    assert response.json()["message"] == (
+        "The body is not valid JSON: Expecting value at line 1 column 17"
+    )
 
 
 @pytest.mark.parametrize(
@@ -222,18 +241,6 @@ async def test_json_content_types_with_suffix_or_parameters(
     headers = {**owner.headers, "Content-Type": content_type}
     response = await client.post(REGISTER, content=json.dumps(body()), headers=headers)
     assert response.status_code == 201, response.text
-
-
-async def test_invalid_json_gets_the_default_message(
-    client: httpx.AsyncClient, owner: OwnerAuth
-) -> None:
-    headers = {**owner.headers, "Content-Type": "application/json"}
-    response = await client.post(REGISTER, content=b'{"httpRequest": ', headers=headers)
-    assert response.status_code == 400
-    assert response.json() == {
-        "action": FIX,
-        "message": "A request includes an invalid credential or value",
-    }
 
 
 async def test_body_over_the_size_limit_is_413(client: httpx.AsyncClient, owner: OwnerAuth) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.process import ServerProcess
+from tests.support.process import ServerProcess, free_port
 
 
 def register_delayed_task(server: ServerProcess, delay_ms: int) -> None:
@@ -48,15 +48,39 @@ def test_a_server_stopped_by_sigterm_exits_0(tmp_path: Path) -> None:
     assert server.terminate(timeout=20) == 0
 
 
-def test_serve_with_a_file_that_is_not_a_database_exits_non_zero(tmp_path: Path) -> None:
-    (tmp_path / "tasks.db").write_bytes(b"this is not an SQLite database" * 100)
-    server = ServerProcess(tmp_path)
-    result = subprocess.run(
+def serve_once(server: ServerProcess, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``serve`` with ``server``'s settings (plus ``env``) until it exits by itself."""
+    return subprocess.run(
         [sys.executable, "-m", "tasks_server", "serve"],
-        cwd=tmp_path,
-        env=server.env,
+        cwd=server.directory,
+        env={**server.env, "PORT": str(free_port()), **env},
         capture_output=True,
+        text=True,
         timeout=30,
         check=False,
     )
-    assert result.returncode != 0
+
+
+def test_serve_with_a_file_that_is_not_a_database_says_so(tmp_path: Path) -> None:
+    database = tmp_path / "tasks.db"
+    database.write_bytes(b"this is not an SQLite database" * 100)
+    result = serve_once(ServerProcess(tmp_path))
+    assert result.returncode == 2
+    assert f"PATH_SQLITE='{database}': is not an SQLite database file" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_serve_with_a_missing_tls_certificate_says_which_setting(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    result = serve_once(ServerProcess(tmp_path), PATH_TLS_CERT=missing, PATH_TLS_KEY=missing)
+    assert result.returncode == 2
+    assert f"PATH_TLS_CERT='{missing}': no such file" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_second_server_on_the_same_database_is_refused(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path) as first:
+        result = serve_once(first)
+        assert result.returncode == 2
+        assert "another tasks-server already serves this database" in result.stderr
+        assert first.process is not None and first.process.poll() is None

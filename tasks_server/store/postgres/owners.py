@@ -89,7 +89,10 @@ class PgOwnerOps(PgBase):
             await cur.execute(OWNER_PENDING, (owner_id,))
             pending = await cur.fetchone()
             if pending and pending[0]:
-                raise PreconditionFailed()
+                raise PreconditionFailed(
+                    "The owner still has tasks in queue (RUNNING or PAUSED); "
+                    "revoke or delete them first"
+                )
             await cur.execute(OWNER_DELETE, (owner_id,))
 
         await self._tx(op)

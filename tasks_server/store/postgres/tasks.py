@@ -10,7 +10,12 @@ from typing import Any, LiteralString
 
 from psycopg import AsyncCursor
 
-from ...errors import PreconditionFailed, QueueLimitReached, TaskNotFound, TasksServerError
+from ...errors import (
+    QueueLimitReached,
+    TaskNotFound,
+    TasksServerError,
+    WrongState,
+)
 from ...models import AttemptRecord, NewTask, Task, TaskSpec, TaskState
 from ...timing import resume_due_ms
 from .. import LIST_ORDERS
@@ -75,6 +80,11 @@ TASK_EXECUTE: LiteralString = (
     "UPDATE task SET estimate_execution_at = %s, due_at = %s, next_at = %s "
     "WHERE id = %s AND owner_id = %s AND state = 'RUNNING' AND NOT in_flight"
 )
+RULE_PAUSE = "only a RUNNING task can be paused"
+RULE_RESUME = "only a PAUSED task can be resumed"
+RULE_REVOKE = "only a RUNNING or PAUSED task can be revoked"
+RULE_EXECUTE = "only a RUNNING task can be executed"
+RULE_EDIT = "only a RUNNING or PAUSED task that has not made an attempt can be edited"
 TASK_EDIT: LiteralString = (
     "UPDATE task SET spec = %s, metadata = %s, estimate_execution_at = %s, due_at = %s, "
     "priority = %s, flow_key = %s, "
@@ -250,17 +260,16 @@ class PgTaskOps(PgBase):
         ]
 
     def _transition(
-        self, owner_id: str, task_id: str, sql: LiteralString, params: Sequence[Any]
+        self, owner_id: str, task_id: str, sql: LiteralString, params: Sequence[Any], rule: str
     ) -> Callable[[Cursor], Awaitable[Task]]:
-        """An op that runs one guarded UPDATE and returns the task after it."""
+        """An op that runs one guarded UPDATE and returns the task after it; when the
+        guard refuses, WrongState says the task's state and ``rule``."""
 
         async def op(cur: Cursor) -> Task:
             await cur.execute(sql, params)
             if cur.rowcount == 0:
-                await cur.execute(TASK_SPEC, (task_id, owner_id))
-                if await cur.fetchone() is None:
-                    raise TaskNotFound(task_id)
-                raise PreconditionFailed()
+                row = await self._locked_state(cur, owner_id, task_id)
+                raise WrongState(task_id, row[0], rule)
             return await self._task_after(cur, owner_id, task_id)
 
         return op
@@ -272,11 +281,13 @@ class PgTaskOps(PgBase):
         return self._task(row)
 
     async def pause_task(self, owner_id: str, task_id: str, now_ms: int) -> Task:
-        op = self._transition(owner_id, task_id, TASK_PAUSE, (now_ms, task_id, owner_id))
+        params = (now_ms, task_id, owner_id)
+        op = self._transition(owner_id, task_id, TASK_PAUSE, params, RULE_PAUSE)
         return await self._tx(op)
 
     async def revoke_task(self, owner_id: str, task_id: str, now_ms: int) -> Task:
-        op = self._transition(owner_id, task_id, TASK_REVOKE, (now_ms, task_id, owner_id))
+        params = (now_ms, task_id, owner_id)
+        op = self._transition(owner_id, task_id, TASK_REVOKE, params, RULE_REVOKE)
         return await self._tx(op)
 
     async def _locked_state(self, cur: Cursor, owner_id: str, task_id: str) -> tuple[Any, ...]:
@@ -290,7 +301,7 @@ class PgTaskOps(PgBase):
         async def op(cur: Cursor) -> Task:
             row = await self._locked_state(cur, owner_id, task_id)
             if row[0] != TaskState.RUNNING:
-                raise PreconditionFailed()
+                raise WrongState(task_id, row[0], RULE_EXECUTE)
             if not row[3]:  # an attempt in flight is left to finish
                 await cur.execute(TASK_EXECUTE, (now_ms, now_ms, now_ms, task_id, owner_id))
                 await self._notify_due(cur, [(task_id, now_ms)], now_ms)
@@ -302,7 +313,7 @@ class PgTaskOps(PgBase):
         async def op(cur: Cursor) -> Task:
             row = await self._locked_state(cur, owner_id, task_id)
             if row[0] != TaskState.PAUSED:
-                raise PreconditionFailed()
+                raise WrongState(task_id, row[0], RULE_RESUME)
             config = self._open_spec(row[5]).config
             due = resume_due_ms(config, due_at_ms=row[1], paused_at_ms=row[2], now_ms=now_ms)
             await cur.execute(TASK_RESUME, (due, due, due, task_id, owner_id))
@@ -330,7 +341,7 @@ class PgTaskOps(PgBase):
             *(spec_blob, metadata_blob, due, due, priority, flow_key),
             *(due, now_ms, task_id, owner_id),
         )
-        transition = self._transition(owner_id, task_id, TASK_EDIT, params)
+        transition = self._transition(owner_id, task_id, TASK_EDIT, params, RULE_EDIT)
 
         async def op(cur: Cursor) -> Task:
             task = await transition(cur)

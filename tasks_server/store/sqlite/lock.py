@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from ...errors import BackupError
+from ...errors import BackupError, ConfigError
 
 
 class DatabaseLock:
@@ -45,6 +45,38 @@ class DatabaseLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("ab")
         return self._file
+
+
+class ServeLock:
+    """``<db>.serve.lock``, held exclusively by the one server that serves the database:
+    a second ``serve`` on the same file is refused instead of starting beside it. Raises
+    ConfigError naming PATH_SQLITE when another process holds it."""
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self.path = database.with_name(f"{database.name}.serve.lock")
+        self._file: IO[bytes] | None = None
+
+    def __enter__(self) -> ServeLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = self.path.open("ab")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            raise ConfigError(
+                "PATH_SQLITE",
+                str(self.database),
+                f"another tasks-server already serves this database ({self.path} is "
+                "locked); stop it first, or give this one another database",
+            ) from None
+        self._file = file
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 @contextlib.contextmanager

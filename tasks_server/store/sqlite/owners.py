@@ -65,6 +65,9 @@ class OwnerOps(StoreBase):
                 return
             if conn.execute(OWNER_EXISTS, (owner_id,)).fetchone() is None:
                 raise OwnerNotFound()
-            raise PreconditionFailed()
+            raise PreconditionFailed(
+                "The owner still has tasks in queue (RUNNING or PAUSED); "
+                "revoke or delete them first"
+            )
 
         await self._write(op)

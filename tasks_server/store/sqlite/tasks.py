@@ -10,10 +10,10 @@ from typing import Any, LiteralString
 
 from ...errors import (
     OwnerNotFound,
-    PreconditionFailed,
     QueueLimitReached,
     TaskNotFound,
     TasksServerError,
+    WrongState,
 )
 from ...models import (
     AttemptRecord,
@@ -76,6 +76,11 @@ TASK_EXECUTE: LiteralString = (
     "UPDATE task SET estimate_execution_at = ?, due_at = ?, next_at = ? "
     "WHERE id = ? AND owner_id = ? AND state = 'RUNNING' AND in_flight = 0"
 )
+RULE_PAUSE = "only a RUNNING task can be paused"
+RULE_RESUME = "only a PAUSED task can be resumed"
+RULE_REVOKE = "only a RUNNING or PAUSED task can be revoked"
+RULE_EXECUTE = "only a RUNNING task can be executed"
+RULE_EDIT = "only a RUNNING or PAUSED task that has not made an attempt can be edited"
 TASK_EDIT: LiteralString = (
     "UPDATE task SET spec = ?, metadata = ?, estimate_execution_at = ?, due_at = ?, "
     "priority = ?, flow_key = ?, "
@@ -170,7 +175,7 @@ class TaskOps(StoreBase):
             if row is None:
                 raise OwnerNotFound()
             if row[1] and row[0] >= row[1]:
-                raise QueueLimitReached()
+                raise QueueLimitReached(row[1])
             conn.execute(TASK_REGISTER, params)
             if flow is not None:
                 conn.execute(
@@ -257,24 +262,29 @@ class TaskOps(StoreBase):
         task_id: str,
         sql: LiteralString,
         params: Sequence[Any],
+        rule: str,
     ) -> Callable[[sqlite3.Connection], Task]:
-        """An op that runs one guarded UPDATE and returns the task after it."""
+        """An op that runs one guarded UPDATE and returns the task after it; when the
+        guard refuses, WrongState says the task's state and ``rule``."""
 
         def op(conn: sqlite3.Connection) -> Task:
             if conn.execute(sql, params).rowcount == 0:
-                if conn.execute(TASK_SPEC, (task_id, owner_id)).fetchone() is None:
+                row = conn.execute(TASK_STATE, (task_id, owner_id)).fetchone()
+                if row is None:
                     raise TaskNotFound(task_id)
-                raise PreconditionFailed()
+                raise WrongState(task_id, row[0], rule)
             return self._task(conn.execute(TASK_BY_ID, (task_id, owner_id)).fetchone())
 
         return op
 
     async def pause_task(self, owner_id: str, task_id: str, now_ms: int) -> Task:
-        op = self._transition(owner_id, task_id, TASK_PAUSE, (now_ms, task_id, owner_id))
+        params = (now_ms, task_id, owner_id)
+        op = self._transition(owner_id, task_id, TASK_PAUSE, params, RULE_PAUSE)
         return await self._write(op)
 
     async def revoke_task(self, owner_id: str, task_id: str, now_ms: int) -> Task:
-        op = self._transition(owner_id, task_id, TASK_REVOKE, (now_ms, task_id, owner_id))
+        params = (now_ms, task_id, owner_id)
+        op = self._transition(owner_id, task_id, TASK_REVOKE, params, RULE_REVOKE)
         return await self._write(op)
 
     async def execute_task(self, owner_id: str, task_id: str, now_ms: int) -> Task:
@@ -283,7 +293,7 @@ class TaskOps(StoreBase):
             if row is None:
                 raise TaskNotFound(task_id)
             if row[0] != TaskState.RUNNING:
-                raise PreconditionFailed()
+                raise WrongState(task_id, row[0], RULE_EXECUTE)
             if not row[3]:  # an attempt in flight is left to finish
                 conn.execute(TASK_EXECUTE, (now_ms, now_ms, now_ms, task_id, owner_id))
             return self._task(conn.execute(TASK_BY_ID, (task_id, owner_id)).fetchone())
@@ -296,7 +306,7 @@ class TaskOps(StoreBase):
             if row is None:
                 raise TaskNotFound(task_id)
             if row[0] != TaskState.PAUSED:
-                raise PreconditionFailed()
+                raise WrongState(task_id, row[0], RULE_RESUME)
             config = self._open_spec(row[5]).config
             due = resume_due_ms(config, due_at_ms=row[1], paused_at_ms=row[2], now_ms=now_ms)
             conn.execute(TASK_RESUME, (due, due, due, task_id, owner_id))
@@ -323,4 +333,4 @@ class TaskOps(StoreBase):
             *(spec_blob, metadata_blob, due, due, priority, flow_key),
             *(due, now_ms, task_id, owner_id),
         )
-        return await self._write(self._transition(owner_id, task_id, TASK_EDIT, params))
+        return await self._write(self._transition(owner_id, task_id, TASK_EDIT, params, RULE_EDIT))
