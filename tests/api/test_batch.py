@@ -61,7 +61,9 @@ async def test_items_keep_their_order_and_limit_errors_are_per_item(
         results = response.json()
         assert [r["status"] for r in results] == [201, 201, 200, 201, 422]
         assert results[2]["deduplicated"] and results[2]["task"]["id"] == results[1]["task"]["id"]
-        assert results[4]["message"] == "Tasks in queue has reached it's limit"
+        assert results[4]["message"] == (
+            "Tasks in queue has reached its limit of 3 (the owner's tasksInQueueLimit)"
+        )
 
 
 async def test_a_bad_batch_is_400_and_changes_nothing(
