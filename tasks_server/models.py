@@ -164,6 +164,14 @@ class FlowControl:
     parallelism: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FlowSetting:
+    """A flow-control key as stored: its limits and whether its owner paused it."""
+
+    flow: FlowControl
+    paused: bool = False
+
+
 DEFAULT_USER_AGENT = "Tasks-Server/1.0 (compatible; Linux x86_64; +http://tasks-server)"
 
 

@@ -18,7 +18,7 @@ from ..store import Store
 from .convert import to_new_task
 from .errors import error_body, validation_failed
 from .outgoing import check_outgoing
-from .queues import check_supported, record
+from .queues import arm, check_supported, rearm, record
 from .schemas import TaskIn
 from .services import Services, services
 from .wire import answer, parse_json, read_body
@@ -90,9 +90,8 @@ async def register_batch(request: Request) -> Response:
     for item in items:
         outcome = next(stored) if isinstance(item, NewTask) else item
         if isinstance(outcome, Task):
-            if not outcome.deduplicated:
-                priority = item.spec.config.priority if isinstance(item, NewTask) else 0
-                app.scheduler.notify(outcome.id, outcome.estimate_execution_at_ms, priority)
+            if not outcome.deduplicated and isinstance(item, NewTask):
+                arm(app, owner_id, outcome.id, item.due_at_ms, item.spec)
             results.append(_task_result(outcome))
         else:
             status, error = error_body(outcome)
@@ -204,7 +203,7 @@ async def _apply(
         status, error = error_body(exc)
         return {"id": task_id, "status": status, **error}
     if task is not None and task.state is TaskState.RUNNING and task.due_at_ms is not None:
-        app.scheduler.notify(task.id, task.due_at_ms)
+        await rearm(app, owner_id, task)
     else:
         app.scheduler.forget(task_id)
     return None

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import PreconditionFailed, TaskNotFound, Unsupported, ValidationFailed
-from ..models import NewTask, Task, TaskState
+from ..models import NewTask, Task, TaskSpec, TaskState
 from ..timing import first_due_ms
 from . import results
 from .convert import field_error, spec_to_wire, to_new_task
@@ -107,6 +107,30 @@ def with_dedup(app: Services, new: NewTask, header: str | None, now_ms: int) -> 
     return dataclasses.replace(new, spec=spec, dedup_until_ms=until)
 
 
+def arm(app: Services, owner_id: str, task_id: str, due_at_ms: int, spec: TaskSpec) -> None:
+    """Tell the scheduler a task is claimable, with its priority and flow-control key; a
+    key named by the task takes the limits it gives (the last registration wins)."""
+    config = spec.config
+    flow = config.flow_control
+    if flow is not None:
+        app.scheduler.configure_flow(owner_id, flow)
+    ref = None if flow is None else (owner_id, flow.key)
+    app.scheduler.notify(task_id, due_at_ms, config.priority, ref)
+
+
+async def rearm(app: Services, owner_id: str, task: Task) -> None:
+    """``arm`` a task again after a transition (its spec is read for its key)."""
+    if task.due_at_ms is None:
+        return
+    try:
+        spec = await app.store.get_spec(owner_id, task.id)
+    except TaskNotFound:
+        return  # deleted meanwhile
+    config = spec.config
+    ref = None if config.flow_control is None else (owner_id, config.flow_control.key)
+    app.scheduler.notify(task.id, task.due_at_ms, config.priority, ref)
+
+
 def created(request: Request, task: Task) -> Response:
     """201 with a new task; 200 and ``X-Tasks-Deduplicated: true`` with an existing one."""
     if task.deduplicated:
@@ -128,7 +152,7 @@ async def register(request: Request) -> Response:
     task = await app.store.create_task(owner_id, new, now)
     if task.deduplicated:
         return created(request, task)
-    app.scheduler.notify(task.id, new.due_at_ms, new.spec.config.priority)
+    arm(app, owner_id, task.id, new.due_at_ms, new.spec)
     if wait_s is not None:
         task = await results.wait_until_final(app, owner_id, task.id, wait_s)
         return results.answer_result(request, task, 201)
@@ -237,7 +261,7 @@ async def edit(request: Request) -> Response:
     new = dataclasses.replace(new, due_at_ms=_edited_due_ms(current, new, patch, now))
     task = await app.store.edit_task(owner_id, task_id, new, now)
     if task.state is TaskState.RUNNING:
-        app.scheduler.notify(task.id, new.due_at_ms, new.spec.config.priority)
+        arm(app, owner_id, task.id, new.due_at_ms, new.spec)
     return answer(request, record(task))
 
 
@@ -263,8 +287,7 @@ async def execute(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
     task = await _action(app.store.execute_task, app, owner_id, task_id_of(request))
-    if task.due_at_ms is not None:
-        app.scheduler.notify(task.id, task.due_at_ms)
+    await rearm(app, owner_id, task)
     return answer(request, DONE)
 
 
@@ -280,8 +303,7 @@ async def resume(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
     task = await _action(app.store.resume_task, app, owner_id, task_id_of(request))
-    if task.due_at_ms is not None:
-        app.scheduler.notify(task.id, task.due_at_ms)
+    await rearm(app, owner_id, task)
     return answer(request, record(task))
 
 

@@ -13,7 +13,7 @@ from ..clock import Clock
 from ..config import Settings
 from ..dispatch.egress import EgressPolicy
 from ..engine.waiters import FinalWaiters
-from ..models import HttpRequest, TaskConfig
+from ..models import FlowControl, HttpRequest, TaskConfig
 from ..store import Store
 from .auth import Authenticator
 
@@ -21,7 +21,17 @@ from .auth import Authenticator
 class Notifier(Protocol):
     """What the API may tell the scheduler: in-memory calls, no I/O, never blocking."""
 
-    def notify(self, task_id: str, due_at_ms: int, priority: int = 0) -> None: ...
+    def notify(
+        self,
+        task_id: str,
+        due_at_ms: int,
+        priority: int = 0,
+        flow: tuple[str, str] | None = None,
+    ) -> None: ...
+
+    def configure_flow(
+        self, owner_id: str, flow: FlowControl, paused: bool | None = None
+    ) -> None: ...
 
     def forget(self, task_id: str) -> None: ...
 

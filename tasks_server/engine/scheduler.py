@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from ..clock import Backoff, Clock, sleep_or_wake
 from ..dispatch import Dispatcher
 from ..errors import StorageUnavailable
-from ..models import Attempt, Call, DueTask, Outcome, Result, TaskState
+from ..models import Attempt, Call, DueTask, FlowControl, FlowRef, Outcome, Result, TaskState
 from ..store import Store
 from ..store.ids import new_task_id
 from ..timing import attempt_timeout_ms
 from .callbacks import callback_for
 from .leases import LeaseKeeper
+from .limits import FlowGate
 from .retry import DEFAULT_RETRY_AFTER_MAX_MS, decide
 from .timers import DueTimers
 from .waiters import FinalWaiters
@@ -102,7 +103,9 @@ class Scheduler:
         self._rng = random.Random(self._options.seed)
         # claimed ahead: (due, -priority, seq, attempt)
         self._held: list[tuple[int, int, int, Attempt]] = []
-        self._priorities: dict[str, int] = {}  # of the attempts in flight
+        # of the attempts in flight: what a retry is armed with again
+        self._priorities: dict[str, tuple[int, FlowRef | None]] = {}
+        self.flows = FlowGate()  # flow-control keys: limits and the tasks held back
         self._held_ids: dict[str, Attempt] = {}
         self._held_changed = asyncio.Event()  # wakes the starter: an earlier attempt is held
         self._claimed_at_ms: dict[str, int] = {}  # held attempts: when they were claimed
@@ -122,11 +125,15 @@ class Scheduler:
 
     # -- called by the API (in-memory, never blocking) ----------------------------------
 
-    def notify(self, task_id: str, due_at_ms: int, priority: int = 0) -> None:
-        """A task became claimable at ``due_at_ms``; arm it if it is within the horizon."""
+    def notify(
+        self, task_id: str, due_at_ms: int, priority: int = 0, flow: FlowRef | None = None
+    ) -> None:
+        """A task became claimable at ``due_at_ms``; arm it if it is within the horizon.
+        ``flow``: the (owner, key) whose limits it waits for."""
         if self._refilling is not None:
-            self._refilling.append(DueTask(task_id, due_at_ms, priority))
+            self._refilling.append(DueTask(task_id, due_at_ms, priority, flow))
         if due_at_ms < self._horizon_end_ms:
+            self.flows.note(task_id, flow)
             self._timers.push(task_id, due_at_ms, priority)
             if self._wake_at_ms is None or due_at_ms < self._wake_at_ms:
                 self._wake.set()
@@ -137,6 +144,7 @@ class Scheduler:
         An attempt claimed ahead of its due time is dropped unsent; its history row says so.
         """
         self._timers.discard(task_id)
+        self.flows.drop(task_id)
         self.waiters.wake(task_id)  # revoked or deleted: a waiter reads the task again
         attempt = self._held_ids.pop(task_id, None)
         self._claimed_at_ms.pop(task_id, None)
@@ -148,6 +156,11 @@ class Scheduler:
                 )
             )
             self._results_ready.set()
+
+    def configure_flow(self, owner_id: str, flow: FlowControl, paused: bool | None = None) -> None:
+        """A registration (the last one wins) or an edit set the key's limits."""
+        self.flows.limits.configure((owner_id, flow.key), flow, paused)
+        self._wake.set()
 
     def wait_final(self, task_id: str) -> asyncio.Future[None]:
         """A future resolved once an outcome that ends the task is committed (or the
@@ -223,6 +236,9 @@ class Scheduler:
         next_due = self._timers.next_due()
         if next_due is not None and self._has_slots():
             wake_at = min(wake_at, next_due - self._options.lookahead_ms)
+        flow_wake = self.flows.next_wake_ms(now_ms)
+        if flow_wake is not None and self._has_slots():
+            wake_at = min(wake_at, flow_wake)
         self._wake_at_ms = wake_at
         return min(max(wake_at - now_ms, 0) / 1000, MAX_NAP_S)
 
@@ -248,15 +264,24 @@ class Scheduler:
         # Claim a burst in chunks: the first calls leave while the next chunk is being
         # claimed, instead of all waiting for one large transaction and spec decoding.
         lookahead = self._options.lookahead_ms
-        due = self._timers.pop_due(now_ms + lookahead, limit=min(slots, CLAIM_CHUNK))
+        budget = min(slots, CLAIM_CHUNK)
+        entries = self._timers.pop_due_entries(now_ms + lookahead, limit=budget)
+        due = self.flows.sort(entries)  # tasks of a flow-control key wait behind it
+        await self._configure_flows()
+        due += self.flows.admit(now_ms, budget - len(due))
         if not due:
             return started
         try:
             attempts = await self._store.claim_due(due, now_ms, lookahead)
         except StorageUnavailable:
             for task_id in due:  # nothing was claimed: try them again after a pause
+                self.flows.release(task_id)
                 self._timers.push(task_id, now_ms)
             raise
+        claimed = {attempt.task_id for attempt in attempts}
+        for task_id in due:
+            if task_id not in claimed:
+                self.flows.release(task_id)  # paused, revoked or deleted meanwhile
         for attempt in attempts:
             self._held_ids[attempt.task_id] = attempt
             self._claimed_at_ms[attempt.task_id] = now_ms
@@ -303,6 +328,14 @@ class Scheduler:
             "task %s attempt %d not sent: its lease ended", attempt.task_id, attempt.number
         )
 
+    async def _configure_flows(self) -> None:
+        """Read the limits of keys met for the first time (after a start, say)."""
+        for owner_id, key in self.flows.unconfigured():
+            setting = await self._store.get_flow_control(owner_id, key)
+            flow = FlowControl(key) if setting is None else setting.flow
+            paused = False if setting is None else setting.paused
+            self.flows.limits.configure((owner_id, key), flow, paused)
+
     async def _refill(self, now_ms: int) -> None:
         """Load every claimable task due before now + horizon into the timers."""
         until = now_ms + self._options.horizon_ms
@@ -312,8 +345,12 @@ class Scheduler:
             if len(rows) == _REFILL_LIMIT:
                 until = rows[-1].due_at_ms  # ties at the cut are loaded by the next refill
             for due in (*rows, *self._refilling):
-                if due.due_at_ms < until and due.task_id not in self._in_flight:
-                    self._timers.push(due.task_id, due.due_at_ms, due.priority)
+                if due.due_at_ms >= until or due.task_id in self._in_flight:
+                    continue
+                if self.flows.is_known(due.task_id):
+                    continue  # already waiting behind its key, or admitted
+                self.flows.note(due.task_id, due.flow)
+                self._timers.push(due.task_id, due.due_at_ms, due.priority)
             self._horizon_end_ms = until
         finally:
             self._refilling = None
@@ -333,7 +370,10 @@ class Scheduler:
             self.stats.on_start(float(now_ms - attempt.due_at_ms))
         future = self._dispatcher.submit(call)
         self._in_flight[attempt.task_id] = future
-        self._priorities[attempt.task_id] = config.priority
+        self._priorities[attempt.task_id] = (
+            config.priority,
+            self.flows.started_flow(attempt.task_id),
+        )
         future.add_done_callback(lambda done: self._finished(attempt, done))
 
     def _finished(self, attempt: Attempt, future: asyncio.Future[Outcome]) -> None:
@@ -341,6 +381,8 @@ class Scheduler:
             return  # shutting down: the claim stays durable and is retried at start-up
         exc = future.exception()
         outcome = future.result() if exc is None else Outcome(status=0, error=repr(exc))
+        if self.flows.release(attempt.task_id):
+            self._wake.set()  # a slot of its key is free: a waiting task may start
         options = self._options
         result = decide(
             attempt,
@@ -393,7 +435,7 @@ class Scheduler:
         recorded: list[tuple[Attempt, Result]] = []
         for result in batch:
             self._in_flight.pop(result.task_id, None)
-            priority = self._priorities.pop(result.task_id, 0)
+            priority, flow = self._priorities.pop(result.task_id, (0, None))
             attempt = self._attempts.pop((result.task_id, result.attempt_number), None)
             if result.task_id not in updated:
                 continue
@@ -401,7 +443,7 @@ class Scheduler:
             if attempt is not None:
                 recorded.append((attempt, result))
             if result.next_due_at_ms is not None:
-                self.notify(result.task_id, result.next_due_at_ms, priority)
+                self.notify(result.task_id, result.next_due_at_ms, priority, flow)
             elif result.state.is_terminal:
                 self.waiters.wake(result.task_id)
             if result.follow_up is not None:

@@ -37,13 +37,17 @@ class DueTimers:
 
     def pop_due(self, now_ms: int, limit: int | None = None) -> list[str]:
         """Ids due at or before ``now_ms``, earliest first, at most ``limit`` of them."""
+        return [task_id for _, _, task_id in self.pop_due_entries(now_ms, limit)]
+
+    def pop_due_entries(self, now_ms: int, limit: int | None = None) -> list[tuple[int, int, str]]:
+        """Like pop_due, as (due ms, priority, id)."""
         heap, due = self._heap, self._due
-        popped: list[str] = []
+        popped: list[tuple[int, int, str]] = []
         while heap and heap[0][0] <= now_ms and (limit is None or len(popped) < limit):
-            due_ms, _, _, task_id = heapq.heappop(heap)
+            due_ms, negative_priority, _, task_id = heapq.heappop(heap)
             if due.get(task_id) == due_ms:
                 del due[task_id]
-                popped.append(task_id)
+                popped.append((due_ms, -negative_priority, task_id))
         return popped
 
     def next_due(self) -> int | None:

@@ -17,6 +17,7 @@ from ..models import (
     Attempt,
     AttemptRecord,
     DueTask,
+    FlowSetting,
     NewSchedule,
     NewTask,
     Owner,
@@ -217,6 +218,10 @@ class Store(Protocol):
         A result whose task was paused, revoked, deleted or re-claimed meanwhile only
         completes its attempt row. Returns the ids whose task state was updated.
         """
+
+    async def get_flow_control(self, owner_id: str, key: str) -> FlowSetting | None:
+        """A flow-control key's limits as last set (by a registration naming the key, or
+        an edit), and whether it is paused; None when the owner never named the key."""
 
     async def requeue_interrupted(self, now_ms: int) -> int:
         """At start-up: attempts left in flight by a crash end as interrupted and their

@@ -21,6 +21,8 @@ from tasks_server.models import (
     Credentials,
     DueTask,
     FlowControl,
+    FlowPeriod,
+    FlowSetting,
     FollowUp,
     HttpRequest,
     NewSchedule,
@@ -365,6 +367,19 @@ async def test_deduplication_returns_the_existing_task(store: Store) -> None:
     await store.record_outcomes([success(later.id, attempt.number, T0 + 61_001)])
     final = await store.create_task(owner.id, deduplicated(), T0 + 62_000)
     assert final.deduplicated and final.id == later.id and final.state is TaskState.SUCCESS
+
+
+async def test_the_last_registration_sets_a_flow_keys_limits(store: Store) -> None:
+    owner = await make_owner(store)
+    other = await make_owner(store, "owner-two")
+    assert await store.get_flow_control(owner.id, "k1") is None
+    first = FlowControl("k1", rate=10, parallelism=3)
+    await store.create_task(owner.id, new_task(flow_control=first), T0)
+    assert await store.get_flow_control(owner.id, "k1") == FlowSetting(first)
+    later = FlowControl("k1", rate=5, period=FlowPeriod.MINUTE)
+    await store.create_tasks(owner.id, [new_task(flow_control=later)], T0 + 1)
+    assert await store.get_flow_control(owner.id, "k1") == FlowSetting(later)
+    assert await store.get_flow_control(other.id, "k1") is None  # keys are per owner
 
 
 async def test_concurrent_registrations_with_one_key_create_one_task(store: Store) -> None:

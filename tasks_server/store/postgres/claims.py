@@ -17,7 +17,7 @@ from typing import Any, LiteralString
 
 from psycopg import AsyncCursor
 
-from ...models import Attempt, DueTask, Result
+from ...models import Attempt, DueTask, FlowControl, FlowPeriod, FlowSetting, Result
 from .base import PgBase
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,11 @@ LEASE_EXPIRED: LiteralString = (
     ") SELECT id, due_at FROM freed"
 )
 _EXPIRED_BATCH = 1000
+
+
+FLOW_GET: LiteralString = (
+    "SELECT rate, period_ms, parallelism, paused FROM flow_control WHERE owner_id = %s AND key = %s"
+)
 
 
 class PgClaimOps(PgBase):
@@ -255,3 +260,11 @@ class PgClaimOps(PgBase):
         # Other nodes may be serving: only claims whose lease ran out are this start's to
         # requeue. A crashed node's own claims follow once their lease ends.
         return len(await self.requeue_expired(now_ms))
+
+    async def get_flow_control(self, owner_id: str, key: str) -> FlowSetting | None:
+        rows = await self._read(FLOW_GET, (owner_id, key))
+        if not rows:
+            return None
+        row = rows[0]
+        period = {p.ms: p for p in FlowPeriod}[row[1]]
+        return FlowSetting(FlowControl(key, row[0], period, row[2]), bool(row[3]))

@@ -10,6 +10,9 @@ from typing import Any, LiteralString
 from ...models import (
     Attempt,
     DueTask,
+    FlowControl,
+    FlowPeriod,
+    FlowSetting,
     Result,
 )
 from .base import METADATA, StoreBase
@@ -54,6 +57,11 @@ ATTEMPT_FINISH: LiteralString = (
 ATTEMPT_INTERRUPT: LiteralString = (
     "UPDATE attempt SET finished_at = ?, error = 'interrupted: the server stopped' "
     "WHERE finished_at IS NULL"
+)
+
+
+FLOW_GET: LiteralString = (
+    "SELECT rate, period_ms, parallelism, paused FROM flow_control WHERE owner_id = ? AND key = ?"
 )
 
 
@@ -168,3 +176,11 @@ class ClaimOps(StoreBase):
             return requeued
 
         return await self._write(op, savepoint=True)
+
+    async def get_flow_control(self, owner_id: str, key: str) -> FlowSetting | None:
+        rows = await self._read(FLOW_GET, (owner_id, key))
+        if not rows:
+            return None
+        row = rows[0]
+        period = {p.ms: p for p in FlowPeriod}[row[1]]
+        return FlowSetting(FlowControl(key, row[0], period, row[2]), row[3] == 1)
