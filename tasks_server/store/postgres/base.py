@@ -40,11 +40,12 @@ _RETRIES = 5
 def new_node_id() -> str:
     """This process's name in lease columns: host, pid and a random part (a restarted
     process never mistakes its predecessor's leases for its own)."""
-    return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(4)}"
+    return f"{socket.gethostname()[:24]}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def connection_options() -> dict[str, Any]:
-    return {"application_name": APPLICATION_NAME, "autocommit": True}
+def connection_options(node_id: str) -> dict[str, Any]:
+    """Every connection names its node (pg_stat_activity shows which node holds what)."""
+    return {"application_name": f"{APPLICATION_NAME} {node_id}"[:63], "autocommit": True}
 
 
 class PgBase:
@@ -78,7 +79,7 @@ class PgBase:
     # -- lifecycle --------------------------------------------------------------------
 
     async def open(self) -> None:
-        conn = await AsyncConnection.connect(self.url, **connection_options())
+        conn = await AsyncConnection.connect(self.url, **connection_options(self.node_id))
         try:
             await migrate(conn)
         finally:
@@ -87,7 +88,7 @@ class PgBase:
             self.url,
             min_size=min(2, self._pool_size),
             max_size=self._pool_size,
-            kwargs=connection_options(),
+            kwargs=connection_options(self.node_id),
             open=False,
             name="tasks-store",
         )
@@ -124,6 +125,19 @@ class PgBase:
             self._write_problem = None
             return result
         raise AssertionError("unreachable")
+
+    async def _write_one(self, sql: LiteralString, params: Any) -> list[tuple[Any, ...]]:
+        """A write of a single statement, which is a transaction of its own on these
+        autocommit connections: one round trip, no BEGIN and COMMIT."""
+        assert self._pool is not None, "store is not open"
+        try:
+            async with self._pool.connection() as conn:
+                rows = await (await conn.execute(sql, params)).fetchall()
+        except psycopg.OperationalError as exc:
+            self._write_problem = f"the database is out of reach: {exc}"
+            raise StorageUnavailable(self._write_problem) from exc
+        self._write_problem = None
+        return rows
 
     async def _read(self, sql: LiteralString, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         assert self._pool is not None, "store is not open"

@@ -65,7 +65,7 @@ class PostgresStore(
     async def _listen_once(
         self, on_due: Callable[[str, int], None], on_schedule: Callable[[int | None], None]
     ) -> None:
-        conn = await AsyncConnection.connect(self.url, **connection_options())
+        conn = await AsyncConnection.connect(self.url, **connection_options(self.node_id))
         async with conn:
             await conn.execute(LISTEN_DUE)
             await conn.execute(LISTEN_SCHEDULES)
@@ -97,7 +97,7 @@ class PostgresStore(
     async def _lead(self) -> bool:
         if self._leader is None:
             self._leader = await AsyncConnection.connect(
-                self.url, **connection_options(), options=_LEADER_SESSION
+                self.url, **connection_options(self.node_id), options=_LEADER_SESSION
             )
         if self._leading:
             await self._leader.execute(STILL_THERE)

@@ -20,7 +20,7 @@ from ...models import AttemptRecord, NewTask, Task, TaskSpec, TaskState
 from ...timing import resume_due_ms
 from .. import LIST_ORDERS
 from ..ids import new_task_id
-from .base import PgBase
+from .base import DUE_CHANNEL, PgBase
 from .owners import lock_capacity
 
 Cursor = AsyncCursor[tuple[Any, ...]]
@@ -53,6 +53,18 @@ FLOW_UPSERT: LiteralString = (
     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (owner_id, key) DO UPDATE SET "
     "rate = excluded.rate, period_ms = excluded.period_ms, "
     "parallelism = excluded.parallelism, updated_at = excluded.updated_at"
+)
+# one round trip for an owner without a queue limit, and a registration with neither a
+# deduplication id nor a flow-control key: the insert, and the wake-up of the other nodes
+# (NOTIFY is sent at commit); no row when the owner is missing or has a limit
+TASK_INSERT_UNLIMITED: LiteralString = (
+    "WITH inserted AS ("
+    " INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at,"
+    " next_at, metadata, spec, priority)"
+    " SELECT %(id)s, id, 'RUNNING', %(now)s, %(due)s, %(due)s, %(due)s, %(metadata)s,"
+    " %(spec)s, %(priority)s FROM owner WHERE id = %(owner)s AND tasks_in_queue_limit = 0"
+    " RETURNING id"
+    ") SELECT id, CASE WHEN %(wake)s THEN pg_notify(%(channel)s, %(payload)s) END FROM inserted"
 )
 TASK_BY_ID: LiteralString = f"SELECT {TASK_COLUMNS} FROM task WHERE id = %s AND owner_id = %s"
 TASK_STATE: LiteralString = (
@@ -118,6 +130,9 @@ def _list_sql(order: str, descending: bool, with_state: bool) -> LiteralString:
 
 class PgTaskOps(PgBase):
     async def create_task(self, owner_id: str, new: NewTask, now_ms: int) -> Task:
+        plain = new.dedup_until_ms is None and new.spec.config.flow_control is None
+        if plain and (task := await self._insert_unlimited(owner_id, new, now_ms)) is not None:
+            return task
         insert = self._task_insert(owner_id, new, now_ms)
 
         async def op(cur: Cursor) -> Task:
@@ -151,6 +166,38 @@ class PgTaskOps(PgBase):
             return results
 
         return await self._tx(op)
+
+    async def _insert_unlimited(self, owner_id: str, new: NewTask, now_ms: int) -> Task | None:
+        """The common case in one statement; None when the owner has a limit (or is
+        missing): then the checked path runs."""
+        task_id = new_task_id(now_ms)
+        due = new.due_at_ms
+        params = {
+            "id": task_id,
+            "owner": owner_id,
+            "now": now_ms,
+            "due": due,
+            "metadata": self._seal_metadata(new.spec.metadata),
+            "spec": self._seal_spec(new.spec),
+            "priority": new.spec.config.priority,
+            "wake": due < now_ms + self._wake_horizon_ms,
+            "channel": DUE_CHANNEL,
+            "payload": f"{self.node_id}|{task_id}:{due}",
+        }
+        if not await self._write_one(TASK_INSERT_UNLIMITED, params):
+            return None
+        return Task(
+            id=task_id,
+            owner_id=owner_id,
+            state=TaskState.RUNNING,
+            created_at_ms=now_ms,
+            status_code=0,
+            estimate_end_at_ms=0,
+            estimate_execution_at_ms=due,
+            response=None,
+            metadata=new.spec.metadata,
+            due_at_ms=due,
+        )
 
     def _task_insert(
         self, owner_id: str, new: NewTask, now_ms: int

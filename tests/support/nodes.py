@@ -1,0 +1,118 @@
+"""Several real server processes on one PostgreSQL database, and what the tests read
+from that database directly (task states, the schedule leader)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from .process import ServerProcess
+
+# the schedule leader's advisory lock key (tasks_server/store/postgres/store.py)
+LEADER_LOCK = 0x74737363
+
+
+class Nodes:
+    """``count`` nodes (``tasks-server serve``), each in a directory of its own, all with
+    ``DATABASE_URL``; ``env`` adds settings for every node."""
+
+    def __init__(self, directory: Path, database_url: str, count: int, **env: str) -> None:
+        self.database_url = database_url
+        self.nodes: list[ServerProcess] = []
+        for index in range(count):
+            home = directory / f"node{index}"
+            home.mkdir()
+            node_env = {"DATABASE_URL": database_url, "EGRESS_ALLOW": "127.0.0.1/32", **env}
+            self.nodes.append(ServerProcess(home, **node_env))
+
+    def __getitem__(self, index: int) -> ServerProcess:
+        return self.nodes[index]
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    async def start(self, *indexes: int) -> None:
+        """Start the given nodes (all by default) side by side."""
+        chosen = indexes or tuple(range(len(self.nodes)))
+        await asyncio.gather(*(asyncio.to_thread(self.nodes[i].start, 60.0) for i in chosen))
+
+    def kill(self, index: int) -> None:
+        self.nodes[index].kill()
+
+    def stop_all(self) -> None:
+        for node in self.nodes:
+            node.__exit__(None, None, None)
+
+    def pid(self, index: int) -> int:
+        process = self.nodes[index].process
+        assert process is not None
+        return process.pid
+
+
+async def register_owner(url: str, name: str = "nodes") -> dict[str, str]:
+    """A new owner through the node at ``url``: the auth headers for it."""
+    async with httpx.AsyncClient(base_url=url) as http:
+        response = await http.post("/v1/owners/register", json={"name": name})
+        assert response.status_code == 201, response.text
+        owner = response.json()
+    return {"Authorization": f"Bearer {owner['key']}", "X-Tasks-Owner-Id": owner["id"]}
+
+
+async def register_tasks(
+    urls: list[str],
+    headers: dict[str, str],
+    count: int,
+    body: Callable[[int], dict[str, Any]],
+    parallel: int = 16,
+) -> list[str]:
+    """Register ``count`` tasks round-robin through the nodes at ``urls``, the body of the
+    i-th made by ``body(i)`` when it is sent; returns the ids."""
+    clients = [httpx.AsyncClient(base_url=url, timeout=30) for url in urls]
+    ids: list[str] = [""] * count
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(count):
+        queue.put_nowait(index)
+
+    async def worker() -> None:
+        while not queue.empty():
+            index = queue.get_nowait()
+            client = clients[index % len(clients)]
+            response = await client.post("/v1/queues/register", json=body(index), headers=headers)
+            assert response.status_code == 201, response.text
+            ids[index] = response.json()["id"]
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(parallel)))
+    finally:
+        for client in clients:
+            await client.aclose()
+    return ids
+
+
+async def task_states(database_url: str) -> dict[str, str]:
+    """Every task's state, straight from the database."""
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        rows = await (await conn.execute("SELECT id, state FROM task")).fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+async def leader_pid(database_url: str) -> int | None:
+    """The process id of the node holding the schedule leader's lock, or None. A node's
+    connections are named "tasks-server <host>-<pid>-<random>"."""
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        row = await (
+            await conn.execute(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
+                "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                "AND l.objid = %s",
+                (LEADER_LOCK,),
+            )
+        ).fetchone()
+    if row is None:
+        return None
+    return int(row[0].rsplit("-", 2)[1])
