@@ -26,7 +26,7 @@ class Nodes:
         self.nodes: list[ServerProcess] = []
         for index in range(count):
             home = directory / f"node{index}"
-            home.mkdir()
+            home.mkdir(parents=True)
             node_env = {"DATABASE_URL": database_url, "EGRESS_ALLOW": "127.0.0.1/32", **env}
             self.nodes.append(ServerProcess(home, **node_env))
 

@@ -13,12 +13,14 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
 import pytest
 
 from tests.support.nodes import Nodes, leader_pid, register_owner, register_tasks, task_states
+from tests.support.proxy import CuttableProxy
 from tests.support.targets import Reply, TargetServer
 from tests.support.waiting import wait_until
 
@@ -195,3 +197,43 @@ async def _count_at_least(url: str, schedule_id: str, count: int) -> bool:
 async def _other_leader(url: str, old: int | None) -> bool:
     leader = await leader_pid(url)
     return leader is not None and leader != old
+
+
+async def test_a_partitioned_node_stops_dispatching_when_its_lease_ends(
+    tmp_path: Path, database_url: str, target: TargetServer
+) -> None:
+    parts = urlsplit(database_url)
+    assert parts.hostname is not None and parts.port is not None
+    async with CuttableProxy(parts.hostname, parts.port) as proxy:
+        via_proxy = database_url.replace(f":{parts.port}/", f":{proxy.port}/")
+        # the partitioned node claims the tasks long before they are due, then is cut off
+        cut_off = Nodes(
+            tmp_path / "cut", via_proxy, 1, LEASE_MS=str(LEASE_MS), SCHEDULER_LOOKAHEAD_MS="8000"
+        )
+        healthy = Nodes(tmp_path / "healthy", database_url, 1, LEASE_MS=str(LEASE_MS))
+        try:
+            await cut_off.start()
+            headers = await register_owner(cut_off[0].url)
+            ids = await register_tasks(
+                [cut_off[0].url], headers, 20, hooks(target, now_ms() + 5000, 20, 0)
+            )
+            await wait_until(lambda: _in_flight(database_url, 20), timeout=10, interval=0.05)
+            proxy.cut()
+            await healthy.start()
+            await wait_until(lambda: len(target.arrivals) >= 20, timeout=30)
+            log = cut_off[0].log
+            await wait_until(
+                lambda: log.read_text().count("not sent: its lease ended") == 20, timeout=30
+            )
+        finally:
+            cut_off.stop_all()
+            healthy.stop_all()
+    seen = deliveries(target)
+    assert sorted(seen) == sorted(ids) and all(len(t) == 1 for t in seen.values())
+    assert {a.header("X-Tasks-Attempt") for a in target.arrivals} == {"2"}  # not the cut node's
+
+
+async def _in_flight(database_url: str, count: int) -> bool:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        row = await (await conn.execute("SELECT count(*) FROM task WHERE in_flight")).fetchone()
+    return row is not None and row[0] == count
