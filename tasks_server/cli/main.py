@@ -78,6 +78,14 @@ def parser() -> argparse.ArgumentParser:
     )
     restore.set_defaults(run=_restore)
 
+    move = commands.add_parser(
+        "migrate-data",
+        help="copy a stopped server's SQLite database into an empty PostgreSQL database",
+    )
+    move.add_argument("--from", dest="source", required=True, metavar="sqlite:PATH")
+    move.add_argument("--to", dest="target", required=True, metavar="postgresql://…")
+    move.set_defaults(run=_migrate_data)
+
     task_commands.add_commands(commands)  # owner …, task …: HTTP calls to a running server
     cron_commands.add_commands(commands)  # cron …: recurring schedules, the same way
     workflow_commands.add_commands(commands)  # workflow …: multi-step runs, the same way
@@ -199,6 +207,25 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         conn.close()
     print(f"{settings.database_path}: {applied} migration(s) applied")  # noqa: T201
+    return 0
+
+
+def _migrate_data(args: argparse.Namespace, settings: Settings) -> int:
+    from ..clock import SystemClock
+    from ..errors import PreconditionFailed
+    from ..store.transfer import copy_sqlite_to_postgres
+
+    if not args.source.startswith("sqlite:"):
+        raise ConfigError("--from", args.source, "must be sqlite:PATH")
+    if not args.target.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("--to", args.target, "must be a postgresql:// URL")
+    source = Path(args.source.removeprefix("sqlite:"))
+    try:
+        counts = asyncio.run(copy_sqlite_to_postgres(source, args.target, SystemClock().now_ms()))
+    except PreconditionFailed as exc:
+        print(f"tasks-server: migrate-data refused: {exc.message}", file=sys.stderr)  # noqa: T201
+        return 1
+    print(json.dumps({"copied": counts, "verified": True}, indent=2))  # noqa: T201
     return 0
 
 

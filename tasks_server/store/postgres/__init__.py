@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .base import APPLICATION_NAME
+from .migrate import migrate
 from .store import PostgresStore
 
-__all__ = ["PostgresStore"]
+__all__ = ["APPLICATION_NAME", "PostgresStore", "migrate"]

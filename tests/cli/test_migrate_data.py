@@ -1,0 +1,134 @@
+"""``tasks-server migrate-data --from sqlite:PATH --to postgresql://…``: everything a
+stopped server's SQLite database holds arrives in PostgreSQL, counted; a database a server
+is using, on either side, is refused and left as it was."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tasks_server.cli.main import main
+from tasks_server.models import Schedule
+from tasks_server.sealing import Sealer
+from tasks_server.store import Store
+from tasks_server.store.postgres import PostgresStore
+from tasks_server.store.sqlite import DatabaseLock, SqliteStore
+from tests.store.test_contract import T0, add_schedule, fire, make_owner, new_task, success
+
+KEY = "migrate-data-key"
+
+
+async def cli(argv: list[str]) -> int:
+    """The command as run from a shell (it runs its own event loop, so in a thread here)."""
+    return await asyncio.to_thread(main, argv)
+
+
+async def fill(store: Store) -> dict[str, object]:
+    """Owners, tasks in every state (one with history, one in flight), a schedule that
+    fired once."""
+    owner = await make_owner(store)
+    other = await make_owner(store, "owner-two", limit=0)
+    done = await store.create_task(owner.id, new_task(due=T0), T0)
+    await store.claim_due([done.id], T0)
+    await store.record_outcomes([success(done.id, 1, T0 + 5)])
+    flying = await store.create_task(owner.id, new_task(due=T0), T0)
+    await store.claim_due([flying.id], T0)
+    paused = await store.create_task(other.id, new_task(due=T0 + 9000), T0)
+    await store.pause_task(other.id, paused.id, T0 + 1)
+    schedule: Schedule = await add_schedule(store, owner.id)
+    [(fired, _)] = await store.fire_schedule(fire(schedule, T0 + 60_000), T0) or []
+    return {
+        "owner": owner.id,
+        "other": other.id,
+        "done": done.id,
+        "flying": flying.id,
+        "paused": paused.id,
+        "schedule": schedule.id,
+        "fired": fired,
+    }
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> tuple[Path, dict[str, object]]:
+    path = tmp_path / "old.db"
+    store = SqliteStore(path, Sealer(KEY))
+    await store.open()
+    ids = await fill(store)
+    await store.close()
+    return path, ids
+
+
+async def test_everything_arrives_counted(
+    sqlite_db: tuple[Path, dict[str, object]],
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    path, ids = sqlite_db
+    monkeypatch.chdir(tmp_path)
+    assert await cli(["migrate-data", "--from", f"sqlite:{path}", "--to", database_url]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {
+        "copied": {"owner": 2, "schedule": 1, "task": 4, "attempt": 2},
+        "verified": True,
+    }
+    store = PostgresStore(database_url, Sealer(KEY))
+    await store.open()
+    try:
+        owner, other = str(ids["owner"]), str(ids["other"])
+        assert [o.tasks_in_queue for o in await store.list_owners()] == [2, 1]
+        done = await store.get_task(owner, str(ids["done"]))
+        assert (done.state.value, done.status_code, done.response) == ("SUCCESS", 200, b"done")
+        [record] = await store.list_attempts(owner, str(ids["done"]))
+        assert record.headers == (("X-A", "1"),) and record.response == b"done"
+        assert await store.get_spec(owner, str(ids["done"])) == new_task().spec
+        assert (await store.get_task(other, str(ids["paused"]))).state.value == "PAUSED"
+        schedule = await store.get_schedule(owner, str(ids["schedule"]))
+        assert schedule.runs == 1 and schedule.last_task_id == ids["fired"]
+        # the attempt in flight when the old server stopped is interrupted; its task is due
+        [interrupted] = await store.list_attempts(owner, str(ids["flying"]))
+        assert interrupted.error is not None and "interrupted" in interrupted.error
+        due = dict(await store.due_before(T0 + 10**9, 10))
+        assert due[str(ids["flying"])] == T0
+        [again] = await store.claim_due([str(ids["flying"])], T0 + 1)
+        assert again.number == 2
+    finally:
+        await store.close()
+
+
+async def test_a_database_in_use_is_refused(
+    sqlite_db: tuple[Path, dict[str, object]],
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    path, _ = sqlite_db
+    monkeypatch.chdir(tmp_path)
+    command = ["migrate-data", "--from", f"sqlite:{path}", "--to", database_url]
+    serving = DatabaseLock(path)
+    serving.acquire_shared()  # what a server on the SQLite file holds
+    try:
+        assert await cli(command) == 1
+        assert "in use by a running tasks-server" in capsys.readouterr().err
+    finally:
+        serving.release()
+    node = PostgresStore(database_url, Sealer(KEY))  # a node serving the target
+    await node.open()
+    try:
+        assert await cli(command) == 1
+        assert "in use by" in capsys.readouterr().err
+    finally:
+        await node.close()
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        row = await (await conn.execute("SELECT count(*) FROM owner")).fetchone()
+        assert row == (0,)  # nothing was copied
+    assert await cli(command) == 0
+    capsys.readouterr()
+    assert await cli(command) == 1  # a second copy would mix two databases
+    assert "already holds" in capsys.readouterr().err
