@@ -82,8 +82,20 @@ def parser() -> argparse.ArgumentParser:
         "migrate-data",
         help="copy a stopped server's SQLite database into an empty PostgreSQL database",
     )
-    move.add_argument("--from", dest="source", required=True, metavar="sqlite:PATH")
-    move.add_argument("--to", dest="target", required=True, metavar="postgresql://…")
+    move.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="sqlite:PATH",
+        help="the SQLite database of a stopped server",
+    )
+    move.add_argument(
+        "--to",
+        dest="target",
+        required=True,
+        metavar="postgresql://…",
+        help="an empty PostgreSQL database that no server uses (migrated first)",
+    )
     move.set_defaults(run=_migrate_data)
 
     task_commands.add_commands(commands)  # owner …, task …: HTTP calls to a running server

@@ -25,12 +25,10 @@ import psycopg
 
 from .process import free_port
 
+# a throwaway cluster for tests: durability settings off keep the suite fast; the code
+# under test makes no assumption about them (benchmarks keep PostgreSQL's defaults)
+_FAST = ("fsync = off", "synchronous_commit = off", "full_page_writes = off")
 _SETTINGS = (
-    # a throwaway cluster: durability settings off keep the suite fast; the code under
-    # test makes no assumption about them
-    "fsync = off",
-    "synchronous_commit = off",
-    "full_page_writes = off",
     "max_connections = 300",
     "shared_buffers = 64MB",
     "listen_addresses = '127.0.0.1'",
@@ -42,6 +40,12 @@ class PostgresServer:
     """Where to reach the server as a superuser, and how to make test databases."""
 
     admin_url: str
+    data_dir: Path | None = None  # the throwaway cluster's; None for DATABASE_URL's server
+
+    def postmaster_pid(self) -> int | None:
+        if self.data_dir is None:
+            return None
+        return int((self.data_dir / "postmaster.pid").read_text().split()[0])
 
     def url_for(self, database: str) -> str:
         return self.admin_url.rsplit("/", 1)[0] + f"/{database}"
@@ -73,8 +77,9 @@ def _as_cluster_user(command: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def throwaway_cluster(bin_dir: Path) -> Iterator[PostgresServer]:
-    """initdb + pg_ctl start in a new temporary directory; stop and remove it at the end."""
+def throwaway_cluster(bin_dir: Path, durable: bool = False) -> Iterator[PostgresServer]:
+    """initdb + pg_ctl start in a new temporary directory; stop and remove it at the end.
+    ``durable`` keeps fsync and synchronous commits on (for benchmarks)."""
     directory = Path(tempfile.mkdtemp(prefix="tasks-pg-"))
     if os.geteuid() == 0:
         user = pwd.getpwnam("postgres")
@@ -97,12 +102,13 @@ def throwaway_cluster(bin_dir: Path) -> Iterator[PostgresServer]:
             ]
         )
         with (data / "postgresql.conf").open("a") as conf:
-            conf.write("\n".join((*_SETTINGS, f"port = {port}")) + "\n")
+            settings = _SETTINGS if durable else (*_FAST, *_SETTINGS)
+            conf.write("\n".join((*settings, f"port = {port}")) + "\n")
             conf.write(f"unix_socket_directories = '{directory}'\n")
         log = directory / "server.log"
         run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "start"])
         try:
-            yield PostgresServer(f"postgresql://tasks@127.0.0.1:{port}/postgres")
+            yield PostgresServer(f"postgresql://tasks@127.0.0.1:{port}/postgres", data)
         finally:
             run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"])
     finally:

@@ -43,9 +43,20 @@ def new_node_id() -> str:
     return f"{socket.gethostname()[:24]}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def connection_options(node_id: str) -> dict[str, Any]:
-    """Every connection names its node (pg_stat_activity shows which node holds what)."""
-    return {"application_name": f"{APPLICATION_NAME} {node_id}"[:63], "autocommit": True}
+def connection_options(node_id: str, lease_ms: int) -> dict[str, Any]:
+    """Every connection names its node (pg_stat_activity shows which node holds what).
+
+    A node cut off from the database in the middle of a transaction would leave it open,
+    its row locks held, and the claims it locks out of reach of the other nodes: the
+    server ends such a session once it has been idle in a transaction for half a lease (at
+    least a second; the node's own transactions never pause that long between statements).
+    """
+    idle_ms = max(lease_ms // 2, 1000)
+    return {
+        "application_name": f"{APPLICATION_NAME} {node_id}"[:63],
+        "autocommit": True,
+        "options": f"-c idle_in_transaction_session_timeout={idle_ms}",
+    }
 
 
 class PgBase:
@@ -79,7 +90,9 @@ class PgBase:
     # -- lifecycle --------------------------------------------------------------------
 
     async def open(self) -> None:
-        conn = await AsyncConnection.connect(self.url, **connection_options(self.node_id))
+        conn = await AsyncConnection.connect(
+            self.url, **connection_options(self.node_id, self._lease_ms)
+        )
         try:
             await migrate(conn)
         finally:
@@ -88,7 +101,7 @@ class PgBase:
             self.url,
             min_size=min(2, self._pool_size),
             max_size=self._pool_size,
-            kwargs=connection_options(self.node_id),
+            kwargs=connection_options(self.node_id, self._lease_ms),
             open=False,
             name="tasks-store",
         )
@@ -127,12 +140,21 @@ class PgBase:
         raise AssertionError("unreachable")
 
     async def _write_one(self, sql: LiteralString, params: Any) -> list[tuple[Any, ...]]:
-        """A write of a single statement, which is a transaction of its own on these
-        autocommit connections: one round trip, no BEGIN and COMMIT."""
+        """A write of a single statement that returns rows; it is a transaction of its own
+        on these autocommit connections: one round trip, no BEGIN and COMMIT."""
+        return await self._write_one_rows(sql, params, fetch=True)
+
+    async def _write_one_no_rows(self, sql: LiteralString, params: Any) -> None:
+        await self._write_one_rows(sql, params, fetch=False)
+
+    async def _write_one_rows(
+        self, sql: LiteralString, params: Any, fetch: bool
+    ) -> list[tuple[Any, ...]]:
         assert self._pool is not None, "store is not open"
         try:
             async with self._pool.connection() as conn:
-                rows = await (await conn.execute(sql, params)).fetchall()
+                cur = await conn.execute(sql, params)
+                rows = await cur.fetchall() if fetch else []
         except psycopg.OperationalError as exc:
             self._write_problem = f"the database is out of reach: {exc}"
             raise StorageUnavailable(self._write_problem) from exc

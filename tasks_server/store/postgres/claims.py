@@ -231,12 +231,8 @@ class PgClaimOps(PgBase):
         )
 
     async def renew_leases(self, now_ms: int) -> None:
-        until = now_ms + self._lease_ms
-
-        async def op(cur: Cursor) -> None:
-            await cur.execute(LEASE_RENEW, (until, self.node_id))
-
-        await self._tx(op)
+        # one statement, no BEGIN/COMMIT: a cut between them cannot leave locks behind
+        await self._write_one_no_rows(LEASE_RENEW, (now_ms + self._lease_ms, self.node_id))
 
     async def requeue_expired(self, now_ms: int) -> list[tuple[str, int]]:
         freed: list[tuple[str, int]] = []

@@ -65,7 +65,9 @@ class PostgresStore(
     async def _listen_once(
         self, on_due: Callable[[str, int], None], on_schedule: Callable[[int | None], None]
     ) -> None:
-        conn = await AsyncConnection.connect(self.url, **connection_options(self.node_id))
+        conn = await AsyncConnection.connect(
+            self.url, **connection_options(self.node_id, self._lease_ms)
+        )
         async with conn:
             await conn.execute(LISTEN_DUE)
             await conn.execute(LISTEN_SCHEDULES)
@@ -96,9 +98,9 @@ class PostgresStore(
 
     async def _lead(self) -> bool:
         if self._leader is None:
-            self._leader = await AsyncConnection.connect(
-                self.url, **connection_options(self.node_id), options=_LEADER_SESSION
-            )
+            options = connection_options(self.node_id, self._lease_ms)
+            options["options"] += f" {_LEADER_SESSION}"
+            self._leader = await AsyncConnection.connect(self.url, **options)
         if self._leading:
             await self._leader.execute(STILL_THERE)
             return True
