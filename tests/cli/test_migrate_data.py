@@ -81,7 +81,8 @@ async def test_everything_arrives_counted(
     await store.open()
     try:
         owner, other = str(ids["owner"]), str(ids["other"])
-        assert [o.tasks_in_queue for o in await store.list_owners()] == [2, 1]
+        queues = {o.id: o.tasks_in_queue for o in await store.list_owners()}
+        assert queues == {owner: 2, other: 1}
         done = await store.get_task(owner, str(ids["done"]))
         assert (done.state.value, done.status_code, done.response) == ("SUCCESS", 200, b"done")
         [record] = await store.list_attempts(owner, str(ids["done"]))
