@@ -72,7 +72,10 @@ async def register_tasks(
 ) -> list[str]:
     """Register ``count`` tasks round-robin through the nodes at ``urls``, the body of the
     i-th made by ``body(i)`` when it is sent; returns the ids."""
-    clients = [httpx.AsyncClient(base_url=url, timeout=30) for url in urls]
+    # the client drops idle connections well before uvicorn does (after 5 s): a request
+    # sent on a connection the server is closing would fail for no fault of the node
+    limits = httpx.Limits(keepalive_expiry=1.0)
+    clients = [httpx.AsyncClient(base_url=url, timeout=30, limits=limits) for url in urls]
     ids: list[str] = [""] * count
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(count):
