@@ -94,7 +94,7 @@ async def test_everything_arrives_counted(
         # the attempt in flight when the old server stopped is interrupted; its task is due
         [interrupted] = await store.list_attempts(owner, str(ids["flying"]))
         assert interrupted.error is not None and "interrupted" in interrupted.error
-        due = dict(await store.due_before(T0 + 10**9, 10))
+        due = {d.task_id: d.due_at_ms for d in await store.due_before(T0 + 10**9, 10)}
         assert due[str(ids["flying"])] == T0
         [again] = await store.claim_due([str(ids["flying"])], T0 + 1)
         assert again.number == 2
