@@ -159,7 +159,7 @@ async def replay(request: Request) -> Response:
         stored = spec_to_wire(await app.store.get_spec(owner_id, task_id))
         for name in _FIRST_RUN_OPTIONS:
             stored["config"].pop(name, None)
-        new = validate_task(app, merge_patch(stored, patch), now)
+        new = validate_task(app, merge_patch(stored, patch), now, owner_id)
         await check_outgoing(app, owner_id, new.spec)
         config = patch.get("config")
         timed = isinstance(config, dict) and any(name in config for name in _FIRST_RUN_OPTIONS)

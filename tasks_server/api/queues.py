@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..dispatch.options import owner_cert_dir
 from ..errors import PreconditionFailed, TaskNotFound, Unsupported, ValidationFailed
 from ..models import NewTask, Task, TaskSpec, TaskState
 from ..timing import first_due_ms
@@ -57,9 +58,15 @@ def task_id_of(request: Request) -> str:
     return raw
 
 
-def validate_task(app: Services, data: Any, now_ms: int) -> NewTask:
+def validation_context(app: Services, owner_id: str) -> dict[str, Any]:
+    """What the wire models read: the time zone, and the owner's certificate directory
+    (``CERT_DIR/<owner id>/``: no owner may name another's files)."""
+    return {"tz": app.settings.tz, "cert_dir": owner_cert_dir(app.settings.cert_dir, owner_id)}
+
+
+def validate_task(app: Services, data: Any, now_ms: int, owner_id: str) -> NewTask:
     """A registration body (as a value) → the new task, with every rule applied."""
-    context = {"tz": app.settings.tz, "cert_dir": app.settings.cert_dir}
+    context = validation_context(app, owner_id)
     try:
         body = TaskIn.model_validate(data, context=context)
     except ValidationError as exc:
@@ -75,12 +82,12 @@ def check_supported(app: Services, new: NewTask) -> NewTask:
     return new
 
 
-def _validate_body(app: Services, body: bytes | None, now_ms: int) -> NewTask:
+def _validate_body(app: Services, body: bytes | None, now_ms: int, owner_id: str) -> NewTask:
     """Like validate_task, but pydantic parses the JSON text itself: one pass in Rust on the
     registration hot path. The text is parsed again in Python only to name bad fields."""
     if body is None:
-        return validate_task(app, {}, now_ms)
-    context = {"tz": app.settings.tz, "cert_dir": app.settings.cert_dir}
+        return validate_task(app, {}, now_ms, owner_id)
+    context = validation_context(app, owner_id)
     try:
         wire = TaskIn.model_validate_json(body, context=context)
     except ValidationError as exc:
@@ -145,7 +152,7 @@ async def register(request: Request) -> Response:
     owner_id = await app.auth.owner_id(request)
     body = await read_body(request, app.settings.max_size_body_request)
     now = app.clock.now_ms()
-    new = _validate_body(app, body, now)
+    new = _validate_body(app, body, now, owner_id)
     await check_outgoing(app, owner_id, new.spec)
     new = with_dedup(app, new, request.headers.get("idempotency-key"), now)
     wait_s = results.wait_seconds(request)
@@ -256,7 +263,7 @@ async def edit(request: Request) -> Response:
     current = await app.store.get_task(owner_id, task_id)
     data = merge_patch(spec_to_wire(spec), patch)
     now = app.clock.now_ms()
-    new = validate_task(app, data, now)
+    new = validate_task(app, data, now, owner_id)
     await check_outgoing(app, owner_id, new.spec)
     new = dataclasses.replace(new, due_at_ms=_edited_due_ms(current, new, patch, now))
     task = await app.store.edit_task(owner_id, task_id, new, now)

@@ -28,7 +28,7 @@ from ..schedules import policy
 from .convert import callbacks_to_wire, config_to_wire, field_error, request_to_wire, to_new_task
 from .errors import validation_failed
 from .outgoing import check_outgoing
-from .queues import merge_patch, summary
+from .queues import merge_patch, summary, validation_context
 from .schedule_schemas import (
     SCHEDULE_ID,
     SCHEDULE_NAME,
@@ -135,8 +135,8 @@ def to_new_schedule(app: Services, body: ScheduleIn, now_ms: int) -> NewSchedule
     return NewSchedule(body.name, timing, task)
 
 
-def _validate(app: Services, data: Any, now_ms: int) -> NewSchedule:
-    context = {"tz": app.settings.tz, "cert_dir": app.settings.cert_dir}
+def _validate(app: Services, data: Any, now_ms: int, owner_id: str) -> NewSchedule:
+    context = validation_context(app, owner_id)
     try:
         body = ScheduleIn.model_validate(data, context=context)
     except ValidationError as exc:
@@ -174,7 +174,7 @@ async def create(request: Request) -> Response:
     owner_id = await app.auth.owner_id(request)
     data = await read_json(request, app.settings.max_size_body_request)
     now = app.clock.now_ms()
-    new = _validate(app, data, now)
+    new = _validate(app, data, now, owner_id)
     await check_outgoing(app, owner_id, new.task)
     first = policy.start(new.timing, now)
     schedule = await app.store.create_schedule(
@@ -212,7 +212,7 @@ async def edit(request: Request) -> Response:
 
     async def revise(schedule: Schedule, now_ms: int) -> tuple[Schedule, TaskSpec | None]:
         template = await app.store.get_schedule_spec(owner_id, schedule.id)
-        new = _validate(app, merge_patch(_definition(schedule, template), patch), now_ms)
+        new = _validate(app, merge_patch(_definition(schedule, template), patch), now_ms, owner_id)
         await check_outgoing(app, owner_id, new.task)
         state = policy.revised(schedule, new.timing, now_ms)
         changed = _with_progress(schedule, state, name=new.name, timing=new.timing)

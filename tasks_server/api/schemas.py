@@ -48,6 +48,80 @@ HeaderValue = Annotated[
     str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\r\n\x00]*$")
 ]
 
+# -- text that reaches the wire: one rule for every header, request line and auth field --
+
+_LINE_BREAKERS = re.compile(r"[\r\n\x00]")
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 section 5.6.2
+
+
+def wire_text(value: str, also: str = "") -> str:
+    """Refuse CR, LF and NUL (and the characters in ``also``) in text that libcurl puts in
+    a header or a request line, where they would start a line of the caller's own."""
+    if _LINE_BREAKERS.search(value):
+        raise PydanticCustomError(
+            "wire_text", "Must not contain CR, LF or NUL (the value is sent in a header)"
+        )
+    for char in also:
+        if char in value:
+            raise PydanticCustomError("wire_text", "Must not contain {char}", {"char": repr(char)})
+    return value
+
+
+def _token(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise PydanticCustomError(
+            "token", "Must be an RFC 9110 token: letters, digits and !#$%&'*+-.^_`|~"
+        )
+    return value
+
+
+def _wire(low: int, high: int, also: str = "") -> Any:
+    return Annotated[
+        str,
+        StringConstraints(min_length=low, max_length=high),
+        AfterValidator(lambda value: wire_text(value, also)),
+    ]
+
+
+HeaderName = Annotated[RecordKey, AfterValidator(_token)]
+# Framing and connection handling belong to the server: a tenant's Content-Length or
+# Transfer-Encoding would let its body carry a second request on a kept-alive
+# connection. Host is refused too: libcurl derives it from the URL (and the egress
+# policy checks that URL); webhook-* are the server's signature headers.
+_SERVER_HEADERS = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "host",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
+
+
+def _tenant_headers(headers: dict[str, str] | None, proxy: bool = False) -> Any:
+    for name in headers or {}:
+        lowered = name.lower()
+        if lowered in _SERVER_HEADERS or (lowered.startswith("proxy-") and not proxy):
+            raise PydanticCustomError(
+                "server_header",
+                "Header {name} is set by the server, not by a task",
+                {"name": name},
+            )
+    return headers
+
+
+TenantHeaders = Annotated[dict[HeaderName, HeaderValue] | None, AfterValidator(_tenant_headers)]
+ProxyHeaders = Annotated[
+    dict[HeaderName, HeaderValue] | None, AfterValidator(lambda h: _tenant_headers(h, True))
+]
+
 
 # what the WHATWG URL serialiser percent-encodes besides controls and non-ASCII
 _PATH_UNSAFE = ' "<>`{}'
@@ -216,27 +290,28 @@ def _lower(value: Any) -> Any:
 
 
 class CredentialsIn(Strict):
-    username: _text(1, 64)  # type: ignore[valid-type]
-    password: _text(1, 256)  # type: ignore[valid-type]
+    username: _wire(1, 64)  # type: ignore[valid-type]
+    password: _wire(1, 256)  # type: ignore[valid-type]
 
 
 class AwsSigv4In(Strict):
-    provider1: _text(3, 256)  # type: ignore[valid-type]
-    provider2: _text(3, 256)  # type: ignore[valid-type]
-    region: _text(1, 128)  # type: ignore[valid-type]
-    service: _text(1, 128)  # type: ignore[valid-type]
-    key: _text(1, 256)  # type: ignore[valid-type]
-    secret: _text(1, 256)  # type: ignore[valid-type]
+    # libcurl joins the first four with ":" into one option, so ":" would shift them
+    provider1: _wire(3, 256, ":")  # type: ignore[valid-type]
+    provider2: _wire(3, 256, ":")  # type: ignore[valid-type]
+    region: _wire(1, 128, ":")  # type: ignore[valid-type]
+    service: _wire(1, 128, ":")  # type: ignore[valid-type]
+    key: _wire(1, 256)  # type: ignore[valid-type]
+    secret: _wire(1, 256)  # type: ignore[valid-type]
 
 
 class FormFieldIn(Strict):
-    name: _text(1, 64)  # type: ignore[valid-type]
+    name: _wire(1, 64, '"')  # type: ignore[valid-type]  # a part header's name="..."
     value: _text(1, 4096)  # type: ignore[valid-type]
 
 
 class CookieIn(Strict):
-    name: _text(1, 64)  # type: ignore[valid-type]
-    value: _text(1, 512)  # type: ignore[valid-type]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_token)]
+    value: _wire(1, 512, ";")  # type: ignore[valid-type]  # ";" would add a cookie
 
 
 def _json_record(value: Any) -> Any:
@@ -267,6 +342,18 @@ def _base64(value: str) -> str:
 
 
 Base64Text = Annotated[str, AfterValidator(_base64)]
+
+
+def _cookie_file(value: str) -> str:
+    """Netscape cookie-file text: one cookie a line; a lone CR or a NUL inside a line
+    would reach the Cookie header."""
+    text = base64.b64decode(value).decode("ascii")
+    if "\x00" in text or "\r" in text.replace("\r\n", ""):
+        raise PydanticCustomError("wire_text", "Must not contain NUL or a CR outside CRLF")
+    return value
+
+
+CookieFile = Annotated[str, AfterValidator(_base64), AfterValidator(_cookie_file)]
 Method = Annotated[Literal["GET", "POST", "PUT", "PATCH", "DELETE"], BeforeValidator(_upper)]
 
 
@@ -274,7 +361,7 @@ class HttpRequestIn(Strict):
     url: HttpUrl
     method: Method
     query: dict[RecordKey, HeaderValue] | None = None
-    headers: dict[RecordKey, HeaderValue] | None = None
+    headers: TenantHeaders = None
     data: (
         Annotated[str, StringConstraints(min_length=1)]
         | Annotated[list[FormFieldIn], Field(min_length=1, max_length=64)]
@@ -285,7 +372,7 @@ class HttpRequestIn(Strict):
     # `data` an array is the original's multipart form, so it needs a field of its own
     # (null means no body, as it does for `data`)
     json_body: Any = Field(default=None, alias="json")
-    cookie: Base64Text | Annotated[list[CookieIn], Field(min_length=1, max_length=16)] | None = None
+    cookie: CookieFile | Annotated[list[CookieIn], Field(min_length=1, max_length=16)] | None = None
     authBasic: CredentialsIn | None = None
     authDigest: CredentialsIn | None = None
     authNtlm: CredentialsIn | None = None
@@ -298,7 +385,7 @@ class HttpRequestIn(Strict):
 
 class ClientCertIn(Strict):
     value: PemSource
-    password: _text(1, 1024) | None = None  # type: ignore[valid-type]
+    password: _wire(1, 1024) | None = None  # type: ignore[valid-type]
 
 
 def _port_except(*refused: int) -> Any:
@@ -371,7 +458,7 @@ class ConfigIn(Strict):
     timeout: _number(1000) = 30_000  # type: ignore[valid-type]
     timeoutAt: DateMs | None = None
     httpVersion: Literal["0.9", "1.0", "1.1", "2", "2-prior-knowledge"] = "1.1"
-    userAgent: _text(8, 256) | None = None  # type: ignore[valid-type]
+    userAgent: _wire(8, 256) | None = None  # type: ignore[valid-type]
     ipVersion: Literal[4, 6] = 4
     credentials: Literal["include", "omit", "same-origin"] | None = None
     refererUrl: Annotated[Literal["AUTO"], BeforeValidator(_upper)] | HttpUrl | None = None
@@ -413,7 +500,7 @@ class ConfigIn(Strict):
     tlsVersion: Version | None = None
     tlsMaxVersion: Version | None = None
     proxy: ProxyIn | None = None
-    proxyHeaders: dict[RecordKey, HeaderValue] | None = None
+    proxyHeaders: ProxyHeaders = None
     proxyInsecure: bool | None = None
     proxyHttpVersion: Literal["1.0", "1.1"] = "1.1"
     proxyAuthNtlm: CredentialsIn | None = None

@@ -29,6 +29,7 @@ from .options import (
     curl_options,
     request_url,
 )
+from .pools import ConnectionPools, new_share, pool_key
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class _Transfer:
     hop_url: str = ""  # the URL of the request libcurl is making now (redirects move it)
     hop_status: int = 0
     denied: str | None = None  # why the egress policy refused a connection or a hop
+    pool: str | None = None  # the connection pool the handle is attached to
 
     def __post_init__(self) -> None:
         self.hop_url = request_url(self.call.request)
@@ -200,6 +202,9 @@ def _outcome(transfer: _Transfer, curl_code: int, message: str | None) -> Outcom
     error = (message or f"curl error {curl_code}") if curl_code else None
     if denied:
         error = transfer.denied
+    elif curl_code in _CERTIFICATE_ERRORS:
+        # libcurl's text names the file it read, a path on this server
+        error = f"{_CERTIFICATE_ERRORS[curl_code]} (libcurl error {curl_code})"
     return Outcome(
         status=int(curl.getinfo(pycurl.RESPONSE_CODE)),
         body=bytes(transfer.body) if curl_code == 0 else b"",
@@ -221,6 +226,13 @@ def _doh_needs_pin(call: Call) -> bool:
     host = urlsplit(doh_url).hostname or ""
     pinned = any(entry.host == host for entry in call.config.resolve or ())
     return host_address(host) is None and not pinned
+
+
+_CERTIFICATE_ERRORS = {
+    pycurl.E_SSL_CERTPROBLEM: "config.cert / config.key: the client certificate or key "
+    "could not be used",
+    pycurl.E_SSL_CACERT_BADFILE: "config.ca: the CA certificates could not be read",
+}
 
 
 def _doh_refusal(transfer: _Transfer) -> str | None:
@@ -274,6 +286,7 @@ class CurlDispatcher:
         self._hosts: dict[str, _Host] = {}
         self._host_waiting = 0  # calls waiting for a slot to their host
         self._pinning: set[asyncio.Task[None]] = set()  # DoH servers being looked up
+        self._pools = ConnectionPools()  # per owner and credentials: no shared connection
         self._closed = False
 
     @property
@@ -409,7 +422,11 @@ class CurlDispatcher:
 
     def _configure(self, transfer: _Transfer) -> None:
         curl = transfer.curl
-        for option, value in curl_options(transfer.call, self._settings):
+        options = curl_options(transfer.call, self._settings)
+        if not any(option == pycurl.SHARE for option, _ in options):
+            transfer.pool = pool_key(transfer.call)
+            curl.setopt(pycurl.SHARE, self._pools.acquire(transfer.pool))
+        for option, value in options:
             curl.setopt(option, self._live_value(transfer, value))
             if option in _STATEFUL_OPTIONS:
                 transfer.keeps_state = True
@@ -428,8 +445,10 @@ class CurlDispatcher:
         if isinstance(value, HstsPreload):
             return _hsts_reader(value.entries)
         if isinstance(value, PrivateDnsCache):
-            share = pycurl.CurlShare()
-            share.setopt(pycurl.SH_SHARE, pycurl.LOCK_DATA_DNS)
+            # connections and TLS sessions private too: the transfer uses no pool
+            share = new_share(
+                pycurl.LOCK_DATA_DNS, pycurl.LOCK_DATA_CONNECT, pycurl.LOCK_DATA_SSL_SESSION
+            )
             transfer.resources.append(share)
             return share
         return value
@@ -450,6 +469,12 @@ class CurlDispatcher:
 
     def _release(self, transfer: _Transfer) -> None:
         curl, transfer.curl = transfer.curl, None
+        if transfer.pool is not None:
+            # curl_easy_reset keeps a share attached: detach it, or the next call made
+            # with this handle would start in this pool
+            curl.unsetopt(pycurl.SHARE)
+            self._pools.release(transfer.pool)
+            transfer.pool = None
         if transfer.keeps_state or self._closed or len(self._idle) >= self._max_connections:
             curl.close()
         else:
@@ -533,6 +558,7 @@ class CurlDispatcher:
         if self._multi is not None:
             self._multi.close()
             self._multi = None
+        self._pools.close()
         # libcurl may call back while closing its connection cache; forget it all afterwards.
         if self._timer is not None:
             self._timer.cancel()

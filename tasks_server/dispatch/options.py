@@ -131,8 +131,8 @@ def curl_options(call: Call, settings: CurlSettings) -> list[Option]:
         *_auth_options(request),
         *_http_options(config),
         *_network_options(config),
-        *_trust_options(config, settings),
-        *_client_cert_options(config, settings),
+        *_trust_options(call, settings),
+        *_client_cert_options(call, settings),
         *_tls_version_options(config),
         *_hsts_options(config),
         *_proxy_options(config),
@@ -371,34 +371,49 @@ def _haproxy_options(config: TaskConfig) -> list[Option]:
     return options
 
 
-def _allowed_path(path: str, cert_dir: str | None) -> str:
+def owner_cert_dir(cert_dir: str | None, owner_id: str) -> str | None:
+    """The one directory an owner's certificate and key paths may point into:
+    ``CERT_DIR/<owner id>/``, so no owner can name another's client key."""
+    if cert_dir is None or not owner_id:
+        return None
+    return os.path.join(cert_dir, owner_id)
+
+
+def _allowed_path(path: str, cert_dir: str | None, option: str) -> str:
     """The absolute form of ``path`` (relative ones are taken inside ``cert_dir``).
 
     The check is lexical; the API already resolved links when it accepted the path.
+    Messages name the option, never a server path.
     """
     if cert_dir is None:
-        raise ValueError("certificate paths are disabled: no certificate directory is set")
+        raise ValueError(f"{option}: certificate paths are disabled on this server")
     root = os.path.normpath(cert_dir)
     candidate = os.path.normpath(os.path.join(root, path))
     if os.path.commonpath([root, candidate]) != root or candidate == root:
-        raise ValueError(f"certificate path {path!r} is outside {cert_dir!r}")
+        raise ValueError(f"{option}: the path is outside this owner's certificate directory")
     return candidate
 
 
-def _pem_options(pem: Pem, blob: int, path: int, settings: CurlSettings) -> list[Option]:
+def _pem_options(
+    pem: Pem, blob: int, path: int, call: Call, settings: CurlSettings, option: str
+) -> list[Option]:
     if pem.content is not None:
         return [(blob, pem.content)]
     if pem.path is not None:
-        return [(path, _allowed_path(pem.path, settings.cert_dir))]
+        root = owner_cert_dir(settings.cert_dir, call.owner_id)
+        return [(path, _allowed_path(pem.path, root, option))]
     return []
 
 
-def _trust_options(config: TaskConfig, settings: CurlSettings) -> list[Option]:
+def _trust_options(call: Call, settings: CurlSettings) -> list[Option]:
+    config = call.config
     options: list[Option] = []
     if config.insecure:
         options += [(pycurl.SSL_VERIFYPEER, 0), (pycurl.SSL_VERIFYHOST, 0)]
     if config.ca is not None:
-        options += _pem_options(config.ca, pycurl.CAINFO_BLOB, pycurl.CAINFO, settings)
+        options += _pem_options(
+            config.ca, pycurl.CAINFO_BLOB, pycurl.CAINFO, call, settings, "config.ca"
+        )
         if config.ca.content is not None:
             # Like curl --cacert: the given CA replaces the system bundle instead of adding
             # to it.
@@ -410,16 +425,21 @@ def _trust_options(config: TaskConfig, settings: CurlSettings) -> list[Option]:
     return options
 
 
-def _client_cert_options(config: TaskConfig, settings: CurlSettings) -> list[Option]:
+def _client_cert_options(call: Call, settings: CurlSettings) -> list[Option]:
+    config = call.config
     options: list[Option] = []
     if config.cert is not None:
-        options += _pem_options(config.cert.value, pycurl.SSLCERT_BLOB, pycurl.SSLCERT, settings)
+        options += _pem_options(
+            config.cert.value, pycurl.SSLCERT_BLOB, pycurl.SSLCERT, call, settings, "config.cert"
+        )
         if config.cert.password is not None:
             options.append((pycurl.KEYPASSWD, config.cert.password.encode()))
     if config.cert_type is not None:
         options.append((pycurl.SSLCERTTYPE, config.cert_type.upper()))
     if config.key is not None:
-        options += _pem_options(config.key, pycurl.SSLKEY_BLOB, pycurl.SSLKEY, settings)
+        options += _pem_options(
+            config.key, pycurl.SSLKEY_BLOB, pycurl.SSLKEY, call, settings, "config.key"
+        )
     if config.key_type is not None:
         options.append((pycurl.SSLKEYTYPE, config.key_type.upper()))
     return options

@@ -360,13 +360,19 @@ async def test_unknown_keys_of_one_object_share_one_message(
 # -- 7.1 record keys and header values -------------------------------------------------
 
 
-@pytest.mark.parametrize("field", ["headers", "query"])
+@pytest.mark.parametrize(("field", "key"), [("headers", "X-Key_1.$"), ("query", "X-Key_1.$[0]")])
 async def test_record_keys_of_the_allowed_alphabet_are_stored(
-    client: httpx.AsyncClient, owner: OwnerAuth, field: str
+    client: httpx.AsyncClient, owner: OwnerAuth, field: str, key: str
 ) -> None:
-    record = {"X-Key_1.$[0]": "v", "k" * 64: "w"}
+    record = {key: "v", "k" * 64: "w"}
     wire = await stored(client, owner, body({field: record}))
     assert wire["httpRequest"][field] == record
+
+
+async def test_header_names_must_be_tokens(client: httpx.AsyncClient, owner: OwnerAuth) -> None:
+    # "[" and "]" pass the original's record-key rule but are no RFC 9110 token characters
+    tree = await rejected(client, owner, body({"headers": {"X-Key[0]": "v"}}))
+    assert error_paths(tree) == {("httpRequest", "headers", "X-Key[0]")}
 
 
 @pytest.mark.parametrize("key", ["", "has space", "a:b", "k" * 65, "caf\u00e9"])
@@ -737,15 +743,21 @@ async def test_hostname_rule(client: httpx.AsyncClient, owner: OwnerAuth, host: 
 @pytest.fixture
 def cert_dir(tmp_path: Path) -> Path:
     root = tmp_path / "certs"
-    (root / "sub").mkdir(parents=True)
-    (root / "ca.pem").write_text(PEM)
-    (root / "sub" / "client.key").write_text(PEM)
+    root.mkdir()
+    (root / "ca.pem").write_text(PEM)  # in CERT_DIR itself: no owner's file
     (tmp_path / "outside.pem").write_text(PEM)
-    (root / "escape.pem").symlink_to(tmp_path / "outside.pem")
-    long_dir = root / ("d" * 130)
+    return root
+
+
+def fill_owner_dir(directory: Path, outside: Path) -> None:
+    """An owner's own certificate directory, CERT_DIR/<owner id>/."""
+    (directory / "sub").mkdir(parents=True)
+    (directory / "ca.pem").write_text(PEM)
+    (directory / "sub" / "client.key").write_text(PEM)
+    (directory / "escape.pem").symlink_to(outside)
+    long_dir = directory / ("d" * 130)
     long_dir.mkdir()
     (long_dir / ("f" * 130)).write_text(PEM)
-    return root
 
 
 @pytest.fixture
@@ -754,7 +766,9 @@ async def cert_client(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, OwnerAuth]]:
     server = await make_server(cert_dir=str(cert_dir))
     async with client_for(server) as http:
-        yield http, await register_owner(http, "cert-owner")
+        owner = await register_owner(http, "cert-owner")
+        fill_owner_dir(cert_dir / owner.id, cert_dir.parent / "outside.pem")
+        yield http, owner
 
 
 def cert_config(field: str, value: str) -> dict[str, Any]:
@@ -789,7 +803,24 @@ async def test_absolute_path_inside_the_cert_dir(
     cert_client: tuple[httpx.AsyncClient, OwnerAuth], cert_dir: Path
 ) -> None:
     http, owner = cert_client
-    await accepted(http, owner, body(config={"ca": str(cert_dir / "ca.pem")}))
+    await accepted(http, owner, body(config={"ca": str(cert_dir / owner.id / "ca.pem")}))
+
+
+async def test_another_owners_certificate_files_are_refused(
+    cert_client: tuple[httpx.AsyncClient, OwnerAuth], cert_dir: Path
+) -> None:
+    http, owner = cert_client
+    other = await register_owner(http, "cert-other")
+    fill_owner_dir(cert_dir / other.id, cert_dir.parent / "outside.pem")
+    for value in (
+        str(cert_dir / other.id / "sub" / "client.key"),
+        f"../{other.id}/sub/client.key",
+        str(cert_dir / "ca.pem"),
+        "../ca.pem",
+    ):
+        tree = await rejected(http, owner, body(config={"key": value}))
+        assert error_paths(tree) == {("config", "key")}
+        assert str(cert_dir) not in json.dumps(tree)  # no server path in the answer
 
 
 @pytest.mark.parametrize(

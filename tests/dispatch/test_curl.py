@@ -63,6 +63,7 @@ CAPABILITIES = curl_capabilities()
 # the targets run on loopback, which the egress policy refuses unless allowed
 LOOPBACK = EgressPolicy.parse(allow="127.0.0.1/32", proxies="127.0.0.1/32")
 SETTINGS = CurlSettings(cert_dir="/etc/tasks/certs", egress=LOOPBACK)
+OWNER = "01OWNER0000000000000000000"  # certificate paths are taken inside CERT_DIR/<owner>/
 
 
 def make_call(
@@ -73,6 +74,7 @@ def make_call(
     headers: tuple[tuple[str, str], ...] = (),
     timeout_ms: int = 5_000,
     max_body_bytes: int = 1 << 20,
+    owner_id: str = OWNER,
     **request: Any,
 ) -> Call:
     return Call(
@@ -81,6 +83,7 @@ def make_call(
         headers=headers,
         timeout_ms=timeout_ms,
         max_body_bytes=max_body_bytes,
+        owner_id=owner_id,
     )
 
 
@@ -298,15 +301,15 @@ def test_headers_drop_user_agent_names_and_end_with_the_server_headers() -> None
         ),
         (
             TaskConfig(
-                ca=Pem(path="/etc/tasks/certs/ca.pem"),
-                cert=ClientCert(Pem(path="/etc/tasks/certs/c.pem"), password="pw"),
+                ca=Pem(path=f"/etc/tasks/certs/{OWNER}/ca.pem"),
+                cert=ClientCert(Pem(path=f"/etc/tasks/certs/{OWNER}/c.pem"), password="pw"),
                 cert_type="pem",
                 key=Pem(content=b"KEY"),
                 key_type="pem",
             ),
             {
-                pycurl.CAINFO: "/etc/tasks/certs/ca.pem",
-                pycurl.SSLCERT: "/etc/tasks/certs/c.pem",
+                pycurl.CAINFO: f"/etc/tasks/certs/{OWNER}/ca.pem",
+                pycurl.SSLCERT: f"/etc/tasks/certs/{OWNER}/c.pem",
                 pycurl.KEYPASSWD: b"pw",
                 pycurl.SSLCERTTYPE: "PEM",
                 pycurl.SSLKEY_BLOB: b"KEY",
@@ -410,24 +413,30 @@ def test_parse_hsts_cache() -> None:
 @pytest.mark.parametrize(
     ("cert_dir", "path"),
     [
-        (None, "/etc/tasks/certs/ca.pem"),
+        (None, f"/etc/tasks/certs/{OWNER}/ca.pem"),
         ("/etc/tasks/certs", "/etc/passwd"),
         ("/etc/tasks/certs", "/etc/tasks/certs/../../passwd"),
         ("/etc/tasks/certs", "../ca.pem"),
-        ("/etc/tasks/certs", "/etc/tasks/certs"),
-        ("/etc/tasks/certs", "/etc/tasks/certs-evil/ca.pem"),
+        ("/etc/tasks/certs", f"/etc/tasks/certs/{OWNER}"),
+        ("/etc/tasks/certs", "/etc/tasks/certs/ca.pem"),
+        ("/etc/tasks/certs", "/etc/tasks/certs/01OTHER000000000000000000/client.key"),
+        ("/etc/tasks/certs", "../01OTHER000000000000000000/client.key"),
+        ("/etc/tasks/certs", f"/etc/tasks/certs/{OWNER}-evil/ca.pem"),
     ],
 )
-def test_certificate_paths_must_stay_inside_the_cert_dir(cert_dir: str | None, path: str) -> None:
+def test_certificate_paths_must_stay_inside_the_owners_cert_dir(
+    cert_dir: str | None, path: str
+) -> None:
     call = make_call(config=TaskConfig(ca=Pem(path=path)))
-    with pytest.raises(ValueError, match="certificate path"):
+    with pytest.raises(ValueError, match=r"^config\.ca: ") as caught:
         curl_options(call, CurlSettings(cert_dir=cert_dir))
+    assert "/etc" not in str(caught.value)  # the message names the option, not a path
 
 
-def test_relative_certificate_paths_are_taken_inside_the_cert_dir() -> None:
+def test_relative_certificate_paths_are_taken_inside_the_owners_cert_dir() -> None:
     call = make_call(config=TaskConfig(ca=Pem(path="sub/ca.pem")))
     options = curl_options(call, CurlSettings(cert_dir="/etc/tasks/certs/"))
-    assert value(options, pycurl.CAINFO) == "/etc/tasks/certs/sub/ca.pem"
+    assert value(options, pycurl.CAINFO) == f"/etc/tasks/certs/{OWNER}/sub/ca.pem"
 
 
 def test_curl_options_is_pure() -> None:
@@ -641,12 +650,14 @@ async def test_https_with_ca_and_client_cert_files_inside_the_cert_dir(
     tls: TlsMaterial, tmp_path: Path
 ) -> None:
     client = tls.client_cert("files.test")
-    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
-    (tmp_path / "client.pem").write_bytes(client.cert)
-    (tmp_path / "client.key").write_bytes(client.key)
+    own = tmp_path / OWNER
+    own.mkdir()
+    (own / "ca.pem").write_bytes(tls.ca_pem)
+    (own / "client.pem").write_bytes(client.cert)
+    (own / "client.key").write_bytes(client.key)
     config = TaskConfig(
         ca=Pem(path="ca.pem"),
-        cert=ClientCert(Pem(path=str(tmp_path / "client.pem"))),
+        cert=ClientCert(Pem(path=str(own / "client.pem"))),
         key=Pem(path="client.key"),
     )
     dispatcher = CurlDispatcher(
@@ -662,7 +673,10 @@ async def test_https_with_ca_and_client_cert_files_inside_the_cert_dir(
         await dispatcher.close()
     assert (outcome.status, outcome.error) == (404, None)
     assert server.arrivals[0].client_cert is not None
-    assert refused.status == 0 and refused.error and "outside" in refused.error
+    assert (
+        refused.error
+        == "option refused: config.ca: the path is outside this owner's certificate directory"
+    )
     assert len(server.arrivals) == 1
 
 
