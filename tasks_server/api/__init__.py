@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 from ..errors import TasksServerError
 from . import (
     admin,
+    alerts,
     batch,
     dead_letters,
     health,
@@ -56,6 +57,13 @@ def routes() -> list[BaseRoute]:
         Route(f"{task}/pause", queues.pause, methods=["PATCH"]),
         Route(f"{task}/resume", queues.resume, methods=["PATCH"]),
         Route(f"{task}/revoke", queues.revoke, methods=["PATCH"]),
+        Route("/v1/alerts", alerts.list_rules, methods=["GET"]),
+        Route("/v1/alerts", alerts.create, methods=["POST"]),
+        Route("/v1/alerts/{rule_id}", alerts.get, methods=["GET"]),
+        Route("/v1/alerts/{rule_id}", alerts.update, methods=["PATCH"]),
+        Route("/v1/alerts/{rule_id}", alerts.delete, methods=["DELETE"]),
+        Route("/v1/alerts/{rule_id}/test", alerts.test, methods=["POST"]),
+        Route("/v1/alerts/{rule_id}/deliveries", alerts.deliveries, methods=["GET"]),
         Route("/v1/dlq", dead_letters.list_dead_letters, methods=["GET"]),
         Route("/v1/dlq", dead_letters.delete_many, methods=["DELETE"]),
         Route("/v1/dlq/replay", dead_letters.replay_many, methods=["POST"]),

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from starlette.requests import Request
 
+from ..alerts.service import AlertService
 from ..clock import Clock
 from ..config import Settings
 from ..dispatch.egress import EgressPolicy
@@ -59,6 +60,7 @@ class Services:
     metrics_text: Callable[[], Awaitable[bytes]] | None = None  # Prometheus exposition
     egress: EgressPolicy = field(default_factory=EgressPolicy)  # where calls may go
     schedules: ScheduleNotifier | None = None  # the recurring-schedule runner
+    alerts: AlertService | None = None  # judges outcomes against alert rules, sends
     runs: FinalWaiters | None = None  # woken when a workflow run ends
 
 

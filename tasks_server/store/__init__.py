@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..alerting import AlertDelivery, AlertRule, Incident
 from ..errors import TasksServerError
 from ..models import (
     Attempt,
@@ -193,6 +194,44 @@ class Store(Protocol):
     async def delete_dead_letters(self, owner_id: str, task_ids: Sequence[str]) -> int:
         """Delete those of ``task_ids`` that are the owner's and in ERROR, with their
         history, in one transaction; returns how many."""
+
+    # alerts: rules (another owner's rule and a missing one raise NotFound), incidents
+    # and the record of deliveries
+
+    async def create_alert_rule(self, rule: AlertRule) -> AlertRule:
+        """Insert a rule. Raises Conflict when the owner has a rule of that name."""
+
+    async def update_alert_rule(self, rule: AlertRule) -> AlertRule:
+        """Replace the owner's rule of that id. Raises NotFound, or Conflict for a name
+        another of the owner's rules has."""
+
+    async def get_alert_rule(self, owner_id: str, rule_id: str) -> AlertRule:
+        """Raises NotFound."""
+
+    async def list_alert_rules(self, owner_id: str) -> list[AlertRule]:
+        """The owner's rules, by name."""
+
+    async def delete_alert_rule(self, owner_id: str, rule_id: str) -> None:
+        """Remove a rule with its incidents and deliveries. Raises NotFound."""
+
+    async def get_incident(self, rule_id: str, subject: str) -> Incident | None:
+        """The incident of a rule and subject as last saved, or None."""
+
+    async def save_incident(self, incident: Incident) -> None:
+        """Insert or replace the incident of its rule and subject; nothing when the rule
+        is gone."""
+
+    async def add_alert_delivery(self, delivery: AlertDelivery) -> None:
+        """Record a delivery (nothing when its rule is gone)."""
+
+    async def list_alert_deliveries(
+        self, owner_id: str, rule_id: str | None, limit: int
+    ) -> list[AlertDelivery]:
+        """The owner's deliveries (of one rule, when given), newest first."""
+
+    async def count_alert_deliveries(self, owner_id: str, since_ms: int) -> int:
+        """How many of the owner's deliveries since ``since_ms`` were sent or attempted
+        (suppressed ones do not count)."""
 
     # the engine
 

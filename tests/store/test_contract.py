@@ -9,6 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from tasks_server.alerting import (
+    AlertDelivery,
+    AlertEvent,
+    AlertRule,
+    DeliveryStatus,
+    Expectation,
+    Incident,
+    Scope,
+)
 from tasks_server.errors import (
     Conflict,
     NotFound,
@@ -822,3 +831,73 @@ async def test_a_follow_up_is_created_with_the_outcome_that_counts(store: Store)
     ]
     due = [(d.task_id, d.due_at_ms) for d in await store.due_before(T0 + 10, 10)]
     assert (follow_up.task_id, T0 + 5) in due
+
+
+# -- alerts -------------------------------------------------------------------------------
+
+
+def alert_rule(owner: Owner, name: str = "failures", rule_id: str | None = None) -> AlertRule:
+    return AlertRule(
+        id=rule_id or new_task_id(T0),
+        owner_id=owner.id,
+        name=name,
+        on=AlertEvent.TASK_FAILED,
+        scope=Scope(label=("team", "billing")),
+        consecutive=2,
+        expect=Expectation((200,), "ok", None),
+        email_to=None,
+        webhook=HttpRequest(url=SECRET_URL, method="POST", headers=(("X-Key", "hunter2"),)),
+        created_at_ms=T0,
+        updated_at_ms=T0,
+    )
+
+
+async def test_alert_rules_lifecycle(store: Store) -> None:
+    owner = await make_owner(store)
+    intruder = await make_owner(store, "intruder")
+    rule = await store.create_alert_rule(alert_rule(owner))
+    assert await store.get_alert_rule(owner.id, rule.id) == rule
+    with pytest.raises(Conflict):
+        await store.create_alert_rule(alert_rule(owner))
+    second = await store.create_alert_rule(alert_rule(owner, "another"))
+    assert [r.id for r in await store.list_alert_rules(owner.id)] == [second.id, rule.id]
+    with pytest.raises(Conflict):
+        await store.update_alert_rule(dataclasses.replace(second, name="failures"))
+    changed = dataclasses.replace(rule, consecutive=5, updated_at_ms=T0 + 1)
+    assert await store.update_alert_rule(changed) == changed
+    assert await store.get_alert_rule(owner.id, rule.id) == changed
+    for call in (
+        store.get_alert_rule(intruder.id, rule.id),
+        store.delete_alert_rule(intruder.id, rule.id),
+        store.update_alert_rule(dataclasses.replace(rule, owner_id=intruder.id)),
+    ):
+        with pytest.raises(NotFound):
+            await call
+    assert await store.list_alert_rules(intruder.id) == []
+    await store.delete_alert_rule(owner.id, rule.id)
+    with pytest.raises(NotFound):
+        await store.get_alert_rule(owner.id, rule.id)
+
+
+async def test_incidents_and_deliveries(store: Store) -> None:
+    owner = await make_owner(store)
+    rule = await store.create_alert_rule(alert_rule(owner))
+    assert await store.get_incident(rule.id, "") is None
+    incident = Incident(rule.id, "", is_open=True, streak=2, last_error="boom")
+    await store.save_incident(incident)
+    await store.save_incident(dataclasses.replace(incident, streak=3))
+    assert await store.get_incident(rule.id, "") == dataclasses.replace(incident, streak=3)
+    assert await store.get_incident(rule.id, "other") is None
+    for n, status in enumerate((DeliveryStatus.SENT, DeliveryStatus.SUPPRESSED)):
+        await store.add_alert_delivery(
+            AlertDelivery(f"D{n}", owner.id, rule.id, "alert", "email", status, "s", T0 + n)
+        )
+    found = await store.list_alert_deliveries(owner.id, rule.id, 10)
+    assert [d.id for d in found] == ["D1", "D0"] and found[0].status is DeliveryStatus.SUPPRESSED
+    assert await store.count_alert_deliveries(owner.id, T0) == 1  # suppressed ones do not count
+    assert await store.count_alert_deliveries(owner.id, T0 + 1) == 0
+    await store.delete_alert_rule(owner.id, rule.id)
+    assert await store.list_alert_deliveries(owner.id, None, 10) == []
+    assert await store.get_incident(rule.id, "") is None
+    await store.save_incident(incident)  # the rule is gone: nothing is kept
+    assert await store.get_incident(rule.id, "") is None

@@ -60,6 +60,7 @@ def spec() -> JsonObject:
                 **requests,
                 **RESPONSE_SCHEMAS,
                 **failures.SCHEMAS,
+                **failures.alert_schemas(),
             },
             "securitySchemes": SECURITY_SCHEMES,
         },
