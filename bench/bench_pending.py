@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sqlite3
 import tempfile
 import time
@@ -24,11 +25,13 @@ from tasks_server.store.migrate import migrate
 from tasks_server.store.sqlite import connect
 from tasks_server.store.sqlite.base import SPEC
 
+CIPHER_KEY = secrets.token_urlsafe(32)  # the filler and the server seal with the same key
+
 
 def fill(path: Path, owner_id: str, count: int, days: int) -> float:
     """Insert ``count`` RUNNING tasks due over ``days`` days; returns seconds taken."""
     started = time.perf_counter()
-    sealer = Sealer("bench")
+    sealer = Sealer(CIPHER_KEY)
     spec = TaskSpec(
         HttpRequest(url="http://127.0.0.1:9/hook", method="POST", data_json='{"n":1}'),
         TaskConfig(retry=3, retry_interval_ms=1000, retry_exponential=True),
@@ -65,7 +68,7 @@ def _insert(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
 
 async def main(count: int, days: int) -> None:
     directory = Path(tempfile.mkdtemp(prefix="tasks-pending-"))
-    server = Server(directory, CIPHER_KEY="bench").start()
+    server = Server(directory, CIPHER_KEY=CIPHER_KEY).start()
     await register_owner(server.port, "pending")
     time.sleep(1)
     idle_mb = server.rss_mb()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -75,7 +76,7 @@ class Server:
         self.env = {
             "PORT": str(self.port),
             "PATH_SQLITE": str(self.directory / "tasks.db"),
-            "CIPHER_KEY": "bench",
+            "CIPHER_KEY": secrets.token_urlsafe(32),
             "LOG_LEVEL": "WARNING",
             "TASKS_IN_QUEUE_LIMIT": "0",
             "MAX_IN_FLIGHT": "4000",

@@ -14,11 +14,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from . import dispatch
+from . import cipher_key, dispatch
 from .alerts.email import SmtpMailer, SmtpSettings
 from .alerts.service import AlertOptions, AlertService
 from .api import create_app
 from .api.auth import Authenticator
+from .api.buckets import TokenBuckets
 from .api.edge import Edge, Throttle
 from .api.services import Services
 from .api.workflows import step_builder
@@ -26,6 +27,7 @@ from .backup.job import BackupJob
 from .clock import Clock, SystemClock
 from .config import Settings
 from .dispatch.egress import EgressPolicy
+from .engine.retention import RetentionJob
 from .engine.scheduler import Scheduler, SchedulerOptions
 from .engine.waiters import FinalWaiters
 from .metrics import Metrics
@@ -75,6 +77,7 @@ class Server:
     asgi: Edge  # the app behind the edge middleware: what uvicorn serves
     fatal: Fatal = field(default_factory=Fatal)
     alerts: AlertService | None = None  # judges outcomes against alert rules, sends
+    retention: RetentionJob | None = None  # RETENTION_FINISHED_DAYS: old finished tasks go
 
 
 def build(
@@ -100,7 +103,7 @@ def build(
         store=store,
         clock=clock,
         scheduler=scheduler,
-        auth=Authenticator(store),
+        auth=Authenticator(store, clock, settings.request_budget),
         unsupported=unsupported,
         readiness=lambda: _readiness(settings, store, scheduler),
         metrics_text=lambda: metrics.render(lambda: _count_pending(store)),
@@ -119,6 +122,11 @@ def build(
         scheduler=scheduler,
         schedules=schedules,
         backup=BackupJob(settings, clock) if settings.backup_is_scheduled else None,
+        retention=(
+            RetentionJob(store, clock, settings.retention_finished_days)
+            if settings.retention_finished_days
+            else None
+        ),
         metrics=metrics,
         app=app,
         asgi=Edge(
@@ -127,6 +135,13 @@ def build(
             _throttle(settings),
             log_requests=settings.log,
             on_request=metrics.on_request,
+            # the larger of the two limits: each route checks its own while reading
+            max_body_bytes=max(settings.max_size_body_request, settings.max_size_body_batch),
+            auth_failures=(
+                TokenBuckets(settings.auth_failures_per_minute)
+                if settings.auth_failures_per_minute
+                else None
+            ),
         ),
         alerts=alerts,
     )
@@ -159,8 +174,9 @@ def _alert_service(
 
 def make_store(settings: Settings, metrics: Metrics | None = None) -> Store:
     """PostgreSQL when DATABASE_URL is set (several nodes may share it), else SQLite."""
-    sealer = Sealer(settings.cipher_key)
     if settings.database_url is not None:
+        # every node shares the database, so the key is CIPHER_KEY itself (no key file)
+        sealer = Sealer(settings.cipher_key)
         return PostgresStore(
             settings.database_url,
             sealer,
@@ -170,10 +186,11 @@ def make_store(settings: Settings, metrics: Metrics | None = None) -> Store:
         )
     return SqliteStore(
         settings.database_path,
-        sealer,
+        Sealer(cipher_key.resolve(settings.cipher_key, settings.database_path)),
         settings.sqlite_synchronous,
         on_commit=None if metrics is None else metrics.on_commit,
         busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+        keep_attempts=settings.attempts_kept,
     )
 
 
@@ -201,6 +218,7 @@ def _scheduler_options(settings: Settings) -> SchedulerOptions:
         lookahead_ms=settings.lookahead_ms,
         max_in_flight=settings.max_in_flight,
         max_response_bytes=settings.max_size_data_response,
+        max_header_bytes=settings.max_response_headers_bytes,
         log_attempts=settings.log,
         retry_after_max_ms=settings.retry_after_max_s * 1000,
     )
@@ -274,6 +292,8 @@ async def _lifespan(server: Server) -> AsyncIterator[None]:
         _start_loop(server, stack, "schedules", server.schedules.run, _stop_schedules)
         if server.backup is not None:
             _start_loop(server, stack, "backup", server.backup.run, _stop_backup)
+        if server.retention is not None:
+            _start_loop(server, stack, "retention", server.retention.run, _stop_retention)
         yield
         logger.info("shutting down")
 
@@ -380,6 +400,11 @@ async def _stop_listening(server: Server, task: asyncio.Task[None]) -> None:
 
 async def _stop_schedules(server: Server, task: asyncio.Task[None]) -> None:
     await server.schedules.stop()
+
+
+async def _stop_retention(server: Server, task: asyncio.Task[None]) -> None:
+    assert server.retention is not None
+    await server.retention.stop()
 
 
 async def _stop_backup(server: Server, task: asyncio.Task[None]) -> None:

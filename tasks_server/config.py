@@ -76,9 +76,8 @@ class Settings:
     # BACKUP_OBJECT_STORAGE_MULTIPART_THRESHOLD: bigger uploads go in parts of this size
     s3_multipart_threshold_bytes: int = 8 * 1024 * 1024
     metrics_key: str | None = field(default=None, repr=False)  # METRICS_KEY: bearer for /metrics
+    metrics_public: bool = False  # METRICS_PUBLIC=1: /metrics without a key
     admin_key: str | None = field(default=None, repr=False)  # ADMIN_KEY: enables /v1/admin/*
-    # OWNER_REGISTRATION: open | admin | closed; unset = admin with ADMIN_KEY, else open
-    owner_registration: str | None = None
     public_url: str | None = None  # PUBLIC_URL: base of links in alerts (default: HOST:PORT)
     smtp_host: str | None = None  # SMTP_HOST: alert e-mail goes through it (unset: none)
     smtp_port: int = 587  # SMTP_PORT
@@ -89,6 +88,16 @@ class Settings:
     smtp_ca_file: str | None = None  # SMTP_CA_FILE: CA bundle to trust (default: system's)
     alerts_max_per_hour: int = 30  # ALERTS_MAX_PER_HOUR: per owner; more are suppressed
     alert_digest_interval_s: int = 3600  # ALERT_DIGEST_INTERVAL_S: repeats, at most this often
+    http_header_timeout_s: float = 10.0  # HTTP_HEADER_TIMEOUT_S: to send a request head
+    http_body_timeout_s: float = 30.0  # HTTP_BODY_TIMEOUT_S: longest gap in a request body
+    http_keep_alive_s: float = 5.0  # HTTP_KEEP_ALIVE_S: idle keep-alive connections close
+    max_connections: int = 0  # MAX_CONNECTIONS: open client connections (0: fit the fd limit)
+    max_response_headers_bytes: int = 16_384  # MAX_RESPONSE_HEADERS_BYTES per attempt
+    attempts_kept: int = 20  # ATTEMPTS_KEPT: per task, the first and the last N (0 = all)
+    retention_finished_days: int = 0  # RETENTION_FINISHED_DAYS: delete older (0 = keep)
+    auth_failures_per_minute: int = 60  # AUTH_FAILURES_PER_MINUTE: per address, per owner
+    request_budget: int = 0  # REQUEST_BUDGET: API requests per minute per owner (0 = none)
+    owner_registration: str | None = None  # OWNER_REGISTRATION: see registration_mode
     # EGRESS_ALLOW: CIDRs and host names calls may reach although private or loopback
     egress_allow: str = ""
     egress_deny: str = ""  # EGRESS_DENY: CIDRs and host names always refused
@@ -264,7 +273,17 @@ _SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
         _int(5 * 1024 * 1024),
     ),
     "metrics_key": (("METRICS_KEY",), _optional_text),
+    "metrics_public": (("METRICS_PUBLIC",), _bool),
     "admin_key": (("ADMIN_KEY",), _optional_text),
+    "http_header_timeout_s": (("HTTP_HEADER_TIMEOUT_S",), _float),
+    "http_body_timeout_s": (("HTTP_BODY_TIMEOUT_S",), _float),
+    "http_keep_alive_s": (("HTTP_KEEP_ALIVE_S",), _float),
+    "max_connections": (("MAX_CONNECTIONS",), _int(0)),
+    "max_response_headers_bytes": (("MAX_RESPONSE_HEADERS_BYTES",), _int(0)),
+    "attempts_kept": (("ATTEMPTS_KEPT",), _int(0)),
+    "retention_finished_days": (("RETENTION_FINISHED_DAYS",), _int(0)),
+    "auth_failures_per_minute": (("AUTH_FAILURES_PER_MINUTE",), _int(0)),
+    "request_budget": (("REQUEST_BUDGET",), _int(0)),
     "owner_registration": (("OWNER_REGISTRATION",), _choice("open", "admin", "closed")),
     "public_url": (("PUBLIC_URL",), _optional_text),
     "smtp_host": (("SMTP_HOST",), _optional_text),

@@ -5,7 +5,8 @@ TasksServerError
 ├── ValidationFailed (ValueError)        request data that breaks a rule; carries a tree
 ├── AuthError
 │   ├── Unauthenticated                 malformed credentials or unknown owner (403)
-│   └── WrongKey                        a well-formed key that is not the owner's (401)
+│   ├── WrongKey                        a well-formed key that is not the owner's (401)
+│   └── RegistrationClosed              OWNER_REGISTRATION=closed (403)
 ├── NotFound (LookupError)              missing, or another owner's (indistinguishable)
 │   ├── OwnerNotFound
 │   ├── TaskNotFound
@@ -64,6 +65,10 @@ class Unauthenticated(AuthError):
 
 class WrongKey(AuthError):
     default_message = "The request did not include valid authentication"
+
+
+class RegistrationClosed(AuthError):
+    default_message = "Owner registration is closed on this server; ask its administrator"
 
 
 class NotFound(TasksServerError, LookupError):

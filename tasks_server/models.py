@@ -1,7 +1,6 @@
 """Domain values: owners, tasks, the HTTP request a task makes and its outcome.
 
-Frozen, typed and free of I/O. Times are integer epoch milliseconds (UTC); wire names and
-ISO strings exist only in ``api/``.
+Frozen, typed, free of I/O. Times are integer epoch ms (UTC); wire names live in ``api/``.
 """
 
 from __future__ import annotations
@@ -32,6 +31,8 @@ class Owner:
     created_at_ms: int
     tasks_in_queue: int
     tasks_in_queue_limit: int
+    disabled: bool = False  # set by an administrator: the owner's key stops working
+    request_budget: int | None = None  # API requests per minute; None: the server's default
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,8 +126,10 @@ class OwnerAuth:
         return {"Authorization": f"Bearer {self.key}", "X-Tasks-Owner-Id": self.id}
 
 
-async def register_owner(client: httpx.AsyncClient, name: str) -> OwnerAuth:
-    response = await client.post("/v1/owners/register", json={"name": name})
+async def register_owner(
+    client: httpx.AsyncClient, name: str, headers: dict[str, str] | None = None
+) -> OwnerAuth:
+    response = await client.post("/v1/owners/register", json={"name": name}, headers=headers)
     assert response.status_code == 201, response.text
     body = response.json()
     return OwnerAuth(body["id"], body["key"], name)

@@ -12,9 +12,11 @@ import re
 
 from starlette.requests import Request
 
-from ..errors import Unauthenticated, WrongKey
+from ..clock import Clock
+from ..errors import Throttled, Unauthenticated, WrongKey
 from ..sealing import keys_match
 from ..store import Store
+from .buckets import TokenBuckets
 
 _KEY = re.compile(r"^[A-Za-z0-9]{64}$")
 _OWNER_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$", re.IGNORECASE)
@@ -22,10 +24,17 @@ _CACHE_LIMIT = 10_000
 
 
 class Authenticator:
-    def __init__(self, store: Store) -> None:
+    """Checks owner credentials and spends the owner's request budget (requests per
+    minute: the owner's own, set by an administrator, else ``default_budget``; 0 = none)."""
+
+    def __init__(self, store: Store, clock: Clock | None = None, default_budget: int = 0) -> None:
         self._store = store
+        self._clock = clock
+        self._default_budget = default_budget
         self._digests: dict[str, bytes] = {}
         self._verified: dict[str, str] = {}
+        self._budgets: dict[str, int] = {}  # owner id → requests per minute (0 = none)
+        self._spent = TokenBuckets(default_budget or 1)
 
     async def owner_id(self, request: Request) -> str:
         """The authenticated owner's id. Raises Unauthenticated (403) or WrongKey (401)."""
@@ -43,7 +52,10 @@ class Authenticator:
             if len(self._digests) >= _CACHE_LIMIT:
                 self._digests.clear()
                 self._verified.clear()
+                self._budgets.clear()
             self._digests[owner_id] = digest
+            budget = (await self._store.get_owner(owner_id)).request_budget
+            self._budgets[owner_id] = self._default_budget if budget is None else budget
         # the last key that matched each owner is remembered, so a client's repeated
         # calls cost one constant-time string comparison instead of an HMAC each
         key = parts[1]
@@ -52,9 +64,18 @@ class Authenticator:
             if not keys_match(digest, key):
                 raise WrongKey()
             self._verified[owner_id] = key
+        self._spend(owner_id)
         return owner_id
 
+    def _spend(self, owner_id: str) -> None:
+        budget = self._budgets.get(owner_id, self._default_budget)
+        if budget and self._clock is not None:
+            wait_s = self._spent.take(owner_id, self._clock.now_ms(), budget)
+            if wait_s:
+                raise Throttled(wait_s)
+
     def forget(self, owner_id: str) -> None:
-        """Drop a deleted owner from the cache."""
+        """Drop an owner from the cache (deleted, disabled, re-keyed or re-budgeted)."""
         self._digests.pop(owner_id, None)
         self._verified.pop(owner_id, None)
+        self._budgets.pop(owner_id, None)

@@ -11,6 +11,9 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..clock import Clock
+from ..errors import PayloadTooLarge, Throttled
+from .buckets import TokenBuckets
+from .errors import error_response
 
 logger = logging.getLogger("tasks_server.access")
 
@@ -61,8 +64,13 @@ class Edge:
         throttle: Throttle | None,
         log_requests: bool,
         on_request: RequestObserver | None = None,
+        max_body_bytes: int | None = None,
+        auth_failures: TokenBuckets | None = None,
     ) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
+        # failed authentications (401/403) per client address and per owner id named
+        self.auth_failures = auth_failures
         self.clock = clock
         self.throttle = throttle
         self.log_requests = log_requests
@@ -75,20 +83,15 @@ class Edge:
         started = time.perf_counter()
         extra: list[tuple[bytes, bytes]] = list(SECURITY_HEADERS)
         status_holder = [500]
-        if self.throttle is not None:
-            client = (scope.get("client") or ("?", 0))[0]
-            allowed, remaining, reset_s = self.throttle.hit(client, self.clock.now_ms())
-            limit = self.throttle.max_requests
-            window_s = self.throttle.window_ms // 1000
-            extra += [
-                (b"ratelimit-policy", f"{limit};w={window_s}".encode()),
-                (b"ratelimit-limit", str(limit).encode()),
-                (b"ratelimit-remaining", str(remaining).encode()),
-            ]
-            if not allowed:
-                logger.warning("throttled %s", client)
-                await self._too_many(send, extra, reset_s)
-                return
+        if self.throttle is not None and await self._throttled(scope, send, extra):
+            return
+
+        guessing = self._guessing_keys(scope)
+        wait_s = self._guessing_wait_s(guessing)
+        if wait_s:
+            logger.warning("authentication failures: %s waits %d s", guessing[0], wait_s)
+            await error_response(Throttled(wait_s))(scope, receive, send)
+            return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -97,8 +100,13 @@ class Edge:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_headers)
+            if self._declares_too_much(scope):
+                # refused before a byte of the body is read, whatever the route
+                await error_response(PayloadTooLarge())(scope, receive, send_with_headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
         finally:
+            self._count_failure(status_holder[0], guessing)
             elapsed_ms = (time.perf_counter() - started) * 1000
             if self.log_requests:
                 # the path only: query strings and headers may carry secrets
@@ -118,6 +126,53 @@ class Edge:
             if self.on_request is not None:
                 route = getattr(scope.get("route"), "path", "")  # set by Starlette's router
                 self.on_request(scope["method"], route, status_holder[0], elapsed_ms)
+
+    async def _throttled(self, scope: Scope, send: Send, extra: list[tuple[bytes, bytes]]) -> bool:
+        """Count the request against its client's window (MAX_THROTTLE_REQUEST): adds
+        the RateLimit headers to ``extra``, and answers 429 (True) when it is used up."""
+        assert self.throttle is not None
+        client = (scope.get("client") or ("?", 0))[0]
+        allowed, remaining, reset_s = self.throttle.hit(client, self.clock.now_ms())
+        limit = self.throttle.max_requests
+        window_s = self.throttle.window_ms // 1000
+        extra += [
+            (b"ratelimit-policy", f"{limit};w={window_s}".encode()),
+            (b"ratelimit-limit", str(limit).encode()),
+            (b"ratelimit-remaining", str(remaining).encode()),
+        ]
+        if not allowed:
+            logger.warning("throttled %s", client)
+            await self._too_many(send, extra, reset_s)
+        return not allowed
+
+    def _count_failure(self, status: int, keys: list[str]) -> None:
+        if status in (401, 403) and self.auth_failures is not None:
+            for key in keys:
+                self.auth_failures.take(key, self.clock.now_ms())
+
+    def _guessing_wait_s(self, keys: list[str]) -> int:
+        """Seconds until the emptiest of ``keys``' failure buckets allows a try (0: now)."""
+        if self.auth_failures is None:
+            return 0
+        now = self.clock.now_ms()
+        return max(self.auth_failures.wait_s(key, now) for key in keys)
+
+    def _guessing_keys(self, scope: Scope) -> list[str]:
+        """The buckets a failed authentication of this request drains: its client
+        address, and the owner id it names."""
+        keys = [f"address:{(scope.get('client') or ('?', 0))[0]}"]
+        for name, value in scope["headers"]:
+            if name == b"x-tasks-owner-id":
+                keys.append(f"owner:{value.decode('latin-1').upper()[:32]}")
+        return keys
+
+    def _declares_too_much(self, scope: Scope) -> bool:
+        if self.max_body_bytes is None:
+            return False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                return value.isdigit() and int(value) > self.max_body_bytes
+        return False
 
     async def _too_many(self, send: Send, extra: list[tuple[bytes, bytes]], reset_s: int) -> None:
         body = json.dumps(

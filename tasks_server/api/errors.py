@@ -83,7 +83,11 @@ def error_response(exc: TasksServerError) -> JSONResponse:
     status, body = error_body(exc)
     headers = None
     if isinstance(exc, Throttled):
-        headers = {"RateLimit-Remaining": "0", "RateLimit-Reset": str(exc.reset_s)}
+        headers = {
+            "RateLimit-Remaining": "0",
+            "RateLimit-Reset": str(exc.reset_s),
+            "Retry-After": str(exc.reset_s),
+        }
     if isinstance(exc, StorageUnavailable):
         headers = {"Retry-After": str(exc.retry_after_s)}
     return JSONResponse(body, status, headers=headers)

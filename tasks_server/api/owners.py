@@ -5,26 +5,18 @@ The rules are the original's (docs/compatibility.md#owners).
 
 from __future__ import annotations
 
-import secrets
-import string
-
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import NotFound, OwnerNotFound, PreconditionFailed
+from ..errors import NotFound, OwnerNotFound, PreconditionFailed, RegistrationClosed
 from ..sealing import key_digest
+from .admin import require_bearer
 from .errors import validation_failed
+from .keys import new_owner_key
 from .schemas import OwnerIn
 from .services import services
 from .wire import DONE, answer, read_json
-
-_KEY_ALPHABET = string.digits + string.ascii_letters
-
-
-def new_owner_key() -> str:
-    """64 characters of [0-9A-Za-z] from the OS's CSPRNG (about 381 bits)."""
-    return "".join(secrets.choice(_KEY_ALPHABET) for _ in range(64))
 
 
 def _name(request: Request) -> str:
@@ -36,7 +28,15 @@ def _name(request: Request) -> str:
 
 
 async def register(request: Request) -> Response:
+    """Anyone may register in ``open`` mode, only the administrator in ``admin`` mode,
+    nobody in ``closed`` mode (OWNER_REGISTRATION)."""
     app = services(request)
+    mode = app.settings.registration_mode
+    if mode == "closed":
+        raise RegistrationClosed()
+    if mode == "admin":
+        assert app.settings.admin_key  # config.validate refuses admin mode without it
+        require_bearer(request, app.settings.admin_key)
     data = await read_json(request, app.settings.max_size_body_request)
     try:
         body = OwnerIn.model_validate(data)

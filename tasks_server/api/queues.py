@@ -22,6 +22,7 @@ from . import results
 from .convert import field_error, spec_to_wire, to_new_task
 from .errors import validation_failed
 from .outgoing import check_outgoing
+from .redact import redact
 from .schemas import ListQuery, TaskIn
 from .services import Services, services
 from .wire import DONE, answer, parse_json, read_body, read_json
@@ -202,11 +203,14 @@ async def get(request: Request) -> Response:
 
 
 async def get_config(request: Request) -> Response:
-    """The request and options as stored, in the registration body's shape."""
+    """The request and options as stored, in the registration body's shape; secrets
+    read ``"***"`` unless the owner asks for them with ``?reveal=true``."""
     app = services(request)
     owner_id = await app.auth.owner_id(request)
     spec = await app.store.get_spec(owner_id, task_id_of(request))
-    return answer(request, spec_to_wire(spec))
+    wire = spec_to_wire(spec)
+    reveal = request.query_params.get("reveal", "").lower() in ("true", "1")
+    return answer(request, wire if reveal else redact(wire))
 
 
 async def attempts(request: Request) -> Response:

@@ -86,7 +86,10 @@ class TasksClient:
     # -- owners -------------------------------------------------------------------------
 
     def register_owner(self, name: str) -> Any:
-        return self.call("POST", "/v1/owners/register", {"name": name}, auth="none")
+        """Register ``name``; with an admin key the key is sent, as OWNER_REGISTRATION=admin
+        (the default when the server has an ADMIN_KEY) requires."""
+        auth: Auth = "admin" if self._admin_key else "none"
+        return self.call("POST", "/v1/owners/register", {"name": name}, auth=auth)
 
     def get_owner(self, name: str) -> Any:
         return self.call("GET", f"/v1/owners/{quote(name, safe='')}")
@@ -96,6 +99,17 @@ class TasksClient:
 
     def list_owners(self) -> Any:
         return self.call("GET", "/v1/admin/owners", auth="admin")
+
+    def change_owner(self, owner_id: str, **changes: Any) -> Any:
+        path = f"/v1/admin/owners/{quote(owner_id, safe='')}"
+        return self.call("PATCH", path, changes, auth="admin")
+
+    def remove_owner(self, owner_id: str) -> Any:
+        return self.call("DELETE", f"/v1/admin/owners/{quote(owner_id, safe='')}", auth="admin")
+
+    def rotate_owner_key(self, owner_id: str) -> Any:
+        path = f"/v1/admin/owners/{quote(owner_id, safe='')}/key"
+        return self.call("POST", path, auth="admin")
 
     # -- tasks --------------------------------------------------------------------------
 

@@ -98,6 +98,23 @@ def parser() -> argparse.ArgumentParser:
     )
     move.set_defaults(run=_migrate_data)
 
+    rotate = commands.add_parser(
+        "rotate-key",
+        help="re-seal every stored secret with a new cipher key (stop the server first)",
+        description="Open every sealed value with the current key (CIPHER_KEY, else the "
+        "key file beside the database) and seal it with a new one, in one transaction. "
+        "Without --new-key-file a random key is generated into the key file; then unset "
+        "CIPHER_KEY. With it, set CIPHER_KEY to the new key before starting the server.",
+    )
+    rotate.add_argument("--db", dest="path_sqlite", help="SQLite file (PATH_SQLITE)")
+    rotate.add_argument(
+        "--new-key-file",
+        type=Path,
+        metavar="FILE",
+        help="a file holding the new key (at least 16 characters); default: generate one",
+    )
+    rotate.set_defaults(run=_rotate_key)
+
     task_commands.add_commands(commands)  # owner …, task …: HTTP calls to a running server
     cron_commands.add_commands(commands)  # cron …: recurring schedules, the same way
     workflow_commands.add_commands(commands)  # workflow …: multi-step runs, the same way
@@ -158,15 +175,37 @@ def _check_files(settings: Settings) -> None:
 def _run_server(settings: Settings) -> int:
     import uvicorn
 
+    from ..api.transport import (
+        ConnectionLimits,
+        connection_cap,
+        raise_descriptor_limit,
+        uvicorn_options,
+    )
     from ..app import build
+    from ..cipher_key import resolve
+    from ..sealing import Sealer
+    from ..store.sqlite.sealed import check_key
 
+    # a wrong key stops here, with a message naming the setting, before anything starts
+    check_key(settings.database_path, Sealer(resolve(settings.cipher_key, settings.database_path)))
     server = build(settings)
+    descriptors = raise_descriptor_limit()
+    limits = ConnectionLimits(
+        header_timeout_s=settings.http_header_timeout_s,
+        body_timeout_s=settings.http_body_timeout_s,
+        max_connections=connection_cap(
+            descriptors, settings.max_in_flight, settings.max_connections
+        ),
+    )
+    logger.info(
+        "up to %d client connections (descriptor limit %d)", limits.max_connections, descriptors
+    )
     config = uvicorn.Config(
         server.asgi,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        **uvicorn_options(limits, settings.http_keep_alive_s),
         lifespan="on",
         access_log=False,
         log_config=None,
@@ -192,6 +231,8 @@ def _run_server(settings: Settings) -> int:
     # allocates many short-lived objects; the default threshold of 700 runs it constantly).
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
+    for warning in startup_warnings(settings):
+        logger.warning("%s", warning)
     scheme = "https" if settings.path_tls_cert else "http"
     logger.info("tasks-server %s on %s://%s:%d", __version__, scheme, settings.host, settings.port)
     uv.run()
@@ -199,6 +240,33 @@ def _run_server(settings: Settings) -> int:
         logger.critical("exiting: %s", server.fatal.error)
         return 1
     return 0 if uv.started else 1
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    """What the operator should hear at start-up about settings that are allowed but
+    unsafe on a reachable server."""
+    warnings = []
+    if settings.owner_registration is None and settings.registration_mode == "open":
+        warnings.append(
+            "OWNER_REGISTRATION is open (no ADMIN_KEY is set): anyone who can reach this "
+            "server can create an owner and make it send HTTP requests. Set ADMIN_KEY "
+            "(registration then needs it) or OWNER_REGISTRATION=closed, or set "
+            "OWNER_REGISTRATION=open to keep this and silence the warning."
+        )
+    return warnings
+
+
+def _rotate_key(args: argparse.Namespace, settings: Settings) -> int:
+    from ..cipher_key import rotate
+    from ..errors import BackupError
+
+    try:
+        report = rotate(settings.cipher_key, settings.database_path, args.new_key_file)
+    except BackupError as exc:  # a server holds the database
+        logger.error("rotate-key refused: %s", exc)
+        return 1
+    print(report)  # noqa: T201
+    return 0
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:

@@ -81,6 +81,8 @@ _OWNER_COLUMNS = (
     ("tasksInQueue", "TASKS"),
     ("tasksInQueueLimit", "LIMIT"),
 )
+# what an administrator sees besides: the switches only it can set
+_ADMIN_OWNER_COLUMNS = (*_OWNER_COLUMNS, ("disabled", "DISABLED"), ("requestBudget", "BUDGET"))
 
 
 def rows(records: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
@@ -113,11 +115,15 @@ def print_task(answer: Any, args: argparse.Namespace) -> None:
 
 
 def print_owners(answer: Any, args: argparse.Namespace) -> None:
-    out(rows(answer, _OWNER_COLUMNS) if answer else "no owners")
+    out(rows(answer, _ADMIN_OWNER_COLUMNS) if answer else "no owners")
 
 
 def print_owner(answer: Any, args: argparse.Namespace) -> None:
     out(fields(answer, [(key, label.lower()) for key, label in _OWNER_COLUMNS]))
+
+
+def print_admin_owner(answer: Any, args: argparse.Namespace) -> None:
+    out(fields(answer, [(key, label.lower()) for key, label in _ADMIN_OWNER_COLUMNS]))
 
 
 def print_created_owner(answer: Any, args: argparse.Namespace) -> None:
@@ -130,4 +136,5 @@ def print_created_owner(answer: Any, args: argparse.Namespace) -> None:
 
 
 def print_done(answer: Any, args: argparse.Namespace) -> None:
-    out(f"{args.task_id if 'task_id' in args else args.name}: done")
+    subject = next(args.__dict__[k] for k in ("task_id", "owner_id", "name") if k in args)
+    out(f"{subject}: done")

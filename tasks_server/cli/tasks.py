@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import DEFAULT_SERVER_URL, load_client
 from ..errors import ConfigError
-from . import output
+from . import output, owner_admin
 from .client import ApiError, MissingCredentials, TasksClient, Unreachable
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -201,6 +201,7 @@ def _add_owner_commands(commands: Any, flags: argparse.ArgumentParser) -> None:
         output.print_done,
     )
     delete.add_argument("name", help="your owner name")
+    owner_admin.add_commands(group, flags, add_command)
 
 
 def add_request_flags(command: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ from ..store import Store
 from ..store.ids import new_task_id
 from ..timing import attempt_timeout_ms
 from .callbacks import callback_for
+from .history import cap_headers
 from .leases import LeaseKeeper
 from .limits import FlowGate
 from .retry import DEFAULT_RETRY_AFTER_MAX_MS, decide
@@ -46,6 +47,7 @@ class SchedulerOptions:
     horizon_ms: int = 60_000
     max_in_flight: int = 1000
     max_response_bytes: int = 32_768
+    max_header_bytes: int = 16_384  # response headers kept per attempt (0: no cap)
     log_attempts: bool = False
     # claim this long before the due time and hold the attempt until then, so the claim
     # transaction and spec decoding are done when the instant comes
@@ -381,6 +383,7 @@ class Scheduler:
             return  # shutting down: the claim stays durable and is retried at start-up
         exc = future.exception()
         outcome = future.result() if exc is None else Outcome(status=0, error=repr(exc))
+        outcome = cap_headers(outcome, self._options.max_header_bytes)
         if self.flows.release(attempt.task_id):
             self._wake.set()  # a slot of its key is free: a waiting task may start
         options = self._options

@@ -30,6 +30,7 @@ from ..models import (
     TaskSpec,
     TaskState,
 )
+from ..sealing import Sealer
 from ..workflows.model import NewRun, RunState, WorkflowRun
 from ..workflows.steps import RunFinished, StepBuilder, StepStarted
 
@@ -57,7 +58,17 @@ class DeadLetterFilter:
 
 class Store(Protocol):
     async def open(self) -> None:
-        """Open connections and migrate the schema to the latest version."""
+        """Open connections and migrate the schema to the latest version.
+
+        Raises ConfigError naming CIPHER_KEY when the store's sealer does not open the
+        database's key check value (a wrong key stops start-up, before any sealed row is
+        read). A database without a check value gets one."""
+
+    async def reseal(self, sealer: Sealer) -> int:
+        """Re-seal every sealed value (specs, responses, metadata, attempt details; values
+        an older version kept in the clear too) with ``sealer`` in one transaction, and
+        replace the key check value; later reads and writes use ``sealer``. Returns the
+        number of values written."""
 
     def write_problem(self) -> str | None:
         """Why writes fail at the moment, or None when they work as far as is known.
@@ -73,17 +84,40 @@ class Store(Protocol):
 
     # owners
 
-    async def create_owner(self, name: str, key_digest: bytes, now_ms: int, limit: int) -> Owner:
-        """Insert a new owner. Raises Conflict when the name is taken."""
+    async def create_owner(
+        self,
+        name: str,
+        key_digest: bytes,
+        now_ms: int,
+        limit: int,
+        request_budget: int | None = None,
+    ) -> Owner:
+        """Insert a new, enabled owner. Raises Conflict when the name is taken."""
 
     async def get_owner(self, owner_id: str) -> Owner:
         """Raises OwnerNotFound."""
 
     async def owner_key_digest(self, owner_id: str) -> bytes | None:
-        """The stored key digest, or None when no such owner exists."""
+        """The stored key digest, or None when no such owner exists or it is disabled."""
 
     async def list_owners(self) -> list[Owner]:
         """Every owner, oldest first (for administrators)."""
+
+    async def update_owner(
+        self,
+        owner_id: str,
+        *,
+        disabled: bool,
+        tasks_in_queue_limit: int,
+        request_budget: int | None,
+    ) -> Owner:
+        """Set what an administrator controls (all three values, as given) and return the
+        owner as stored. A lower limit leaves tasks already queued alone. Raises
+        OwnerNotFound."""
+
+    async def set_owner_key(self, owner_id: str, key_digest: bytes) -> None:
+        """Replace the owner's key digest (the old key stops working at once). Raises
+        OwnerNotFound."""
 
     async def delete_owner(self, owner_id: str) -> None:
         """Delete an owner with no RUNNING or PAUSED task, and all its finished tasks.
@@ -149,6 +183,11 @@ class Store(Protocol):
 
     async def delete_task(self, owner_id: str, task_id: str) -> None:
         """Remove a task in any state with its history. Raises TaskNotFound."""
+
+    async def delete_finished_before(self, before_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` tasks that ended (SUCCESS, ERROR, REVOKED) before
+        ``before_ms`` (their end time), with their history, in one transaction; returns
+        how many (RETENTION_FINISHED_DAYS)."""
 
     async def execute_task(self, owner_id: str, task_id: str, now_ms: int) -> Task:
         """Make a RUNNING task due now (also during a retry wait). PreconditionFailed if

@@ -4,12 +4,14 @@ scheduler and the store; optional bearer protection with METRICS_KEY."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tasks_server.config import Settings
 from tasks_server.metrics import Metrics, status_class
 from tests.conftest import ServerFactory, client_for, register_owner, register_task
 from tests.support.clock import FakeClock
@@ -17,6 +19,12 @@ from tests.support.recording import RecordingDispatcher
 from tests.support.waiting import wait_until
 
 METRICS_KEY = "metrics-key-0123456789abcdef"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Scraped without a key here; the key rules have tests of their own below."""
+    return dataclasses.replace(settings, metrics_public=True)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -115,6 +123,16 @@ async def test_metrics_key_requires_the_bearer(make_server: ServerFactory) -> No
         wrong = await client.get("/metrics", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
         assert await scrape(client, Authorization=f"Bearer {METRICS_KEY}")
+
+
+async def test_metrics_are_closed_without_a_key_unless_public(make_server: ServerFactory) -> None:
+    closed = await make_server(metrics_public=False)
+    async with client_for(closed) as client:
+        refused = await client.get("/metrics")
+        assert refused.status_code == 403 and "METRICS_KEY" in refused.json()["message"]
+    both = await make_server(metrics_public=True, metrics_key=METRICS_KEY)  # the key wins
+    async with client_for(both) as client:
+        assert (await client.get("/metrics")).status_code == 401
 
 
 async def test_each_app_has_its_own_registry(make_server: ServerFactory, tmp_path: Path) -> None:

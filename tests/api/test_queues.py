@@ -6,6 +6,7 @@ The clock is fake and never advanced unless a test says so, so no task runs here
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -339,3 +340,30 @@ async def test_a_refused_transition_says_the_state_and_the_rule(
     assert resumed.json()["message"] == (
         f"Task {task['id']} is RUNNING; only a PAUSED task can be resumed"
     )
+
+
+async def test_config_hides_secrets_unless_the_owner_asks(
+    client: httpx.AsyncClient, owner: OwnerAuth
+) -> None:
+    request = {
+        "url": "http://user:url-secret@127.0.0.1:9/hook?plain=1",
+        "method": "POST",
+        "headers": {"Authorization": "Bearer header-secret", "Accept": "text/plain"},
+        "query": {"api_key": "query-secret", "page": "2"},
+        "authBasic": {"username": "user", "password": "basic-secret"},
+    }
+    config = {"proxyAuthBasic": {"username": "p", "password": "proxy-secret"}}
+    task = (await register_task(client, owner, http_request=request, config=config)).json()
+    path = f"/v1/queues/{task['id']}/config"
+    hidden = (await client.get(path, headers=owner.headers)).json()
+    text = json.dumps(hidden)
+    for secret in ("url-secret", "header-secret", "query-secret", "basic-secret", "proxy-secret"):
+        assert secret not in text
+    assert hidden["httpRequest"]["authBasic"] == {"username": "user", "password": "***"}
+    assert hidden["httpRequest"]["headers"] == {"Authorization": "***", "Accept": "text/plain"}
+    assert hidden["httpRequest"]["query"] == {"api_key": "***", "page": "2"}
+    assert hidden["httpRequest"]["url"].startswith("http://user:***@127.0.0.1:9/hook")
+    assert hidden["config"]["proxyAuthBasic"]["password"] == "***"
+    shown = (await client.get(f"{path}?reveal=true", headers=owner.headers)).json()
+    assert shown["httpRequest"]["authBasic"]["password"] == "basic-secret"
+    assert shown["config"]["proxyAuthBasic"]["password"] == "proxy-secret"

@@ -136,7 +136,9 @@ async def accepted(client: httpx.AsyncClient, owner: OwnerAuth, data: Any) -> di
 async def stored(client: httpx.AsyncClient, owner: OwnerAuth, data: Any) -> dict[str, Any]:
     """Register a body that must pass and read back what was stored (GET …/config)."""
     record = await accepted(client, owner, data)
-    response = await client.get(f"/v1/queues/{record['id']}/config", headers=owner.headers)
+    response = await client.get(
+        f"/v1/queues/{record['id']}/config?reveal=true", headers=owner.headers
+    )
     assert response.status_code == 200, response.text
     wire: dict[str, Any] = response.json()
     return wire

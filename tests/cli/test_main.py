@@ -80,7 +80,10 @@ async def cli(server: ServerProcess) -> Cli:
 
 @pytest.fixture
 async def owner(cli: Cli) -> dict[str, str]:
-    created = await cli("owner", "create", "cli-owner", "--json")
+    # the server has an ADMIN_KEY, so registration needs it (OWNER_REGISTRATION=admin)
+    refused = await cli("owner", "create", "cli-owner", "--json")
+    assert refused.code == 1 and "401" in refused.err
+    created = await cli("owner", "create", "cli-owner", "--json", TASKS_ADMIN_KEY=ADMIN_KEY)
     assert created.code == 0, created.err
     body = created.json()
     assert isinstance(body, dict)
@@ -123,7 +126,8 @@ async def test_owner_create_view_list_delete(cli: Cli, owner: dict[str, str]) ->
     assert listed.code == 0, listed.err
     assert [o["name"] for o in listed.json()] == ["cli-owner"]  # type: ignore[attr-defined]
     table = await cli("owner", "list", "--admin-key", ADMIN_KEY)
-    assert table.out.splitlines()[0].split() == ["ID", "NAME", "CREATED", "TASKS", "LIMIT"]
+    header = table.out.splitlines()[0].split()
+    assert header == ["ID", "NAME", "CREATED", "TASKS", "LIMIT", "DISABLED", "BUDGET"]
     assert owner["key"] not in table.out
 
     assert (await cli("owner", "delete", "cli-owner")).code == 0
@@ -132,7 +136,7 @@ async def test_owner_create_view_list_delete(cli: Cli, owner: dict[str, str]) ->
 
 
 async def test_owner_create_export_prints_shell_lines(cli: Cli) -> None:
-    run = await cli("owner", "create", "export-owner", "--export")
+    run = await cli("owner", "create", "export-owner", "--export", TASKS_ADMIN_KEY=ADMIN_KEY)
     assert run.code == 0
     assert run.out.startswith("export TASKS_OWNER_ID=") and " TASKS_KEY=" in run.out
 
@@ -233,3 +237,35 @@ async def test_server_log_is_json_lines_without_secrets(
     text = server.log.read_text()
     for secret in (owner["key"], ADMIN_KEY, "url-secret"):
         assert secret not in text
+
+
+async def test_the_administrator_disables_rotates_and_removes_owners(
+    cli: Cli, owner: dict[str, str]
+) -> None:
+    admin = {"TASKS_ADMIN_KEY": ADMIN_KEY}
+    assert (await cli("owner", "view", "cli-owner")).code == 0
+    disabled = await cli("owner", "disable", owner["id"], "--json", **admin)
+    assert disabled.code == 0, disabled.err
+    assert disabled.json() == {**disabled.json(), "id": owner["id"], "disabled": True}
+    refused = await cli("owner", "view", "cli-owner")
+    assert refused.code == 1 and "403" in refused.err
+    assert (await cli("owner", "enable", owner["id"], **admin)).code == 0
+    assert (await cli("owner", "view", "cli-owner")).code == 0
+
+    limits = await cli("owner", "limits", owner["id"], "--request-budget", "120", "--json", **admin)
+    assert limits.code == 0, limits.err
+    assert limits.json() == {**limits.json(), "requestBudget": 120}
+
+    rotated = await cli("owner", "rotate-key", owner["id"], "--json", **admin)
+    assert rotated.code == 0, rotated.err
+    new = rotated.json()
+    assert isinstance(new, dict) and new["id"] == owner["id"] and new["key"] != owner["key"]
+    old_key = await cli("owner", "view", "cli-owner")
+    assert old_key.code == 1 and "401" in old_key.err
+    cli.login(owner["id"], new["key"])
+    assert (await cli("owner", "view", "cli-owner")).code == 0
+
+    removed = await cli("owner", "remove", owner["id"], **admin)
+    assert removed.code == 0 and f"{owner['id']}: done" in removed.out
+    listed = await cli("owner", "list", "--json", **admin)
+    assert listed.json() == []

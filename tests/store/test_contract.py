@@ -19,6 +19,7 @@ from tasks_server.alerting import (
     Scope,
 )
 from tasks_server.errors import (
+    ConfigError,
     Conflict,
     NotFound,
     OwnerNotFound,
@@ -84,6 +85,33 @@ def test_ids_have_the_wire_format() -> None:
     assert all(len(i) == 24 and i.isalnum() and i.upper() == i for i in task_ids)
     owner_id = new_owner_id(T0)
     assert len(owner_id) == 26 and owner_id < new_owner_id(T0 + 1)
+
+
+async def test_an_administrator_disables_limits_and_rekeys_an_owner(store: Store) -> None:
+    owner = await make_owner(store)
+    assert (owner.disabled, owner.request_budget) == (False, None)
+    changed = await store.update_owner(
+        owner.id, disabled=True, tasks_in_queue_limit=5, request_budget=60
+    )
+    assert (changed.disabled, changed.tasks_in_queue_limit, changed.request_budget) == (
+        True,
+        5,
+        60,
+    )
+    assert await store.get_owner(owner.id) == changed
+    assert await store.owner_key_digest(owner.id) is None  # a disabled owner's key fails
+    await store.update_owner(owner.id, disabled=False, tasks_in_queue_limit=5, request_budget=None)
+    assert await store.owner_key_digest(owner.id) == key_digest("k" * 64)
+    await store.set_owner_key(owner.id, key_digest("n" * 64))
+    assert await store.owner_key_digest(owner.id) == key_digest("n" * 64)
+    with pytest.raises(OwnerNotFound):
+        await store.set_owner_key("0" * 26, key_digest("n" * 64))
+    with pytest.raises(OwnerNotFound):
+        await store.update_owner(
+            "0" * 26, disabled=True, tasks_in_queue_limit=1, request_budget=None
+        )
+    created = await store.create_owner("budgeted", key_digest("b" * 64), T0, 3, 42)
+    assert (await store.get_owner(created.id)).request_budget == 42
 
 
 async def test_owner_lifecycle(store: Store) -> None:
@@ -417,19 +445,71 @@ async def test_batch_registers_in_order_with_per_item_errors(store: Store) -> No
         await store.create_tasks("0" * 26, news, T0)
 
 
-async def test_wrong_cipher_key_cannot_read_specs(make_store: StoreMaker) -> None:
+async def test_a_wrong_cipher_key_stops_open(make_store: StoreMaker) -> None:
     first = make_store(Sealer("one"))
     await first.open()
     owner = await make_owner(first)
-    task = await first.create_task(owner.id, new_task(), T0)
+    await first.create_task(owner.id, new_task(), T0)
     await first.close()
     second = make_store(Sealer("two"))
-    await second.open()
+    with pytest.raises(ConfigError, match="CIPHER_KEY"):
+        await second.open()
+    await second.close()
+    again = make_store(Sealer("one"))  # the right key still opens it
+    await again.open()
+    await again.close()
+
+
+async def test_an_empty_database_remembers_its_first_key(make_store: StoreMaker) -> None:
+    first = make_store(Sealer("one"))
+    await first.open()
+    await first.close()
+    second = make_store(Sealer("two"))
+    with pytest.raises(ConfigError, match="CIPHER_KEY"):
+        await second.open()
+    await second.close()
+
+
+async def test_reseal_moves_every_value_to_the_new_key(make_store: StoreMaker) -> None:
+    store = make_store(Sealer("old-key"))
+    await store.open()
+    owner = await make_owner(store)
+    task = await store.create_task(owner.id, new_task(due=T0), T0)
+    [attempt] = await store.claim_due([task.id], T0)
+    failed = Result(
+        task.id,
+        1,
+        T0 + 5,
+        TaskState.ERROR,
+        500,
+        b"target body",
+        Outcome(status=500, body=b"target body", headers=(("X-Secret", "v"),), error="boom"),
+    )
+    await store.record_outcomes([failed])
+    schedule = await add_schedule(store, owner.id)
+    written = await store.reseal(Sealer("new-key"))
+    assert written >= 6  # task spec, metadata, response; attempt response, detail; schedule
+    # the store keeps working under the new key
+    assert (await store.get_spec(owner.id, task.id)) == new_task().spec
+    await store.close()
+
+    with pytest.raises(ConfigError, match="CIPHER_KEY"):
+        await make_store(Sealer("old-key")).open()
+    reopened = make_store(Sealer("new-key"))
+    await reopened.open()
     try:
-        with pytest.raises(ValueError, match="CIPHER_KEY"):
-            await second.get_spec(owner.id, task.id)
+        assert (await reopened.get_spec(owner.id, task.id)) == new_task().spec
+        [record] = await reopened.list_attempts(owner.id, task.id)
+        assert (record.error, record.headers, record.response) == (
+            "boom",
+            (("X-Secret", "v"),),
+            b"target body",
+        )
+        assert (await reopened.get_task(owner.id, task.id)).metadata == (("k", "v"),)
+        assert (await reopened.get_schedule_spec(owner.id, schedule.id)) == TEMPLATE
     finally:
-        await second.close()
+        await reopened.close()
+    assert attempt.number == 1
 
 
 # -- recurring schedules --------------------------------------------------------------------
@@ -901,3 +981,19 @@ async def test_incidents_and_deliveries(store: Store) -> None:
     assert await store.get_incident(rule.id, "") is None
     await store.save_incident(incident)  # the rule is gone: nothing is kept
     assert await store.get_incident(rule.id, "") is None
+
+
+async def test_finished_tasks_older_than_the_cut_off_are_deleted(store: Store) -> None:
+    owner = await make_owner(store)
+    old = await store.create_task(owner.id, new_task(due=T0), T0)
+    recent = await store.create_task(owner.id, new_task(due=T0), T0)
+    running = await store.create_task(owner.id, new_task(due=T0 + 10**9), T0)
+    await store.claim_due([old.id, recent.id], T0)
+    await store.record_outcomes([success(old.id, 1, T0 + 100), success(recent.id, 1, T0 + 5000)])
+    assert await store.delete_finished_before(T0 + 1000, 10) == 1
+    with pytest.raises(TaskNotFound):
+        await store.get_task(owner.id, old.id)
+    assert (await store.get_task(owner.id, recent.id)).state is TaskState.SUCCESS
+    assert (await store.get_task(owner.id, running.id)).state is TaskState.RUNNING
+    assert await store.delete_finished_before(T0 + 10_000, 10) == 1
+    assert await store.delete_finished_before(T0 + 10**10, 10) == 0  # RUNNING stays

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -25,15 +27,19 @@ def free_port() -> int:
 class ServerProcess:
     """``tasks-server serve`` on a free port with its database in ``directory``."""
 
-    def __init__(self, directory: Path, **env: str) -> None:
+    def __init__(
+        self, directory: Path, preexec_fn: Callable[[], None] | None = None, **env: str
+    ) -> None:
         self.directory = directory
+        self.preexec_fn = preexec_fn  # runs in the child before exec (e.g. setrlimit)
         self.port = free_port()
         self.env = {
             **os.environ,
             "PORT": str(self.port),
             "HOST": "127.0.0.1",
             "PATH_SQLITE": str(directory / "tasks.db"),
-            "CIPHER_KEY": "process-test",
+            # a real random key: short and example values are refused
+            "CIPHER_KEY": secrets.token_urlsafe(32),
             "LOG_LEVEL": "WARNING",
             # the tests' targets are on loopback, which is refused unless allowed
             "EGRESS_ALLOW": "127.0.0.1/32",
@@ -56,6 +62,7 @@ class ServerProcess:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

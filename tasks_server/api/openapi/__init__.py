@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from ... import __version__
 from ...errors import NotFound
-from . import delivery, failures, schedules, workflows
+from . import admin, delivery, failures, schedules, workflows
 from .parts import DOCS_ASSETS, RESPONSE_SCHEMAS, SECURITY_SCHEMES, JsonObject
 from .paths import operation_paths, owner_paths, request_schemas, task_paths
 
@@ -46,6 +46,7 @@ def spec() -> JsonObject:
             **owner_paths(list_query),
             **task_paths(),
             **operation_paths(),
+            **admin.admin_paths(),
             **schedules.openapi_paths(),
             **failures.openapi_paths(),
             **workflows.openapi_paths(),
@@ -57,6 +58,7 @@ def spec() -> JsonObject:
                 **schedules.openapi_schemas(),
                 **workflows.openapi_schemas(),
                 **delivery.openapi_schemas(),
+                **admin.admin_schemas(),
                 **requests,
                 **RESPONSE_SCHEMAS,
                 **failures.SCHEMAS,

@@ -137,7 +137,8 @@ SECURITY_SCHEMES: JsonObject = {
     "metricsKey": {
         "type": "http",
         "scheme": "bearer",
-        "description": "The METRICS_KEY setting; without it /metrics is open",
+        "description": "The METRICS_KEY setting; without it /metrics answers 403 "
+        "unless METRICS_PUBLIC=1",
     },
 }
 

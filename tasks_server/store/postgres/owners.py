@@ -12,17 +12,23 @@ from ..ids import new_owner_id
 from .base import PgBase
 
 OWNER_INSERT: LiteralString = (
-    "INSERT INTO owner (id, name, key_digest, created_at, tasks_in_queue_limit) "
-    "VALUES (%s, %s, %s, %s, %s)"
+    "INSERT INTO owner (id, name, key_digest, created_at, tasks_in_queue_limit, "
+    "request_budget) VALUES (%s, %s, %s, %s, %s, %s)"
 )
 # the queue is counted on the task_owner_pending index (see the migration's comment)
 PENDING: LiteralString = (
     "(SELECT count(*) FROM task t WHERE t.owner_id = o.id AND t.state IN ('RUNNING', 'PAUSED'))"
 )
-OWNER_COLUMNS: LiteralString = f"o.id, o.name, o.created_at, {PENDING}, o.tasks_in_queue_limit"
+OWNER_COLUMNS: LiteralString = (
+    f"o.id, o.name, o.created_at, {PENDING}, o.tasks_in_queue_limit, o.disabled, o.request_budget"
+)
 OWNER_BY_ID: LiteralString = f"SELECT {OWNER_COLUMNS} FROM owner o WHERE o.id = %s"
 OWNER_ALL: LiteralString = f"SELECT {OWNER_COLUMNS} FROM owner o ORDER BY o.created_at, o.id"
-OWNER_DIGEST: LiteralString = "SELECT key_digest FROM owner WHERE id = %s"
+OWNER_DIGEST: LiteralString = "SELECT key_digest FROM owner WHERE id = %s AND NOT disabled"
+OWNER_UPDATE: LiteralString = (
+    "UPDATE owner SET disabled = %s, tasks_in_queue_limit = %s, request_budget = %s WHERE id = %s"
+)
+OWNER_SET_KEY: LiteralString = "UPDATE owner SET key_digest = %s WHERE id = %s"
 OWNER_LIMIT: LiteralString = "SELECT tasks_in_queue_limit FROM owner WHERE id = %s"
 # NO KEY UPDATE: queues creations for the owner, yet not the task inserts' foreign-key checks
 OWNER_LOCK_LIMIT: LiteralString = (
@@ -56,11 +62,19 @@ async def lock_capacity(cur: AsyncCursor[tuple[Any, ...]], owner_id: str) -> int
 
 
 class PgOwnerOps(PgBase):
-    async def create_owner(self, name: str, key_digest: bytes, now_ms: int, limit: int) -> Owner:
-        owner = Owner(new_owner_id(now_ms), name, now_ms, 0, limit)
+    async def create_owner(
+        self,
+        name: str,
+        key_digest: bytes,
+        now_ms: int,
+        limit: int,
+        request_budget: int | None = None,
+    ) -> Owner:
+        owner = Owner(new_owner_id(now_ms), name, now_ms, 0, limit, False, request_budget)
+        params = (owner.id, name, key_digest, now_ms, limit, request_budget)
 
         async def op(cur: AsyncCursor[tuple[Any, ...]]) -> Owner:
-            await cur.execute(OWNER_INSERT, (owner.id, name, key_digest, now_ms, limit))
+            await cur.execute(OWNER_INSERT, params)
             return owner
 
         try:
@@ -80,6 +94,32 @@ class PgOwnerOps(PgBase):
 
     async def list_owners(self) -> list[Owner]:
         return [Owner(*row) for row in await self._read(OWNER_ALL, ())]
+
+    async def update_owner(
+        self,
+        owner_id: str,
+        *,
+        disabled: bool,
+        tasks_in_queue_limit: int,
+        request_budget: int | None,
+    ) -> Owner:
+        params = (disabled, tasks_in_queue_limit, request_budget, owner_id)
+
+        async def op(cur: AsyncCursor[tuple[Any, ...]]) -> None:
+            await cur.execute(OWNER_UPDATE, params)
+            if cur.rowcount != 1:
+                raise OwnerNotFound()
+
+        await self._tx(op)
+        return await self.get_owner(owner_id)
+
+    async def set_owner_key(self, owner_id: str, key_digest: bytes) -> None:
+        async def op(cur: AsyncCursor[tuple[Any, ...]]) -> None:
+            await cur.execute(OWNER_SET_KEY, (key_digest, owner_id))
+            if cur.rowcount != 1:
+                raise OwnerNotFound()
+
+        await self._tx(op)
 
     async def delete_owner(self, owner_id: str) -> None:
         async def op(cur: AsyncCursor[tuple[Any, ...]]) -> None:

@@ -22,6 +22,7 @@ from .claims import PgClaimOps
 from .dead_letters import PgDeadLetterOps
 from .owners import PgOwnerOps
 from .schedules import PgScheduleOps
+from .sealed import PgSealOps
 from .tasks import PgTaskOps
 from .workflows import PgWorkflowOps
 
@@ -42,7 +43,14 @@ _RECONNECT_S = 1.0
 
 
 class PostgresStore(
-    PgOwnerOps, PgTaskOps, PgWorkflowOps, PgClaimOps, PgScheduleOps, PgDeadLetterOps, PgAlertOps
+    PgOwnerOps,
+    PgTaskOps,
+    PgWorkflowOps,
+    PgClaimOps,
+    PgScheduleOps,
+    PgDeadLetterOps,
+    PgAlertOps,
+    PgSealOps,
 ):
     """Store on PostgreSQL. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 

@@ -128,6 +128,13 @@ def _list_sql(order: str, descending: bool, with_state: bool) -> LiteralString:
     )
 
 
+TASK_EXPIRE: LiteralString = (
+    "DELETE FROM task WHERE id IN (SELECT id FROM task WHERE state IN "
+    "('SUCCESS', 'ERROR', 'REVOKED') AND estimate_end_at > 0 AND estimate_end_at < %s "
+    "LIMIT %s)"
+)
+
+
 class PgTaskOps(PgBase):
     async def create_task(self, owner_id: str, new: NewTask, now_ms: int) -> Task:
         plain = new.dedup_until_ms is None and new.spec.config.flow_control is None
@@ -366,6 +373,13 @@ class PgTaskOps(PgBase):
             await cur.execute(TASK_RESUME, (due, due, due, task_id, owner_id))
             await self._notify_due(cur, [(task_id, due)], now_ms)
             return await self._task_after(cur, owner_id, task_id)
+
+        return await self._tx(op)
+
+    async def delete_finished_before(self, before_ms: int, limit: int) -> int:
+        async def op(cur: Cursor) -> int:
+            await cur.execute(TASK_EXPIRE, (before_ms, limit))
+            return cur.rowcount
 
         return await self._tx(op)
 

@@ -21,6 +21,7 @@ from ...models import (
 from ...sealing import Sealer
 from ..migrate import migrate
 from .connection import DEFAULT_BUSY_TIMEOUT_MS, connect
+from .sealed import reseal, verify_key
 from .writer import CommitObserver, Writer, transient_reason
 
 T = TypeVar("T")
@@ -57,8 +58,11 @@ class StoreBase:
         synchronous: str = "FULL",
         on_commit: CommitObserver | None = None,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        keep_attempts: int = 0,
     ) -> None:
         self.path = path
+        # attempts kept per task: the first and the last N (0: all); the rest are counted
+        self._keep_attempts = keep_attempts
         self._busy_timeout_ms = busy_timeout_ms
         self._sealer = sealer
         self._synchronous = synchronous
@@ -73,6 +77,7 @@ class StoreBase:
         conn = connect(self.path, self._synchronous, self._busy_timeout_ms)
         try:
             migrate(conn)
+            verify_key(conn, self._sealer, self.path)
         except BaseException:
             conn.close()
             raise
@@ -82,6 +87,16 @@ class StoreBase:
             self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
         )
         await self._reader.execute("PRAGMA foreign_keys = ON")
+
+    async def reseal(self, sealer: Sealer) -> int:
+        old = self._sealer
+
+        def op(conn: sqlite3.Connection) -> int:
+            return reseal(conn, old, sealer)
+
+        written = await self._write(op, savepoint=True)
+        self._sealer = sealer
+        return written
 
     async def close(self) -> None:
         """Close both connections; the reader is closed even when the writer's close

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, LiteralString
@@ -16,6 +15,7 @@ from ...models import (
     Result,
 )
 from .base import METADATA, StoreBase
+from .sealed import seal_detail
 
 TASK_DUE: LiteralString = (
     "SELECT id, next_at, priority, owner_id, flow_key FROM task "
@@ -51,9 +51,15 @@ ATTEMPT_INSERT: LiteralString = (
     "INSERT INTO attempt (task_id, number, started_at, cycle) VALUES (?, ?, ?, ?)"
 )
 ATTEMPT_FINISH: LiteralString = (
-    "UPDATE attempt SET finished_at = ?, status_code = ?, error = ?, response = ?, "
-    "truncated = ?, headers = ?, total_ms = ? WHERE task_id = ? AND number = ?"
+    "UPDATE attempt SET finished_at = ?, status_code = ?, detail = ?, response = ?, "
+    "truncated = ?, total_ms = ? WHERE task_id = ? AND number = ?"
 )
+# history bounds: the first attempt stays, and the last N (ATTEMPTS_KEPT)
+ATTEMPT_PRUNE: LiteralString = (
+    "DELETE FROM attempt WHERE task_id = ? AND number > 1 AND number <= ? "
+    "AND finished_at IS NOT NULL"
+)
+TASK_PRUNED: LiteralString = "UPDATE task SET attempts_pruned = attempts_pruned + ? WHERE id = ?"
 ATTEMPT_INTERRUPT: LiteralString = (
     "UPDATE attempt SET finished_at = ?, error = 'interrupted: the server stopped' "
     "WHERE finished_at IS NULL"
@@ -116,10 +122,13 @@ class ClaimOps(StoreBase):
                     updated.append(result.task_id)
                     if result.task_id in follow_ups:
                         conn.execute(TASK_FOLLOW_UP, follow_ups[result.task_id])
+                if keep:
+                    self._prune(conn, result.task_id, result.attempt_number - keep)
             recorded = set(updated)
             announce = self._outcome_followups(conn, [r for r in results if r.task_id in recorded])
             return updated, announce
 
+        keep = self._keep_attempts
         updated, announce = await self._write(op, savepoint=True)
         announce()
         return updated
@@ -140,15 +149,24 @@ class ClaimOps(StoreBase):
         spec_blob = self._seal_spec(follow_up.spec)
         return (follow_up.task_id, due, due, due, due, metadata_blob, spec_blob, result.task_id)
 
+    @staticmethod
+    def _prune(conn: sqlite3.Connection, task_id: str, below: int) -> None:
+        """Delete the attempts between the first and number ``below`` (exclusive of the
+        first, inclusive of ``below``), counting them on the task."""
+        if below < 2:
+            return
+        pruned = conn.execute(ATTEMPT_PRUNE, (task_id, below)).rowcount
+        if pruned:
+            conn.execute(TASK_PRUNED, (pruned, task_id))
+
     def _outcome_params(self, result: Result) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         outcome = result.outcome
         attempt_params = (
             result.finished_at_ms,
             outcome.status,
-            outcome.error,
+            seal_detail(self._sealer, outcome.error, outcome.headers),
             self._seal(outcome.body or None),
             int(outcome.truncated),
-            json.dumps(outcome.headers),
             outcome.total_ms,
             result.task_id,
             result.attempt_number,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import LiteralString
+from collections.abc import Sequence
+from typing import Any, LiteralString
 
 from ...errors import (
     Conflict,
@@ -17,13 +18,20 @@ from ..ids import new_owner_id
 from .base import StoreBase
 
 OWNER_INSERT: LiteralString = (
-    "INSERT INTO owner (id, name, key_digest, created_at, tasks_in_queue_limit) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO owner (id, name, key_digest, created_at, tasks_in_queue_limit, "
+    "request_budget) VALUES (?, ?, ?, ?, ?, ?)"
 )
-OWNER_COLUMNS: LiteralString = "id, name, created_at, tasks_in_queue, tasks_in_queue_limit"
+OWNER_COLUMNS: LiteralString = (
+    "id, name, created_at, tasks_in_queue, tasks_in_queue_limit, disabled, request_budget"
+)
 OWNER_BY_ID: LiteralString = f"SELECT {OWNER_COLUMNS} FROM owner WHERE id = ?"
 OWNER_ALL: LiteralString = f"SELECT {OWNER_COLUMNS} FROM owner ORDER BY created_at, id"
-OWNER_DIGEST: LiteralString = "SELECT key_digest FROM owner WHERE id = ?"
+OWNER_DIGEST: LiteralString = "SELECT key_digest FROM owner WHERE id = ? AND disabled = 0"
+OWNER_UPDATE: LiteralString = (
+    "UPDATE owner SET disabled = ?, tasks_in_queue_limit = ?, request_budget = ? "
+    f"WHERE id = ? RETURNING {OWNER_COLUMNS}"
+)
+OWNER_SET_KEY: LiteralString = "UPDATE owner SET key_digest = ? WHERE id = ?"
 OWNER_DELETE: LiteralString = "DELETE FROM owner WHERE id = ? AND tasks_in_queue = 0"
 OWNER_EXISTS: LiteralString = "SELECT 1 FROM owner WHERE id = ?"
 OWNER_CAPACITY: LiteralString = (
@@ -31,15 +39,27 @@ OWNER_CAPACITY: LiteralString = (
 )
 
 
+def _owner(row: Sequence[Any]) -> Owner:
+    return Owner(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6])
+
+
 class OwnerOps(StoreBase):
     """The owner operations of SqliteStore."""
 
-    async def create_owner(self, name: str, key_digest: bytes, now_ms: int, limit: int) -> Owner:
-        owner = Owner(new_owner_id(now_ms), name, now_ms, 0, limit)
+    async def create_owner(
+        self,
+        name: str,
+        key_digest: bytes,
+        now_ms: int,
+        limit: int,
+        request_budget: int | None = None,
+    ) -> Owner:
+        owner = Owner(new_owner_id(now_ms), name, now_ms, 0, limit, False, request_budget)
+        params = (owner.id, name, key_digest, now_ms, limit, request_budget)
 
         def op(conn: sqlite3.Connection) -> Owner:
             try:
-                conn.execute(OWNER_INSERT, (owner.id, name, key_digest, now_ms, limit))
+                conn.execute(OWNER_INSERT, params)
             except sqlite3.IntegrityError as exc:
                 raise Conflict("Owner has already registered") from exc
             return owner
@@ -50,14 +70,39 @@ class OwnerOps(StoreBase):
         rows = await self._read(OWNER_BY_ID, (owner_id,))
         if not rows:
             raise OwnerNotFound()
-        return Owner(*rows[0])
+        return _owner(rows[0])
 
     async def owner_key_digest(self, owner_id: str) -> bytes | None:
         rows = await self._read(OWNER_DIGEST, (owner_id,))
         return bytes(rows[0][0]) if rows else None
 
     async def list_owners(self) -> list[Owner]:
-        return [Owner(*row) for row in await self._read(OWNER_ALL, ())]
+        return [_owner(row) for row in await self._read(OWNER_ALL, ())]
+
+    async def update_owner(
+        self,
+        owner_id: str,
+        *,
+        disabled: bool,
+        tasks_in_queue_limit: int,
+        request_budget: int | None,
+    ) -> Owner:
+        params = (int(disabled), tasks_in_queue_limit, request_budget, owner_id)
+
+        def op(conn: sqlite3.Connection) -> Owner:
+            row = conn.execute(OWNER_UPDATE, params).fetchone()
+            if row is None:
+                raise OwnerNotFound()
+            return _owner(row)
+
+        return await self._write(op)
+
+    async def set_owner_key(self, owner_id: str, key_digest: bytes) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            if conn.execute(OWNER_SET_KEY, (key_digest, owner_id)).rowcount != 1:
+                raise OwnerNotFound()
+
+        await self._write(op)
 
     async def delete_owner(self, owner_id: str) -> None:
         def op(conn: sqlite3.Connection) -> None:

@@ -65,6 +65,12 @@ TASK_RESUME: LiteralString = (
     "UPDATE task SET state = 'RUNNING', estimate_end_at = 0, estimate_execution_at = ?, "
     "due_at = ?, next_at = ? WHERE id = ? AND owner_id = ? AND state = 'PAUSED'"
 )
+# retention: finished tasks whose end is older than the cut-off, a bounded batch at a time
+TASK_EXPIRE: LiteralString = (
+    "DELETE FROM task WHERE id IN (SELECT id FROM task WHERE state IN "
+    "('SUCCESS', 'ERROR', 'REVOKED') AND estimate_end_at > 0 AND estimate_end_at < ? "
+    "LIMIT ?)"
+)
 TASK_REVOKE: LiteralString = (
     "UPDATE task SET state = 'REVOKED', status_code = 0, response = NULL, "
     "response_truncated = 0, "
@@ -91,7 +97,7 @@ TASK_EDIT: LiteralString = (
 )
 ATTEMPT_LIST: LiteralString = (
     "SELECT number, started_at, finished_at, status_code, error, response, headers, "
-    "total_ms, truncated, cycle FROM attempt WHERE task_id = ? ORDER BY number"
+    "total_ms, truncated, cycle, detail FROM attempt WHERE task_id = ? ORDER BY number"
 )
 
 
@@ -240,21 +246,25 @@ class TaskOps(StoreBase):
     async def list_attempts(self, owner_id: str, task_id: str) -> list[AttemptRecord]:
         await self.get_task(owner_id, task_id)
         rows = await self._read(ATTEMPT_LIST, (task_id,))
-        return [
-            AttemptRecord(
-                number=row[0],
-                started_at_ms=row[1],
-                finished_at_ms=row[2],
-                status_code=row[3],
-                error=row[4],
-                response=self._open(row[5]),
-                headers=tuple(tuple(pair) for pair in json.loads(row[6] or "[]")),
-                total_ms=row[7] or 0.0,
-                truncated=bool(row[8]),
-                cycle=row[9],
-            )
-            for row in rows
-        ]
+        return [self._attempt_record(row) for row in rows]
+
+    def _attempt_record(self, row: Sequence[Any]) -> AttemptRecord:
+        error, headers = row[4], json.loads(row[6] or "[]")
+        if row[10] is not None:  # sealed; rows from older versions keep the clear columns
+            detail = json.loads(self._sealer.open(row[10]))
+            error, headers = detail["error"], detail["headers"]
+        return AttemptRecord(
+            number=row[0],
+            started_at_ms=row[1],
+            finished_at_ms=row[2],
+            status_code=row[3],
+            error=error,
+            response=self._open(row[5]),
+            headers=tuple(tuple(pair) for pair in headers),
+            total_ms=row[7] or 0.0,
+            truncated=bool(row[8]),
+            cycle=row[9],
+        )
 
     def _transition(
         self,
@@ -311,6 +321,13 @@ class TaskOps(StoreBase):
             due = resume_due_ms(config, due_at_ms=row[1], paused_at_ms=row[2], now_ms=now_ms)
             conn.execute(TASK_RESUME, (due, due, due, task_id, owner_id))
             return self._task(conn.execute(TASK_BY_ID, (task_id, owner_id)).fetchone())
+
+        return await self._write(op)
+
+    async def delete_finished_before(self, before_ms: int, limit: int) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            deleted: int = conn.execute(TASK_EXPIRE, (before_ms, limit)).rowcount
+            return deleted
 
         return await self._write(op)
 
