@@ -47,6 +47,16 @@ SEALED: tuple[tuple[LiteralString, LiteralString, int], ...] = (
         "UPDATE workflow_step SET template = %s, result = %s WHERE run_id = %s AND step_id = %s",
         2,
     ),
+    (
+        "SELECT id, definition FROM alert_rule",
+        "UPDATE alert_rule SET definition = %s WHERE id = %s",
+        1,
+    ),
+    (
+        "SELECT rule_id, subject, state FROM alert_incident",
+        "UPDATE alert_incident SET state = %s WHERE rule_id = %s AND subject = %s",
+        2,
+    ),
 )
 
 

@@ -70,6 +70,20 @@ SEALED = (
         "UPDATE workflow_step SET template = ?, result = ? WHERE run_id = ? AND step_id = ?",
         2,
     ),
+    SealedColumns(
+        "alert_rule",
+        ("definition",),
+        "SELECT id, definition FROM alert_rule",
+        "UPDATE alert_rule SET definition = ? WHERE id = ?",
+        1,
+    ),
+    SealedColumns(
+        "alert_incident",
+        ("state",),
+        "SELECT rule_id, subject, state FROM alert_incident",
+        "UPDATE alert_incident SET state = ? WHERE rule_id = ? AND subject = ?",
+        2,
+    ),
 )
 # BLOB columns that hold no sealed value: digests, and the check value itself
 NOT_SEALED = {("owner", "key_digest"), ("seal_check", "value")}
