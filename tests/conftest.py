@@ -72,7 +72,10 @@ async def store(make_store: StoreMaker) -> AsyncIterator[Store]:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(
-        path_sqlite=str(tmp_path / "tasks.db"), shutdown_grace_s=2.0, egress_allow=LOOPBACK_ALLOWED
+        path_sqlite=str(tmp_path / "tasks.db"),
+        shutdown_grace_s=2.0,
+        egress_allow=LOOPBACK_ALLOWED,
+        metrics_public=True,  # tests scrape freely; the key rules are tested on their own
     )
 
 

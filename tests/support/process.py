@@ -16,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+TEST_CIPHER_KEY = secrets.token_urlsafe(32)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -38,8 +40,9 @@ class ServerProcess:
             "PORT": str(self.port),
             "HOST": "127.0.0.1",
             "PATH_SQLITE": str(directory / "tasks.db"),
-            # a real random key: short and example values are refused
-            "CIPHER_KEY": secrets.token_urlsafe(32),
+            # a real random key (short and example values are refused), the same for every
+            # server of the test run, so several nodes can share one database
+            "CIPHER_KEY": TEST_CIPHER_KEY,
             "LOG_LEVEL": "WARNING",
             # the tests' targets are on loopback, which is refused unless allowed
             "EGRESS_ALLOW": "127.0.0.1/32",

@@ -28,8 +28,8 @@ SEALED: tuple[tuple[LiteralString, LiteralString, int], ...] = (
         1,
     ),
     (
-        "SELECT task_id, number, response FROM attempt",
-        "UPDATE attempt SET response = %s WHERE task_id = %s AND number = %s",
+        "SELECT task_id, number, response, detail FROM attempt",
+        "UPDATE attempt SET response = %s, detail = %s WHERE task_id = %s AND number = %s",
         2,
     ),
     (

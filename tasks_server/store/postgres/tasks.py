@@ -107,7 +107,7 @@ TASK_EDIT: LiteralString = (
 )
 ATTEMPT_LIST: LiteralString = (
     "SELECT number, started_at, finished_at, status_code, error, response, headers, "
-    "total_ms, truncated, cycle FROM attempt WHERE task_id = %s ORDER BY number"
+    "total_ms, truncated, cycle, detail FROM attempt WHERE task_id = %s ORDER BY number"
 )
 
 _ORDER_COLUMNS: dict[str, LiteralString] = {
@@ -297,21 +297,25 @@ class PgTaskOps(PgBase):
     async def list_attempts(self, owner_id: str, task_id: str) -> list[AttemptRecord]:
         await self.get_task(owner_id, task_id)
         rows = await self._read(ATTEMPT_LIST, (task_id,))
-        return [
-            AttemptRecord(
-                number=row[0],
-                started_at_ms=row[1],
-                finished_at_ms=row[2],
-                status_code=row[3],
-                error=row[4],
-                response=self._open(row[5]),
-                headers=tuple(tuple(pair) for pair in json.loads(row[6] or "[]")),
-                total_ms=row[7] or 0.0,
-                truncated=bool(row[8]),
-                cycle=row[9],
-            )
-            for row in rows
-        ]
+        return [self._attempt_record(row) for row in rows]
+
+    def _attempt_record(self, row: Sequence[Any]) -> AttemptRecord:
+        error, headers = row[4], json.loads(row[6] or "[]")
+        if row[10] is not None:  # sealed by the SQLite store, arrived with migrate-data
+            detail = json.loads(self._sealer.open(bytes(row[10])))
+            error, headers = detail["error"], detail["headers"]
+        return AttemptRecord(
+            number=row[0],
+            started_at_ms=row[1],
+            finished_at_ms=row[2],
+            status_code=row[3],
+            error=error,
+            response=self._open(row[5]),
+            headers=tuple(tuple(pair) for pair in headers),
+            total_ms=row[7] or 0.0,
+            truncated=bool(row[8]),
+            cycle=row[9],
+        )
 
     def _transition(
         self, owner_id: str, task_id: str, sql: LiteralString, params: Sequence[Any], rule: str

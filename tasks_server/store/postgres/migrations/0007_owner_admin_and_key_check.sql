@@ -10,3 +10,8 @@ CREATE TABLE seal_check (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     value BYTEA NOT NULL
 );
+
+-- columns the SQLite store has, so migrate-data finds a place for every value: the
+-- sealed attempt detail (written by the SQLite store) and the pruned-attempt count
+ALTER TABLE attempt ADD COLUMN detail BYTEA;
+ALTER TABLE task ADD COLUMN attempts_pruned INTEGER NOT NULL DEFAULT 0;
