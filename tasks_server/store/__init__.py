@@ -26,6 +26,9 @@ from ..models import (
     ScheduleFire,
     ScheduleState,
     Task,
+    TaskOverview,
+    TaskPage,
+    TaskQuery,
     TaskSpec,
     TaskState,
 )
@@ -193,6 +196,21 @@ class Store(Protocol):
     async def delete_dead_letters(self, owner_id: str, task_ids: Sequence[str]) -> int:
         """Delete those of ``task_ids`` that are the owner's and in ERROR, with their
         history, in one transaction; returns how many."""
+
+    # reading many tasks at once (the dashboard)
+
+    async def search_tasks(self, owner_id: str, query: TaskQuery) -> TaskPage:
+        """A page of the owner's tasks matching ``query``, by creation time then id.
+
+        State, host, schedule and time range are indexed, so a page costs the same at any
+        depth and size. URL and label filters open each candidate's sealed request: at
+        most ``query.scan_limit`` candidates are read per page, and a page cut short by
+        that says so (``scan_exhausted``) and still continues from where it stopped.
+        """
+
+    async def task_overview(self, owner_id: str | None, now_ms: int) -> TaskOverview:
+        """Counts by state, finished tasks per hour over the 24 hours before ``now_ms``,
+        and the five hosts with most RUNNING tasks; of one owner, or of all when None."""
 
     # the engine
 

@@ -37,6 +37,7 @@ from tasks_server.models import (
     ScheduleTiming,
     Task,
     TaskConfig,
+    TaskQuery,
     TaskSpec,
     TaskState,
 )
@@ -822,3 +823,97 @@ async def test_a_follow_up_is_created_with_the_outcome_that_counts(store: Store)
     ]
     due = [(d.task_id, d.due_at_ms) for d in await store.due_before(T0 + 10, 10)]
     assert (follow_up.task_id, T0 + 5) in due
+
+
+# -- reading many tasks at once (the dashboard) ------------------------------------------
+
+
+def task_to(url: str, due: int = T0 + 1000, labels: tuple[tuple[str, str], ...] = ()) -> NewTask:
+    spec = TaskSpec(HttpRequest(url=url, method="GET"), TaskConfig(), labels or None)
+    return NewTask(spec, due)
+
+
+async def test_search_pages_by_keyset_newest_first(store: Store) -> None:
+    owner = await make_owner(store)
+    other = await make_owner(store, "owner-two")
+    ids = [(await store.create_task(owner.id, new_task(), T0 + i)).id for i in range(7)]
+    await store.create_task(other.id, new_task(), T0)
+    first = await store.search_tasks(owner.id, TaskQuery(limit=3))
+    assert [row.task.id for row in first.rows] == ids[6:3:-1]
+    assert first.rows[0].url == SECRET_URL and first.rows[0].method == "POST"
+    assert first.rows[0].host == "127.0.0.1" and first.next_after == (T0 + 4, ids[4])
+    second = await store.search_tasks(owner.id, TaskQuery(limit=3, after=first.next_after))
+    third = await store.search_tasks(owner.id, TaskQuery(limit=3, after=second.next_after))
+    assert [row.task.id for row in second.rows + third.rows] == ids[3::-1]
+    assert third.next_after is None
+    oldest = await store.search_tasks(owner.id, TaskQuery(limit=2, newest_first=False))
+    assert [row.task.id for row in oldest.rows] == ids[:2]
+
+
+async def test_search_filters_state_host_time_url_and_label(store: Store) -> None:
+    owner = await make_owner(store)
+    a = await store.create_task(owner.id, task_to("https://A.example.com/x/alpha"), T0)
+    b = await store.create_task(
+        owner.id, task_to("https://b.example.com/beta", labels=(("team", "red"),)), T0 + 10
+    )
+    c = await store.create_task(owner.id, task_to("https://b.example.com/gamma"), T0 + 20)
+    await store.pause_task(owner.id, c.id, T0 + 30)
+
+    async def ids(**filters: object) -> list[str]:
+        page = await store.search_tasks(owner.id, TaskQuery(**filters))  # type: ignore[arg-type]
+        return [row.task.id for row in page.rows]
+
+    assert await ids(state=TaskState.PAUSED) == [c.id]
+    assert await ids(host="a.example.com") == [a.id]
+    assert await ids(host="b.example.com") == [c.id, b.id]
+    assert await ids(created_from_ms=T0 + 10, created_to_ms=T0 + 20) == [b.id]
+    assert await ids(url_contains="ALPHA") == [a.id]
+    assert await ids(label=("team", "red")) == [b.id]
+    assert await ids(label=("team", "blue")) == []
+    assert await ids(state=TaskState.SUCCESS) == []
+
+
+async def test_search_by_sealed_values_stops_at_the_scan_limit(store: Store) -> None:
+    owner = await make_owner(store)
+    match = await store.create_task(owner.id, task_to("https://x.test/needle"), T0)
+    for i in range(5):
+        await store.create_task(owner.id, task_to("https://x.test/hay"), T0 + 1 + i)
+    page = await store.search_tasks(owner.id, TaskQuery(url_contains="needle", scan_limit=3))
+    assert page.rows == () and page.scan_exhausted and page.next_after is not None
+    rest = await store.search_tasks(
+        owner.id, TaskQuery(url_contains="needle", scan_limit=3, after=page.next_after)
+    )
+    assert [row.task.id for row in rest.rows] == [match.id] and rest.next_after is None
+
+
+async def test_search_lists_a_schedules_tasks_with_their_host(store: Store) -> None:
+    owner = await make_owner(store)
+    schedule = await add_schedule(store, owner.id)
+    created = await store.fire_schedule(fire(schedule, T0 + 60_000), T0 + 60_000)
+    assert created is not None
+    await store.create_task(owner.id, new_task(), T0)
+    page = await store.search_tasks(owner.id, TaskQuery(schedule_id=schedule.id))
+    assert [(row.task.id, row.schedule_id) for row in page.rows] == [(created[0][0], schedule.id)]
+    assert page.rows[0].host == "127.0.0.1"
+
+
+async def test_overview_counts_states_hours_and_hosts(store: Store) -> None:
+    owner = await make_owner(store)
+    other = await make_owner(store, "owner-two")
+    now = T0 + 10 * 3_600_000
+    for url in ("https://busy.test/1", "https://busy.test/2", "https://calm.test/"):
+        await store.create_task(owner.id, task_to(url), now)
+    done = await store.create_task(owner.id, task_to("https://calm.test/"), now)
+    claimed = await store.claim_due([done.id], now + 1000)
+    assert len(claimed) == 1
+    await store.record_outcomes([success(done.id, 1, now + 1500)])
+    await store.create_task(other.id, task_to("https://busy.test/3"), now)
+    view = await store.task_overview(owner.id, now + 2000)
+    assert view.counts[TaskState.RUNNING] == 3 and view.counts[TaskState.SUCCESS] == 1
+    assert view.counts[TaskState.ERROR] == 0
+    assert len(view.hourly) == 24 and view.hourly[-1] == (now, 1, 0)
+    assert sum(ok + bad for _, ok, bad in view.hourly) == 1
+    assert view.busiest_hosts == (("busy.test", 2), ("calm.test", 1))
+    everyone = await store.task_overview(None, now + 2000)
+    assert everyone.counts[TaskState.RUNNING] == 4
+    assert everyone.busiest_hosts[0] == ("busy.test", 3)

@@ -21,6 +21,7 @@ from .claims import PgClaimOps
 from .dead_letters import PgDeadLetterOps
 from .owners import PgOwnerOps
 from .schedules import PgScheduleOps
+from .search import PgSearchOps
 from .tasks import PgTaskOps
 from .workflows import PgWorkflowOps
 
@@ -41,7 +42,7 @@ _RECONNECT_S = 1.0
 
 
 class PostgresStore(
-    PgOwnerOps, PgTaskOps, PgWorkflowOps, PgClaimOps, PgScheduleOps, PgDeadLetterOps
+    PgOwnerOps, PgTaskOps, PgWorkflowOps, PgClaimOps, PgScheduleOps, PgDeadLetterOps, PgSearchOps
 ):
     """Store on PostgreSQL. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 
