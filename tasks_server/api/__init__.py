@@ -7,7 +7,9 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import BaseRoute, Route
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 
 from ..errors import TasksServerError
 from . import (
@@ -86,6 +88,15 @@ def create_app(svc: Services, lifespan: Any = None) -> Starlette:
         HTTPException: handle_http_error,
         Exception: handle_unexpected,
     }
-    app = Starlette(routes=routes(), exception_handlers=handlers, lifespan=lifespan)
+    all_routes = routes()
+    if svc.settings.dashboard:
+        from .dashboard import dashboard
+
+        all_routes += [Route("/", _to_dashboard), Mount("/ui", app=dashboard(svc))]
+    app = Starlette(routes=all_routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.services = svc
     return app
+
+
+async def _to_dashboard(request: Request) -> Response:
+    return RedirectResponse("/ui/", status_code=307)

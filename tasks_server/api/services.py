@@ -60,6 +60,8 @@ class Services:
     egress: EgressPolicy = field(default_factory=EgressPolicy)  # where calls may go
     schedules: ScheduleNotifier | None = None  # the recurring-schedule runner
     runs: FinalWaiters | None = None  # woken when a workflow run ends
+    # the engine's live figures for the dashboard: in_flight, lateness_p50_ms, lateness_p99_ms
+    engine_figures: Callable[[], dict[str, float | None]] | None = None
 
 
 def services(request: Request) -> Services:
