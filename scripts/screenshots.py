@@ -35,7 +35,7 @@ def sample(base: str, target_url: str) -> tuple[Owner, str]:
 def main(out: Path) -> int:
     missing = missing_browser()
     if missing:
-        print(f"screenshots: {missing}", file=sys.stderr)
+        sys.stderr.write(f"screenshots: {missing}\n")
         return 1
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="screenshots-"))
@@ -63,7 +63,7 @@ def main(out: Path) -> int:
             sign_in(driver, server.url, "", ADMIN_KEY)
             driver.get(server.url + "/ui/admin")
             driver.save_screenshot(str(out / "admin.png"))
-    print(f"screenshots: wrote {len(pages) + 2} pages to {out}")
+    sys.stdout.write(f"screenshots: wrote {len(pages) + 2} pages to {out}\n")
     return 0
 
 

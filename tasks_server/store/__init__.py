@@ -26,14 +26,12 @@ from ..models import (
     ScheduleFire,
     ScheduleState,
     Task,
-    TaskOverview,
-    TaskPage,
-    TaskQuery,
     TaskSpec,
     TaskState,
 )
 from ..workflows.model import NewRun, RunState, WorkflowRun
 from ..workflows.steps import RunFinished, StepBuilder, StepStarted
+from .listing import TaskOverview, TaskPage, TaskQuery
 
 LIST_ORDERS = ("createdAt", "estimateEndAt", "estimateExecutionAt")
 

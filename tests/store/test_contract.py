@@ -37,13 +37,13 @@ from tasks_server.models import (
     ScheduleTiming,
     Task,
     TaskConfig,
-    TaskQuery,
     TaskSpec,
     TaskState,
 )
 from tasks_server.sealing import Sealer, key_digest
 from tasks_server.store import DeadLetterFilter, Store
 from tasks_server.store.ids import new_owner_id, new_task_id
+from tasks_server.store.listing import TaskQuery
 from tasks_server.store.postgres import PostgresStore
 from tasks_server.store.sqlite import SqliteStore
 from tests.support.postgres import stored_values

@@ -11,8 +11,9 @@ from starlette.responses import Response
 
 from ...config import describe
 from ...errors import NotFound, PreconditionFailed, TasksServerError, ValidationFailed
-from ...models import NewTask, TaskOverview, TaskState
+from ...models import NewTask, TaskState
 from ...schedules import policy
+from ...store.listing import TaskOverview
 from ..convert import spec_to_wire
 from ..schedules import pause_schedule, resume_schedule
 from ..services import services

@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...errors import NotFound, PreconditionFailed, TasksServerError, ValidationFailed
-from ...models import NewTask, Task, TaskQuery, TaskState
+from ...models import NewTask, Task, TaskState
+from ...store.listing import TaskQuery
 from ..convert import spec_to_wire, to_new_task
 from ..errors import validation_failed
 from ..queues import merge_patch

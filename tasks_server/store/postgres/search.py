@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any, LiteralString
 
-from ...models import TaskOverview, TaskPage, TaskQuery, TaskRow, TaskState
-from ..listing import HOUR_MS, hourly, matches
+from ...models import TaskState
+from ..listing import HOUR_MS, TaskOverview, TaskPage, TaskQuery, TaskRow, hourly, matches
 from .base import PgBase
 from .tasks import TASK_COLUMNS
 
