@@ -10,17 +10,14 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ...errors import NotFound, PreconditionFailed, TasksServerError, ValidationFailed
 from ...models import NewTask, Task, TaskState
 from ...store.listing import TaskQuery
-from ..convert import spec_to_wire, to_new_task
-from ..errors import validation_failed
-from ..queues import merge_patch
-from ..schemas import TaskIn
+from ..convert import spec_to_wire
+from ..queues import merge_patch, validate_task
 from ..services import Services, services
 from .present import MASK, mask_registration, pretty_json, preview
 from .session import checked_form, flash, redirect, render, require_owner
@@ -239,16 +236,7 @@ async def task_action(request: Request) -> Response:
 
 def validate_registration(app: Services, data: Any, now_ms: int) -> NewTask:
     """A registration body checked exactly as ``POST /v1/queues/register`` checks it."""
-    context = {"tz": app.settings.tz, "cert_dir": app.settings.cert_dir}
-    try:
-        body = TaskIn.model_validate(data, context=context)
-    except ValidationError as exc:
-        raise validation_failed(exc, data) from exc
-    new = to_new_task(body, now_ms)
-    missing = app.unsupported(new.spec.request, new.spec.config)
-    if missing:
-        raise ValidationFailed(message=f"Not supported here: {', '.join(missing)}")
-    return new
+    return validate_task(app, data, now_ms)
 
 
 def error_text(exc: TasksServerError) -> str:
