@@ -1,6 +1,6 @@
 """Reading many tasks at once (the dashboard's lists and overview) and their SQL
 (PostgreSQL): keyset pages over indexed filters, and counts over the indexes of migration
-0005."""
+0006."""
 
 from __future__ import annotations
 

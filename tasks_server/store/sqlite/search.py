@@ -1,5 +1,5 @@
 """Reading many tasks at once (the dashboard's lists and overview) and their SQL: keyset
-pages over indexed filters, and counts over the indexes of migration 0006."""
+pages over indexed filters, and counts over the indexes of migration 0007."""
 
 from __future__ import annotations
 
