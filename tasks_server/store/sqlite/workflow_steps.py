@@ -366,6 +366,9 @@ class StepOps(StoreBase):
         new = callback_task(built, run_id, state.value)
         task_id = new_task_id(now)
         metadata_blob = self._seal(METADATA.dump_json(new.spec.metadata or ()))
-        params = (task_id, owner_id, now, now, now, now, metadata_blob, self._seal_spec(new.spec))
+        params = (
+            *(task_id, owner_id, now, now, now, now, metadata_blob),
+            *(self._seal_spec(new.spec), host_of(new.spec.request.url)),
+        )
         conn.execute(TASK_INSERT, params)
         advance.started.append(StepStart(task_id, now))
