@@ -18,6 +18,7 @@ from typing import Any, LiteralString
 from psycopg import AsyncCursor
 
 from ...models import Attempt, DueTask, FlowControl, FlowPeriod, FlowSetting, Result
+from ..listing import host_of
 from .base import PgBase
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ TASK_FINISH: LiteralString = (
 # just stopped being counted, in the same transaction)
 TASK_FOLLOW_UP: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
-    "next_at, metadata, spec) SELECT %s, owner_id, 'RUNNING', %s, %s, %s, %s, %s, %s "
+    "next_at, metadata, spec, host) SELECT %s, owner_id, 'RUNNING', %s, %s, %s, %s, %s, %s, %s "
     "FROM task WHERE id = %s"
 )
 # greatest(): a renewal never shortens the lease of a claim made after it was sent
@@ -200,6 +201,7 @@ class PgClaimOps(PgBase):
             due,
             self._seal_metadata(follow_up.spec.metadata),
             self._seal_spec(follow_up.spec),
+            host_of(follow_up.spec.request.url),
             result.task_id,
         )
 

@@ -15,6 +15,7 @@ from ...models import (
     FlowSetting,
     Result,
 )
+from ..listing import host_of
 from .base import METADATA, StoreBase
 
 TASK_DUE: LiteralString = (
@@ -44,7 +45,7 @@ TASK_REARM: LiteralString = (
 # just stopped being counted, in the same transaction)
 TASK_FOLLOW_UP: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
-    "next_at, metadata, spec) SELECT ?, owner_id, 'RUNNING', ?, ?, ?, ?, ?, ? "
+    "next_at, metadata, spec, host) SELECT ?, owner_id, 'RUNNING', ?, ?, ?, ?, ?, ?, ? "
     "FROM task WHERE id = ?"
 )
 ATTEMPT_INSERT: LiteralString = (
@@ -138,7 +139,11 @@ class ClaimOps(StoreBase):
         metadata_blob = self._seal(None if metadata is None else METADATA.dump_json(metadata))
         due = follow_up.due_at_ms
         spec_blob = self._seal_spec(follow_up.spec)
-        return (follow_up.task_id, due, due, due, due, metadata_blob, spec_blob, result.task_id)
+        host = host_of(follow_up.spec.request.url)
+        return (
+            *(follow_up.task_id, due, due, due, due, metadata_blob, spec_blob, host),
+            result.task_id,
+        )
 
     def _outcome_params(self, result: Result) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         outcome = result.outcome
