@@ -183,7 +183,7 @@ async def test_submit(request: Request) -> Response:
     try:
         body = registration_from_form(form)
         now = app.clock.now_ms()
-        new = validate_registration(app, body, now)
+        new = validate_registration(app, body, now, owner_id)
     except TasksServerError as exc:
         text = json.dumps(body, indent=2) if body else ""
         return render(request, "test.html", who, 400, form=form, json=text, error=error_text(exc))

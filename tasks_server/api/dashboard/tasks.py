@@ -234,9 +234,9 @@ async def task_action(request: Request) -> Response:
 # -- editing a task that has not started -------------------------------------------------
 
 
-def validate_registration(app: Services, data: Any, now_ms: int) -> NewTask:
+def validate_registration(app: Services, data: Any, now_ms: int, owner_id: str) -> NewTask:
     """A registration body checked exactly as ``POST /v1/queues/register`` checks it."""
-    return validate_task(app, data, now_ms)
+    return validate_task(app, data, now_ms, owner_id)
 
 
 def error_text(exc: TasksServerError) -> str:
@@ -272,7 +272,7 @@ async def edit(request: Request) -> Response:
         stored = spec_to_wire(spec)
         data = merge_patch(stored, _unmasked(patch, stored))
         now = app.clock.now_ms()
-        new = validate_registration(app, data, now)
+        new = validate_registration(app, data, now, owner_id)
         saved = await app.store.edit_task(owner_id, task_id, new, now)
     except json.JSONDecodeError as exc:
         return render(request, "edit.html", who, 400, task=task, text=text, error=str(exc))

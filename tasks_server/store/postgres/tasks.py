@@ -61,9 +61,10 @@ FLOW_UPSERT: LiteralString = (
 TASK_INSERT_UNLIMITED: LiteralString = (
     "WITH inserted AS ("
     " INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at,"
-    " next_at, metadata, spec, priority)"
+    " next_at, metadata, spec, priority, host)"
     " SELECT %(id)s, id, 'RUNNING', %(now)s, %(due)s, %(due)s, %(due)s, %(metadata)s,"
-    " %(spec)s, %(priority)s FROM owner WHERE id = %(owner)s AND tasks_in_queue_limit = 0"
+    " %(spec)s, %(priority)s, %(host)s FROM owner"
+    " WHERE id = %(owner)s AND tasks_in_queue_limit = 0"
     " RETURNING id"
     ") SELECT id, CASE WHEN %(wake)s THEN pg_notify(%(channel)s, %(payload)s) END FROM inserted"
 )
@@ -181,6 +182,7 @@ class PgTaskOps(PgBase):
             "metadata": self._seal_metadata(new.spec.metadata),
             "spec": self._seal_spec(new.spec),
             "priority": new.spec.config.priority,
+            "host": host_of(new.spec.request.url),
             "wake": due < now_ms + self._wake_horizon_ms,
             "channel": DUE_CHANNEL,
             "payload": f"{self.node_id}|{task_id}:{due}",
