@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...errors import NotFound, StorageUnavailable, TasksServerError
 from ..services import Services
-from . import pages, present, session, tasks
+from . import failures, pages, present, session, tasks, workflows
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,11 @@ def _routes() -> list[Any]:
         Route(f"{task}/edit", tasks.edit_page, methods=["GET"]),
         Route(f"{task}/edit", tasks.edit, methods=["POST"]),
         Route(task + "/{action}", tasks.task_action, methods=["POST"]),
-        Route("/failures", tasks.failures),
+        Route("/failures", failures.failures),
+        Route("/failures/{action}", failures.bulk, methods=["POST"]),
+        Route("/workflows", workflows.run_list),
+        Route("/workflows/{run_id}", workflows.run_page),
+        Route("/workflows/{run_id}/{action}", workflows.run_action, methods=["POST"]),
         Route("/schedules", pages.schedule_list),
         Route(schedule, pages.schedule_page),
         Route(schedule + "/{action}", pages.schedule_action, methods=["POST"]),

@@ -76,3 +76,57 @@ def gauge(value: float, title: str, width: int = 200) -> str:
         f'<rect x="0" y="4" width="{width}" height="16" class="track"/>'
         f'<rect x="0" y="4" width="{width * share:.1f}" height="16" class="bad"/></svg>'
     )
+
+
+def step_depths(steps: Sequence[tuple[str, str, tuple[str, ...], str | None]]) -> dict[str, int]:
+    """Each step's column: one more than its deepest dependency (roots are 0)."""
+    depends = {step_id: deps for step_id, _, deps, _ in steps}
+    depth: dict[str, int] = {}
+
+    def of(step_id: str, seen: frozenset[str]) -> int:
+        if step_id not in depth:
+            parents = [d for d in depends.get(step_id, ()) if d in depends and d not in seen]
+            depth[step_id] = 1 + max((of(p, seen | {step_id}) for p in parents), default=-1)
+        return depth[step_id]
+
+    for step_id in depends:
+        of(step_id, frozenset())
+    return depth
+
+
+def step_graph(steps: Sequence[tuple[str, str, tuple[str, ...], str | None]], title: str) -> str:
+    """A workflow run's steps as boxes in columns by dependency depth, with arrows from
+    each dependency; a box links to its step's task and is coloured by its state."""
+    depth = step_depths(steps)
+    rows: dict[int, int] = {}
+    place: dict[str, tuple[int, int]] = {}
+    for step_id, _, _, _ in steps:
+        column = depth[step_id]
+        place[step_id] = (column * 190 + 4, rows.get(column, 0) * 64 + 4)
+        rows[column] = rows.get(column, 0) + 1
+    width = (max(depth.values(), default=0) + 1) * 190
+    height = max(rows.values(), default=1) * 64 + 8
+    parts = []
+    for step_id, _, deps, _ in steps:
+        x, y = place[step_id]
+        for dep in deps:
+            if dep in place:
+                px, py = place[dep]
+                parts.append(
+                    f'<line x1="{px + 150}" y1="{py + 24}" x2="{x}" y2="{y + 24}" class="edge"/>'
+                )
+    for step_id, state, _, task_id in steps:
+        x, y = place[step_id]
+        box = (
+            f'<rect x="{x}" y="{y}" width="150" height="48" rx="6" '
+            f'class="step step-{escape(state.lower())}"/>'
+            f'<text x="{x + 8}" y="{y + 20}" class="step-name">{escape(step_id[:18])}</text>'
+            f'<text x="{x + 8}" y="{y + 38}" class="step-state">{escape(state)}</text>'
+        )
+        if task_id:
+            box = f'<a href="/ui/tasks/{escape(task_id)}">{box}</a>'
+        parts.append(box)
+    return (
+        f'<svg role="img" aria-label="{escape(title)}" viewBox="0 0 {width} {height}" '
+        f'width="{width}" class="graph"><title>{escape(title)}</title>{"".join(parts)}</svg>'
+    )

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...errors import NotFound, PreconditionFailed, TasksServerError, ValidationFailed
-from ...models import NewTask, Task, TaskState
+from ...models import NewTask, TaskState
 from ...store.listing import TaskQuery
 from ..convert import spec_to_wire
 from ..queues import merge_patch, validate_task
@@ -32,7 +32,7 @@ class BadFilter(ValueError):
     """A filter of the list that cannot be understood; shown on the page as a 400."""
 
 
-def _time(raw: str, name: str) -> int | None:
+def parse_time(raw: str, name: str) -> int | None:
     """A ``datetime-local`` or ISO date (UTC unless it says otherwise) as epoch ms."""
     if not raw:
         return None
@@ -72,8 +72,8 @@ def parse_query(params: dict[str, str]) -> TaskQuery:
         state=TaskState(state) if state else None,
         host=params.get("host", "").strip().lower() or None,
         schedule_id=schedule,
-        created_from_ms=_time(params.get("from", ""), "from"),
-        created_to_ms=_time(params.get("to", ""), "to"),
+        created_from_ms=parse_time(params.get("from", ""), "from"),
+        created_to_ms=parse_time(params.get("to", ""), "to"),
         url_contains=params.get("q", "").strip()[:200] or None,
         label=label,
         newest_first=sort == "newest",
@@ -91,11 +91,6 @@ def _next_link(params: dict[str, str], after: tuple[int, str] | None) -> str | N
 
 async def task_list(request: Request) -> Response:
     return await _listing(request, "tasks.html", {})
-
-
-async def failures(request: Request) -> Response:
-    """Tasks that ended in ERROR, newest first (the dead-letter view)."""
-    return await _listing(request, "failures.html", {"state": "ERROR"})
 
 
 async def _listing(request: Request, template: str, fixed: dict[str, str]) -> Response:
@@ -149,13 +144,8 @@ async def task_page(request: Request) -> Response:
         attempts=attempts,
         body=body,
         body_cut=body_cut,
-        truncated=_truncated(task),
+        truncated=task.response_truncated,
     )
-
-
-def _truncated(task: Task) -> bool:
-    """Whether the stored response was cut at the server's cap (when the store says so)."""
-    return bool(getattr(task, "response_truncated", False))
 
 
 # -- actions -----------------------------------------------------------------------------
@@ -188,16 +178,12 @@ async def _revoke(app: Services, owner_id: str, task_id: str) -> str:
 
 
 async def _replay(app: Services, owner_id: str, task_id: str) -> str:
-    """A failed task's registration again, as a new task due now (the failed one stays
-    in the history as it ended)."""
-    task = await app.store.get_task(owner_id, task_id)
-    if task.state is not TaskState.ERROR:
-        raise PreconditionFailed("Only a failed task can be replayed")
-    spec = await app.store.get_spec(owner_id, task_id)
+    """A failed task runs again: a new attempt cycle of the same task, due now, with its
+    stored registration (as ``POST /v1/dlq/:id/replay`` without a body)."""
     now = app.clock.now_ms()
-    new = await app.store.create_task(owner_id, NewTask(spec, now), now)
-    app.scheduler.notify(new.id, now)
-    return f"Replayed as task {new.id}."
+    task = await app.store.replay_task(owner_id, task_id, None, now, now)
+    app.scheduler.notify(task.id, now)
+    return "The task runs again."
 
 
 _ACTIONS = {

@@ -191,18 +191,21 @@ async def act_on(ui: httpx.AsyncClient, task_id: str, action: str) -> str:
     return (await ui.get(response.headers["location"])).text
 
 
-async def test_replay_a_failed_task(
+async def test_replay_a_failed_task_runs_it_again(
     ui: httpx.AsyncClient, client: httpx.AsyncClient, owner: OwnerAuth, target: TargetServer
 ) -> None:
     task_id = await new_task(client, owner, target.url("/fail"))
     await finished(client, owner, task_id, "ERROR")
-    failures = await ui.get("/ui/failures")
-    assert task_id in failures.text
+    assert task_id in (await ui.get("/ui/failures")).text
     text = await act_on(ui, task_id, "replay")
-    replayed = text.split("Replayed as task ")[1][:24]
-    await finished(client, owner, replayed, "ERROR")
-    assert len(target.arrivals_at("/fail")) == 2
-    assert "Not done" in await act_on(ui, replayed, "pause")
+    assert "The task runs again." in text
+    await wait_until(lambda: len(target.arrivals_at("/fail")) == 2, message="the replay")
+    await finished(client, owner, task_id, "ERROR")
+    page = (await ui.get(f"/ui/tasks/{task_id}")).text
+    assert "Attempt 2 — 500" in page and "Attempt 1 — 500" in page
+    ok = await new_task(client, owner, target.url("/ok"))
+    await finished(client, owner, ok, "SUCCESS")
+    assert "Not done" in await act_on(ui, ok, "replay")  # only failed tasks
 
 
 async def test_failures_empty(ui: httpx.AsyncClient) -> None:
