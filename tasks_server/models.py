@@ -172,6 +172,15 @@ class FlowSetting:
     paused: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class FlowStatus:
+    """A key with what waits behind it: claimable tasks and the oldest due time."""
+
+    setting: FlowSetting
+    waiting: int = 0
+    oldest_due_ms: int | None = None
+
+
 DEFAULT_USER_AGENT = "Tasks-Server/1.0 (compatible; Linux x86_64; +http://tasks-server)"
 
 

@@ -162,6 +162,10 @@ class Scheduler:
         self.flows.limits.configure((owner_id, flow.key), flow, paused)
         self._wake.set()
 
+    def flow_in_flight(self, flow: FlowRef) -> int:
+        """Calls of the key admitted and not yet ended."""
+        return self.flows.limits.in_flight(flow)
+
     def wait_final(self, task_id: str) -> asyncio.Future[None]:
         """A future resolved once an outcome that ends the task is committed (or the
         task is stopped); the caller reads the task again. See FinalWaiters.wait."""

@@ -19,6 +19,7 @@ from ..models import (
     AttemptRecord,
     DueTask,
     FlowSetting,
+    FlowStatus,
     NewSchedule,
     NewTask,
     Owner,
@@ -261,6 +262,13 @@ class Store(Protocol):
     async def get_flow_control(self, owner_id: str, key: str) -> FlowSetting | None:
         """A flow-control key's limits as last set (by a registration naming the key, or
         an edit), and whether it is paused; None when the owner never named the key."""
+
+    async def list_flow_controls(self, owner_id: str) -> list[FlowStatus]:
+        """The owner's flow-control keys by name, each with the number of its tasks that
+        are claimable (waiting or due later) and the oldest due time among them."""
+
+    async def save_flow_control(self, owner_id: str, setting: FlowSetting, now_ms: int) -> None:
+        """Set a key's limits and paused flag (creating the key if needed)."""
 
     async def requeue_interrupted(self, now_ms: int) -> int:
         """At start-up: attempts left in flight by a crash end as interrupted and their

@@ -32,6 +32,7 @@ from tasks_server.models import (
     FlowControl,
     FlowPeriod,
     FlowSetting,
+    FlowStatus,
     FollowUp,
     HttpRequest,
     NewSchedule,
@@ -389,6 +390,23 @@ async def test_the_last_registration_sets_a_flow_keys_limits(store: Store) -> No
     await store.create_tasks(owner.id, [new_task(flow_control=later)], T0 + 1)
     assert await store.get_flow_control(owner.id, "k1") == FlowSetting(later)
     assert await store.get_flow_control(other.id, "k1") is None  # keys are per owner
+
+
+async def test_flow_keys_are_listed_with_what_waits_and_can_be_saved(store: Store) -> None:
+    owner = await make_owner(store)
+    flow = FlowControl("b-key", rate=3)
+    first = await store.create_task(owner.id, new_task(T0 + 50, flow_control=flow), T0)
+    await store.create_task(owner.id, new_task(T0 + 20, flow_control=flow), T0)
+    await store.create_task(owner.id, new_task(T0 + 9, flow_control=FlowControl("a-key")), T0)
+    await store.claim_due([first.id], T0 + 50)  # in flight: not waiting
+    assert await store.list_flow_controls(owner.id) == [
+        FlowStatus(FlowSetting(FlowControl("a-key")), 1, T0 + 9),
+        FlowStatus(FlowSetting(flow), 1, T0 + 20),
+    ]
+    changed = FlowSetting(FlowControl("b-key", None, FlowPeriod.HOUR, 4), paused=True)
+    await store.save_flow_control(owner.id, changed, T0 + 60)
+    assert await store.get_flow_control(owner.id, "b-key") == changed
+    assert await store.list_flow_controls((await make_owner(store, "owner-two")).id) == []
 
 
 async def test_concurrent_registrations_with_one_key_create_one_task(store: Store) -> None:
