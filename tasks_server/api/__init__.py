@@ -22,6 +22,7 @@ from . import (
     queues,
     results,
     schedules,
+    security,
     workflows,
 )
 from .errors import handle_domain_error, handle_http_error, handle_unexpected
@@ -44,6 +45,11 @@ def routes() -> list[BaseRoute]:
         Route("/v1/owners/register", owners.register, methods=["POST"]),
         Route("/v1/owners/{name}", owners.get, methods=["GET"]),
         Route("/v1/owners/{name}", owners.delete, methods=["DELETE"]),
+        Route("/v1/owners/{name}/signing", security.get_signing, methods=["GET"]),
+        Route("/v1/owners/{name}/signing", security.set_signing, methods=["PATCH"]),
+        Route("/v1/owners/{name}/signing/rotate", security.rotate_signing, methods=["POST"]),
+        Route("/v1/admin/owners/{owner_id}/domains", security.get_domains, methods=["GET"]),
+        Route("/v1/admin/owners/{owner_id}/domains", security.set_domains, methods=["PUT"]),
         Route("/v1/queues", queues.list_tasks, methods=["GET"]),
         Route("/v1/queues/register", queues.register, methods=["POST"]),
         Route("/v1/queues/register/batch", batch.register_batch, methods=["POST"]),

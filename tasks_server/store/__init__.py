@@ -23,6 +23,7 @@ from ..models import (
     NewSchedule,
     NewTask,
     Owner,
+    OwnerSecurity,
     Result,
     Schedule,
     ScheduleFire,
@@ -85,6 +86,14 @@ class Store(Protocol):
 
     async def list_owners(self) -> list[Owner]:
         """Every owner, oldest first (for administrators)."""
+
+    async def owner_security(self, owner_id: str) -> OwnerSecurity:
+        """The owner's signing secrets and validated domains. The first call creates them
+        with a fresh random 32-byte secret (sealed at rest); later calls return the same.
+        Raises OwnerNotFound."""
+
+    async def save_owner_security(self, owner_id: str, security: OwnerSecurity) -> None:
+        """Replace the owner's signing secrets and validated domains. Raises OwnerNotFound."""
 
     async def delete_owner(self, owner_id: str) -> None:
         """Delete an owner with no RUNNING or PAUSED task, and all its finished tasks.

@@ -100,6 +100,41 @@ async def test_owner_lifecycle(store: Store) -> None:
     assert await store.owner_key_digest(owner.id) is None
 
 
+async def test_owner_security_is_created_once_and_saved_whole(store: Store) -> None:
+    owner = await make_owner(store)
+    first = await store.owner_security(owner.id)
+    assert len(first.signing_secret) == 32 and first.signing_enabled
+    assert first.previous_secret is None and first.allowed_hosts is None
+    assert await store.owner_security(owner.id) == first  # the same secret on every read
+    other = await make_owner(store, "owner-two")
+    assert (await store.owner_security(other.id)).signing_secret != first.signing_secret
+    changed = dataclasses.replace(
+        first,
+        signing_secret=b"n" * 32,
+        previous_secret=first.signing_secret,
+        previous_until_ms=T0 + 5000,
+        signing_enabled=False,
+        allowed_hosts=("example.com", "*.example.org"),
+    )
+    await store.save_owner_security(owner.id, changed)
+    assert await store.owner_security(owner.id) == changed
+    assert changed.signing_secrets(T0) == ()  # switched off
+    on = dataclasses.replace(changed, signing_enabled=True)
+    assert on.signing_secrets(T0) == (b"n" * 32, first.signing_secret)
+    assert on.signing_secrets(T0 + 5000) == (b"n" * 32,)  # the overlap has ended
+    with pytest.raises(OwnerNotFound):
+        await store.owner_security("0" * 26)
+    with pytest.raises(OwnerNotFound):
+        await store.save_owner_security("0" * 26, changed)
+
+
+async def test_signing_secrets_are_sealed_at_rest(store: Store, tmp_path: Path) -> None:
+    owner = await make_owner(store)
+    secret = (await store.owner_security(owner.id)).signing_secret
+    raw = await stored_bytes(store, tmp_path)
+    assert secret not in raw
+
+
 async def test_create_and_read_task(store: Store) -> None:
     owner = await make_owner(store)
     created = await store.create_task(owner.id, new_task(), T0)
