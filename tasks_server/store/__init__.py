@@ -296,9 +296,10 @@ class Store(Protocol):
         the last renewal plus lease_ms, and the caller must not start their calls after."""
 
     async def requeue_expired(self, now_ms: int) -> list[tuple[str, int]]:
-        """Claims whose lease ran out before ``now_ms`` (their process died or lost the
-        database) end as interrupted, and their tasks become claimable at their planned
-        time; returns those (task id, due ms). A late outcome of such an attempt changes
+        """Other processes' claims whose lease ran out before ``now_ms`` (their process
+        died or lost the database) end as interrupted, and their tasks become claimable at
+        their planned time; returns those (task id, due ms). This process's own claims are
+        left alone: while it runs, it renews them. A late outcome of such an attempt changes
         nothing (record_outcomes is fenced by attempt number and lease owner)."""
 
     async def listen(

@@ -4,7 +4,9 @@ implementation (the parametrised ``store`` fixture, tests/support/stores.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -702,19 +704,34 @@ async def test_write_problem_is_none_while_writes_succeed(store: Store) -> None:
 # -- several nodes on one database (trivial where one process owns it) ---------------------
 
 
-async def test_a_lease_ends_unless_renewed_and_fences_late_outcomes(store: Store) -> None:
+@contextlib.asynccontextmanager
+async def another_process(make_store: StoreMaker) -> AsyncIterator[Store]:
+    """A second store on the same database, as another node (or process) has."""
+    other = make_store(Sealer("test-key"))
+    await other.open()
+    try:
+        yield other
+    finally:
+        await other.close()
+
+
+async def test_a_lease_ends_unless_renewed_and_fences_late_outcomes(
+    store: Store, make_store: StoreMaker
+) -> None:
     owner = await make_owner(store)
     task = await store.create_task(owner.id, new_task(due=T0), T0)
     await store.claim_due([task.id], T0)
     lease = store.lease_ms
-    if lease is None:  # one process owns the database: claims never expire
-        await store.renew_leases(T0 + 10**9)
-        assert await store.requeue_expired(T0 + 10**9) == []
-        assert await store.record_outcomes([success(task.id, 1, T0 + 5)]) == [task.id]
-        return
-    await store.renew_leases(T0 + lease - 1)
-    assert await store.requeue_expired(T0 + lease + 1) == []  # renewed in time
-    assert await store.requeue_expired(T0 + 2 * lease) == [(task.id, T0)]
+    async with another_process(make_store) as other:
+        if lease is None:  # one process owns the database: claims never expire
+            await store.renew_leases(T0 + 10**9)
+            assert await other.requeue_expired(T0 + 10**9) == []
+            assert await store.record_outcomes([success(task.id, 1, T0 + 5)]) == [task.id]
+            return
+        await store.renew_leases(T0 + lease - 1)
+        assert await other.requeue_expired(T0 + lease + 1) == []  # renewed in time
+        assert await store.requeue_expired(T0 + 2 * lease) == []  # never its own
+        assert await other.requeue_expired(T0 + 2 * lease) == [(task.id, T0)]
     assert await store.record_outcomes([success(task.id, 1, T0 + 2 * lease + 1)]) == []
     [record] = await store.list_attempts(owner.id, task.id)
     assert record.error is not None and "interrupted" in record.error
@@ -724,17 +741,18 @@ async def test_a_lease_ends_unless_renewed_and_fences_late_outcomes(store: Store
     assert (await store.get_task(owner.id, task.id)).state is TaskState.RUNNING
 
 
-async def test_a_renewal_never_shortens_a_lease(store: Store) -> None:
+async def test_a_renewal_never_shortens_a_lease(store: Store, make_store: StoreMaker) -> None:
     owner = await make_owner(store)
     task = await store.create_task(owner.id, new_task(due=T0), T0)
     await store.claim_due([task.id], T0 + 100)
     await store.renew_leases(T0)  # sent before the claim, committed after it
     lease = store.lease_ms
-    if lease is None:
-        assert await store.requeue_expired(T0 + 10**9) == []
-        return
-    assert await store.requeue_expired(T0 + lease + 50) == []
-    assert await store.requeue_expired(T0 + lease + 101) == [(task.id, T0)]
+    async with another_process(make_store) as other:
+        if lease is None:
+            assert await other.requeue_expired(T0 + 10**9) == []
+            return
+        assert await other.requeue_expired(T0 + lease + 50) == []
+        assert await other.requeue_expired(T0 + lease + 101) == [(task.id, T0)]
 
 
 async def test_a_single_process_leads_the_schedules(store: Store) -> None:

@@ -88,7 +88,9 @@ LEASE_RENEW: LiteralString = (
 # at their planned time (at once when that has passed)
 LEASE_EXPIRED: LiteralString = (
     "WITH expired AS ("
+    # never this node's own: while it runs, its calls are in flight and it keeps renewing
     " SELECT id FROM task WHERE in_flight AND lease_until < %(now)s"
+    " AND lease_owner <> %(node)s"
     " ORDER BY lease_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
     "), freed AS ("
     " UPDATE task t SET in_flight = false, lease_owner = NULL, lease_until = NULL,"
@@ -250,11 +252,16 @@ class PgClaimOps(PgBase):
         await self._write_one_no_rows(LEASE_RENEW, (now_ms + self._lease_ms, self.node_id))
 
     async def requeue_expired(self, now_ms: int) -> list[tuple[str, int]]:
+        # this node's own leases are its own business while it runs (see LEASE_EXPIRED)
+        return await self._requeue_expired(now_ms, skip_node=self.node_id)
+
+    async def _requeue_expired(self, now_ms: int, skip_node: str) -> list[tuple[str, int]]:
         freed: list[tuple[str, int]] = []
+        params = {"now": now_ms, "limit": _EXPIRED_BATCH, "node": skip_node}
         while True:
 
             async def op(cur: Cursor) -> list[tuple[str, int]]:
-                await cur.execute(LEASE_EXPIRED, {"now": now_ms, "limit": _EXPIRED_BATCH})
+                await cur.execute(LEASE_EXPIRED, params)
                 rows = [(row[0], row[1]) for row in await cur.fetchall()]
                 await self._notify_due(cur, rows, now_ms)
                 return rows
@@ -269,8 +276,9 @@ class PgClaimOps(PgBase):
 
     async def requeue_interrupted(self, now_ms: int) -> int:
         # Other nodes may be serving: only claims whose lease ran out are this start's to
-        # requeue. A crashed node's own claims follow once their lease ends.
-        return len(await self.requeue_expired(now_ms))
+        # requeue (any node's: this process has claimed nothing yet). A crashed node's
+        # claims follow once their lease ends.
+        return len(await self._requeue_expired(now_ms, skip_node=""))
 
     async def get_flow_control(self, owner_id: str, key: str) -> FlowSetting | None:
         rows = await self._read(FLOW_GET, (owner_id, key))
