@@ -15,6 +15,8 @@ from typing import Any
 from starlette.applications import Starlette
 
 from . import dispatch
+from .alerts.email import SmtpMailer, SmtpSettings
+from .alerts.service import AlertOptions, AlertService
 from .api import create_app
 from .api.auth import Authenticator
 from .api.edge import Edge, Throttle
@@ -72,6 +74,7 @@ class Server:
     app: Starlette
     asgi: Edge  # the app behind the edge middleware: what uvicorn serves
     fatal: Fatal = field(default_factory=Fatal)
+    alerts: AlertService | None = None  # judges outcomes against alert rules, sends
 
 
 def build(
@@ -86,6 +89,9 @@ def build(
     scheduler = Scheduler(store, dispatcher, clock, _scheduler_options(settings))
     metrics.watch_scheduler(scheduler)
     schedules = ScheduleRunner(store, scheduler, clock)
+    alerts = _alert_service(settings, store, clock, scheduler)
+    scheduler.on_recorded = alerts.observe
+    metrics.watch_alerts(alerts)
     runs = FinalWaiters()
     unsupported = _unsupported_fields()
     store.watch_workflows(step_builder(settings, unsupported), scheduler.notify, runs.wake)
@@ -102,6 +108,7 @@ def build(
         runs=runs,
         egress=egress_policy(settings),
         engine_figures=lambda: _engine_figures(scheduler, metrics),
+        alerts=alerts,
     )
     server: Server  # the lifespan runs after build has returned, when `server` exists
     app = create_app(services, lifespan=lambda _app: _lifespan(server))
@@ -122,8 +129,33 @@ def build(
             log_requests=settings.log,
             on_request=metrics.on_request,
         ),
+        alerts=alerts,
     )
     return server
+
+
+def _alert_service(
+    settings: Settings, store: Store, clock: Clock, scheduler: Scheduler
+) -> AlertService:
+    mailer = None
+    if settings.smtp_host:
+        mailer = SmtpMailer(
+            SmtpSettings(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                sender=settings.smtp_from,
+                user=settings.smtp_user,
+                password=settings.smtp_password,
+                tls=settings.smtp_tls,
+                ca_file=settings.smtp_ca_file,
+            )
+        )
+    options = AlertOptions(
+        public_url=settings.public_url or f"http://{settings.host}:{settings.port}",
+        max_per_hour=settings.alerts_max_per_hour,
+        digest_interval_ms=settings.alert_digest_interval_s * 1000,
+    )
+    return AlertService(store, clock, scheduler, options, mailer)
 
 
 def make_store(settings: Settings, metrics: Metrics | None = None) -> Store:
@@ -245,6 +277,8 @@ async def _lifespan(server: Server) -> AsyncIterator[None]:
         await _open_store(server, stack)
         await _requeue_interrupted(server)
         await _start_dispatcher(server, stack)
+        if server.alerts is not None:  # started first, so it stops after the scheduler
+            _start_loop(server, stack, "alerts", server.alerts.run, _stop_alerts)
         _start_loop(server, stack, "scheduler", server.scheduler.run, _stop_scheduler)
         if server.settings.uses_postgres:
             _start_loop(server, stack, "wake-ups", lambda: _listen(server), _stop_listening)
@@ -338,6 +372,12 @@ async def _stop_scheduler(server: Server, task: asyncio.Task[None]) -> None:
     """No new work; calls in flight get SHUTDOWN_GRACE_S, then their outcomes are
     written. A call still running keeps its durable claim and runs again at next start."""
     await server.scheduler.stop(server.settings.shutdown_grace_s)
+
+
+async def _stop_alerts(server: Server, task: asyncio.Task[None]) -> None:
+    """Judge what the scheduler recorded before it stopped, then end."""
+    assert server.alerts is not None
+    await server.alerts.stop()
 
 
 async def _listen(server: Server) -> None:

@@ -79,6 +79,16 @@ class Settings:
     admin_key: str | None = field(default=None, repr=False)  # ADMIN_KEY: enables /v1/admin/*
     # OWNER_REGISTRATION: open | admin | closed; unset = admin with ADMIN_KEY, else open
     owner_registration: str | None = None
+    public_url: str | None = None  # PUBLIC_URL: base of links in alerts (default: HOST:PORT)
+    smtp_host: str | None = None  # SMTP_HOST: alert e-mail goes through it (unset: none)
+    smtp_port: int = 587  # SMTP_PORT
+    smtp_user: str | None = None  # SMTP_USER
+    smtp_password: str | None = field(default=None, repr=False)  # SMTP_PASSWORD
+    smtp_from: str = "tasks-server@localhost"  # SMTP_FROM
+    smtp_tls: str = "starttls"  # SMTP_TLS: none | starttls | tls
+    smtp_ca_file: str | None = None  # SMTP_CA_FILE: CA bundle to trust (default: system's)
+    alerts_max_per_hour: int = 30  # ALERTS_MAX_PER_HOUR: per owner; more are suppressed
+    alert_digest_interval_s: int = 3600  # ALERT_DIGEST_INTERVAL_S: repeats, at most this often
     # EGRESS_ALLOW: CIDRs and host names calls may reach although private or loopback
     egress_allow: str = ""
     egress_deny: str = ""  # EGRESS_DENY: CIDRs and host names always refused
@@ -87,6 +97,8 @@ class Settings:
     dashboard: bool = True  # DASHBOARD=0 switches the web dashboard at /ui off
     # DASHBOARD_SESSION_S: how long a dashboard sign-in lasts
     dashboard_session_s: int = 8 * 3600
+    # SIGNING_OVERLAP_S: after a rotation the old signing secret still signs this long
+    signing_overlap_s: int = 86_400
 
     @property
     def database_path(self) -> Path:
@@ -259,12 +271,23 @@ _SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "metrics_key": (("METRICS_KEY",), _optional_text),
     "admin_key": (("ADMIN_KEY",), _optional_text),
     "owner_registration": (("OWNER_REGISTRATION",), _choice("open", "admin", "closed")),
+    "public_url": (("PUBLIC_URL",), _optional_text),
+    "smtp_host": (("SMTP_HOST",), _optional_text),
+    "smtp_port": (("SMTP_PORT",), _int(1, 65535)),
+    "smtp_user": (("SMTP_USER",), _optional_text),
+    "smtp_password": (("SMTP_PASSWORD",), _optional_text),
+    "smtp_from": (("SMTP_FROM",), _text),
+    "smtp_tls": (("SMTP_TLS",), _choice("none", "starttls", "tls")),
+    "smtp_ca_file": (("SMTP_CA_FILE",), _optional_text),
+    "alerts_max_per_hour": (("ALERTS_MAX_PER_HOUR",), _int(0)),
+    "alert_digest_interval_s": (("ALERT_DIGEST_INTERVAL_S",), _int(0)),
     "egress_allow": (("EGRESS_ALLOW",), _networks_and_hosts),
     "egress_deny": (("EGRESS_DENY",), _networks_and_hosts),
     "egress_proxies": (("EGRESS_PROXIES",), _networks_and_hosts),
     "egress_ports": (("EGRESS_PORTS",), _ports),
     "dashboard": (("DASHBOARD",), _bool),
     "dashboard_session_s": (("DASHBOARD_SESSION_S",), _int(60, 30 * 86400)),
+    "signing_overlap_s": (("SIGNING_OVERLAP_S",), _int(0, 30 * 86_400)),
 }
 
 ENV_VARIABLES: tuple[str, ...] = tuple(name for names, _ in _SOURCES.values() for name in names)
@@ -372,6 +395,7 @@ def describe(settings: Settings) -> dict[str, object]:
         "s3_session_token",
         "metrics_key",
         "admin_key",
+        "smtp_password",
     }
     return {
         f.name: (

@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from .alerts.service import AlertService
     from .engine.scheduler import Scheduler
     from .models import Attempt, Result
 
@@ -72,6 +73,27 @@ class _SchedulerCollector(Collector):
             "tasks_armed",
             "Tasks due within the scheduler's in-memory horizon",
             value=self._scheduler.armed,
+        )
+
+
+class _AlertCollector(Collector):
+    """Alert deliveries by status (a failed or suppressed one shows here and in the log)
+    and outcomes the alert queue had to drop."""
+
+    def __init__(self, alerts: AlertService) -> None:
+        self._alerts = alerts
+
+    def collect(self) -> Iterator[Metric]:
+        deliveries = CounterMetricFamily(
+            "tasks_alert_deliveries", "Alert messages by delivery status", labels=["status"]
+        )
+        for status in ("sent", "queued", "failed", "suppressed"):
+            deliveries.add_metric([status], self._alerts.stats.deliveries.get(status, 0))
+        yield deliveries
+        yield CounterMetricFamily(
+            "tasks_alert_outcomes_dropped",
+            "Outcomes not judged against alert rules because the queue was full",
+            value=self._alerts.stats.dropped,
         )
 
 
@@ -135,6 +157,9 @@ class Metrics:
         self.registry.register(_SchedulerCollector(scheduler))
         scheduler.stats.observe = self.on_attempt
         scheduler.stats.on_start = self.on_start
+
+    def watch_alerts(self, alerts: AlertService) -> None:
+        self.registry.register(_AlertCollector(alerts))
 
     # -- hooks --------------------------------------------------------------------------
 

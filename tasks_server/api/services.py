@@ -9,6 +9,7 @@ from typing import Protocol
 
 from starlette.requests import Request
 
+from ..alerts.service import AlertService
 from ..clock import Clock
 from ..config import Settings
 from ..dispatch.egress import EgressPolicy
@@ -32,6 +33,8 @@ class Notifier(Protocol):
     def configure_flow(
         self, owner_id: str, flow: FlowControl, paused: bool | None = None
     ) -> None: ...
+
+    def flow_in_flight(self, flow: tuple[str, str]) -> int: ...
 
     def forget(self, task_id: str) -> None: ...
 
@@ -59,6 +62,7 @@ class Services:
     metrics_text: Callable[[], Awaitable[bytes]] | None = None  # Prometheus exposition
     egress: EgressPolicy = field(default_factory=EgressPolicy)  # where calls may go
     schedules: ScheduleNotifier | None = None  # the recurring-schedule runner
+    alerts: AlertService | None = None  # judges outcomes against alert rules, sends
     runs: FinalWaiters | None = None  # woken when a workflow run ends
     # the engine's live figures for the dashboard: in_flight, lateness_p50_ms, lateness_p99_ms
     engine_figures: Callable[[], dict[str, float | None]] | None = None

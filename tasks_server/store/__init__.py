@@ -12,15 +12,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..alerting import AlertDelivery, AlertRule, Incident
 from ..errors import TasksServerError
 from ..models import (
     Attempt,
     AttemptRecord,
     DueTask,
     FlowSetting,
+    FlowStatus,
     NewSchedule,
     NewTask,
     Owner,
+    OwnerSecurity,
     Result,
     Schedule,
     ScheduleFire,
@@ -84,6 +87,14 @@ class Store(Protocol):
 
     async def list_owners(self) -> list[Owner]:
         """Every owner, oldest first (for administrators)."""
+
+    async def owner_security(self, owner_id: str) -> OwnerSecurity:
+        """The owner's signing secrets and validated domains. The first call creates them
+        with a fresh random 32-byte secret (sealed at rest); later calls return the same.
+        Raises OwnerNotFound."""
+
+    async def save_owner_security(self, owner_id: str, security: OwnerSecurity) -> None:
+        """Replace the owner's signing secrets and validated domains. Raises OwnerNotFound."""
 
     async def delete_owner(self, owner_id: str) -> None:
         """Delete an owner with no RUNNING or PAUSED task, and all its finished tasks.
@@ -210,6 +221,44 @@ class Store(Protocol):
         """Counts by state, finished tasks per hour over the 24 hours before ``now_ms``,
         and the five hosts with most RUNNING tasks; of one owner, or of all when None."""
 
+    # alerts: rules (another owner's rule and a missing one raise NotFound), incidents
+    # and the record of deliveries
+
+    async def create_alert_rule(self, rule: AlertRule) -> AlertRule:
+        """Insert a rule. Raises Conflict when the owner has a rule of that name."""
+
+    async def update_alert_rule(self, rule: AlertRule) -> AlertRule:
+        """Replace the owner's rule of that id. Raises NotFound, or Conflict for a name
+        another of the owner's rules has."""
+
+    async def get_alert_rule(self, owner_id: str, rule_id: str) -> AlertRule:
+        """Raises NotFound."""
+
+    async def list_alert_rules(self, owner_id: str) -> list[AlertRule]:
+        """The owner's rules, by name."""
+
+    async def delete_alert_rule(self, owner_id: str, rule_id: str) -> None:
+        """Remove a rule with its incidents and deliveries. Raises NotFound."""
+
+    async def get_incident(self, rule_id: str, subject: str) -> Incident | None:
+        """The incident of a rule and subject as last saved, or None."""
+
+    async def save_incident(self, incident: Incident) -> None:
+        """Insert or replace the incident of its rule and subject; nothing when the rule
+        is gone."""
+
+    async def add_alert_delivery(self, delivery: AlertDelivery) -> None:
+        """Record a delivery (nothing when its rule is gone)."""
+
+    async def list_alert_deliveries(
+        self, owner_id: str, rule_id: str | None, limit: int
+    ) -> list[AlertDelivery]:
+        """The owner's deliveries (of one rule, when given), newest first."""
+
+    async def count_alert_deliveries(self, owner_id: str, since_ms: int) -> int:
+        """How many of the owner's deliveries since ``since_ms`` were sent or attempted
+        (suppressed ones do not count)."""
+
     # the engine
 
     async def due_before(self, until_ms: int, limit: int) -> list[DueTask]:
@@ -239,6 +288,13 @@ class Store(Protocol):
         """A flow-control key's limits as last set (by a registration naming the key, or
         an edit), and whether it is paused; None when the owner never named the key."""
 
+    async def list_flow_controls(self, owner_id: str) -> list[FlowStatus]:
+        """The owner's flow-control keys by name, each with the number of its tasks that
+        are claimable (waiting or due later) and the oldest due time among them."""
+
+    async def save_flow_control(self, owner_id: str, setting: FlowSetting, now_ms: int) -> None:
+        """Set a key's limits and paused flag (creating the key if needed)."""
+
     async def requeue_interrupted(self, now_ms: int) -> int:
         """At start-up: attempts left in flight by a crash end as interrupted and their
         tasks become due at their planned time (at once when that has passed)."""
@@ -256,9 +312,10 @@ class Store(Protocol):
         the last renewal plus lease_ms, and the caller must not start their calls after."""
 
     async def requeue_expired(self, now_ms: int) -> list[tuple[str, int]]:
-        """Claims whose lease ran out before ``now_ms`` (their process died or lost the
-        database) end as interrupted, and their tasks become claimable at their planned
-        time; returns those (task id, due ms). A late outcome of such an attempt changes
+        """Other processes' claims whose lease ran out before ``now_ms`` (their process
+        died or lost the database) end as interrupted, and their tasks become claimable at
+        their planned time; returns those (task id, due ms). This process's own claims are
+        left alone: while it runs, it renews them. A late outcome of such an attempt changes
         nothing (record_outcomes is fenced by attempt number and lease owner)."""
 
     async def listen(

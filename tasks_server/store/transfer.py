@@ -1,6 +1,6 @@
 """Moving from SQLite to PostgreSQL: copy a stopped server's database into an empty
-PostgreSQL one (owners, schedules, tasks with their attempt history), then check the
-counts.
+PostgreSQL one (owners, schedules, tasks with their attempt history, alert rules with
+incidents and deliveries), then check the counts.
 
 Values are copied as stored: sealed specs, responses and metadata stay sealed, so the
 nodes need the same CIPHER_KEY as the old server. Columns are matched by name; a column
@@ -24,8 +24,16 @@ from .sqlite import DatabaseLock, connect
 
 logger = logging.getLogger(__name__)
 
-# parents first: schedules before the tasks that point at them
-TABLES = ("owner", "schedule", "task", "attempt")
+# parents first: schedules before the tasks that point at them, rules before incidents
+TABLES = (
+    "owner",
+    "schedule",
+    "task",
+    "attempt",
+    "alert_rule",
+    "alert_incident",
+    "alert_delivery",
+)
 # kept in a counter column on SQLite, counted from the tasks on PostgreSQL
 DERIVED = {"owner": {"tasks_in_queue"}}
 

@@ -57,7 +57,14 @@ async def _concrete(client: httpx.AsyncClient, owner: OwnerAuth) -> dict[str, st
         headers=owner.headers,
     )
     assert schedule.status_code == 201, schedule.text
+    rule = await client.post(
+        "/v1/alerts",
+        json={"name": "failures", "on": "task.failed", "channel": {"email": {"to": ["a@b.co"]}}},
+        headers=owner.headers,
+    )
+    assert rule.status_code == 201, rule.text
     return {
+        "rule_id": rule.json()["id"],
         "task_id": task.json()["id"],
         "key": schedule.json()["id"],
         "owner_id": owner.id,

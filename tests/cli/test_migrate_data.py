@@ -11,13 +11,22 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tasks_server.alerting import AlertDelivery, DeliveryStatus, Incident
 from tasks_server.cli.main import main
 from tasks_server.models import Schedule
 from tasks_server.sealing import Sealer
 from tasks_server.store import Store
 from tasks_server.store.postgres import PostgresStore
 from tasks_server.store.sqlite import DatabaseLock, SqliteStore
-from tests.store.test_contract import T0, add_schedule, fire, make_owner, new_task, success
+from tests.store.test_contract import (
+    T0,
+    add_schedule,
+    alert_rule,
+    fire,
+    make_owner,
+    new_task,
+    success,
+)
 
 KEY = "migrate-data-key"
 
@@ -41,7 +50,13 @@ async def fill(store: Store) -> dict[str, object]:
     await store.pause_task(other.id, paused.id, T0 + 1)
     schedule: Schedule = await add_schedule(store, owner.id)
     [(fired, _)] = await store.fire_schedule(fire(schedule, T0 + 60_000), T0) or []
+    rule = await store.create_alert_rule(alert_rule(owner))
+    await store.save_incident(Incident(rule.id, "", is_open=True, streak=1))
+    await store.add_alert_delivery(
+        AlertDelivery("D1", owner.id, rule.id, "alert", "email", DeliveryStatus.SENT, "s", T0)
+    )
     return {
+        "rule": rule,
         "owner": owner.id,
         "other": other.id,
         "done": done.id,
@@ -74,7 +89,15 @@ async def test_everything_arrives_counted(
     assert await cli(["migrate-data", "--from", f"sqlite:{path}", "--to", database_url]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report == {
-        "copied": {"owner": 2, "schedule": 1, "task": 4, "attempt": 2},
+        "copied": {
+            "owner": 2,
+            "schedule": 1,
+            "task": 4,
+            "attempt": 2,
+            "alert_rule": 1,
+            "alert_incident": 1,
+            "alert_delivery": 1,
+        },
         "verified": True,
     }
     store = PostgresStore(database_url, Sealer(KEY))
@@ -89,6 +112,10 @@ async def test_everything_arrives_counted(
         assert record.headers == (("X-A", "1"),) and record.response == b"done"
         assert await store.get_spec(owner, str(ids["done"])) == new_task().spec
         assert (await store.get_task(other, str(ids["paused"]))).state.value == "PAUSED"
+        rule = ids["rule"]
+        assert await store.get_alert_rule(owner, rule.id) == rule  # type: ignore[attr-defined]
+        assert (await store.get_incident(rule.id, "")) is not None  # type: ignore[attr-defined]
+        assert len(await store.list_alert_deliveries(owner, None, 10)) == 1
         schedule = await store.get_schedule(owner, str(ids["schedule"]))
         assert schedule.runs == 1 and schedule.last_task_id == ids["fired"]
         # the attempt in flight when the old server stopped is interrupted; its task is due

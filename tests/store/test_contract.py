@@ -4,11 +4,22 @@ implementation (the parametrised ``store`` fixture, tests/support/stores.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from tasks_server.alerting import (
+    AlertDelivery,
+    AlertEvent,
+    AlertRule,
+    DeliveryStatus,
+    Expectation,
+    Incident,
+    Scope,
+)
 from tasks_server.errors import (
     Conflict,
     NotFound,
@@ -23,6 +34,7 @@ from tasks_server.models import (
     FlowControl,
     FlowPeriod,
     FlowSetting,
+    FlowStatus,
     FollowUp,
     HttpRequest,
     NewSchedule,
@@ -89,6 +101,41 @@ async def test_owner_lifecycle(store: Store) -> None:
     with pytest.raises(OwnerNotFound):
         await store.get_owner(owner.id)
     assert await store.owner_key_digest(owner.id) is None
+
+
+async def test_owner_security_is_created_once_and_saved_whole(store: Store) -> None:
+    owner = await make_owner(store)
+    first = await store.owner_security(owner.id)
+    assert len(first.signing_secret) == 32 and first.signing_enabled
+    assert first.previous_secret is None and first.allowed_hosts is None
+    assert await store.owner_security(owner.id) == first  # the same secret on every read
+    other = await make_owner(store, "owner-two")
+    assert (await store.owner_security(other.id)).signing_secret != first.signing_secret
+    changed = dataclasses.replace(
+        first,
+        signing_secret=b"n" * 32,
+        previous_secret=first.signing_secret,
+        previous_until_ms=T0 + 5000,
+        signing_enabled=False,
+        allowed_hosts=("example.com", "*.example.org"),
+    )
+    await store.save_owner_security(owner.id, changed)
+    assert await store.owner_security(owner.id) == changed
+    assert changed.signing_secrets(T0) == ()  # switched off
+    on = dataclasses.replace(changed, signing_enabled=True)
+    assert on.signing_secrets(T0) == (b"n" * 32, first.signing_secret)
+    assert on.signing_secrets(T0 + 5000) == (b"n" * 32,)  # the overlap has ended
+    with pytest.raises(OwnerNotFound):
+        await store.owner_security("0" * 26)
+    with pytest.raises(OwnerNotFound):
+        await store.save_owner_security("0" * 26, changed)
+
+
+async def test_signing_secrets_are_sealed_at_rest(store: Store, tmp_path: Path) -> None:
+    owner = await make_owner(store)
+    secret = (await store.owner_security(owner.id)).signing_secret
+    raw = await stored_bytes(store, tmp_path)
+    assert secret not in raw
 
 
 async def test_create_and_read_task(store: Store) -> None:
@@ -383,6 +430,23 @@ async def test_the_last_registration_sets_a_flow_keys_limits(store: Store) -> No
     assert await store.get_flow_control(other.id, "k1") is None  # keys are per owner
 
 
+async def test_flow_keys_are_listed_with_what_waits_and_can_be_saved(store: Store) -> None:
+    owner = await make_owner(store)
+    flow = FlowControl("b-key", rate=3)
+    first = await store.create_task(owner.id, new_task(T0 + 50, flow_control=flow), T0)
+    await store.create_task(owner.id, new_task(T0 + 20, flow_control=flow), T0)
+    await store.create_task(owner.id, new_task(T0 + 9, flow_control=FlowControl("a-key")), T0)
+    await store.claim_due([first.id], T0 + 50)  # in flight: not waiting
+    assert await store.list_flow_controls(owner.id) == [
+        FlowStatus(FlowSetting(FlowControl("a-key")), 1, T0 + 9),
+        FlowStatus(FlowSetting(flow), 1, T0 + 20),
+    ]
+    changed = FlowSetting(FlowControl("b-key", None, FlowPeriod.HOUR, 4), paused=True)
+    await store.save_flow_control(owner.id, changed, T0 + 60)
+    assert await store.get_flow_control(owner.id, "b-key") == changed
+    assert await store.list_flow_controls((await make_owner(store, "owner-two")).id) == []
+
+
 async def test_concurrent_registrations_with_one_key_create_one_task(store: Store) -> None:
     owner = await make_owner(store)
     tasks = await asyncio.gather(
@@ -641,19 +705,34 @@ async def test_write_problem_is_none_while_writes_succeed(store: Store) -> None:
 # -- several nodes on one database (trivial where one process owns it) ---------------------
 
 
-async def test_a_lease_ends_unless_renewed_and_fences_late_outcomes(store: Store) -> None:
+@contextlib.asynccontextmanager
+async def another_process(make_store: StoreMaker) -> AsyncIterator[Store]:
+    """A second store on the same database, as another node (or process) has."""
+    other = make_store(Sealer("test-key"))
+    await other.open()
+    try:
+        yield other
+    finally:
+        await other.close()
+
+
+async def test_a_lease_ends_unless_renewed_and_fences_late_outcomes(
+    store: Store, make_store: StoreMaker
+) -> None:
     owner = await make_owner(store)
     task = await store.create_task(owner.id, new_task(due=T0), T0)
     await store.claim_due([task.id], T0)
     lease = store.lease_ms
-    if lease is None:  # one process owns the database: claims never expire
-        await store.renew_leases(T0 + 10**9)
-        assert await store.requeue_expired(T0 + 10**9) == []
-        assert await store.record_outcomes([success(task.id, 1, T0 + 5)]) == [task.id]
-        return
-    await store.renew_leases(T0 + lease - 1)
-    assert await store.requeue_expired(T0 + lease + 1) == []  # renewed in time
-    assert await store.requeue_expired(T0 + 2 * lease) == [(task.id, T0)]
+    async with another_process(make_store) as other:
+        if lease is None:  # one process owns the database: claims never expire
+            await store.renew_leases(T0 + 10**9)
+            assert await other.requeue_expired(T0 + 10**9) == []
+            assert await store.record_outcomes([success(task.id, 1, T0 + 5)]) == [task.id]
+            return
+        await store.renew_leases(T0 + lease - 1)
+        assert await other.requeue_expired(T0 + lease + 1) == []  # renewed in time
+        assert await store.requeue_expired(T0 + 2 * lease) == []  # never its own
+        assert await other.requeue_expired(T0 + 2 * lease) == [(task.id, T0)]
     assert await store.record_outcomes([success(task.id, 1, T0 + 2 * lease + 1)]) == []
     [record] = await store.list_attempts(owner.id, task.id)
     assert record.error is not None and "interrupted" in record.error
@@ -663,17 +742,18 @@ async def test_a_lease_ends_unless_renewed_and_fences_late_outcomes(store: Store
     assert (await store.get_task(owner.id, task.id)).state is TaskState.RUNNING
 
 
-async def test_a_renewal_never_shortens_a_lease(store: Store) -> None:
+async def test_a_renewal_never_shortens_a_lease(store: Store, make_store: StoreMaker) -> None:
     owner = await make_owner(store)
     task = await store.create_task(owner.id, new_task(due=T0), T0)
     await store.claim_due([task.id], T0 + 100)
     await store.renew_leases(T0)  # sent before the claim, committed after it
     lease = store.lease_ms
-    if lease is None:
-        assert await store.requeue_expired(T0 + 10**9) == []
-        return
-    assert await store.requeue_expired(T0 + lease + 50) == []
-    assert await store.requeue_expired(T0 + lease + 101) == [(task.id, T0)]
+    async with another_process(make_store) as other:
+        if lease is None:
+            assert await other.requeue_expired(T0 + 10**9) == []
+            return
+        assert await other.requeue_expired(T0 + lease + 50) == []
+        assert await other.requeue_expired(T0 + lease + 101) == [(task.id, T0)]
 
 
 async def test_a_single_process_leads_the_schedules(store: Store) -> None:
@@ -917,3 +997,73 @@ async def test_overview_counts_states_hours_and_hosts(store: Store) -> None:
     everyone = await store.task_overview(None, now + 2000)
     assert everyone.counts[TaskState.RUNNING] == 4
     assert everyone.busiest_hosts[0] == ("busy.test", 3)
+
+
+# -- alerts -------------------------------------------------------------------------------
+
+
+def alert_rule(owner: Owner, name: str = "failures", rule_id: str | None = None) -> AlertRule:
+    return AlertRule(
+        id=rule_id or new_task_id(T0),
+        owner_id=owner.id,
+        name=name,
+        on=AlertEvent.TASK_FAILED,
+        scope=Scope(label=("team", "billing")),
+        consecutive=2,
+        expect=Expectation((200,), "ok", None),
+        email_to=None,
+        webhook=HttpRequest(url=SECRET_URL, method="POST", headers=(("X-Key", "hunter2"),)),
+        created_at_ms=T0,
+        updated_at_ms=T0,
+    )
+
+
+async def test_alert_rules_lifecycle(store: Store) -> None:
+    owner = await make_owner(store)
+    intruder = await make_owner(store, "intruder")
+    rule = await store.create_alert_rule(alert_rule(owner))
+    assert await store.get_alert_rule(owner.id, rule.id) == rule
+    with pytest.raises(Conflict):
+        await store.create_alert_rule(alert_rule(owner))
+    second = await store.create_alert_rule(alert_rule(owner, "another"))
+    assert [r.id for r in await store.list_alert_rules(owner.id)] == [second.id, rule.id]
+    with pytest.raises(Conflict):
+        await store.update_alert_rule(dataclasses.replace(second, name="failures"))
+    changed = dataclasses.replace(rule, consecutive=5, updated_at_ms=T0 + 1)
+    assert await store.update_alert_rule(changed) == changed
+    assert await store.get_alert_rule(owner.id, rule.id) == changed
+    for call in (
+        store.get_alert_rule(intruder.id, rule.id),
+        store.delete_alert_rule(intruder.id, rule.id),
+        store.update_alert_rule(dataclasses.replace(rule, owner_id=intruder.id)),
+    ):
+        with pytest.raises(NotFound):
+            await call
+    assert await store.list_alert_rules(intruder.id) == []
+    await store.delete_alert_rule(owner.id, rule.id)
+    with pytest.raises(NotFound):
+        await store.get_alert_rule(owner.id, rule.id)
+
+
+async def test_incidents_and_deliveries(store: Store) -> None:
+    owner = await make_owner(store)
+    rule = await store.create_alert_rule(alert_rule(owner))
+    assert await store.get_incident(rule.id, "") is None
+    incident = Incident(rule.id, "", is_open=True, streak=2, last_error="boom")
+    await store.save_incident(incident)
+    await store.save_incident(dataclasses.replace(incident, streak=3))
+    assert await store.get_incident(rule.id, "") == dataclasses.replace(incident, streak=3)
+    assert await store.get_incident(rule.id, "other") is None
+    for n, status in enumerate((DeliveryStatus.SENT, DeliveryStatus.SUPPRESSED)):
+        await store.add_alert_delivery(
+            AlertDelivery(f"D{n}", owner.id, rule.id, "alert", "email", status, "s", T0 + n)
+        )
+    found = await store.list_alert_deliveries(owner.id, rule.id, 10)
+    assert [d.id for d in found] == ["D1", "D0"] and found[0].status is DeliveryStatus.SUPPRESSED
+    assert await store.count_alert_deliveries(owner.id, T0) == 1  # suppressed ones do not count
+    assert await store.count_alert_deliveries(owner.id, T0 + 1) == 0
+    await store.delete_alert_rule(owner.id, rule.id)
+    assert await store.list_alert_deliveries(owner.id, None, 10) == []
+    assert await store.get_incident(rule.id, "") is None
+    await store.save_incident(incident)  # the rule is gone: nothing is kept
+    assert await store.get_incident(rule.id, "") is None

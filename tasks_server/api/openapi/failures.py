@@ -3,7 +3,19 @@ queue and alerts."""
 
 from __future__ import annotations
 
-from .parts import OWNER_AUTH, TASK_ID, JsonObject, json_body, operation, schema_ref
+from pydantic.json_schema import models_json_schema
+
+from ..alert_schemas import AlertIn
+from .parts import (
+    OWNER_AUTH,
+    REF,
+    TASK_ID,
+    JsonObject,
+    json_body,
+    operation,
+    path_param,
+    schema_ref,
+)
 
 WAIT = {
     "name": "wait",
@@ -170,6 +182,110 @@ SCHEMAS: dict[str, JsonObject] = {
 }
 
 
+def alert_schemas() -> dict[str, JsonObject]:
+    """AlertIn and the models it uses, as pydantic describes them."""
+    _, top = models_json_schema([(AlertIn, "validation")], ref_template=REF)
+    schemas: dict[str, JsonObject] = top["$defs"]
+    rule: JsonObject = {
+        "allOf": [schema_ref("AlertIn")],
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "createdAt": {"type": "integer"},
+            "updatedAt": {"type": "integer"},
+        },
+    }
+    schemas["AlertRule"] = rule
+    schemas["AlertDelivery"] = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "ruleId": {"type": "string"},
+            "kind": {"type": "string", "enum": ["alert", "digest", "resolved", "test"]},
+            "channel": {"type": "string", "enum": ["email", "webhook"]},
+            "status": {"type": "string", "enum": ["sent", "queued", "failed", "suppressed"]},
+            "subject": {"type": "string"},
+            "error": {"type": ["string", "null"]},
+            "taskId": {"type": ["string", "null"], "description": "the webhook's task"},
+            "createdAt": {"type": "integer"},
+        },
+    }
+    return schemas
+
+
+RULE_ID = path_param("rule_id", {"type": "string", "pattern": "^[A-Za-z0-9]{24}$"}, "rule id")
+
+
+def alert_paths() -> JsonObject:
+    rule = json_body(schema_ref("AlertRule"), "the rule")
+    rule_errors = (400, 401, 403, 404)
+    return {
+        "/v1/alerts": {
+            "get": operation(
+                "List the caller's alert rules",
+                "alerts",
+                (200, json_body({"type": "array", "items": schema_ref("AlertRule")}, "by name")),
+                (401, 403),
+                security=OWNER_AUTH,
+            ),
+            "post": operation(
+                "Create an alert rule",
+                "alerts",
+                (201, rule),
+                (400, 401, 403, 409, 413),
+                security=OWNER_AUTH,
+                body=schema_ref("AlertIn"),
+                description="A rule (`on`: task.failed, attempt.failed, schedule.failed or "
+                "response.unexpected), an optional scope (a schedule or a metadata label) "
+                "and a channel (e-mail over the server's SMTP settings, or a webhook "
+                "called as a task).",
+            ),
+        },
+        "/v1/alerts/{rule_id}": {
+            "parameters": [RULE_ID],
+            "get": operation(
+                "Read an alert rule", "alerts", (200, rule), rule_errors, security=OWNER_AUTH
+            ),
+            "patch": operation(
+                "Change an alert rule (JSON merge patch, validated whole)",
+                "alerts",
+                (200, rule),
+                (400, 401, 403, 404, 409, 413),
+                security=OWNER_AUTH,
+                body={"type": "object", "description": "JSON merge patch over AlertIn"},
+            ),
+            "delete": operation(
+                "Delete an alert rule with its incidents and deliveries",
+                "alerts",
+                (200, json_body(schema_ref("Done"), "deleted")),
+                rule_errors,
+                security=OWNER_AUTH,
+            ),
+        },
+        "/v1/alerts/{rule_id}/test": {
+            "parameters": [RULE_ID],
+            "post": operation(
+                "Send a test message through the rule's channel",
+                "alerts",
+                (200, json_body(schema_ref("AlertDelivery"), "the delivery")),
+                rule_errors,
+                security=OWNER_AUTH,
+            ),
+        },
+        "/v1/alerts/{rule_id}/deliveries": {
+            "parameters": [RULE_ID],
+            "get": operation(
+                "The rule's deliveries, newest first",
+                "alerts",
+                (200, json_body({"type": "array", "items": schema_ref("AlertDelivery")}, "a page")),
+                rule_errors,
+                security=OWNER_AUTH,
+                parameters=[_LIMIT],
+            ),
+        },
+    }
+
+
 OPENAPI_TAGS = [
     {"name": "dead letters", "description": "Tasks that ended in ERROR: list, replay, delete"},
     {"name": "alerts", "description": "Rules that send e-mail or webhook alerts"},
@@ -177,4 +293,4 @@ OPENAPI_TAGS = [
 
 
 def openapi_paths() -> JsonObject:
-    return {**result_paths(), **dead_letter_paths()}
+    return {**result_paths(), **dead_letter_paths(), **alert_paths()}

@@ -16,6 +16,7 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import AsyncConnection
 
+from .alerts import PgAlertOps
 from .base import DUE_CHANNEL, SCHEDULE_CHANNEL, connection_options
 from .claims import PgClaimOps
 from .dead_letters import PgDeadLetterOps
@@ -42,7 +43,14 @@ _RECONNECT_S = 1.0
 
 
 class PostgresStore(
-    PgOwnerOps, PgTaskOps, PgWorkflowOps, PgClaimOps, PgScheduleOps, PgDeadLetterOps, PgSearchOps
+    PgOwnerOps,
+    PgTaskOps,
+    PgWorkflowOps,
+    PgClaimOps,
+    PgScheduleOps,
+    PgDeadLetterOps,
+    PgSearchOps,
+    PgAlertOps,
 ):
     """Store on PostgreSQL. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .alerts import AlertOps
 from .claims import ClaimOps
 from .dead_letters import DeadLetterOps
 from .owners import OwnerOps
@@ -18,7 +19,9 @@ from .tasks import TaskOps
 from .workflows import WorkflowOps
 
 
-class SqliteStore(OwnerOps, TaskOps, WorkflowOps, ClaimOps, ScheduleOps, DeadLetterOps, SearchOps):
+class SqliteStore(
+    OwnerOps, TaskOps, WorkflowOps, ClaimOps, ScheduleOps, DeadLetterOps, SearchOps, AlertOps
+):
     """Store on SQLite. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 
     # -- one process owns the file: no leases, no other nodes, always the leader ----------
