@@ -1,7 +1,9 @@
 {
   description = "tasks-server: self-hosted HTTP task server (schedule, retry and record HTTP calls)";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.11";
+  # nixos-25.05 ships setuptools >= 77, which pyproject.toml's build backend needs (the
+  # SPDX `license = "MIT"` string); `nix flake lock` writes flake.lock for this branch
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
 
   outputs = { self, nixpkgs }:
     let
@@ -20,7 +22,10 @@
         boto3
         croniter
         prometheus-client
-      ] ++ uvicorn.optional-dependencies.standard;
+        psycopg
+        psycopg-pool
+      ] ++ psycopg.optional-dependencies.binary or [ ]
+        ++ uvicorn.optional-dependencies.standard;
 
       # pyproject.toml [project.optional-dependencies] test (ruff comes from pkgs)
       testDeps = ps: with ps; [

@@ -19,6 +19,9 @@ command -v gcc >/dev/null 2>&1 || need_apt="$need_apt gcc"
 # the README's examples are run by a test with curl and jq
 command -v curl >/dev/null 2>&1 || need_apt="$need_apt curl"
 command -v jq >/dev/null 2>&1 || need_apt="$need_apt jq"
+# the dashboard's browser tests drive Debian's Chromium with its driver (nothing downloaded)
+[ -x /usr/bin/chromium ] || need_apt="$need_apt chromium"
+[ -x /usr/bin/chromedriver ] || need_apt="$need_apt chromium-driver"
 # the PostgreSQL tests start a throwaway cluster with initdb and pg_ctl
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt="$need_apt postgresql"
 if [ -n "$need_apt" ]; then

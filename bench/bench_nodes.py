@@ -119,7 +119,7 @@ async def registrations(cluster: Cluster, headers: dict[str, str]) -> str:
 
 async def burst(cluster: Cluster, headers: dict[str, str]) -> str:
     cluster.sink.reset()
-    due = now_ms() + 5000
+    due = now_ms() + 20_000  # registering 3000 takes several seconds on this machine
     bodies = [task_body(cluster.sink.url(), executeAt=due) for _ in range(3000)]
     _, _, errors, wall = await register_spread(cluster.ports(), headers, bodies)
     arrivals = await wait_arrivals(cluster.sink, 3000, 60)
@@ -135,7 +135,7 @@ async def burst(cluster: Cluster, headers: dict[str, str]) -> str:
 
 async def spread(cluster: Cluster, headers: dict[str, str]) -> str:
     cluster.sink.reset()
-    start = now_ms() + 4000
+    start = now_ms() + 8000
     bodies = [task_body(cluster.sink.url(), executeAt=start + i * 10) for i in range(1000)]
     ids, _, errors, _ = await register_spread(cluster.ports(), headers, bodies)
     planned = {task_id: start + i * 10 for i, task_id in enumerate(ids)}
@@ -153,7 +153,7 @@ async def failover(cluster: Cluster, headers: dict[str, str], lease_ms: int) -> 
     claimed their shares, 250 ms ahead, before any call left). Node 0's share is sent by
     the others once its leases end: those arrive as attempt 2."""
     cluster.sink.reset()
-    due = now_ms() + 5000
+    due = now_ms() + 8000
     bodies = [task_body(cluster.sink.url(), executeAt=due) for _ in range(600)]
     ids, _, errors, _ = await register_spread(cluster.ports(), headers, bodies)
     while now_ms() < due - 100:

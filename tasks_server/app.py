@@ -110,6 +110,7 @@ def build(
         schedules=schedules,
         runs=runs,
         egress=egress_policy(settings),
+        engine_figures=lambda: _engine_figures(scheduler, metrics),
         alerts=alerts,
     )
     server: Server  # the lifespan runs after build has returned, when `server` exists
@@ -263,6 +264,16 @@ def _is_writable(path: Path) -> bool:
     """The file and its directory (where SQLite creates -wal and -shm) accept writes: a
     read-only volume or a wrong owner fails readiness before a registration fails."""
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
+def _engine_figures(scheduler: Scheduler, metrics: Metrics) -> dict[str, float | None]:
+    """What the dashboard's overview shows of the engine of this process."""
+    quantiles = metrics.lateness_quantiles()
+    return {
+        "in_flight": scheduler.in_flight,
+        "lateness_p50_ms": None if quantiles is None else quantiles[0],
+        "lateness_p99_ms": None if quantiles is None else quantiles[1],
+    }
 
 
 async def _count_pending(store: Store) -> int:

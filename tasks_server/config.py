@@ -103,6 +103,11 @@ class Settings:
     egress_deny: str = ""  # EGRESS_DENY: CIDRs and host names always refused
     egress_proxies: str = ""  # EGRESS_PROXIES: the only proxies a task may name
     egress_ports: str = ""  # EGRESS_PORTS: the only destination ports (empty: any)
+    dashboard: bool = True  # DASHBOARD=0 switches the web dashboard at /ui off
+    # DASHBOARD_SESSION_S: how long a dashboard sign-in lasts
+    dashboard_session_s: int = 8 * 3600
+    # SIGNING_OVERLAP_S: after a rotation the old signing secret still signs this long
+    signing_overlap_s: int = 86_400
 
     @property
     def database_path(self) -> Path:
@@ -299,6 +304,9 @@ _SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "egress_deny": (("EGRESS_DENY",), _networks_and_hosts),
     "egress_proxies": (("EGRESS_PROXIES",), _networks_and_hosts),
     "egress_ports": (("EGRESS_PORTS",), _ports),
+    "dashboard": (("DASHBOARD",), _bool),
+    "dashboard_session_s": (("DASHBOARD_SESSION_S",), _int(60, 30 * 86400)),
+    "signing_overlap_s": (("SIGNING_OVERLAP_S",), _int(0, 30 * 86_400)),
 }
 
 ENV_VARIABLES: tuple[str, ...] = tuple(name for names, _ in _SOURCES.values() for name in names)

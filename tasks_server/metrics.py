@@ -7,6 +7,7 @@ owners and tasks there are.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ _LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_RECENT_STARTS = 4096
 
 
 def status_class(status: int) -> str:
@@ -101,6 +103,8 @@ class Metrics:
 
     def __init__(self, process: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # exact quantiles for the dashboard over the last starts (the histogram has buckets)
+        self.recent_lateness_ms: deque[float] = deque(maxlen=_RECENT_STARTS)
         registry = self.registry
         if process:
             ProcessCollector(registry=registry)
@@ -173,6 +177,14 @@ class Metrics:
     def on_start(self, lateness_ms: float) -> None:
         """The scheduler's start hook: how late after its due time an attempt started."""
         self.lateness.observe(max(lateness_ms, 0.0) / 1000)
+        self.recent_lateness_ms.append(max(lateness_ms, 0.0))
+
+    def lateness_quantiles(self) -> tuple[float, float] | None:
+        """p50 and p99 lateness (ms) of the most recent starts, or None before any."""
+        recent = sorted(self.recent_lateness_ms)
+        if not recent:
+            return None
+        return recent[len(recent) // 2], recent[min(len(recent) - 1, len(recent) * 99 // 100)]
 
     def on_commit(self, seconds: float, batch_size: int) -> None:
         self.commit.observe(seconds)

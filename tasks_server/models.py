@@ -36,6 +36,31 @@ class Owner:
 
 
 @dataclass(frozen=True, slots=True)
+class OwnerSecurity:
+    """An owner's signing secrets and validated domains.
+
+    ``previous_secret`` still signs until ``previous_until_ms`` (a rotation's overlap);
+    ``allowed_hosts`` are host patterns (``example.com``, ``*.example.com``) the owner's
+    calls may reach, None when the administrator set no list.
+    """
+
+    signing_secret: bytes
+    previous_secret: bytes | None = None
+    previous_until_ms: int | None = None
+    signing_enabled: bool = True
+    allowed_hosts: tuple[str, ...] | None = None
+
+    def signing_secrets(self, now_ms: int) -> tuple[bytes, ...]:
+        """The secrets that sign a call made at ``now_ms`` (none when signing is off)."""
+        if not self.signing_enabled:
+            return ()
+        overlap = self.previous_until_ms is not None and now_ms < self.previous_until_ms
+        if self.previous_secret is not None and overlap:
+            return (self.signing_secret, self.previous_secret)
+        return (self.signing_secret,)
+
+
+@dataclass(frozen=True, slots=True)
 class Credentials:
     username: str
     password: str
@@ -171,6 +196,15 @@ class FlowSetting:
 
     flow: FlowControl
     paused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FlowStatus:
+    """A key with what waits behind it: claimable tasks and the oldest due time."""
+
+    setting: FlowSetting
+    waiting: int = 0
+    oldest_due_ms: int | None = None
 
 
 DEFAULT_USER_AGENT = "Tasks-Server/1.0 (compatible; Linux x86_64; +http://tasks-server)"
@@ -383,6 +417,8 @@ class Call:
     owner_id: str = ""  # whose call it is: connections are never shared between owners
     # the owner's validated domains (host patterns); None when the owner has no list
     allowed_hosts: tuple[str, ...] | None = None
+    # Standard Webhooks signing: (message id, epoch seconds, secrets); None: unsigned
+    signing: tuple[str, int, tuple[bytes, ...]] | None = None
 
 
 # -- recurring schedules ----------------------------------------------------------------

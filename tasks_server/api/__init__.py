@@ -7,7 +7,9 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import BaseRoute, Route
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 
 from ..errors import TasksServerError
 from . import (
@@ -15,12 +17,14 @@ from . import (
     alerts,
     batch,
     dead_letters,
+    flow_control,
     health,
     openapi,
     owners,
     queues,
     results,
     schedules,
+    security,
     workflows,
 )
 from .errors import handle_domain_error, handle_http_error, handle_unexpected
@@ -47,9 +51,17 @@ def routes() -> list[BaseRoute]:
         Route("/v1/owners/register", owners.register, methods=["POST"]),
         Route("/v1/owners/{name}", owners.get, methods=["GET"]),
         Route("/v1/owners/{name}", owners.delete, methods=["DELETE"]),
+        Route("/v1/owners/{name}/signing", security.get_signing, methods=["GET"]),
+        Route("/v1/owners/{name}/signing", security.set_signing, methods=["PATCH"]),
+        Route("/v1/owners/{name}/signing/rotate", security.rotate_signing, methods=["POST"]),
+        Route("/v1/admin/owners/{owner_id}/domains", security.get_domains, methods=["GET"]),
+        Route("/v1/admin/owners/{owner_id}/domains", security.set_domains, methods=["PUT"]),
         Route("/v1/queues", queues.list_tasks, methods=["GET"]),
         Route("/v1/queues/register", queues.register, methods=["POST"]),
         Route("/v1/queues/register/batch", batch.register_batch, methods=["POST"]),
+        Route("/v1/flow-control", flow_control.list_keys, methods=["GET"]),
+        Route("/v1/flow-control/{key}", flow_control.get_key, methods=["GET"]),
+        Route("/v1/flow-control/{key}", flow_control.patch_key, methods=["PATCH"]),
         Route("/v1/queues/batch/{action}", batch.batch_action, methods=["POST"]),
         Route(task, queues.get, methods=["GET"]),
         Route(task, queues.edit, methods=["PATCH"]),
@@ -98,6 +110,15 @@ def create_app(svc: Services, lifespan: Any = None) -> Starlette:
         HTTPException: handle_http_error,
         Exception: handle_unexpected,
     }
-    app = Starlette(routes=routes(), exception_handlers=handlers, lifespan=lifespan)
+    all_routes = routes()
+    if svc.settings.dashboard:
+        from .dashboard import dashboard
+
+        all_routes += [Route("/", _to_dashboard), Mount("/ui", app=dashboard(svc))]
+    app = Starlette(routes=all_routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.services = svc
     return app
+
+
+async def _to_dashboard(request: Request) -> Response:
+    return RedirectResponse("/ui/", status_code=307)

@@ -64,4 +64,5 @@ def refuse_outgoing(
 
 async def check_outgoing(app: Services, owner_id: str, spec: TaskSpec) -> None:
     """``refuse_outgoing`` with the server's policy and the owner's validated domains."""
-    refuse_outgoing(app.egress, spec, None)
+    security = await app.store.owner_security(owner_id)
+    refuse_outgoing(app.egress, spec, security.allowed_hosts)

@@ -223,23 +223,35 @@ async def edit(request: Request) -> Response:
     return answer(request, full_record(saved, task))
 
 
-async def pause(request: Request) -> Response:
-    async def paused(schedule: Schedule, now_ms: int) -> tuple[Schedule, TaskSpec | None]:
-        if schedule.state is not ScheduleState.ACTIVE:
-            raise PreconditionFailed("Only an ACTIVE schedule can be paused")
-        state = policy.Progress(ScheduleState.PAUSED, schedule.cursor_ms, None)
-        return _with_progress(schedule, state), None
+async def _paused(schedule: Schedule, now_ms: int) -> tuple[Schedule, TaskSpec | None]:
+    if schedule.state is not ScheduleState.ACTIVE:
+        raise PreconditionFailed("Only an ACTIVE schedule can be paused")
+    state = policy.Progress(ScheduleState.PAUSED, schedule.cursor_ms, None)
+    return _with_progress(schedule, state), None
 
-    return await _transition(request, paused)
+
+async def _resumed(schedule: Schedule, now_ms: int) -> tuple[Schedule, TaskSpec | None]:
+    if schedule.state is not ScheduleState.PAUSED:
+        raise PreconditionFailed("Only a PAUSED schedule can be resumed")
+    return _with_progress(schedule, policy.resumed(schedule, now_ms)), None
+
+
+async def pause_schedule(app: Services, owner_id: str, key: str) -> Schedule:
+    """ACTIVE → PAUSED (also for the dashboard). Raises NotFound, PreconditionFailed."""
+    return (await _save(app, owner_id, key, _paused))[0]
+
+
+async def resume_schedule(app: Services, owner_id: str, key: str) -> Schedule:
+    """PAUSED → ACTIVE; slots passed meanwhile are not made up."""
+    return (await _save(app, owner_id, key, _resumed))[0]
+
+
+async def pause(request: Request) -> Response:
+    return await _transition(request, _paused)
 
 
 async def resume(request: Request) -> Response:
-    async def resumed(schedule: Schedule, now_ms: int) -> tuple[Schedule, TaskSpec | None]:
-        if schedule.state is not ScheduleState.PAUSED:
-            raise PreconditionFailed("Only a PAUSED schedule can be resumed")
-        return _with_progress(schedule, policy.resumed(schedule, now_ms)), None
-
-    return await _transition(request, resumed)
+    return await _transition(request, _resumed)
 
 
 async def delete(request: Request) -> Response:

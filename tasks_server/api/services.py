@@ -34,6 +34,8 @@ class Notifier(Protocol):
         self, owner_id: str, flow: FlowControl, paused: bool | None = None
     ) -> None: ...
 
+    def flow_in_flight(self, flow: tuple[str, str]) -> int: ...
+
     def forget(self, task_id: str) -> None: ...
 
     def wait_final(self, task_id: str) -> asyncio.Future[None]: ...
@@ -62,6 +64,8 @@ class Services:
     schedules: ScheduleNotifier | None = None  # the recurring-schedule runner
     alerts: AlertService | None = None  # judges outcomes against alert rules, sends
     runs: FinalWaiters | None = None  # woken when a workflow run ends
+    # the engine's live figures for the dashboard: in_flight, lateness_p50_ms, lateness_p99_ms
+    engine_figures: Callable[[], dict[str, float | None]] | None = None
 
 
 def services(request: Request) -> Services:

@@ -17,6 +17,7 @@ import pycurl
 from tasks_server.models import Call, Credentials, HttpRequest, Pem, TaskConfig
 
 from .egress import EgressPolicy
+from .signing import Signing, signature_headers
 
 Option = tuple[int, object]
 
@@ -124,7 +125,7 @@ def curl_options(call: Call, settings: CurlSettings) -> list[Option]:
     request, config = call.request, call.config
     return [
         *_transfer_options(call, settings),
-        *_method_and_body_options(request),
+        *_method_and_body_options(call),
         (pycurl.HTTPHEADER, _header_lines(call)),
         *_cookie_options(request),
         *_redirect_options(config),
@@ -178,16 +179,40 @@ def _request_body(request: HttpRequest) -> bytes | MimeForm | None:
     return None
 
 
-def _method_and_body_options(request: HttpRequest) -> list[Option]:
+def _wire_body(call: Call) -> bytes | MimeForm | None:
+    """The body as sent. A signed form is encoded here rather than by libcurl, whose
+    random boundary would leave the signature nothing fixed to cover."""
+    body = _request_body(call.request)
+    if isinstance(body, MimeForm) and call.signing is not None:
+        return multipart_body(body, _boundary(call.signing[0]))
+    return body
+
+
+def _boundary(message_id: str) -> str:
+    return f"------------------------tasks{message_id}"
+
+
+def multipart_body(form: MimeForm, boundary: str) -> bytes:
+    """multipart/form-data of plain string fields, as libcurl's --form-string writes it."""
+    parts = [
+        b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n'
+        % (boundary.encode(), name, value)
+        for name, value in form.fields
+    ]
+    return b"".join(parts) + b"--%s--\r\n" % boundary.encode()
+
+
+def _method_and_body_options(call: Call) -> list[Option]:
     # GET and POST use libcurl's own methods so a 303 after a POST turns into a GET as
     # RFC 9110 says; CUSTOMREQUEST would repeat "POST" on every redirect.
+    request = call.request
     method = request.method.upper()
     if method == "GET":
         return [(pycurl.HTTPGET, 1)]
     if method == "HEAD":
         return [(pycurl.NOBODY, 1)]
     options: list[Option] = [] if method == "POST" else [(pycurl.CUSTOMREQUEST, method)]
-    body = _request_body(request)
+    body = _wire_body(call)
     if isinstance(body, MimeForm):
         options.append((pycurl.MIMEPOST, body))
     elif body is not None:
@@ -197,8 +222,11 @@ def _method_and_body_options(request: HttpRequest) -> list[Option]:
     return options
 
 
-def _implied_content_type(request: HttpRequest) -> str | None:
+def _implied_content_type(call: Call) -> str | None:
+    request = call.request
     body = _request_body(request)
+    if isinstance(body, MimeForm) and call.signing is not None:
+        return f"multipart/form-data; boundary={_boundary(call.signing[0])}"
     if body is None or isinstance(body, MimeForm):
         return None
     # "plain/text" (sic) is the original's content type for text bodies; kept for targets
@@ -211,7 +239,7 @@ def _header_lines(call: Call) -> list[bytes]:
     own = [(n, v) for n, v in call.request.headers if "user-agent" not in n.lower()]
     names = {n.lower() for n, _ in own}
     lines = [f"{name}: {value}" for name, value in own]
-    content_type = _implied_content_type(call.request)
+    content_type = _implied_content_type(call)
     if content_type is not None and "content-type" not in names:
         lines.append(f"Content-Type: {content_type}")
     if "expect" not in names:
@@ -219,6 +247,12 @@ def _header_lines(call: Call) -> list[bytes]:
         # against targets that never send "100 Continue".
         lines.append("Expect:")
     lines.extend(f"{name}: {value}" for name, value in call.headers)
+    if call.signing is not None:
+        body = _wire_body(call)
+        signed = body if isinstance(body, bytes) else b""
+        message_id, timestamp_s, secrets = call.signing
+        headers = signature_headers(Signing(message_id, timestamp_s, secrets), signed)
+        lines.extend(f"{name}: {value}" for name, value in headers)
     return [line.encode() for line in lines]
 
 

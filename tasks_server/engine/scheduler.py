@@ -16,6 +16,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..clock import Backoff, Clock, sleep_or_wake
 from ..dispatch import Dispatcher
@@ -28,6 +29,7 @@ from .callbacks import callback_for
 from .history import cap_headers
 from .leases import LeaseKeeper
 from .limits import FlowGate
+from .owner_security import OwnerSecurityCache
 from .retry import DEFAULT_RETRY_AFTER_MAX_MS, decide
 from .timers import DueTimers
 from .waiters import FinalWaiters
@@ -91,6 +93,7 @@ class Scheduler:
         options: SchedulerOptions | None = None,
     ) -> None:
         self._store = store
+        self._security = OwnerSecurityCache(store)
         self._dispatcher = dispatcher
         self._clock = clock
         self._options = options or SchedulerOptions()
@@ -163,6 +166,10 @@ class Scheduler:
         """A registration (the last one wins) or an edit set the key's limits."""
         self.flows.limits.configure((owner_id, flow.key), flow, paused)
         self._wake.set()
+
+    def flow_in_flight(self, flow: FlowRef) -> int:
+        """Calls of the key admitted and not yet ended."""
+        return self.flows.limits.in_flight(flow)
 
     def wait_final(self, task_id: str) -> asyncio.Future[None]:
         """A future resolved once an outcome that ends the task is committed (or the
@@ -284,6 +291,7 @@ class Scheduler:
         for task_id in due:
             if task_id not in claimed:
                 self.flows.release(task_id)  # paused, revoked or deleted meanwhile
+        await self._security.load((a.owner_id for a in attempts), self._clock.monotonic())
         for attempt in attempts:
             self._held_ids[attempt.task_id] = attempt
             self._claimed_at_ms[attempt.task_id] = now_ms
@@ -357,6 +365,16 @@ class Scheduler:
         finally:
             self._refilling = None
 
+    def _owner_fields(self, attempt: Attempt, now_ms: int) -> dict[str, Any]:
+        """The owner's validated domains and the attempt's Standard Webhooks signing: the
+        task id as message id (the same on every retry), this attempt's time."""
+        security = self._security.get(attempt.owner_id)
+        if security is None:
+            return {}
+        secrets = security.signing_secrets(now_ms)
+        signing = (attempt.task_id, now_ms // 1000, secrets) if secrets else None
+        return {"allowed_hosts": security.allowed_hosts, "signing": signing}
+
     def _start(self, attempt: Attempt, now_ms: int) -> None:
         config = attempt.spec.config
         call = Call(
@@ -366,6 +384,7 @@ class Scheduler:
             timeout_ms=attempt_timeout_ms(config, attempt.number, now_ms),
             max_body_bytes=self._options.max_response_bytes,
             owner_id=attempt.owner_id,
+            **self._owner_fields(attempt, now_ms),
         )
         self.stats.claimed += 1
         if self.stats.on_start is not None:

@@ -19,9 +19,11 @@ from ..models import (
     AttemptRecord,
     DueTask,
     FlowSetting,
+    FlowStatus,
     NewSchedule,
     NewTask,
     Owner,
+    OwnerSecurity,
     Result,
     Schedule,
     ScheduleFire,
@@ -33,6 +35,7 @@ from ..models import (
 from ..sealing import Sealer
 from ..workflows.model import NewRun, RunState, WorkflowRun
 from ..workflows.steps import RunFinished, StepBuilder, StepStarted
+from .listing import TaskOverview, TaskPage, TaskQuery
 
 LIST_ORDERS = ("createdAt", "estimateEndAt", "estimateExecutionAt")
 
@@ -118,6 +121,14 @@ class Store(Protocol):
     async def set_owner_key(self, owner_id: str, key_digest: bytes) -> None:
         """Replace the owner's key digest (the old key stops working at once). Raises
         OwnerNotFound."""
+
+    async def owner_security(self, owner_id: str) -> OwnerSecurity:
+        """The owner's signing secrets and validated domains. The first call creates them
+        with a fresh random 32-byte secret (sealed at rest); later calls return the same.
+        Raises OwnerNotFound."""
+
+    async def save_owner_security(self, owner_id: str, security: OwnerSecurity) -> None:
+        """Replace the owner's signing secrets and validated domains. Raises OwnerNotFound."""
 
     async def delete_owner(self, owner_id: str) -> None:
         """Delete an owner with no RUNNING or PAUSED task, and all its finished tasks.
@@ -234,6 +245,21 @@ class Store(Protocol):
         """Delete those of ``task_ids`` that are the owner's and in ERROR, with their
         history, in one transaction; returns how many."""
 
+    # reading many tasks at once (the dashboard)
+
+    async def search_tasks(self, owner_id: str, query: TaskQuery) -> TaskPage:
+        """A page of the owner's tasks matching ``query``, by creation time then id.
+
+        State, host, schedule and time range are indexed, so a page costs the same at any
+        depth and size. URL and label filters open each candidate's sealed request: at
+        most ``query.scan_limit`` candidates are read per page, and a page cut short by
+        that says so (``scan_exhausted``) and still continues from where it stopped.
+        """
+
+    async def task_overview(self, owner_id: str | None, now_ms: int) -> TaskOverview:
+        """Counts by state, finished tasks per hour over the 24 hours before ``now_ms``,
+        and the five hosts with most RUNNING tasks; of one owner, or of all when None."""
+
     # alerts: rules (another owner's rule and a missing one raise NotFound), incidents
     # and the record of deliveries
 
@@ -301,6 +327,13 @@ class Store(Protocol):
         """A flow-control key's limits as last set (by a registration naming the key, or
         an edit), and whether it is paused; None when the owner never named the key."""
 
+    async def list_flow_controls(self, owner_id: str) -> list[FlowStatus]:
+        """The owner's flow-control keys by name, each with the number of its tasks that
+        are claimable (waiting or due later) and the oldest due time among them."""
+
+    async def save_flow_control(self, owner_id: str, setting: FlowSetting, now_ms: int) -> None:
+        """Set a key's limits and paused flag (creating the key if needed)."""
+
     async def requeue_interrupted(self, now_ms: int) -> int:
         """At start-up: attempts left in flight by a crash end as interrupted and their
         tasks become due at their planned time (at once when that has passed)."""
@@ -318,9 +351,10 @@ class Store(Protocol):
         the last renewal plus lease_ms, and the caller must not start their calls after."""
 
     async def requeue_expired(self, now_ms: int) -> list[tuple[str, int]]:
-        """Claims whose lease ran out before ``now_ms`` (their process died or lost the
-        database) end as interrupted, and their tasks become claimable at their planned
-        time; returns those (task id, due ms). A late outcome of such an attempt changes
+        """Other processes' claims whose lease ran out before ``now_ms`` (their process
+        died or lost the database) end as interrupted, and their tasks become claimable at
+        their planned time; returns those (task id, due ms). This process's own claims are
+        left alone: while it runs, it renews them. A late outcome of such an attempt changes
         nothing (record_outcomes is fenced by attempt number and lease owner)."""
 
     async def listen(

@@ -169,3 +169,49 @@ async def test_held_tasks_start_by_due_time_then_priority(
         await settled(server)
     order = [names[a.header("X-Tasks-Queue-Id")] for a in target.arrivals[1:]]
     assert order == [50, 10, -5, 100]  # due first, then priority
+
+
+async def test_the_flow_control_api_lists_pauses_resumes_and_changes_a_key(
+    server: Server,
+    client: httpx.AsyncClient,
+    owner: OwnerAuth,
+    other_owner: OwnerAuth,
+    clock: FakeClock,
+    target: TargetServer,
+) -> None:
+    target.route("/k", Reply(200))
+    flow = {"key": "emails", "rate": 2, "parallelism": 5}
+    items = [body(target.url("/k"), executionDelay=0, flowControl=flow) for _ in range(6)]
+    await client.post("/v1/queues/register/batch", json=items, headers=owner.headers)
+    await settled(server)
+    assert len(target.arrivals) == 2
+    listed = (await client.get("/v1/flow-control", headers=owner.headers)).json()
+    assert listed == [
+        {
+            "key": "emails",
+            "rate": 2,
+            "period": "1s",
+            "parallelism": 5,
+            "paused": False,
+            "waiting": 4,
+            "inFlight": 0,
+            "waitMs": 0,
+        }
+    ]
+    assert (await client.get("/v1/flow-control", headers=other_owner.headers)).json() == []
+    url = "/v1/flow-control/emails"
+    assert (await client.get(url, headers=other_owner.headers)).status_code == 404
+    paused = await client.patch(url, json={"paused": True}, headers=owner.headers)
+    assert paused.status_code == 200 and paused.json()["paused"] is True
+    clock.advance(5)
+    await settled(server)
+    assert len(target.arrivals) == 2  # a paused key holds its tasks
+    assert (await client.get(url, headers=owner.headers)).json()["waitMs"] == 5000
+    faster = await client.patch(url, json={"paused": False, "rate": 10}, headers=owner.headers)
+    assert faster.json()["rate"] == 10 and faster.json()["parallelism"] == 5
+    await settled(server)
+    assert len(target.arrivals) == 6
+    bad = await client.patch(url, json={"rate": 0}, headers=owner.headers)
+    assert bad.status_code == 400
+    missing = await client.patch("/v1/flow-control/none", json={}, headers=owner.headers)
+    assert missing.status_code == 404

@@ -4,7 +4,9 @@ implementation (the parametrised ``store`` fixture, tests/support/stores.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,7 @@ from tasks_server.models import (
     FlowControl,
     FlowPeriod,
     FlowSetting,
+    FlowStatus,
     FollowUp,
     HttpRequest,
     NewSchedule,
@@ -53,6 +56,7 @@ from tasks_server.models import (
 from tasks_server.sealing import Sealer, key_digest
 from tasks_server.store import DeadLetterFilter, Store
 from tasks_server.store.ids import new_owner_id, new_task_id
+from tasks_server.store.listing import TaskQuery
 from tasks_server.store.postgres import PostgresStore
 from tasks_server.store.sqlite import SqliteStore
 from tests.support.postgres import stored_values
@@ -125,6 +129,41 @@ async def test_owner_lifecycle(store: Store) -> None:
     with pytest.raises(OwnerNotFound):
         await store.get_owner(owner.id)
     assert await store.owner_key_digest(owner.id) is None
+
+
+async def test_owner_security_is_created_once_and_saved_whole(store: Store) -> None:
+    owner = await make_owner(store)
+    first = await store.owner_security(owner.id)
+    assert len(first.signing_secret) == 32 and first.signing_enabled
+    assert first.previous_secret is None and first.allowed_hosts is None
+    assert await store.owner_security(owner.id) == first  # the same secret on every read
+    other = await make_owner(store, "owner-two")
+    assert (await store.owner_security(other.id)).signing_secret != first.signing_secret
+    changed = dataclasses.replace(
+        first,
+        signing_secret=b"n" * 32,
+        previous_secret=first.signing_secret,
+        previous_until_ms=T0 + 5000,
+        signing_enabled=False,
+        allowed_hosts=("example.com", "*.example.org"),
+    )
+    await store.save_owner_security(owner.id, changed)
+    assert await store.owner_security(owner.id) == changed
+    assert changed.signing_secrets(T0) == ()  # switched off
+    on = dataclasses.replace(changed, signing_enabled=True)
+    assert on.signing_secrets(T0) == (b"n" * 32, first.signing_secret)
+    assert on.signing_secrets(T0 + 5000) == (b"n" * 32,)  # the overlap has ended
+    with pytest.raises(OwnerNotFound):
+        await store.owner_security("0" * 26)
+    with pytest.raises(OwnerNotFound):
+        await store.save_owner_security("0" * 26, changed)
+
+
+async def test_signing_secrets_are_sealed_at_rest(store: Store, tmp_path: Path) -> None:
+    owner = await make_owner(store)
+    secret = (await store.owner_security(owner.id)).signing_secret
+    raw = await stored_bytes(store, tmp_path)
+    assert secret not in raw
 
 
 async def test_create_and_read_task(store: Store) -> None:
@@ -417,6 +456,23 @@ async def test_the_last_registration_sets_a_flow_keys_limits(store: Store) -> No
     await store.create_tasks(owner.id, [new_task(flow_control=later)], T0 + 1)
     assert await store.get_flow_control(owner.id, "k1") == FlowSetting(later)
     assert await store.get_flow_control(other.id, "k1") is None  # keys are per owner
+
+
+async def test_flow_keys_are_listed_with_what_waits_and_can_be_saved(store: Store) -> None:
+    owner = await make_owner(store)
+    flow = FlowControl("b-key", rate=3)
+    first = await store.create_task(owner.id, new_task(T0 + 50, flow_control=flow), T0)
+    await store.create_task(owner.id, new_task(T0 + 20, flow_control=flow), T0)
+    await store.create_task(owner.id, new_task(T0 + 9, flow_control=FlowControl("a-key")), T0)
+    await store.claim_due([first.id], T0 + 50)  # in flight: not waiting
+    assert await store.list_flow_controls(owner.id) == [
+        FlowStatus(FlowSetting(FlowControl("a-key")), 1, T0 + 9),
+        FlowStatus(FlowSetting(flow), 1, T0 + 20),
+    ]
+    changed = FlowSetting(FlowControl("b-key", None, FlowPeriod.HOUR, 4), paused=True)
+    await store.save_flow_control(owner.id, changed, T0 + 60)
+    assert await store.get_flow_control(owner.id, "b-key") == changed
+    assert await store.list_flow_controls((await make_owner(store, "owner-two")).id) == []
 
 
 async def test_concurrent_registrations_with_one_key_create_one_task(store: Store) -> None:
@@ -729,19 +785,34 @@ async def test_write_problem_is_none_while_writes_succeed(store: Store) -> None:
 # -- several nodes on one database (trivial where one process owns it) ---------------------
 
 
-async def test_a_lease_ends_unless_renewed_and_fences_late_outcomes(store: Store) -> None:
+@contextlib.asynccontextmanager
+async def another_process(make_store: StoreMaker) -> AsyncIterator[Store]:
+    """A second store on the same database, as another node (or process) has."""
+    other = make_store(Sealer("test-key"))
+    await other.open()
+    try:
+        yield other
+    finally:
+        await other.close()
+
+
+async def test_a_lease_ends_unless_renewed_and_fences_late_outcomes(
+    store: Store, make_store: StoreMaker
+) -> None:
     owner = await make_owner(store)
     task = await store.create_task(owner.id, new_task(due=T0), T0)
     await store.claim_due([task.id], T0)
     lease = store.lease_ms
-    if lease is None:  # one process owns the database: claims never expire
-        await store.renew_leases(T0 + 10**9)
-        assert await store.requeue_expired(T0 + 10**9) == []
-        assert await store.record_outcomes([success(task.id, 1, T0 + 5)]) == [task.id]
-        return
-    await store.renew_leases(T0 + lease - 1)
-    assert await store.requeue_expired(T0 + lease + 1) == []  # renewed in time
-    assert await store.requeue_expired(T0 + 2 * lease) == [(task.id, T0)]
+    async with another_process(make_store) as other:
+        if lease is None:  # one process owns the database: claims never expire
+            await store.renew_leases(T0 + 10**9)
+            assert await other.requeue_expired(T0 + 10**9) == []
+            assert await store.record_outcomes([success(task.id, 1, T0 + 5)]) == [task.id]
+            return
+        await store.renew_leases(T0 + lease - 1)
+        assert await other.requeue_expired(T0 + lease + 1) == []  # renewed in time
+        assert await store.requeue_expired(T0 + 2 * lease) == []  # never its own
+        assert await other.requeue_expired(T0 + 2 * lease) == [(task.id, T0)]
     assert await store.record_outcomes([success(task.id, 1, T0 + 2 * lease + 1)]) == []
     [record] = await store.list_attempts(owner.id, task.id)
     assert record.error is not None and "interrupted" in record.error
@@ -751,17 +822,18 @@ async def test_a_lease_ends_unless_renewed_and_fences_late_outcomes(store: Store
     assert (await store.get_task(owner.id, task.id)).state is TaskState.RUNNING
 
 
-async def test_a_renewal_never_shortens_a_lease(store: Store) -> None:
+async def test_a_renewal_never_shortens_a_lease(store: Store, make_store: StoreMaker) -> None:
     owner = await make_owner(store)
     task = await store.create_task(owner.id, new_task(due=T0), T0)
     await store.claim_due([task.id], T0 + 100)
     await store.renew_leases(T0)  # sent before the claim, committed after it
     lease = store.lease_ms
-    if lease is None:
-        assert await store.requeue_expired(T0 + 10**9) == []
-        return
-    assert await store.requeue_expired(T0 + lease + 50) == []
-    assert await store.requeue_expired(T0 + lease + 101) == [(task.id, T0)]
+    async with another_process(make_store) as other:
+        if lease is None:
+            assert await other.requeue_expired(T0 + 10**9) == []
+            return
+        assert await other.requeue_expired(T0 + lease + 50) == []
+        assert await other.requeue_expired(T0 + lease + 101) == [(task.id, T0)]
 
 
 async def test_a_single_process_leads_the_schedules(store: Store) -> None:
@@ -911,6 +983,100 @@ async def test_a_follow_up_is_created_with_the_outcome_that_counts(store: Store)
     ]
     due = [(d.task_id, d.due_at_ms) for d in await store.due_before(T0 + 10, 10)]
     assert (follow_up.task_id, T0 + 5) in due
+
+
+# -- reading many tasks at once (the dashboard) ------------------------------------------
+
+
+def task_to(url: str, due: int = T0 + 1000, labels: tuple[tuple[str, str], ...] = ()) -> NewTask:
+    spec = TaskSpec(HttpRequest(url=url, method="GET"), TaskConfig(), labels or None)
+    return NewTask(spec, due)
+
+
+async def test_search_pages_by_keyset_newest_first(store: Store) -> None:
+    owner = await make_owner(store)
+    other = await make_owner(store, "owner-two")
+    ids = [(await store.create_task(owner.id, new_task(), T0 + i)).id for i in range(7)]
+    await store.create_task(other.id, new_task(), T0)
+    first = await store.search_tasks(owner.id, TaskQuery(limit=3))
+    assert [row.task.id for row in first.rows] == ids[6:3:-1]
+    assert first.rows[0].url == SECRET_URL and first.rows[0].method == "POST"
+    assert first.rows[0].host == "127.0.0.1" and first.next_after == (T0 + 4, ids[4])
+    second = await store.search_tasks(owner.id, TaskQuery(limit=3, after=first.next_after))
+    third = await store.search_tasks(owner.id, TaskQuery(limit=3, after=second.next_after))
+    assert [row.task.id for row in second.rows + third.rows] == ids[3::-1]
+    assert third.next_after is None
+    oldest = await store.search_tasks(owner.id, TaskQuery(limit=2, newest_first=False))
+    assert [row.task.id for row in oldest.rows] == ids[:2]
+
+
+async def test_search_filters_state_host_time_url_and_label(store: Store) -> None:
+    owner = await make_owner(store)
+    a = await store.create_task(owner.id, task_to("https://A.example.com/x/alpha"), T0)
+    b = await store.create_task(
+        owner.id, task_to("https://b.example.com/beta", labels=(("team", "red"),)), T0 + 10
+    )
+    c = await store.create_task(owner.id, task_to("https://b.example.com/gamma"), T0 + 20)
+    await store.pause_task(owner.id, c.id, T0 + 30)
+
+    async def ids(**filters: object) -> list[str]:
+        page = await store.search_tasks(owner.id, TaskQuery(**filters))  # type: ignore[arg-type]
+        return [row.task.id for row in page.rows]
+
+    assert await ids(state=TaskState.PAUSED) == [c.id]
+    assert await ids(host="a.example.com") == [a.id]
+    assert await ids(host="b.example.com") == [c.id, b.id]
+    assert await ids(created_from_ms=T0 + 10, created_to_ms=T0 + 20) == [b.id]
+    assert await ids(url_contains="ALPHA") == [a.id]
+    assert await ids(label=("team", "red")) == [b.id]
+    assert await ids(label=("team", "blue")) == []
+    assert await ids(state=TaskState.SUCCESS) == []
+
+
+async def test_search_by_sealed_values_stops_at_the_scan_limit(store: Store) -> None:
+    owner = await make_owner(store)
+    match = await store.create_task(owner.id, task_to("https://x.test/needle"), T0)
+    for i in range(5):
+        await store.create_task(owner.id, task_to("https://x.test/hay"), T0 + 1 + i)
+    page = await store.search_tasks(owner.id, TaskQuery(url_contains="needle", scan_limit=3))
+    assert page.rows == () and page.scan_exhausted and page.next_after is not None
+    rest = await store.search_tasks(
+        owner.id, TaskQuery(url_contains="needle", scan_limit=3, after=page.next_after)
+    )
+    assert [row.task.id for row in rest.rows] == [match.id] and rest.next_after is None
+
+
+async def test_search_lists_a_schedules_tasks_with_their_host(store: Store) -> None:
+    owner = await make_owner(store)
+    schedule = await add_schedule(store, owner.id)
+    created = await store.fire_schedule(fire(schedule, T0 + 60_000), T0 + 60_000)
+    assert created is not None
+    await store.create_task(owner.id, new_task(), T0)
+    page = await store.search_tasks(owner.id, TaskQuery(schedule_id=schedule.id))
+    assert [(row.task.id, row.schedule_id) for row in page.rows] == [(created[0][0], schedule.id)]
+    assert page.rows[0].host == "127.0.0.1"
+
+
+async def test_overview_counts_states_hours_and_hosts(store: Store) -> None:
+    owner = await make_owner(store)
+    other = await make_owner(store, "owner-two")
+    now = T0 + 10 * 3_600_000
+    for url in ("https://busy.test/1", "https://busy.test/2", "https://calm.test/"):
+        await store.create_task(owner.id, task_to(url), now)
+    done = await store.create_task(owner.id, task_to("https://calm.test/"), now)
+    claimed = await store.claim_due([done.id], now + 1000)
+    assert len(claimed) == 1
+    await store.record_outcomes([success(done.id, 1, now + 1500)])
+    await store.create_task(other.id, task_to("https://busy.test/3"), now)
+    view = await store.task_overview(owner.id, now + 2000)
+    assert view.counts[TaskState.RUNNING] == 3 and view.counts[TaskState.SUCCESS] == 1
+    assert view.counts[TaskState.ERROR] == 0
+    assert len(view.hourly) == 24 and view.hourly[-1] == (now, 1, 0)
+    assert sum(ok + bad for _, ok, bad in view.hourly) == 1
+    assert view.busiest_hosts == (("busy.test", 2), ("calm.test", 1))
+    everyone = await store.task_overview(None, now + 2000)
+    assert everyone.counts[TaskState.RUNNING] == 4
+    assert everyone.busiest_hosts[0] == ("busy.test", 3)
 
 
 # -- alerts -------------------------------------------------------------------------------

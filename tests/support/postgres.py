@@ -131,7 +131,7 @@ async def stored_values(url: str) -> bytes:
     database, or of its files, could see)."""
     raw = b""
     async with await psycopg.AsyncConnection.connect(url) as conn:
-        for table in ("owner", "task", "attempt", "schedule"):
+        for table in ("owner", "task", "attempt", "schedule", "owner_security"):
             cur = await conn.execute(f"SELECT * FROM {table}")  # type: ignore[arg-type]
             for row in await cur.fetchall():
                 raw += b"".join(v if isinstance(v, bytes) else str(v).encode() for v in row)

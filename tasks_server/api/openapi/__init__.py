@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from ... import __version__
 from ...errors import NotFound
-from . import admin, delivery, failures, schedules, workflows
+from . import admin, delivery, failures, schedules, security, workflows
 from .parts import DOCS_ASSETS, RESPONSE_SCHEMAS, SECURITY_SCHEMES, JsonObject
 from .paths import operation_paths, owner_paths, request_schemas, task_paths
 
@@ -51,6 +51,7 @@ def spec() -> JsonObject:
             **failures.openapi_paths(),
             **workflows.openapi_paths(),
             **delivery.openapi_paths(),
+            **security.openapi_paths(),
         },
         "components": {
             # the task models' own entries (with their date notes) win over the copies

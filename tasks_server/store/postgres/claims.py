@@ -17,7 +17,8 @@ from typing import Any, LiteralString
 
 from psycopg import AsyncCursor
 
-from ...models import Attempt, DueTask, FlowControl, FlowPeriod, FlowSetting, Result
+from ...models import Attempt, DueTask, FlowControl, FlowPeriod, FlowSetting, FlowStatus, Result
+from ..listing import host_of
 from .base import PgBase
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ TASK_FINISH: LiteralString = (
 # just stopped being counted, in the same transaction)
 TASK_FOLLOW_UP: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
-    "next_at, metadata, spec) SELECT %s, owner_id, 'RUNNING', %s, %s, %s, %s, %s, %s "
+    "next_at, metadata, spec, host) SELECT %s, owner_id, 'RUNNING', %s, %s, %s, %s, %s, %s, %s "
     "FROM task WHERE id = %s"
 )
 # greatest(): a renewal never shortens the lease of a claim made after it was sent
@@ -88,7 +89,9 @@ LEASE_RENEW: LiteralString = (
 # at their planned time (at once when that has passed)
 LEASE_EXPIRED: LiteralString = (
     "WITH expired AS ("
+    # never this node's own: while it runs, its calls are in flight and it keeps renewing
     " SELECT id FROM task WHERE in_flight AND lease_until < %(now)s"
+    " AND lease_owner <> %(node)s"
     " ORDER BY lease_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
     "), freed AS ("
     " UPDATE task t SET in_flight = false, lease_owner = NULL, lease_until = NULL,"
@@ -104,6 +107,21 @@ LEASE_EXPIRED: LiteralString = (
 _EXPIRED_BATCH = 1000
 
 
+FLOW_LIST: LiteralString = (
+    "SELECT f.key, f.rate, f.period_ms, f.parallelism, f.paused, "
+    "(SELECT count(*) FROM task t WHERE t.owner_id = f.owner_id AND t.flow_key = f.key "
+    "AND t.next_at IS NOT NULL), "
+    "(SELECT min(t.next_at) FROM task t WHERE t.owner_id = f.owner_id AND t.flow_key = f.key "
+    "AND t.next_at IS NOT NULL) "
+    "FROM flow_control f WHERE f.owner_id = %s ORDER BY f.key"
+)
+FLOW_SAVE: LiteralString = (
+    "INSERT INTO flow_control (owner_id, key, rate, period_ms, parallelism, paused, "
+    "updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (owner_id, key) DO UPDATE SET "
+    "rate = excluded.rate, period_ms = excluded.period_ms, "
+    "parallelism = excluded.parallelism, paused = excluded.paused, "
+    "updated_at = excluded.updated_at"
+)
 FLOW_GET: LiteralString = (
     "SELECT rate, period_ms, parallelism, paused FROM flow_control WHERE owner_id = %s AND key = %s"
 )
@@ -200,6 +218,7 @@ class PgClaimOps(PgBase):
             due,
             self._seal_metadata(follow_up.spec.metadata),
             self._seal_spec(follow_up.spec),
+            host_of(follow_up.spec.request.url),
             result.task_id,
         )
 
@@ -235,11 +254,16 @@ class PgClaimOps(PgBase):
         await self._write_one_no_rows(LEASE_RENEW, (now_ms + self._lease_ms, self.node_id))
 
     async def requeue_expired(self, now_ms: int) -> list[tuple[str, int]]:
+        # this node's own leases are its own business while it runs (see LEASE_EXPIRED)
+        return await self._requeue_expired(now_ms, skip_node=self.node_id)
+
+    async def _requeue_expired(self, now_ms: int, skip_node: str) -> list[tuple[str, int]]:
         freed: list[tuple[str, int]] = []
+        params = {"now": now_ms, "limit": _EXPIRED_BATCH, "node": skip_node}
         while True:
 
             async def op(cur: Cursor) -> list[tuple[str, int]]:
-                await cur.execute(LEASE_EXPIRED, {"now": now_ms, "limit": _EXPIRED_BATCH})
+                await cur.execute(LEASE_EXPIRED, params)
                 rows = [(row[0], row[1]) for row in await cur.fetchall()]
                 await self._notify_due(cur, rows, now_ms)
                 return rows
@@ -254,8 +278,9 @@ class PgClaimOps(PgBase):
 
     async def requeue_interrupted(self, now_ms: int) -> int:
         # Other nodes may be serving: only claims whose lease ran out are this start's to
-        # requeue. A crashed node's own claims follow once their lease ends.
-        return len(await self.requeue_expired(now_ms))
+        # requeue (any node's: this process has claimed nothing yet). A crashed node's
+        # claims follow once their lease ends.
+        return len(await self._requeue_expired(now_ms, skip_node=""))
 
     async def get_flow_control(self, owner_id: str, key: str) -> FlowSetting | None:
         rows = await self._read(FLOW_GET, (owner_id, key))
@@ -264,3 +289,27 @@ class PgClaimOps(PgBase):
         row = rows[0]
         period = {p.ms: p for p in FlowPeriod}[row[1]]
         return FlowSetting(FlowControl(key, row[0], period, row[2]), bool(row[3]))
+
+    async def list_flow_controls(self, owner_id: str) -> list[FlowStatus]:
+        rows = await self._read(FLOW_LIST, (owner_id,))
+        periods = {p.ms: p for p in FlowPeriod}
+        return [
+            FlowStatus(
+                FlowSetting(FlowControl(row[0], row[1], periods[row[2]], row[3]), bool(row[4])),
+                int(row[5]),
+                row[6],
+            )
+            for row in rows
+        ]
+
+    async def save_flow_control(self, owner_id: str, setting: FlowSetting, now_ms: int) -> None:
+        flow = setting.flow
+        params = (
+            *(owner_id, flow.key, flow.rate, flow.period.ms, flow.parallelism),
+            *(setting.paused, now_ms),
+        )
+
+        async def op(cur: Cursor) -> None:
+            await cur.execute(FLOW_SAVE, params)
+
+        await self._tx(op)

@@ -7,8 +7,9 @@ from typing import Any, LiteralString
 from psycopg import AsyncCursor, errors
 
 from ...errors import Conflict, OwnerNotFound, PreconditionFailed
-from ...models import Owner
+from ...models import Owner, OwnerSecurity
 from ..ids import new_owner_id
+from ..security import new_signing_secret, security_from_row, security_params
 from .base import PgBase
 
 OWNER_INSERT: LiteralString = (
@@ -59,6 +60,23 @@ async def lock_capacity(cur: AsyncCursor[tuple[Any, ...]], owner_id: str) -> int
     await cur.execute(OWNER_PENDING, (owner_id,))
     used = await cur.fetchone()
     return limit - (used[0] if used else 0)
+
+
+SECURITY_BY_OWNER: LiteralString = (
+    "SELECT signing_secret, previous_secret, previous_until, signing_enabled, allowed_hosts "
+    "FROM owner_security WHERE owner_id = %s"
+)
+SECURITY_CREATE: LiteralString = (
+    "INSERT INTO owner_security (owner_id, signing_secret) "
+    "SELECT id, %s FROM owner WHERE id = %s ON CONFLICT (owner_id) DO NOTHING"
+)
+SECURITY_SAVE: LiteralString = (
+    "INSERT INTO owner_security (owner_id, signing_secret, previous_secret, previous_until, "
+    "signing_enabled, allowed_hosts) SELECT id, %s, %s, %s, %s, %s FROM owner WHERE id = %s "
+    "ON CONFLICT (owner_id) DO UPDATE SET signing_secret = excluded.signing_secret, "
+    "previous_secret = excluded.previous_secret, previous_until = excluded.previous_until, "
+    "signing_enabled = excluded.signing_enabled, allowed_hosts = excluded.allowed_hosts"
+)
 
 
 class PgOwnerOps(PgBase):
@@ -117,6 +135,30 @@ class PgOwnerOps(PgBase):
         async def op(cur: AsyncCursor[tuple[Any, ...]]) -> None:
             await cur.execute(OWNER_SET_KEY, (key_digest, owner_id))
             if cur.rowcount != 1:
+                raise OwnerNotFound()
+
+        await self._tx(op)
+
+    async def owner_security(self, owner_id: str) -> OwnerSecurity:
+        rows = await self._read(SECURITY_BY_OWNER, (owner_id,))
+        if not rows:
+            sealed = self._sealer.seal(new_signing_secret())
+
+            async def op(cur: AsyncCursor[tuple[Any, ...]]) -> None:
+                await cur.execute(SECURITY_CREATE, (sealed, owner_id))
+
+            await self._tx(op)
+            rows = await self._read(SECURITY_BY_OWNER, (owner_id,))
+            if not rows:
+                raise OwnerNotFound()
+        return security_from_row(self._sealer, rows[0])
+
+    async def save_owner_security(self, owner_id: str, security: OwnerSecurity) -> None:
+        params = security_params(self._sealer, security)
+
+        async def op(cur: AsyncCursor[tuple[Any, ...]]) -> None:
+            await cur.execute(SECURITY_SAVE, (*params, owner_id))
+            if cur.rowcount == 0:
                 raise OwnerNotFound()
 
         await self._tx(op)

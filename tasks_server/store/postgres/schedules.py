@@ -28,6 +28,7 @@ from ...models import (
     TaskState,
 )
 from ..ids import new_task_id
+from ..listing import host_of
 from .base import METADATA, PgBase
 from .owners import lock_capacity
 from .tasks import TASK_COLUMNS
@@ -53,8 +54,8 @@ _SCHEDULE_UNBLOCKED: LiteralString = (
 SCHEDULE_INSERT: LiteralString = (
     "INSERT INTO schedule (id, owner_id, name, expression, timezone, start_at, end_at, "
     "max_runs, misfire_policy, overlap_policy, catch_up_limit, state, created_at, updated_at, "
-    "cursor_at, next_at, spec, metadata) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    "cursor_at, next_at, spec, metadata, host) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 SCHEDULE_BY_ID: LiteralString = f"SELECT {_SCHEDULE_COLUMNS} FROM {_SCHEDULE_FROM} WHERE s.id = %s"
 # names start with a lowercase letter and ids never do, so one key matches one row
@@ -73,7 +74,9 @@ SCHEDULE_SAVE: LiteralString = (
     "updated_at = %s, cursor_at = %s, next_at = %s, version = version + 1 "
     "WHERE id = %s AND owner_id = %s AND version = %s"
 )
-SCHEDULE_SAVE_SPEC: LiteralString = "UPDATE schedule SET spec = %s, metadata = %s WHERE id = %s"
+SCHEDULE_SAVE_SPEC: LiteralString = (
+    "UPDATE schedule SET spec = %s, metadata = %s, host = %s WHERE id = %s"
+)
 SCHEDULE_DELETE: LiteralString = "DELETE FROM schedule WHERE id = %s AND owner_id = %s"
 # `allow` schedules are due a lookahead early (schedule_policy.LOOKAHEAD_MS)
 SCHEDULE_DUE: LiteralString = (
@@ -97,8 +100,9 @@ SCHEDULE_ADVANCE: LiteralString = (
 # a run's task: the schedule's sealed template and metadata, due at the slot
 TASK_INSERT_SCHEDULED: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
-    "next_at, metadata, spec, schedule_id) "
-    "SELECT %s, owner_id, 'RUNNING', %s, %s, %s, %s, metadata, spec, id FROM schedule WHERE id = %s"
+    "next_at, metadata, spec, schedule_id, host) "
+    "SELECT %s, owner_id, 'RUNNING', %s, %s, %s, %s, metadata, spec, id, host "
+    "FROM schedule WHERE id = %s"
 )
 TASK_BY_SCHEDULE: LiteralString = (
     f"SELECT {TASK_COLUMNS} FROM task WHERE owner_id = %s AND schedule_id = %s "
@@ -153,10 +157,10 @@ class PgScheduleOps(PgBase):
             timing.catch_up_limit,
         )
 
-    def _template_blobs(self, task: TaskSpec) -> tuple[bytes, bytes | None]:
+    def _template_blobs(self, task: TaskSpec) -> tuple[bytes, bytes | None, str | None]:
         metadata = task.metadata
         metadata_blob = self._seal(None if metadata is None else METADATA.dump_json(metadata))
-        return self._seal_spec(task), metadata_blob
+        return self._seal_spec(task), metadata_blob, host_of(task.request.url)
 
     async def create_schedule(
         self,
@@ -168,7 +172,7 @@ class PgScheduleOps(PgBase):
         next_at_ms: int | None,
     ) -> Schedule:
         schedule_id = new_task_id(now_ms)
-        spec_blob, metadata_blob = self._template_blobs(new.task)
+        spec_blob, metadata_blob, host = self._template_blobs(new.task)
         params = (
             schedule_id,
             owner_id,
@@ -180,6 +184,7 @@ class PgScheduleOps(PgBase):
             next_at_ms,
             spec_blob,
             metadata_blob,
+            host,
         )
 
         async def op(cur: Cursor) -> Schedule:

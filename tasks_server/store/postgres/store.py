@@ -23,6 +23,7 @@ from .dead_letters import PgDeadLetterOps
 from .owners import PgOwnerOps
 from .schedules import PgScheduleOps
 from .sealed import PgSealOps
+from .search import PgSearchOps
 from .tasks import PgTaskOps
 from .workflows import PgWorkflowOps
 
@@ -49,6 +50,7 @@ class PostgresStore(
     PgClaimOps,
     PgScheduleOps,
     PgDeadLetterOps,
+    PgSearchOps,
     PgAlertOps,
     PgSealOps,
 ):

@@ -20,6 +20,7 @@ from ...models import AttemptRecord, NewTask, Task, TaskSpec, TaskState
 from ...timing import resume_due_ms
 from .. import LIST_ORDERS
 from ..ids import new_task_id
+from ..listing import host_of
 from .base import DUE_CHANNEL, PgBase
 from .owners import lock_capacity
 
@@ -31,13 +32,13 @@ TASK_COLUMNS: LiteralString = (
 )
 TASK_INSERT: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
-    "next_at, metadata, spec) VALUES (%s, %s, 'RUNNING', %s, %s, %s, %s, %s, %s)"
+    "next_at, metadata, spec, host) VALUES (%s, %s, 'RUNNING', %s, %s, %s, %s, %s, %s, %s)"
 )
 # a registration: with its priority, deduplication id and flow-control key
 TASK_REGISTER: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
-    "next_at, metadata, spec, priority, dedup_key, dedup_until, flow_key) "
-    "VALUES (%s, %s, 'RUNNING', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    "next_at, metadata, spec, priority, dedup_key, dedup_until, flow_key, host) "
+    "VALUES (%s, %s, 'RUNNING', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 # registrations with one deduplication id queue up here until the first one commits
 DEDUP_LOCK: LiteralString = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))"
@@ -60,9 +61,10 @@ FLOW_UPSERT: LiteralString = (
 TASK_INSERT_UNLIMITED: LiteralString = (
     "WITH inserted AS ("
     " INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at,"
-    " next_at, metadata, spec, priority)"
+    " next_at, metadata, spec, priority, host)"
     " SELECT %(id)s, id, 'RUNNING', %(now)s, %(due)s, %(due)s, %(due)s, %(metadata)s,"
-    " %(spec)s, %(priority)s FROM owner WHERE id = %(owner)s AND tasks_in_queue_limit = 0"
+    " %(spec)s, %(priority)s, %(host)s FROM owner"
+    " WHERE id = %(owner)s AND tasks_in_queue_limit = 0"
     " RETURNING id"
     ") SELECT id, CASE WHEN %(wake)s THEN pg_notify(%(channel)s, %(payload)s) END FROM inserted"
 )
@@ -98,8 +100,8 @@ RULE_REVOKE = "only a RUNNING or PAUSED task can be revoked"
 RULE_EXECUTE = "only a RUNNING task can be executed"
 RULE_EDIT = "only a RUNNING or PAUSED task that has not made an attempt can be edited"
 TASK_EDIT: LiteralString = (
-    "UPDATE task SET spec = %s, metadata = %s, estimate_execution_at = %s, due_at = %s, "
-    "priority = %s, flow_key = %s, "
+    "UPDATE task SET spec = %s, metadata = %s, host = %s, estimate_execution_at = %s, "
+    "due_at = %s, priority = %s, flow_key = %s, "
     "next_at = CASE WHEN state = 'RUNNING' THEN %s::bigint END, "
     "estimate_end_at = CASE WHEN state = 'PAUSED' THEN %s ELSE 0 END "
     "WHERE id = %s AND owner_id = %s AND attempts = 0 AND NOT in_flight "
@@ -187,6 +189,7 @@ class PgTaskOps(PgBase):
             "metadata": self._seal_metadata(new.spec.metadata),
             "spec": self._seal_spec(new.spec),
             "priority": new.spec.config.priority,
+            "host": host_of(new.spec.request.url),
             "wake": due < now_ms + self._wake_horizon_ms,
             "channel": DUE_CHANNEL,
             "payload": f"{self.node_id}|{task_id}:{due}",
@@ -224,6 +227,7 @@ class PgTaskOps(PgBase):
             dedup_key,
             new.dedup_until_ms if dedup_key is not None else None,
             None if flow is None else flow.key,
+            host_of(new.spec.request.url),
         )
 
         async def insert(cur: Cursor, free: int | None) -> Task:
@@ -403,8 +407,8 @@ class PgTaskOps(PgBase):
         flow_key = None if flow is None else flow.key
         priority = new.spec.config.priority
         params = (
-            *(spec_blob, metadata_blob, due, due, priority, flow_key),
-            *(due, now_ms, task_id, owner_id),
+            *(spec_blob, metadata_blob, host_of(new.spec.request.url), due, due),
+            *(priority, flow_key, due, now_ms, task_id, owner_id),
         )
         transition = self._transition(owner_id, task_id, TASK_EDIT, params, RULE_EDIT)
 

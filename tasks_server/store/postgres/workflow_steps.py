@@ -37,6 +37,7 @@ from ...workflows.steps import (
 )
 from ...workflows.template import TemplateError, holds, render
 from ..ids import new_task_id
+from ..listing import host_of
 from .base import METADATA, PgBase
 from .tasks import TASK_INSERT
 
@@ -316,7 +317,17 @@ class PgStepOps(PgBase):
         task_id = new_task_id(now)
         await cur.execute(
             TASK_INSERT,
-            (task_id, owner_id, now, due, due, due, metadata, self._seal_spec(new.spec)),
+            (
+                task_id,
+                owner_id,
+                now,
+                due,
+                due,
+                due,
+                metadata,
+                self._seal_spec(new.spec),
+                host_of(new.spec.request.url),
+            ),
         )
         await cur.execute(STEP_STARTED, (task_id, now, run_id, step_id))
         return StepStart(task_id, due)
@@ -377,6 +388,9 @@ class PgStepOps(PgBase):
         new = callback_task(built, run_id, state.value)
         task_id = new_task_id(now)
         metadata_blob = self._seal(METADATA.dump_json(new.spec.metadata or ()))
-        params = (task_id, owner_id, now, now, now, now, metadata_blob, self._seal_spec(new.spec))
+        params = (
+            *(task_id, owner_id, now, now, now, now, metadata_blob),
+            *(self._seal_spec(new.spec), host_of(new.spec.request.url)),
+        )
         await cur.execute(TASK_INSERT, params)
         advance.started.append(StepStart(task_id, now))

@@ -12,8 +12,10 @@ from ...models import (
     FlowControl,
     FlowPeriod,
     FlowSetting,
+    FlowStatus,
     Result,
 )
+from ..listing import host_of
 from .base import METADATA, StoreBase
 from .sealed import seal_detail
 
@@ -44,7 +46,7 @@ TASK_REARM: LiteralString = (
 # just stopped being counted, in the same transaction)
 TASK_FOLLOW_UP: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
-    "next_at, metadata, spec) SELECT ?, owner_id, 'RUNNING', ?, ?, ?, ?, ?, ? "
+    "next_at, metadata, spec, host) SELECT ?, owner_id, 'RUNNING', ?, ?, ?, ?, ?, ?, ? "
     "FROM task WHERE id = ?"
 )
 ATTEMPT_INSERT: LiteralString = (
@@ -66,6 +68,21 @@ ATTEMPT_INTERRUPT: LiteralString = (
 )
 
 
+FLOW_LIST: LiteralString = (
+    "SELECT f.key, f.rate, f.period_ms, f.parallelism, f.paused, "
+    "(SELECT count(*) FROM task t WHERE t.owner_id = f.owner_id AND t.flow_key = f.key "
+    "AND t.next_at IS NOT NULL), "
+    "(SELECT min(t.next_at) FROM task t WHERE t.owner_id = f.owner_id AND t.flow_key = f.key "
+    "AND t.next_at IS NOT NULL) "
+    "FROM flow_control f WHERE f.owner_id = ? ORDER BY f.key"
+)
+FLOW_SAVE: LiteralString = (
+    "INSERT INTO flow_control (owner_id, key, rate, period_ms, parallelism, paused, "
+    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner_id, key) DO UPDATE SET "
+    "rate = excluded.rate, period_ms = excluded.period_ms, "
+    "parallelism = excluded.parallelism, paused = excluded.paused, "
+    "updated_at = excluded.updated_at"
+)
 FLOW_GET: LiteralString = (
     "SELECT rate, period_ms, parallelism, paused FROM flow_control WHERE owner_id = ? AND key = ?"
 )
@@ -147,7 +164,11 @@ class ClaimOps(StoreBase):
         metadata_blob = self._seal(None if metadata is None else METADATA.dump_json(metadata))
         due = follow_up.due_at_ms
         spec_blob = self._seal_spec(follow_up.spec)
-        return (follow_up.task_id, due, due, due, due, metadata_blob, spec_blob, result.task_id)
+        host = host_of(follow_up.spec.request.url)
+        return (
+            *(follow_up.task_id, due, due, due, due, metadata_blob, spec_blob, host),
+            result.task_id,
+        )
 
     @staticmethod
     def _prune(conn: sqlite3.Connection, task_id: str, below: int) -> None:
@@ -202,3 +223,27 @@ class ClaimOps(StoreBase):
         row = rows[0]
         period = {p.ms: p for p in FlowPeriod}[row[1]]
         return FlowSetting(FlowControl(key, row[0], period, row[2]), row[3] == 1)
+
+    async def list_flow_controls(self, owner_id: str) -> list[FlowStatus]:
+        rows = await self._read(FLOW_LIST, (owner_id,))
+        periods = {p.ms: p for p in FlowPeriod}
+        return [
+            FlowStatus(
+                FlowSetting(FlowControl(row[0], row[1], periods[row[2]], row[3]), bool(row[4])),
+                int(row[5]),
+                row[6],
+            )
+            for row in rows
+        ]
+
+    async def save_flow_control(self, owner_id: str, setting: FlowSetting, now_ms: int) -> None:
+        flow = setting.flow
+        params = (
+            *(owner_id, flow.key, flow.rate, flow.period.ms, flow.parallelism),
+            *(1 if setting.paused else 0, now_ms),
+        )
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(FLOW_SAVE, params)
+
+        await self._write(op)

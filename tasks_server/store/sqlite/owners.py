@@ -13,8 +13,10 @@ from ...errors import (
 )
 from ...models import (
     Owner,
+    OwnerSecurity,
 )
 from ..ids import new_owner_id
+from ..security import new_signing_secret, security_from_row, security_params
 from .base import StoreBase
 
 OWNER_INSERT: LiteralString = (
@@ -41,6 +43,23 @@ OWNER_CAPACITY: LiteralString = (
 
 def _owner(row: Sequence[Any]) -> Owner:
     return Owner(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6])
+
+
+SECURITY_BY_OWNER: LiteralString = (
+    "SELECT signing_secret, previous_secret, previous_until, signing_enabled, allowed_hosts "
+    "FROM owner_security WHERE owner_id = ?"
+)
+SECURITY_CREATE: LiteralString = (
+    "INSERT INTO owner_security (owner_id, signing_secret) "
+    "SELECT id, ? FROM owner WHERE id = ? ON CONFLICT (owner_id) DO NOTHING"
+)
+SECURITY_SAVE: LiteralString = (
+    "INSERT INTO owner_security (owner_id, signing_secret, previous_secret, previous_until, "
+    "signing_enabled, allowed_hosts) SELECT id, ?, ?, ?, ?, ? FROM owner WHERE id = ? "
+    "ON CONFLICT (owner_id) DO UPDATE SET signing_secret = excluded.signing_secret, "
+    "previous_secret = excluded.previous_secret, previous_until = excluded.previous_until, "
+    "signing_enabled = excluded.signing_enabled, allowed_hosts = excluded.allowed_hosts"
+)
 
 
 class OwnerOps(StoreBase):
@@ -100,6 +119,29 @@ class OwnerOps(StoreBase):
     async def set_owner_key(self, owner_id: str, key_digest: bytes) -> None:
         def op(conn: sqlite3.Connection) -> None:
             if conn.execute(OWNER_SET_KEY, (key_digest, owner_id)).rowcount != 1:
+                raise OwnerNotFound()
+
+        await self._write(op)
+
+    async def owner_security(self, owner_id: str) -> OwnerSecurity:
+        rows = await self._read(SECURITY_BY_OWNER, (owner_id,))
+        if not rows:
+            sealed = self._sealer.seal(new_signing_secret())
+
+            def op(conn: sqlite3.Connection) -> None:
+                conn.execute(SECURITY_CREATE, (sealed, owner_id))
+
+            await self._write(op)
+            rows = await self._read(SECURITY_BY_OWNER, (owner_id,))
+            if not rows:
+                raise OwnerNotFound()
+        return security_from_row(self._sealer, rows[0])
+
+    async def save_owner_security(self, owner_id: str, security: OwnerSecurity) -> None:
+        params = security_params(self._sealer, security)
+
+        def op(conn: sqlite3.Connection) -> None:
+            if conn.execute(SECURITY_SAVE, (*params, owner_id)).rowcount == 0:
                 raise OwnerNotFound()
 
         await self._write(op)

@@ -25,6 +25,7 @@ from ...models import (
     TaskState,
 )
 from ..ids import new_task_id
+from ..listing import host_of
 from .base import METADATA, TASK_COLUMNS, StoreBase
 from .owners import OWNER_CAPACITY, OWNER_EXISTS
 
@@ -104,8 +105,8 @@ _SCHEDULE_UNBLOCKED: LiteralString = (
 SCHEDULE_INSERT: LiteralString = (
     "INSERT INTO schedule (id, owner_id, name, expression, timezone, start_at, end_at, "
     "max_runs, misfire_policy, overlap_policy, catch_up_limit, state, created_at, updated_at, "
-    "cursor_at, next_at, spec, metadata) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "cursor_at, next_at, spec, metadata, host) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 SCHEDULE_BY_ID: LiteralString = f"SELECT {_SCHEDULE_COLUMNS} FROM {_SCHEDULE_FROM} WHERE s.id = ?"
 # names start with a lowercase letter and ids never do, so one key matches one row
@@ -124,7 +125,9 @@ SCHEDULE_SAVE: LiteralString = (
     "updated_at = ?, cursor_at = ?, next_at = ?, version = version + 1 "
     "WHERE id = ? AND owner_id = ? AND version = ?"
 )
-SCHEDULE_SAVE_SPEC: LiteralString = "UPDATE schedule SET spec = ?, metadata = ? WHERE id = ?"
+SCHEDULE_SAVE_SPEC: LiteralString = (
+    "UPDATE schedule SET spec = ?, metadata = ?, host = ? WHERE id = ?"
+)
 SCHEDULE_DELETE: LiteralString = "DELETE FROM schedule WHERE id = ? AND owner_id = ?"
 # `allow` schedules are due a lookahead early (schedules.policy.LOOKAHEAD_MS)
 SCHEDULE_DUE: LiteralString = (
@@ -147,8 +150,9 @@ SCHEDULE_ADVANCE: LiteralString = (
 # a run's task: the schedule's sealed template and metadata, due at the slot
 TASK_INSERT_SCHEDULED: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
-    "next_at, metadata, spec, schedule_id) "
-    "SELECT ?, owner_id, 'RUNNING', ?, ?, ?, ?, metadata, spec, id FROM schedule WHERE id = ?"
+    "next_at, metadata, spec, schedule_id, host) "
+    "SELECT ?, owner_id, 'RUNNING', ?, ?, ?, ?, metadata, spec, id, host "
+    "FROM schedule WHERE id = ?"
 )
 TASK_BY_SCHEDULE: LiteralString = (
     f"SELECT {TASK_COLUMNS} FROM task WHERE owner_id = ? AND schedule_id = ? "
@@ -172,10 +176,10 @@ class ScheduleOps(StoreBase):
             timing.catch_up_limit,
         )
 
-    def _template_blobs(self, task: TaskSpec) -> tuple[bytes, bytes | None]:
+    def _template_blobs(self, task: TaskSpec) -> tuple[bytes, bytes | None, str | None]:
         metadata = task.metadata
         metadata_blob = self._seal(None if metadata is None else METADATA.dump_json(metadata))
-        return self._seal_spec(task), metadata_blob
+        return self._seal_spec(task), metadata_blob, host_of(task.request.url)
 
     async def create_schedule(
         self,
@@ -187,7 +191,7 @@ class ScheduleOps(StoreBase):
         next_at_ms: int | None,
     ) -> Schedule:
         schedule_id = new_task_id(now_ms)
-        spec_blob, metadata_blob = self._template_blobs(new.task)
+        spec_blob, metadata_blob, host = self._template_blobs(new.task)
         params = (
             schedule_id,
             owner_id,
@@ -199,6 +203,7 @@ class ScheduleOps(StoreBase):
             next_at_ms,
             spec_blob,
             metadata_blob,
+            host,
         )
 
         def op(conn: sqlite3.Connection) -> Schedule:

@@ -14,11 +14,14 @@ from .claims import ClaimOps
 from .dead_letters import DeadLetterOps
 from .owners import OwnerOps
 from .schedules import ScheduleOps
+from .search import SearchOps
 from .tasks import TaskOps
 from .workflows import WorkflowOps
 
 
-class SqliteStore(OwnerOps, TaskOps, WorkflowOps, ClaimOps, ScheduleOps, DeadLetterOps, AlertOps):
+class SqliteStore(
+    OwnerOps, TaskOps, WorkflowOps, ClaimOps, ScheduleOps, DeadLetterOps, SearchOps, AlertOps
+):
     """Store on SQLite. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 
     # -- one process owns the file: no leases, no other nodes, always the leader ----------

@@ -25,18 +25,19 @@ from ...models import (
 from ...timing import resume_due_ms
 from .. import LIST_ORDERS
 from ..ids import new_task_id
+from ..listing import host_of
 from .base import METADATA, TASK_COLUMNS, StoreBase
 from .owners import OWNER_CAPACITY, OWNER_EXISTS
 
 TASK_INSERT: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
-    "next_at, metadata, spec) VALUES (?, ?, 'RUNNING', ?, ?, ?, ?, ?, ?)"
+    "next_at, metadata, spec, host) VALUES (?, ?, 'RUNNING', ?, ?, ?, ?, ?, ?, ?)"
 )
 # a registration: with its priority, deduplication id and flow-control key
 TASK_REGISTER: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
-    "next_at, metadata, spec, priority, dedup_key, dedup_until, flow_key) "
-    "VALUES (?, ?, 'RUNNING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "next_at, metadata, spec, priority, dedup_key, dedup_until, flow_key, host) "
+    "VALUES (?, ?, 'RUNNING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 TASK_BY_DEDUP: LiteralString = (
     f"SELECT {TASK_COLUMNS}, dedup_until FROM task WHERE owner_id = ? AND dedup_key = ?"
@@ -88,8 +89,8 @@ RULE_REVOKE = "only a RUNNING or PAUSED task can be revoked"
 RULE_EXECUTE = "only a RUNNING task can be executed"
 RULE_EDIT = "only a RUNNING or PAUSED task that has not made an attempt can be edited"
 TASK_EDIT: LiteralString = (
-    "UPDATE task SET spec = ?, metadata = ?, estimate_execution_at = ?, due_at = ?, "
-    "priority = ?, flow_key = ?, "
+    "UPDATE task SET spec = ?, metadata = ?, host = ?, estimate_execution_at = ?, "
+    "due_at = ?, priority = ?, flow_key = ?, "
     "next_at = CASE WHEN state = 'RUNNING' THEN ? END, "
     "estimate_end_at = CASE WHEN state = 'PAUSED' THEN ? ELSE 0 END "
     "WHERE id = ? AND owner_id = ? AND attempts = 0 AND in_flight = 0 "
@@ -170,6 +171,7 @@ class TaskOps(StoreBase):
             dedup_key,
             new.dedup_until_ms if dedup_key is not None else None,
             None if flow is None else flow.key,
+            host_of(new.spec.request.url),
         )
 
         def insert(conn: sqlite3.Connection) -> Task:
@@ -347,7 +349,7 @@ class TaskOps(StoreBase):
         flow_key = None if flow is None else flow.key
         priority = new.spec.config.priority
         params = (
-            *(spec_blob, metadata_blob, due, due, priority, flow_key),
-            *(due, now_ms, task_id, owner_id),
+            *(spec_blob, metadata_blob, host_of(new.spec.request.url), due, due),
+            *(priority, flow_key, due, now_ms, task_id, owner_id),
         )
         return await self._write(self._transition(owner_id, task_id, TASK_EDIT, params, RULE_EDIT))

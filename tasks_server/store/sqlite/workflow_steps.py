@@ -36,6 +36,7 @@ from ...workflows.steps import (
 )
 from ...workflows.template import TemplateError, holds, render
 from ..ids import new_task_id
+from ..listing import host_of
 from .base import METADATA, StoreBase
 from .tasks import TASK_INSERT
 
@@ -292,7 +293,17 @@ class StepOps(StoreBase):
         task_id = new_task_id(now)
         conn.execute(
             TASK_INSERT,
-            (task_id, owner_id, now, due, due, due, metadata, self._seal_spec(new.spec)),
+            (
+                task_id,
+                owner_id,
+                now,
+                due,
+                due,
+                due,
+                metadata,
+                self._seal_spec(new.spec),
+                host_of(new.spec.request.url),
+            ),
         )
         conn.execute(STEP_STARTED, (task_id, now, run_id, step_id))
         return StepStart(task_id, due)
@@ -355,6 +366,9 @@ class StepOps(StoreBase):
         new = callback_task(built, run_id, state.value)
         task_id = new_task_id(now)
         metadata_blob = self._seal(METADATA.dump_json(new.spec.metadata or ()))
-        params = (task_id, owner_id, now, now, now, now, metadata_blob, self._seal_spec(new.spec))
+        params = (
+            *(task_id, owner_id, now, now, now, now, metadata_blob),
+            *(self._seal_spec(new.spec), host_of(new.spec.request.url)),
+        )
         conn.execute(TASK_INSERT, params)
         advance.started.append(StepStart(task_id, now))

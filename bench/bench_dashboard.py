@@ -1,0 +1,163 @@
+"""Time to render the dashboard's task list with a million tasks.
+
+    .venv/bin/python -m bench.bench_dashboard [--tasks 1000000] [--loads 50]
+
+Fills one owner's database with ``--tasks`` tasks in the store's own format (sealed
+specs; 90 % SUCCESS, 5 % ERROR, 5 % RUNNING over 30 days, 50 hosts), starts a real server
+on it, signs in to the dashboard and times ``--loads`` full page loads (HTTP request to
+last byte) of several list views. Prints p50 and p99 per view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.cookiejar
+import re
+import sqlite3
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from bench.common import Server, percentile, register_owner
+from tasks_server.models import HttpRequest, TaskConfig, TaskSpec
+from tasks_server.sealing import Sealer
+from tasks_server.store.ids import new_task_id
+from tasks_server.store.migrate import migrate
+from tasks_server.store.sqlite import connect
+from tasks_server.store.sqlite.base import SPEC
+
+HOSTS = 50
+DAY_MS = 86_400_000
+
+
+def fill(path: Path, owner_id: str, count: int) -> float:
+    """Insert ``count`` tasks created over the last 30 days; returns seconds taken."""
+    started = time.perf_counter()
+    sealer = Sealer("bench")
+    now = time.time_ns() // 1_000_000
+    specs = [
+        sealer.seal(
+            SPEC.dump_json(
+                TaskSpec(
+                    HttpRequest(url=f"https://h{h}.example/hook/{h}", method="POST"), TaskConfig()
+                ),
+                exclude_defaults=True,
+            )
+        )
+        for h in range(HOSTS)
+    ]
+    conn = connect(path, "NORMAL")
+    migrate(conn)
+    conn.execute("BEGIN")
+    batch = []
+    for index in range(count):
+        created = now - 30 * DAY_MS + index * (30 * DAY_MS) // count
+        host = index % HOSTS
+        kind = index % 20
+        state = "ERROR" if kind == 0 else "RUNNING" if kind == 1 else "SUCCESS"
+        end = 0 if state == "RUNNING" else created + 50
+        due = created + 10
+        next_at = due if state == "RUNNING" else None
+        batch.append(
+            (
+                new_task_id(created),
+                owner_id,
+                state,
+                created,
+                end,
+                due,
+                due,
+                next_at,
+                specs[host],
+                f"h{host}.example",
+                200 if state == "SUCCESS" else 500,
+            )
+        )
+        if len(batch) == 50_000:
+            _insert(conn, batch)
+            batch = []
+    _insert(conn, batch)
+    running = count // 20
+    conn.execute("UPDATE owner SET tasks_in_queue = ? WHERE id = ?", (running, owner_id))
+    conn.execute("COMMIT")
+    conn.execute("ANALYZE")
+    conn.close()
+    return time.perf_counter() - started
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+    conn.executemany(
+        "INSERT INTO task (id, owner_id, state, created_at, estimate_end_at, "
+        "estimate_execution_at, due_at, next_at, spec, host, status_code) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+
+
+def signed_in(base: str, owner_id: str, key: str) -> urllib.request.OpenerDirector:
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+    page = opener.open(f"{base}/ui/login").read().decode()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert csrf is not None
+    form = urllib.parse.urlencode({"csrf": csrf.group(1), "ownerId": owner_id, "key": key})
+    opener.open(f"{base}/ui/login", data=form.encode()).read()
+    return opener
+
+
+def time_loads(opener: urllib.request.OpenerDirector, url: str, loads: int) -> list[float]:
+    timings = []
+    for _ in range(loads):
+        started = time.perf_counter()
+        with opener.open(url) as response:
+            body = response.read()
+            assert response.status == 200 and b"Sign out" in body, url
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+async def main(count: int, loads: int) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="tasks-dashboard-"))
+    server = Server(directory, CIPHER_KEY="bench").start()
+    headers = await register_owner(server.port, "dashboard")
+    owner_id, key = headers["X-Tasks-Owner-Id"], headers["Authorization"].split()[1]
+    assert server.proc is not None
+    server.proc.terminate()
+    fill_s = fill(directory / "tasks.db", owner_id, count)
+    server.start()
+    opener = signed_in(server.url, owner_id, key)
+    first = opener.open(f"{server.url}/ui/tasks").read().decode()
+    cursor = re.search(r'href="\?after=([^"]+)"', first)
+    assert cursor is not None
+    views = {
+        "first page, newest first": "/ui/tasks",
+        "next page (keyset)": f"/ui/tasks?after={cursor.group(1)}",
+        "oldest first": "/ui/tasks?sort=oldest",
+        "state=ERROR": "/ui/tasks?state=ERROR",
+        "host=h7.example": "/ui/tasks?host=h7.example",
+        "last day, state=RUNNING": "/ui/tasks?state=RUNNING&from="
+        + time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - 86_400)),
+        "URL search (sealed; 20,000 scanned max)": "/ui/tasks?q=hook/7",
+        "failures page": "/ui/failures",
+        "overview (counts over all rows)": "/ui/",
+    }
+    print(f"dashboard: {count:,} tasks (filled in {fill_s:.0f} s), {loads} loads per view")
+    for name, path in views.items():
+        timings = time_loads(opener, server.url + path, loads)
+        print(
+            f"  {name:42s} p50 {percentile(timings, 50):7.1f} ms   "
+            f"p99 {percentile(timings, 99):7.1f} ms"
+        )
+    server.proc.kill()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument("--loads", type=int, default=50)
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.tasks, arguments.loads))

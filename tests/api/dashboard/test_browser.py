@@ -1,0 +1,167 @@
+"""The dashboard in a real browser (Debian's Chromium via selenium) against a real server
+process on a free port. Each test leaves a screenshot in its temporary directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.browser import Owner, chromium, missing_browser, sign_in, target
+from tests.support.process import ServerProcess
+from tests.support.waiting_sync import wait_for
+
+_MISSING = missing_browser()
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(_MISSING is not None, reason=f"no browser: {_MISSING}"),
+]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(server URL, target URL): one server process and one target for the module."""
+    directory = tmp_path_factory.mktemp("server")
+    with target() as target_url, ServerProcess(directory, EGRESS_ALLOW="127.0.0.1/32") as server:
+        yield server.url, target_url
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    with chromium(tmp_path / "profile") as driver:
+        yield driver
+        driver.save_screenshot(str(tmp_path / "screenshot.png"))
+        assert (tmp_path / "screenshot.png").stat().st_size > 0
+
+
+def by(kind: str) -> Any:
+    from selenium.webdriver.common.by import By
+
+    return getattr(By, kind)
+
+
+def text(driver: Any) -> str:
+    """The page's text once it has loaded (a click that navigates may return earlier)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    found: list[str] = []
+
+    def loaded() -> bool:
+        try:
+            if driver.execute_script("return document.readyState") != "complete":
+                return False
+            found.append(str(driver.find_element(by("TAG_NAME"), "body").text))
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+        return True
+
+    wait_for(loaded, timeout=10, message="the page to load")
+    return found[-1]
+
+
+def shows(driver: Any, *wanted: str) -> None:
+    """Wait until the page shows every one of ``wanted`` (navigation may still run)."""
+    wait_for(lambda: all(w in text(driver) for w in wanted), message=" and ".join(wanted))
+
+
+def until(driver: Any, check: Callable[[], bool], message: str) -> None:
+    """Reload the page until ``check`` holds (fails after the deadline)."""
+
+    def reloaded() -> bool:
+        if check():
+            return True
+        driver.refresh()
+        return False
+
+    wait_for(reloaded, timeout=15, message=message)
+
+
+def press(driver: Any, label: str) -> None:
+    driver.find_element(by("XPATH"), f"//button[normalize-space()='{label}']").click()
+
+
+def test_sign_in_open_a_task_run_it_filter_and_sign_out(
+    browser: Any, site: tuple[str, str]
+) -> None:
+    base, target_url = site
+    owner = Owner(base, "browser-one")
+    task_id = owner.register(f"{target_url}/ok", executionDelay=3_600_000)
+    sign_in(browser, base, owner.id, owner.key)
+    shows(browser, "Tasks by state")
+    browser.find_element(by("LINK_TEXT"), "Tasks").click()
+    shows(browser, task_id)
+    browser.find_element(by("LINK_TEXT"), task_id).click()
+    shows(browser, "No attempt yet.")
+    press(browser, "Run now")
+    shows(browser, "The task runs now.")
+    until(browser, lambda: "Attempt 1 — 200" in text(browser), "the new attempt")
+    browser.find_element(by("LINK_TEXT"), "Tasks").click()
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(by("ID"), "f-state")).select_by_value("SUCCESS")
+    press(browser, "Filter")
+    wait_for(lambda: "state=SUCCESS" in browser.current_url, message="the filtered list")
+    shows(browser, task_id)
+    Select(browser.find_element(by("ID"), "f-state")).select_by_value("ERROR")
+    press(browser, "Filter")
+    wait_for(lambda: "state=ERROR" in browser.current_url, message="the filtered list")
+    shows(browser, "No tasks match.")
+    assert task_id not in text(browser)
+    press(browser, "Sign out")
+    wait_for(lambda: browser.current_url.endswith("/ui/login"), message="the sign-in page")
+    browser.get(f"{base}/ui/tasks")
+    assert "/ui/login" in browser.current_url
+
+
+def test_replay_a_failed_task(browser: Any, site: tuple[str, str]) -> None:
+    base, target_url = site
+    owner = Owner(base, "browser-two")
+    task_id = owner.register(f"{target_url}/fail", executionDelay=0)
+    wait_for(lambda: owner.state(task_id) == "ERROR", timeout=15, message="the failure")
+    sign_in(browser, base, owner.id, owner.key)
+    shows(browser, "Sign out")
+    browser.find_element(by("LINK_TEXT"), "Failures").click()
+    browser.find_element(by("LINK_TEXT"), task_id).click()
+    shows(browser, "Attempt 1 — 500")
+    press(browser, "Replay")
+    shows(browser, "The task runs again.")
+    until(browser, lambda: "Attempt 2 — 500" in text(browser), "the replayed attempt")
+    assert owner.state(task_id) == "ERROR"
+
+
+def test_a_form_without_its_csrf_token_is_refused(browser: Any, site: tuple[str, str]) -> None:
+    base, target_url = site
+    owner = Owner(base, "browser-three")
+    task_id = owner.register(f"{target_url}/ok", executionDelay=3_600_000)
+    sign_in(browser, base, owner.id, owner.key)
+    shows(browser, "Sign out")
+    browser.get(f"{base}/ui/tasks/{task_id}")
+    browser.execute_script("document.querySelectorAll('input[name=csrf]').forEach(e => e.remove())")
+    press(browser, "Pause")
+    shows(browser, "out of date")
+    assert owner.state(task_id) == "RUNNING"
+
+
+def test_another_owners_task_is_a_not_found_page(browser: Any, site: tuple[str, str]) -> None:
+    base, target_url = site
+    mine, theirs = Owner(base, "browser-four"), Owner(base, "browser-five")
+    task_id = theirs.register(f"{target_url}/ok", executionDelay=3_600_000)
+    sign_in(browser, base, mine.id, mine.key)
+    shows(browser, "Sign out")
+    browser.get(f"{base}/ui/tasks/{task_id}")
+    assert "Not found" in browser.title and "not yours" in text(browser)
+
+
+def test_phone_width_keeps_the_navigation_usable(tmp_path: Path, site: tuple[str, str]) -> None:
+    base, _ = site
+    owner = Owner(base, "browser-six")
+    with chromium(tmp_path / "profile", width=390, height=844, phone=True) as phone:
+        sign_in(phone, base, owner.id, owner.key)
+        shows(phone, "Sign out")
+        width = phone.execute_script("return document.documentElement.scrollWidth")
+        assert width <= 390  # nothing wider than the screen
+        phone.find_element(by("LINK_TEXT"), "Test a task").click()
+        shows(phone, "Show the JSON")
+        phone.save_screenshot(str(tmp_path / "screenshot.png"))
