@@ -136,7 +136,9 @@ async def test_another_owners_signing_is_not_visible(
 async def test_validated_domains_refuse_other_hosts_at_registration_and_connect(
     make_server: ServerFactory, clock: FakeClock
 ) -> None:
-    server = await make_server(admin_key=ADMIN_KEY, egress_allow="127.0.0.1/32, localhost")
+    server = await make_server(
+        admin_key=ADMIN_KEY, egress_allow="127.0.0.1/32, localhost", owner_registration="open"
+    )
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     async with client_for(server) as client, TargetServer() as target:
         target.route("/hook", Reply(200, b"ok"))

@@ -57,6 +57,11 @@ SEALED: tuple[tuple[LiteralString, LiteralString, int], ...] = (
         "UPDATE alert_incident SET state = %s WHERE rule_id = %s AND subject = %s",
         2,
     ),
+    (
+        "SELECT owner_id, signing_secret, previous_secret FROM owner_security",
+        "UPDATE owner_security SET signing_secret = %s, previous_secret = %s WHERE owner_id = %s",
+        1,
+    ),
 )
 
 

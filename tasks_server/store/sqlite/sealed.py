@@ -84,6 +84,13 @@ SEALED = (
         "UPDATE alert_incident SET state = ? WHERE rule_id = ? AND subject = ?",
         2,
     ),
+    SealedColumns(
+        "owner_security",
+        ("signing_secret", "previous_secret"),
+        "SELECT owner_id, signing_secret, previous_secret FROM owner_security",
+        "UPDATE owner_security SET signing_secret = ?, previous_secret = ? WHERE owner_id = ?",
+        1,
+    ),
 )
 # BLOB columns that hold no sealed value: digests, and the check value itself
 NOT_SEALED = {("owner", "key_digest"), ("seal_check", "value")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -226,7 +227,7 @@ async def test_edit_a_pending_task(
     )
     saved = await post_form(ui, edit, edit, registration=changed)
     assert saved.status_code == 303
-    config = await client.get(f"/v1/queues/{task_id}/config", headers=owner.headers)
+    config = await client.get(f"/v1/queues/{task_id}/config?reveal=true", headers=owner.headers)
     request = config.json()["httpRequest"]
     assert request["url"] == "https://after.example/x"
     assert request["headers"]["Authorization"] == "Bearer s3cr3t-token"  # the mask kept it
@@ -311,11 +312,14 @@ async def test_test_form_errors(ui: httpx.AsyncClient) -> None:
 
 
 async def test_admin_page_lists_owners_health_and_masked_settings(
-    make_server: object, owner: OwnerAuth
+    make_server: object, tmp_path: Path
 ) -> None:
     from tests.api.dashboard.conftest import ADMIN_KEY
 
-    server: Server = await make_server(admin_key=ADMIN_KEY, cipher_key="very-secret-cipher")  # type: ignore[operator]
+    # a database of its own: a database keeps the key it was made with
+    server: Server = await make_server(  # type: ignore[operator]
+        admin_key=ADMIN_KEY, cipher_key="very-secret-cipher", path_sqlite=str(tmp_path / "a.db")
+    )
     async with client_for(server) as http:
         await http.post(
             "/v1/owners/register",
