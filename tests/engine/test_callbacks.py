@@ -16,6 +16,7 @@ import pytest
 from tasks_server.app import Server
 from tasks_server.engine.callbacks import CALLBACK_CONFIG
 from tests.conftest import OwnerAuth, register_task
+from tests.security.test_signing import signing, verify
 from tests.support.clock import FakeClock
 from tests.support.targets import Reply, TargetServer
 from tests.support.waiting import wait_until
@@ -87,6 +88,9 @@ async def test_one_failure_callback_after_the_last_retry(
     assert envelope["timings"]["startedAt"] <= envelope["timings"]["finishedAt"]
     assert envelope["timings"]["durationMs"] > 0
     assert third.header("X-Tasks-Attempt") == "3"
+    # signed like every call, and verified as a target would (standardwebhooks)
+    secret = (await signing(client, owner))["secret"]
+    assert verify(secret, call) == envelope
 
     # the callback is a task of its own, listed and marked, and has no callbacks
     callback_id = call.header("X-Tasks-Queue-Id")
