@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..clock import Clock
 from ..models import Task
 from . import queues
 from .errors import field_error
 from .services import Services, services
 from .wire import answer
+
+T = TypeVar("T")
 
 MAX_WAIT_S = 60.0
 _SECONDS = re.compile(r"\d{1,2}(\.\d{1,3})?")
@@ -32,26 +37,47 @@ def wait_seconds(request: Request) -> float | None:
     return float(raw)
 
 
-async def wait_until_final(app: Services, owner_id: str, task_id: str, wait_s: float) -> Task:
-    """The task once it is final, or as it is when ``wait_s`` seconds (of the server's
-    clock) have passed. Raises TaskNotFound, also when it is deleted while waiting."""
-    deadline = app.clock.monotonic() + wait_s
+async def wait_for_final(
+    clock: Clock,
+    wait: Callable[[], asyncio.Future[None]],
+    release: Callable[[asyncio.Future[None]], None],
+    read: Callable[[], Awaitable[T]],
+    is_final: Callable[[T], bool],
+    wait_s: float,
+) -> T:
+    """``read()`` once it is final, or as it is when ``wait_s`` seconds of ``clock`` have
+    passed. ``wait`` registers a future woken in memory on a change (before the read, so
+    a change committed in between is not missed); ``release`` drops it."""
+    deadline = clock.monotonic() + wait_s
     while True:
-        woken = app.scheduler.wait_final(task_id)
+        woken = wait()
         try:
-            task = await app.store.get_task(owner_id, task_id)
-            remaining = deadline - app.clock.monotonic()
-            if task.state.is_terminal or remaining <= 0:
-                return task
-            sleeper = asyncio.ensure_future(app.clock.sleep(remaining))
+            found = await read()
+            remaining = deadline - clock.monotonic()
+            if is_final(found) or remaining <= 0:
+                return found
+            sleeper = asyncio.ensure_future(clock.sleep(remaining))
             try:
                 await asyncio.wait((woken, sleeper), return_when=asyncio.FIRST_COMPLETED)
             finally:
                 sleeper.cancel()
             if not woken.done():
-                return await app.store.get_task(owner_id, task_id)
+                return await read()
         finally:
-            app.scheduler.stop_waiting(task_id, woken)
+            release(woken)
+
+
+async def wait_until_final(app: Services, owner_id: str, task_id: str, wait_s: float) -> Task:
+    """The task once it is final, or as it is when ``wait_s`` seconds (of the server's
+    clock) have passed. Raises TaskNotFound, also when it is deleted while waiting."""
+    return await wait_for_final(
+        app.clock,
+        lambda: app.scheduler.wait_final(task_id),
+        lambda woken: app.scheduler.stop_waiting(task_id, woken),
+        lambda: app.store.get_task(owner_id, task_id),
+        lambda task: task.state.is_terminal,
+        wait_s,
+    )
 
 
 def answer_result(request: Request, task: Task, final_status: int = 200) -> Response:

@@ -3,7 +3,6 @@ for a run's result (docs/workflows.md). Every call is scoped to the caller's run
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 from typing import Any
@@ -297,22 +296,14 @@ async def result(request: Request) -> Response:
 async def _wait_until_final(
     app: Services, owner_id: str, run_id: str, wait_s: float
 ) -> WorkflowRun:
-    if app.runs is None:
+    runs = app.runs
+    if runs is None:
         raise WorkflowNotFound(run_id)
-    deadline = app.clock.monotonic() + wait_s
-    while True:
-        woken = app.runs.wait(run_id)
-        try:
-            run = await app.store.get_run(owner_id, run_id)
-            remaining = deadline - app.clock.monotonic()
-            if run.state.is_final or remaining <= 0:
-                return run
-            sleeper = asyncio.ensure_future(app.clock.sleep(remaining))
-            try:
-                await asyncio.wait((woken, sleeper), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                sleeper.cancel()
-            if not woken.done():
-                return await app.store.get_run(owner_id, run_id)
-        finally:
-            app.runs.release(run_id, woken)
+    return await results.wait_for_final(
+        app.clock,
+        lambda: runs.wait(run_id),
+        lambda woken: runs.release(run_id, woken),
+        lambda: app.store.get_run(owner_id, run_id),
+        lambda run: run.state.is_final,
+        wait_s,
+    )
