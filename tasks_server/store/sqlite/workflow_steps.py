@@ -27,8 +27,10 @@ from ...workflows.steps import (
     callback_request,
     callback_task,
     envelope,
+    failed_result,
     labelled,
     referenced_steps,
+    run_error,
     step_error,
     step_response,
     step_result,
@@ -175,14 +177,11 @@ class StepOps(StoreBase):
         now: int,
         advance: Advance,
     ) -> None:
-        blob = (
-            None
-            if response is None
-            else self._sealer.seal(json.dumps({"response": response, "output": None}).encode())
-        )
+        found = failed_result(response)
+        blob = None if found is None else self._sealer.seal(found)
         conn.execute(STEP_FINISHED, (StepState.ERROR.value, blob, error, now, run_id, step_id))
         if not RunState(run_state).is_final:
-            message = f"step {step_id!r} failed: {error}"
+            message = run_error(step_id, error)
             conn.execute(RUN_SET_STATE, (RunState.ERROR.value, now, message, run_id))
             self._run_ended(conn, run_id, RunState.ERROR, message, now, advance)
 
