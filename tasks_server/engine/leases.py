@@ -1,9 +1,13 @@
 """LeaseKeeper: keeps this node's claims alive and reclaims those of dead nodes.
 
 Where several nodes share a database, a claim is a lease that ends unless renewed. While
-calls are in flight the keeper renews this node's leases every quarter of the lease time,
-and it frees leases that ran out (their node died or lost the database) so their tasks are
-claimed again. It also answers whether a claim still holds: a node cut off from the
+calls are held or in flight the keeper renews their leases every quarter of the lease time,
+all in one statement on a database connection of its own (never behind claims, outcomes or
+the API in the pool), so a busy node keeps its leases through three missed renewals. It
+renews only the claims the node still works on, and it frees leases that ran out (their
+node died, lost the database, or dropped the claim) so their tasks are claimed again.
+
+It also answers whether a claim still holds: a node cut off from the
 database must not start a call whose lease has ended, since another node may have taken
 the task. Where one process owns the database (SQLite), claims never expire and the
 keeper does nothing.
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from ..clock import Clock
@@ -32,12 +36,20 @@ class LeaseStats:
 
 
 class LeaseKeeper:
-    def __init__(self, store: Store, clock: Clock, on_reclaimed: Callable[[str, int], None]):
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        on_reclaimed: Callable[[str, int], None],
+        claimed: Callable[[], Collection[str]] = tuple,
+    ):
         self._store = store
         self._clock = clock
         self._on_reclaimed = on_reclaimed
+        self._claimed = claimed  # the task ids whose calls this node holds or has in flight
         self.lease_ms = store.lease_ms
-        self._renewed_at_ms: int | None = None  # `now` of the last renewal that committed
+        self._renewed_at_ms = 0  # `now` of the last renewal that committed
+        self._renewed_ids: frozenset[str] = frozenset()  # the claims it renewed
         self._renewing: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.stats = LeaseStats()
@@ -46,14 +58,15 @@ class LeaseKeeper:
     def expires(self) -> bool:
         return self.lease_ms is not None
 
-    def holds(self, claimed_at_ms: int, now_ms: int) -> bool:
-        """Whether a claim made at ``claimed_at_ms`` is still this node's at ``now_ms``.
+    def holds(self, task_id: str, claimed_at_ms: int, now_ms: int) -> bool:
+        """Whether the claim of ``task_id`` made at ``claimed_at_ms`` is still this node's
+        at ``now_ms``.
 
-        A lease ends lease_ms after the later of its claim and the last renewal that
-        committed (renewals never shorten a lease, see renew_leases)."""
+        A lease ends lease_ms after its claim, or after the last renewal that committed
+        when that renewal named it (renewals never shorten a lease, see renew_leases)."""
         if self.lease_ms is None:
             return True
-        renewed = self._renewed_at_ms or 0
+        renewed = self._renewed_at_ms if task_id in self._renewed_ids else 0
         return now_ms < max(claimed_at_ms, renewed) + self.lease_ms
 
     async def run(self) -> None:
@@ -74,22 +87,33 @@ class LeaseKeeper:
     async def _renew(self, now_ms: int, timeout_s: float) -> None:
         """Renew in a task of its own and wait for it at most ``timeout_s``: a renewal
         stuck on a cut connection is left to end by itself (it is not cancelled, as
-        cancelling a query needs the same unreachable server) and no second one starts."""
+        cancelling a query needs the same unreachable server) and no second one starts.
+        A renewal that commits after the wait still counts (see _renewed)."""
         if self._renewing is not None and not self._renewing.done():
             self.stats.failed_renewals += 1
             logger.warning("renewing this node's leases is taking longer than %.1f s", timeout_s)
             return
-        renewing = asyncio.ensure_future(self._store.renew_leases(now_ms))
+        task_ids = self._claimed()
+        if not task_ids:
+            return  # a claim made from now on holds by its own claim time
+        renewing = asyncio.ensure_future(self._store.renew_leases(now_ms, task_ids))
+        renewing.add_done_callback(lambda done: self._renewed(done, now_ms, task_ids))
         self._renewing = renewing
         await asyncio.wait((renewing,), timeout=timeout_s)
-        if not renewing.done():
+
+    def _renewed(
+        self, renewing: asyncio.Future[None], sent_at_ms: int, task_ids: Collection[str]
+    ) -> None:
+        if renewing.cancelled():
             return
         exc = renewing.exception()
         if exc is not None:  # a lost database must not stop the node; see holds()
             self.stats.failed_renewals += 1
             logger.warning("could not renew this node's leases: %r", exc)
             return
-        self._renewed_at_ms = now_ms
+        # the leases now run to at least sent_at + lease (renewals never shorten one)
+        self._renewed_at_ms = sent_at_ms
+        self._renewed_ids = frozenset(task_ids)
         self.stats.renewals += 1
 
     async def _reclaim(self, now_ms: int) -> None:

@@ -114,7 +114,9 @@ class Scheduler:
         self._held_ids: dict[str, Attempt] = {}
         self._held_changed = asyncio.Event()  # wakes the starter: an earlier attempt is held
         self._claimed_at_ms: dict[str, int] = {}  # held attempts: when they were claimed
-        self.leases = LeaseKeeper(store, clock, self.notify)
+        self.leases = LeaseKeeper(
+            store, clock, self.notify, lambda: [*self._in_flight, *self._held_ids]
+        )
         self._sequence = itertools.count()
         self._stopping = False
         self._abandoned = False
@@ -323,7 +325,7 @@ class Scheduler:
             if self._held_ids.get(attempt.task_id) is attempt:
                 del self._held_ids[attempt.task_id]
                 claimed_at = self._claimed_at_ms.pop(attempt.task_id, now_ms)
-                if self.leases.holds(claimed_at, now_ms):
+                if self.leases.holds(attempt.task_id, claimed_at, now_ms):
                     self._start(attempt, now_ms)
                     started += 1
                 else:

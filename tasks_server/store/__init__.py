@@ -8,7 +8,7 @@ one raise the same TaskNotFound.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -345,17 +345,19 @@ class Store(Protocol):
         """How long a claim holds unless renewed, or None when claims never expire (one
         process owns the database, and its start-up requeues what a crash left)."""
 
-    async def renew_leases(self, now_ms: int) -> None:
-        """Extend every claim this process holds to ``now_ms + lease_ms``, in one
-        transaction. Raises when the database cannot be reached: the claims then end at
-        the last renewal plus lease_ms, and the caller must not start their calls after."""
+    async def renew_leases(self, now_ms: int, task_ids: Collection[str]) -> None:
+        """Extend this process's claims of ``task_ids`` (the calls it holds or has in
+        flight) to ``now_ms + lease_ms``, in one statement on a connection of its own, so
+        a renewal never waits behind claims, outcomes or the API. Claims not named are left
+        to run out. Raises when the database cannot be reached: the claims then end at the
+        last renewal plus lease_ms, and the caller must not start their calls after."""
 
     async def requeue_expired(self, now_ms: int) -> list[tuple[str, int]]:
-        """Other processes' claims whose lease ran out before ``now_ms`` (their process
-        died or lost the database) end as interrupted, and their tasks become claimable at
-        their planned time; returns those (task id, due ms). This process's own claims are
-        left alone: while it runs, it renews them. A late outcome of such an attempt changes
-        nothing (record_outcomes is fenced by attempt number and lease owner)."""
+        """Claims whose lease ran out before ``now_ms`` (their process died, lost the
+        database, or stopped renewing them) end as interrupted, and their tasks become
+        claimable at their planned time; returns those (task id, due ms). A late outcome
+        of such an attempt changes nothing (record_outcomes is fenced by attempt number
+        and lease owner)."""
 
     async def listen(
         self, on_due: Callable[[str, int], None], on_schedule: Callable[[int | None], None]

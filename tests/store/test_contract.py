@@ -805,13 +805,13 @@ async def test_a_lease_ends_unless_renewed_and_fences_late_outcomes(
     lease = store.lease_ms
     async with another_process(make_store) as other:
         if lease is None:  # one process owns the database: claims never expire
-            await store.renew_leases(T0 + 10**9)
+            await store.renew_leases(T0 + 10**9, [task.id])
             assert await other.requeue_expired(T0 + 10**9) == []
             assert await store.record_outcomes([success(task.id, 1, T0 + 5)]) == [task.id]
             return
-        await store.renew_leases(T0 + lease - 1)
+        await store.renew_leases(T0 + lease - 1, [task.id])
         assert await other.requeue_expired(T0 + lease + 1) == []  # renewed in time
-        assert await store.requeue_expired(T0 + 2 * lease) == []  # never its own
+        assert await store.requeue_expired(T0 + 2 * lease - 1) == []  # its own too
         assert await other.requeue_expired(T0 + 2 * lease) == [(task.id, T0)]
     assert await store.record_outcomes([success(task.id, 1, T0 + 2 * lease + 1)]) == []
     [record] = await store.list_attempts(owner.id, task.id)
@@ -822,11 +822,29 @@ async def test_a_lease_ends_unless_renewed_and_fences_late_outcomes(
     assert (await store.get_task(owner.id, task.id)).state is TaskState.RUNNING
 
 
+async def test_a_claim_no_longer_renewed_runs_out_even_for_its_own_process(
+    store: Store, make_store: StoreMaker
+) -> None:
+    owner = await make_owner(store)
+    kept, dropped = [await store.create_task(owner.id, new_task(due=T0), T0) for _ in range(2)]
+    await store.claim_due([kept.id, dropped.id], T0)
+    lease = store.lease_ms
+    if lease is None:  # claims never expire; a crash's are requeued at start-up
+        await store.renew_leases(T0 + 10**9, [kept.id])
+        assert await store.requeue_expired(T0 + 10**9) == []
+        return
+    await store.renew_leases(T0 + lease - 1, [kept.id])  # the other claim was dropped
+    assert await store.requeue_expired(T0 + lease + 1) == [(dropped.id, T0)]
+    async with another_process(make_store) as other:
+        assert await other.requeue_expired(T0 + lease + 1) == []
+        assert await other.requeue_expired(T0 + 2 * lease) == [(kept.id, T0)]
+
+
 async def test_a_renewal_never_shortens_a_lease(store: Store, make_store: StoreMaker) -> None:
     owner = await make_owner(store)
     task = await store.create_task(owner.id, new_task(due=T0), T0)
     await store.claim_due([task.id], T0 + 100)
-    await store.renew_leases(T0)  # sent before the claim, committed after it
+    await store.renew_leases(T0, [task.id])  # sent before the claim, committed after it
     lease = store.lease_ms
     async with another_process(make_store) as other:
         if lease is None:

@@ -76,6 +76,21 @@ async def test_an_outcome_counts_only_under_the_current_lease(node: NodeFactory)
     assert [(r.number, r.status_code) for r in history] == [(1, 0), (2, 200)]
 
 
+async def test_renewals_do_not_wait_for_a_busy_pool(node: NodeFactory) -> None:
+    store = await node()
+    owner = await make_owner(store)
+    task = await store.create_task(owner.id, new_task(due=T0), T0)
+    await store.claim_due([task.id], T0)
+    pool = store._pool
+    assert pool is not None
+    async with pool.connection(), pool.connection(), pool.connection(), pool.connection():
+        assert pool.get_stats()["pool_available"] == 0  # claims and outcomes would wait
+        await asyncio.wait_for(store.renew_leases(T0 + 1000, [task.id]), timeout=10)
+    async with await psycopg.AsyncConnection.connect(store.url) as conn:
+        cur = await conn.execute("SELECT lease_until FROM task WHERE id = %s", (task.id,))
+        assert await cur.fetchone() == (T0 + 1000 + LEASE_MS,)
+
+
 async def test_new_tasks_wake_the_other_nodes(node: NodeFactory) -> None:
     writer, listener = await node(), await node()
     heard: list[tuple[str, int]] = []

@@ -13,6 +13,7 @@ from typing import Any, LiteralString, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor, errors
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 from pydantic import TypeAdapter
 
@@ -35,6 +36,17 @@ SCHEDULE_CHANNEL: LiteralString = "tasks_schedules"
 NOTIFY: LiteralString = "SELECT pg_notify(%s, %s)"
 _NOTIFY_BYTES = 7000  # PostgreSQL refuses payloads of 8000 bytes or more
 _RETRIES = 5
+# The lease renewal's connection: its commits do not wait for the disk (a renewal lost to
+# a database crash only ends a lease early: the task is sent again, at least once, and a
+# late outcome is fenced), a renewal stuck behind a lock gives up within the lease, and a
+# cut connection is noticed by keepalive probes within about 5 s.
+_RENEWAL_SESSION = "-c synchronous_commit=off -c statement_timeout={lease_ms}"
+_RENEWAL_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 2,
+    "keepalives_interval": 1,
+    "keepalives_count": 3,
+}
 
 
 def new_node_id() -> str:
@@ -78,6 +90,9 @@ class PgBase:
         self._pool_size = pool_size
         self._wake_horizon_ms = wake_horizon_ms
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
+        # lease renewals never wait for a pooled connection that claims, outcomes and the
+        # API compete for: a busy node must not lose its leases (see renew_leases)
+        self._renewal: AsyncConnection[tuple[Any, ...]] | None = None
         self._write_problem: str | None = None
 
     @property
@@ -118,6 +133,9 @@ class PgBase:
 
     async def close(self) -> None:
         await self._close_extra()
+        renewal, self._renewal = self._renewal, None
+        if renewal is not None:
+            await renewal.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -169,6 +187,22 @@ class PgBase:
             raise StorageUnavailable(self._write_problem) from exc
         self._write_problem = None
         return rows
+
+    async def _renew_on_own_connection(self, sql: LiteralString, params: Any) -> None:
+        """One statement on the renewal connection (opened on first use, opened again
+        after an error)."""
+        try:
+            if self._renewal is None:
+                options = connection_options(self.node_id, self._lease_ms)
+                options["options"] += " " + _RENEWAL_SESSION.format(lease_ms=self._lease_ms)
+                conninfo = make_conninfo(self.url, **_RENEWAL_KEEPALIVES)
+                self._renewal = await AsyncConnection.connect(conninfo, **options)
+            await self._renewal.execute(sql, params)
+        except psycopg.Error as exc:
+            renewal, self._renewal = self._renewal, None
+            if renewal is not None:
+                await renewal.close()
+            raise StorageUnavailable(f"the database is out of reach: {exc}") from exc
 
     async def _read(self, sql: LiteralString, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         assert self._pool is not None, "store is not open"

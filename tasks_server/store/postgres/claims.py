@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, LiteralString
 
 from psycopg import AsyncCursor
@@ -81,17 +81,19 @@ TASK_FOLLOW_UP: LiteralString = (
     "next_at, metadata, spec, host) SELECT %s, owner_id, 'RUNNING', %s, %s, %s, %s, %s, %s, %s "
     "FROM task WHERE id = %s"
 )
-# greatest(): a renewal never shortens the lease of a claim made after it was sent
+# greatest(): a renewal never shortens the lease of a claim made after it was sent. Only
+# the claims the node still works on are renewed: one it dropped (its lease was thought
+# lost) or never heard of (a claim whose commit it did not see) runs out and is reclaimed.
 LEASE_RENEW: LiteralString = (
-    "UPDATE task SET lease_until = greatest(lease_until, %s) WHERE lease_owner = %s AND in_flight"
+    "UPDATE task SET lease_until = greatest(lease_until, %s) "
+    "WHERE id = ANY(%s) AND lease_owner = %s AND in_flight"
 )
 # leases that ran out: their attempts end as interrupted and the tasks are claimable again
 # at their planned time (at once when that has passed)
 LEASE_EXPIRED: LiteralString = (
     "WITH expired AS ("
-    # never this node's own: while it runs, its calls are in flight and it keeps renewing
+    # any node's, this one's included: a claim its node no longer renews is not worked on
     " SELECT id FROM task WHERE in_flight AND lease_until < %(now)s"
-    " AND lease_owner <> %(node)s"
     " ORDER BY lease_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
     "), freed AS ("
     " UPDATE task t SET in_flight = false, lease_owner = NULL, lease_until = NULL,"
@@ -249,17 +251,15 @@ class PgClaimOps(PgBase):
             [r.outcome.truncated for r in results],
         )
 
-    async def renew_leases(self, now_ms: int) -> None:
-        # one statement, no BEGIN/COMMIT: a cut between them cannot leave locks behind
-        await self._write_one_no_rows(LEASE_RENEW, (now_ms + self._lease_ms, self.node_id))
+    async def renew_leases(self, now_ms: int, task_ids: Collection[str]) -> None:
+        if not task_ids:
+            return
+        params = (now_ms + self._lease_ms, list(task_ids), self.node_id)
+        await self._renew_on_own_connection(LEASE_RENEW, params)
 
     async def requeue_expired(self, now_ms: int) -> list[tuple[str, int]]:
-        # this node's own leases are its own business while it runs (see LEASE_EXPIRED)
-        return await self._requeue_expired(now_ms, skip_node=self.node_id)
-
-    async def _requeue_expired(self, now_ms: int, skip_node: str) -> list[tuple[str, int]]:
         freed: list[tuple[str, int]] = []
-        params = {"now": now_ms, "limit": _EXPIRED_BATCH, "node": skip_node}
+        params = {"now": now_ms, "limit": _EXPIRED_BATCH}
         while True:
 
             async def op(cur: Cursor) -> list[tuple[str, int]]:
@@ -278,9 +278,8 @@ class PgClaimOps(PgBase):
 
     async def requeue_interrupted(self, now_ms: int) -> int:
         # Other nodes may be serving: only claims whose lease ran out are this start's to
-        # requeue (any node's: this process has claimed nothing yet). A crashed node's
-        # claims follow once their lease ends.
-        return len(await self._requeue_expired(now_ms, skip_node=""))
+        # requeue. A crashed node's claims follow once their lease ends.
+        return len(await self.requeue_expired(now_ms))
 
     async def get_flow_control(self, owner_id: str, key: str) -> FlowSetting | None:
         rows = await self._read(FLOW_GET, (owner_id, key))

@@ -7,7 +7,7 @@ live in one module per group (owners, tasks, claims, schedules), each beside its
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from .alerts import AlertOps
 from .claims import ClaimOps
@@ -30,7 +30,7 @@ class SqliteStore(
     def lease_ms(self) -> int | None:
         return None
 
-    async def renew_leases(self, now_ms: int) -> None:
+    async def renew_leases(self, now_ms: int, task_ids: Collection[str]) -> None:
         return None
 
     async def requeue_expired(self, now_ms: int) -> list[tuple[str, int]]:
