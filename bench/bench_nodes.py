@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,7 +60,12 @@ class Cluster:
     """``count`` nodes on one database, and the sink they call."""
 
     def __init__(self, url: str, count: int, lease_ms: int) -> None:
-        env = {"DATABASE_URL": url, "LEASE_MS": str(lease_ms), "EGRESS_ALLOW": "127.0.0.1/32"}
+        env = {
+            "DATABASE_URL": url,
+            "LEASE_MS": str(lease_ms),
+            "EGRESS_ALLOW": "127.0.0.1/32",
+            "CIPHER_KEY": secrets.token_urlsafe(32),  # the same on every node
+        }
         self.nodes = [Server(**env).start() for _ in range(count)]
         self.sink = Sink()
 

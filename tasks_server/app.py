@@ -177,13 +177,14 @@ def make_store(settings: Settings, metrics: Metrics | None = None) -> Store:
     """PostgreSQL when DATABASE_URL is set (several nodes may share it), else SQLite."""
     if settings.database_url is not None:
         # every node shares the database, so the key is CIPHER_KEY itself (no key file)
-        sealer = Sealer(settings.cipher_key)
+        sealer = Sealer(cipher_key.shared(settings.cipher_key))
         return PostgresStore(
             settings.database_url,
             sealer,
             lease_ms=settings.lease_ms,
             pool_size=settings.pg_pool_size,
             wake_horizon_ms=settings.horizon_ms,
+            keep_attempts=settings.attempts_kept,
         )
     return SqliteStore(
         settings.database_path,

@@ -70,6 +70,23 @@ def resolve(configured: str, database: Path) -> str:
     return key
 
 
+def shared(configured: str) -> str:
+    """The cipher key of nodes sharing a PostgreSQL database: ``CIPHER_KEY`` itself, the
+    same on every node. No key file can be generated there (each node would make its
+    own), so an empty, example or short key is refused.
+
+    Raises ConfigError naming CIPHER_KEY."""
+    if not configured or is_example_key(configured) or len(configured) < MIN_KEY_CHARS:
+        raise ConfigError(
+            "CIPHER_KEY",
+            "***",
+            f"must be a real key of {MIN_KEY_CHARS}+ characters, the same on every node, "
+            "when DATABASE_URL is a PostgreSQL database (no key file is generated there); "
+            "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        )
+    return configured
+
+
 def new_key() -> str:
     """256 random bits, as 43 URL-safe characters."""
     return secrets.token_urlsafe(32)

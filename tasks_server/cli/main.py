@@ -182,12 +182,17 @@ def _run_server(settings: Settings) -> int:
         uvicorn_options,
     )
     from ..app import build
-    from ..cipher_key import resolve
+    from ..cipher_key import resolve, shared
     from ..sealing import Sealer
+    from ..store.postgres.sealed import check_key as check_shared_key
     from ..store.sqlite.sealed import check_key
 
     # a wrong key stops here, with a message naming the setting, before anything starts
-    check_key(settings.database_path, Sealer(resolve(settings.cipher_key, settings.database_path)))
+    if settings.database_url is not None:
+        asyncio.run(check_shared_key(settings.database_url, Sealer(shared(settings.cipher_key))))
+    else:
+        key = resolve(settings.cipher_key, settings.database_path)
+        check_key(settings.database_path, Sealer(key))
     server = build(settings)
     descriptors = raise_descriptor_limit()
     limits = ConnectionLimits(

@@ -198,6 +198,47 @@ async def test_secrets_are_encrypted_at_rest(store: Store, tmp_path: Path) -> No
     assert b"very-secret-path" not in raw and b"hunter2-password" not in raw
 
 
+async def test_attempt_errors_and_response_headers_are_sealed_at_rest(
+    store: Store, tmp_path: Path
+) -> None:
+    owner = await make_owner(store)
+    task = await store.create_task(owner.id, new_task(due=T0, retry=1), T0)
+    await store.claim_due([task.id], T0)
+    failed = Outcome(
+        status=503,
+        headers=(("Set-Cookie", "planted-session-cookie"),),
+        error="planted-error-text",
+    )
+    retry = Result(task.id, 1, T0 + 5, TaskState.RUNNING, 503, None, failed, T0 + 10)
+    assert await store.record_outcomes([retry]) == [task.id]
+    [record] = await store.list_attempts(owner.id, task.id)
+    assert record.error == "planted-error-text"
+    assert record.headers == (("Set-Cookie", "planted-session-cookie"),)
+    raw = await stored_bytes(store, tmp_path)
+    assert b"planted-session-cookie" not in raw and b"planted-error-text" not in raw
+
+
+async def test_a_task_keeps_its_first_and_last_attempts(make_store: StoreMaker) -> None:
+    store = make_store(Sealer("test-key"), keep_attempts=3)
+    await store.open()
+    try:
+        owner = await make_owner(store)
+        task = await store.create_task(owner.id, new_task(due=T0, retry=40), T0)
+        for number in range(1, 13):
+            now = T0 + number * 10
+            [attempt] = await store.claim_due([task.id], now)
+            assert attempt.number == number
+            outcome = Outcome(status=503, headers=(("X-N", str(number)),), error="boom")
+            retry = Result(task.id, number, now + 1, TaskState.RUNNING, 503, None, outcome, now + 5)
+            assert await store.record_outcomes([retry]) == [task.id]
+        kept = await store.list_attempts(owner.id, task.id)
+        assert [a.number for a in kept] == [1, 10, 11, 12]
+        assert kept[-1].headers == (("X-N", "12"),) and kept[0].error == "boom"
+        assert (await store.get_task(owner.id, task.id)).attempts == 12
+    finally:
+        await store.close()
+
+
 async def test_another_owner_sees_nothing(store: Store) -> None:
     owner = await make_owner(store)
     intruder = await make_owner(store, "intruder")

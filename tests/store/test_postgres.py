@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import psycopg
 import pytest
 
+from tasks_server.models import Outcome, Result, TaskState
 from tasks_server.sealing import Sealer
 from tasks_server.store.postgres import PostgresStore
 from tasks_server.store.postgres.migrate import latest_version, migrate
 from tests.store.test_contract import T0, make_owner, new_task, success
+from tests.support.postgres import stored_values
 from tests.support.waiting import wait_until
 
 LEASE_MS = 5_000
@@ -131,3 +133,44 @@ async def test_one_leader_and_a_takeover_when_its_session_ends(node: NodeFactory
     await first.close()  # its session ends, and with it the advisory lock
     await wait_until(second.lead_schedules, timeout=5)
     assert not await third.lead_schedules()
+
+
+async def test_clear_attempt_details_of_older_versions_are_read_then_sealed(
+    node: NodeFactory,
+) -> None:
+    store = await node()
+    owner = await make_owner(store)
+    task = await store.create_task(owner.id, new_task(due=T0), T0)
+    await store.claim_due([task.id], T0)
+    async with await psycopg.AsyncConnection.connect(store.url) as conn:
+        await conn.execute(  # what an older version wrote: error and headers in the clear
+            "UPDATE attempt SET error = 'old-planted-error', headers = %s WHERE task_id = %s",
+            ('[["X-Old", "old-planted-header"]]', task.id),
+        )
+    [record] = await store.list_attempts(owner.id, task.id)
+    assert (record.error, record.headers) == (
+        "old-planted-error",
+        (("X-Old", "old-planted-header"),),
+    )
+    await store.reseal(Sealer("second-key-0123456789"))
+    [again] = await store.list_attempts(owner.id, task.id)
+    assert (again.error, again.headers) == (record.error, record.headers)
+    assert b"old-planted" not in await stored_values(store.url)
+
+
+async def test_pruned_attempts_are_counted_on_the_task(database_url: str) -> None:
+    store = PostgresStore(database_url, Sealer("test-key"), lease_ms=LEASE_MS, keep_attempts=2)
+    await store.open()
+    try:
+        owner = await make_owner(store)
+        task = await store.create_task(owner.id, new_task(due=T0, retry=10), T0)
+        for number in range(1, 7):
+            await store.claim_due([task.id], T0 + number)
+            failed = Outcome(status=503)
+            retry = Result(task.id, number, T0 + number, TaskState.RUNNING, 503, None, failed, T0)
+            await store.record_outcomes([retry])
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            cur = await conn.execute("SELECT attempts_pruned FROM task WHERE id = %s", (task.id,))
+            assert await cur.fetchone() == (3,)  # 2, 3 and 4; 1, 5 and 6 are kept
+    finally:
+        await store.close()

@@ -22,16 +22,17 @@ from tasks_server.store.sqlite import SqliteStore
 
 
 class StoreMaker(Protocol):
-    def __call__(self, sealer: Sealer) -> Store:
-        """A new, unopened store on this test's database (the same one on every call)."""
+    def __call__(self, sealer: Sealer, keep_attempts: int = 0) -> Store:
+        """A new, unopened store on this test's database (the same one on every call);
+        ``keep_attempts``: the attempts kept per task besides the first (0: all)."""
         ...
 
 
 def postgres_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
     url: str = request.getfixturevalue("database_url")  # a new database on the test cluster
 
-    def make(sealer: Sealer) -> Store:
-        return PostgresStore(url, sealer, lease_ms=10_000, pool_size=4)
+    def make(sealer: Sealer, keep_attempts: int = 0) -> Store:
+        return PostgresStore(url, sealer, lease_ms=10_000, pool_size=4, keep_attempts=keep_attempts)
 
     return make
 
@@ -39,8 +40,8 @@ def postgres_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker
 def sqlite_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
     path = tmp_path / "store.db"
 
-    def make(sealer: Sealer) -> Store:
-        return SqliteStore(path, sealer)
+    def make(sealer: Sealer, keep_attempts: int = 0) -> Store:
+        return SqliteStore(path, sealer, keep_attempts=keep_attempts)
 
     return make
 

@@ -146,6 +146,26 @@ async def test_a_wrong_cipher_key_fails_start_up_with_a_clear_message(tmp_path: 
         assert weak not in refused.stderr  # the message never echoes the key
 
 
+async def test_a_wrong_cipher_key_fails_start_up_on_postgresql(
+    tmp_path: Path, database_url: str
+) -> None:
+    with ServerProcess(tmp_path, DATABASE_URL=database_url) as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            assert (await http.post("/v1/owners/register", json={"name": "keyed"})).is_success
+        assert server.terminate() == 0
+    wrong = _serve(tmp_path, DATABASE_URL=database_url, CIPHER_KEY=secrets.token_urlsafe(32))
+    assert wrong.returncode != 0
+    assert "CIPHER_KEY" in wrong.stderr and "not the key this database" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    # no key file can serve nodes that share the database: a real key is required
+    for weak in ("", "change-me", "short-key"):
+        refused = _serve(tmp_path, DATABASE_URL=database_url, CIPHER_KEY=weak)
+        assert refused.returncode == 2 and "CIPHER_KEY" in refused.stderr
+        assert "same on every node" in refused.stderr and "Traceback" not in refused.stderr
+        if weak:
+            assert weak not in refused.stderr
+
+
 async def test_rotate_key_reseals_everything(tmp_path: Path) -> None:
     database = tmp_path / "tasks.db"
     async with TargetServer() as target:

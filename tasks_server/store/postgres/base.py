@@ -82,6 +82,7 @@ class PgBase:
         pool_size: int = 10,
         wake_horizon_ms: int = 60_000,
         node_id: str | None = None,
+        keep_attempts: int = 0,
     ) -> None:
         self.url = url
         self.node_id = node_id or new_node_id()
@@ -89,6 +90,7 @@ class PgBase:
         self._sealer = sealer
         self._pool_size = pool_size
         self._wake_horizon_ms = wake_horizon_ms
+        self._keep_attempts = keep_attempts  # the first and the last N per task (0: all)
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
         # lease renewals never wait for a pooled connection that claims, outcomes and the
         # API compete for: a busy node must not lose its leases (see renew_leases)

@@ -10,7 +10,6 @@ leased by this node, so a late result from a node that lost its lease changes no
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, LiteralString
@@ -18,6 +17,7 @@ from typing import Any, LiteralString
 from psycopg import AsyncCursor
 
 from ...models import Attempt, DueTask, FlowControl, FlowPeriod, FlowSetting, FlowStatus, Result
+from ..details import seal_detail
 from ..listing import host_of
 from .base import PgBase
 
@@ -47,14 +47,14 @@ TASK_CLAIM: LiteralString = (
     ") SELECT id, attempts, retry_count, due_at, spec, owner_id, schedule_id, first_attempt_at"
     " FROM claimed"
 )
+# the error and response headers are sealed together in ``detail`` (they may carry secrets)
 ATTEMPT_FINISH: LiteralString = (
     "UPDATE attempt a SET finished_at = r.finished_at, status_code = r.status_code, "
-    "error = r.error, response = r.response, headers = r.headers, total_ms = r.total_ms, "
+    "detail = r.detail, response = r.response, total_ms = r.total_ms, "
     "truncated = r.truncated "
-    "FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::int[], %s::text[], %s::bytea[], "
-    "%s::text[], %s::float8[], %s::boolean[]) "
-    "AS r(task_id, number, finished_at, status_code, error, response, headers, total_ms, "
-    "truncated) "
+    "FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::int[], %s::bytea[], %s::bytea[], "
+    "%s::float8[], %s::boolean[]) "
+    "AS r(task_id, number, finished_at, status_code, detail, response, total_ms, truncated) "
     # an attempt closed as interrupted (its lease ran out) keeps that ending, and a node
     # never writes into the history of a task another node holds
     "WHERE a.task_id = r.task_id AND a.number = r.number AND a.finished_at IS NULL "
@@ -73,6 +73,16 @@ TASK_FINISH: LiteralString = (
     "AS r(id, number, state, status_code, response, end_at, next_due, retried, truncated) "
     "WHERE t.id = r.id AND t.state = 'RUNNING' AND t.in_flight AND t.attempts = r.number "
     "AND t.lease_owner = %s RETURNING t.id"
+)
+# history bounds (ATTEMPTS_KEPT): the first attempt stays, and the last N; the attempts
+# deleted between them are counted on the task
+ATTEMPT_PRUNE: LiteralString = (
+    "WITH gone AS ("
+    " DELETE FROM attempt a USING unnest(%s::text[], %s::int[]) AS r(task_id, below)"
+    " WHERE a.task_id = r.task_id AND a.number > 1 AND a.number <= r.below"
+    " AND a.finished_at IS NOT NULL RETURNING a.task_id"
+    ") UPDATE task t SET attempts_pruned = t.attempts_pruned + g.n"
+    " FROM (SELECT task_id, count(*) AS n FROM gone GROUP BY task_id) g WHERE t.id = g.task_id"
 )
 # a callback: the finished task's owner (the limit is not checked: the finished task has
 # just stopped being counted, in the same transaction)
@@ -181,11 +191,16 @@ class PgClaimOps(PgBase):
             r.follow_up.task_id: self._follow_up_params(r) for r in results if r.follow_up
         }
         now = max(r.finished_at_ms for r in results)
+        keep = self._keep_attempts
+        pruning = [r for r in results if keep and r.attempt_number - keep >= 2]
+        prune = ([r.task_id for r in pruning], [r.attempt_number - keep for r in pruning])
 
         async def op(cur: Cursor) -> tuple[list[str], Callable[[], None]]:
             await cur.execute(ATTEMPT_FINISH, (*attempts, self.node_id))
             await cur.execute(TASK_FINISH, (*tasks, self.node_id))
             updated = {row[0] for row in await cur.fetchall()}
+            if prune[0]:
+                await cur.execute(ATTEMPT_PRUNE, prune)
             created = [r.follow_up for r in results if r.follow_up and r.task_id in updated]
             if created:
                 params = [follow_ups[f.task_id] for f in created]
@@ -230,9 +245,8 @@ class PgClaimOps(PgBase):
             [r.attempt_number for r in results],
             [r.finished_at_ms for r in results],
             [r.outcome.status for r in results],
-            [r.outcome.error for r in results],
+            [seal_detail(self._sealer, r.outcome.error, r.outcome.headers) for r in results],
             [self._seal(r.outcome.body or None) for r in results],
-            [json.dumps(r.outcome.headers) for r in results],
             [r.outcome.total_ms for r in results],
             [r.outcome.truncated for r in results],
         )

@@ -5,12 +5,15 @@ or key rotation would leave it unreadable."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, LiteralString
 
+import psycopg
 from psycopg import AsyncCursor
 
 from ...errors import ConfigError
 from ...sealing import Sealer
+from ..details import seal_detail
 from .base import PgBase
 
 CHECK_TEXT = b"tasks-server key check v1"
@@ -65,6 +68,52 @@ SEALED: tuple[tuple[LiteralString, LiteralString, int], ...] = (
 )
 
 
+CHECK_EXISTS: LiteralString = "SELECT to_regclass('seal_check') IS NOT NULL"
+
+
+async def check_key(url: str, sealer: Sealer) -> None:
+    """Before serving: raise ConfigError naming CIPHER_KEY when the database at ``url``
+    has a key check value (or, from before the check value, a sealed task) that ``sealer``
+    does not open. Reads only; a database out of reach is left to the server's start."""
+    try:
+        async with await psycopg.AsyncConnection.connect(url, connect_timeout=10) as conn:
+            row = await (await conn.execute(CHECK_EXISTS)).fetchone()
+            if not (row and row[0]):
+                return  # a new database: the first start writes the check value
+            check = await (await conn.execute(CHECK_READ)).fetchone()
+            sample = None
+            if check is None:
+                sample = await (await conn.execute(SAMPLE_READ)).fetchone()
+    except psycopg.OperationalError:
+        return
+    _verify(sealer, check, sample)
+
+
+def _verify(sealer: Sealer, check: Any, sample: Any) -> None:
+    """Raise ConfigError unless ``sealer`` opens the check value, or the sample of a
+    database from before the check value (when there is one)."""
+    try:
+        if check is not None:
+            if sealer.open(bytes(check[0])) != CHECK_TEXT:
+                raise _wrong_key()
+        elif sample is not None:
+            sealer.open(bytes(sample[0]))
+    except ValueError as exc:
+        raise _wrong_key() from exc
+
+
+# attempts written before their error and headers were sealed (the fixed text of an
+# interrupted attempt is sealed along with them)
+LEGACY_DETAIL: LiteralString = (
+    "SELECT task_id, number, error, headers FROM attempt "
+    "WHERE detail IS NULL AND (error IS NOT NULL OR headers IS NOT NULL)"
+)
+LEGACY_SEAL: LiteralString = (
+    "UPDATE attempt SET detail = %s, error = NULL, headers = NULL "
+    "WHERE task_id = %s AND number = %s"
+)
+
+
 def _wrong_key() -> ConfigError:
     return ConfigError(
         "CIPHER_KEY",
@@ -80,20 +129,12 @@ class PgSealOps(PgBase):
 
         async def op(cur: AsyncCursor[tuple[Any, ...]]) -> None:
             await cur.execute(CHECK_READ)
-            row = await cur.fetchone()
-            try:
-                if row is not None:
-                    if sealer.open(bytes(row[0])) != CHECK_TEXT:
-                        raise _wrong_key()
-                    return
-                await cur.execute(SAMPLE_READ)
-                sample = await cur.fetchone()
-                if sample is not None:
-                    sealer.open(bytes(sample[0]))
-            except ConfigError:
-                raise
-            except ValueError as exc:
-                raise _wrong_key() from exc
+            check = await cur.fetchone()
+            if check is not None:
+                _verify(sealer, check, None)
+                return
+            await cur.execute(SAMPLE_READ)
+            _verify(sealer, None, await cur.fetchone())
             await cur.execute(CHECK_WRITE, (sealer.seal(CHECK_TEXT),))
 
         await self._tx(op)
@@ -110,6 +151,11 @@ class PgSealOps(PgBase):
                     fresh = [None if v is None else sealer.seal(old.open(bytes(v))) for v in values]
                     await cur.execute(update, (*fresh, *row[:keys]))
                     written += sum(v is not None for v in values)
+            await cur.execute(LEGACY_DETAIL)
+            for task_id, number, error, headers in await cur.fetchall():
+                detail = seal_detail(sealer, error, json.loads(headers or "[]"))
+                await cur.execute(LEGACY_SEAL, (detail, task_id, number))
+                written += 1
             await cur.execute(CHECK_WRITE, (sealer.seal(CHECK_TEXT),))
             return written
 

@@ -19,6 +19,7 @@ from ...errors import (
 from ...models import AttemptRecord, NewTask, Task, TaskSpec, TaskState
 from ...timing import resume_due_ms
 from .. import LIST_ORDERS
+from ..details import open_detail
 from ..ids import new_task_id
 from ..listing import host_of
 from .base import DUE_CHANNEL, PgBase
@@ -304,10 +305,11 @@ class PgTaskOps(PgBase):
         return [self._attempt_record(row) for row in rows]
 
     def _attempt_record(self, row: Sequence[Any]) -> AttemptRecord:
+        # sealed (error and headers together); older versions wrote them in the clear,
+        # and an attempt interrupted by an ended lease has a fixed error text
         error, headers = row[4], json.loads(row[6] or "[]")
-        if row[10] is not None:  # sealed by the SQLite store, arrived with migrate-data
-            detail = json.loads(self._sealer.open(bytes(row[10])))
-            error, headers = detail["error"], detail["headers"]
+        if row[10] is not None:
+            error, headers = open_detail(self._sealer, bytes(row[10]))
         return AttemptRecord(
             number=row[0],
             started_at_ms=row[1],

@@ -15,9 +15,9 @@ from ...models import (
     FlowStatus,
     Result,
 )
+from ..details import seal_detail
 from ..listing import host_of
 from .base import METADATA, StoreBase
-from .sealed import seal_detail
 
 TASK_DUE: LiteralString = (
     "SELECT id, next_at, priority, owner_id, flow_key FROM task "

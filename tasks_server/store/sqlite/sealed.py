@@ -10,10 +10,11 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, LiteralString
+from typing import LiteralString
 
 from ...errors import ConfigError
 from ...sealing import Sealer
+from ..details import seal_detail
 
 CHECK_TEXT = b"tasks-server key check v1"
 CHECK_READ: LiteralString = "SELECT value FROM seal_check WHERE id = 1"
@@ -130,13 +131,6 @@ def verify_key(conn: sqlite3.Connection, sealer: Sealer, path: object) -> None:
     except ValueError as exc:
         raise wrong_key(path) from exc
     conn.execute(CHECK_WRITE, (sealer.seal(CHECK_TEXT),))
-
-
-def seal_detail(sealer: Sealer, error: str | None, headers: Any) -> bytes | None:
-    """An attempt's error and response headers as one sealed JSON value."""
-    if error is None and not headers:
-        return None
-    return sealer.seal(json.dumps({"error": error, "headers": headers}).encode())
 
 
 def reseal(conn: sqlite3.Connection, old: Sealer, new: Sealer) -> int:
