@@ -23,7 +23,7 @@ from ..engine.callbacks import CALLBACK_CONFIG
 from ..models import Attempt, NewTask, Result, TaskSpec
 from ..store import Store
 from ..store.ids import new_task_id
-from .incidents import step
+from .incidents import Step, step
 from .messages import Message, compose
 from .rules import Observation, Verdict, judge, subject_of, threshold
 
@@ -164,20 +164,29 @@ class AlertService:
 
     async def _advance(self, rule: AlertRule, seen: Observation, verdict: Verdict) -> None:
         subject = subject_of(rule, seen)
-        incident = await self._store.get_incident(rule.id, subject) or Incident(rule.id, subject)
-        if verdict is Verdict.FAILED:
-            incident = dataclasses.replace(
-                incident,
-                last_task_id=seen.task_id,
-                last_status=seen.status_code,
-                last_error=seen.error,
-                last_at_ms=seen.at_ms,
-            )
         now = self._clock.now_ms()
-        moved = step(incident, verdict, threshold(rule), now, self._options.digest_interval_ms)
-        if moved.incident != incident or verdict is Verdict.FAILED:
-            await self._store.save_incident(moved.incident)
-        if moved.message is not None:
+        moved: Step | None = None
+
+        def change(current: Incident | None) -> Incident | None:
+            """Under the incident's lock (several nodes judge outcomes of the same rule):
+            the step from what is saved now, so an incident opens once."""
+            nonlocal moved
+            incident = current or Incident(rule.id, subject)
+            if verdict is Verdict.FAILED:
+                incident = dataclasses.replace(
+                    incident,
+                    last_task_id=seen.task_id,
+                    last_status=seen.status_code,
+                    last_error=seen.error,
+                    last_at_ms=seen.at_ms,
+                )
+            moved = step(incident, verdict, threshold(rule), now, self._options.digest_interval_ms)
+            if moved.incident != incident or verdict is Verdict.FAILED:
+                return moved.incident
+            return None
+
+        await self._store.change_incident(rule.id, subject, change)
+        if moved is not None and moved.message is not None:
             message = compose(
                 rule, moved.incident, moved.message, moved.repeats, self._options.public_url, now
             )

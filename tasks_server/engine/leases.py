@@ -70,18 +70,30 @@ class LeaseKeeper:
         return now_ms < max(claimed_at_ms, renewed) + self.lease_ms
 
     async def run(self) -> None:
-        """Renew and reclaim until ``stop``; database errors are logged and retried."""
+        """Renew and reclaim until ``stop``; database errors are logged and retried.
+
+        Two loops side by side: reclaiming goes through the shared pool and may wait
+        there under load, and that must never delay a renewal."""
         if self.lease_ms is None:
             return
-        interval_ms = min(self.lease_ms // 4, MAX_REAP_INTERVAL_MS)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._renew_loop(), name="lease-renewals")
+            group.create_task(self._reclaim_loop(), name="lease-reclaims")
+
+    async def _renew_loop(self) -> None:
+        assert self.lease_ms is not None
         renew_every_ms = self.lease_ms // 4
-        last_renewal: int | None = None
         while not self._stopping.is_set():
-            now = self._clock.now_ms()
-            if last_renewal is None or now - last_renewal >= renew_every_ms:
-                last_renewal = now
-                await self._renew(now, timeout_s=renew_every_ms / 1000)
-            await self._reclaim(now)
+            started = self._clock.now_ms()
+            await self._renew(started, timeout_s=renew_every_ms / 1000)
+            spent = self._clock.now_ms() - started
+            await self._nap(max(renew_every_ms - spent, 0) / 1000)
+
+    async def _reclaim_loop(self) -> None:
+        assert self.lease_ms is not None
+        interval_ms = min(self.lease_ms // 4, MAX_REAP_INTERVAL_MS)
+        while not self._stopping.is_set():
+            await self._reclaim(self._clock.now_ms())
             await self._nap(interval_ms / 1000)
 
     async def _renew(self, now_ms: int, timeout_s: float) -> None:

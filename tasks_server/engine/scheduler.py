@@ -283,7 +283,9 @@ class Scheduler:
         if not due:
             return started
         try:
-            attempts = await self._store.claim_due(due, now_ms, lookahead)
+            # the time now, not the pass's start: a lease runs from the claim (leases.py)
+            claim_at = max(now_ms, self._clock.now_ms())
+            attempts = await self._store.claim_due(due, claim_at, lookahead)
         except StorageUnavailable:
             for task_id in due:  # nothing was claimed: try them again after a pause
                 self.flows.release(task_id)

@@ -286,6 +286,15 @@ class Store(Protocol):
         """Insert or replace the incident of its rule and subject; nothing when the rule
         is gone."""
 
+    async def change_incident(
+        self, rule_id: str, subject: str, change: Callable[[Incident | None], Incident | None]
+    ) -> None:
+        """Read the incident of a rule and subject and save what ``change`` makes of it
+        (None: leave it as it is), in one transaction. Processes changing the same
+        incident at once take turns, each seeing what the other saved, so an incident is
+        opened (and announced) once. ``change`` is pure and may be called again when the
+        transaction is retried. Nothing when the rule is gone."""
+
     async def add_alert_delivery(self, delivery: AlertDelivery) -> None:
         """Record a delivery (nothing when its rule is gone)."""
 

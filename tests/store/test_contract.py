@@ -1208,6 +1208,28 @@ async def test_incidents_and_deliveries(store: Store) -> None:
     assert await store.get_incident(rule.id, "") is None
 
 
+async def test_incident_changes_take_turns_across_processes(
+    store: Store, make_store: StoreMaker
+) -> None:
+    owner = await make_owner(store)
+    rule = await store.create_alert_rule(alert_rule(owner))
+
+    def bump(current: Incident | None) -> Incident:
+        incident = current or Incident(rule.id, "")
+        return dataclasses.replace(incident, streak=incident.streak + 1)
+
+    async with another_process(make_store) as other:
+        changes = [s.change_incident(rule.id, "", bump) for s in (store, other) for _ in range(5)]
+        await asyncio.gather(*changes)
+    incident = await store.get_incident(rule.id, "")
+    assert incident is not None and incident.streak == 10  # no change lost
+    await store.change_incident(rule.id, "", lambda current: None)  # None: left as it is
+    assert await store.get_incident(rule.id, "") == incident
+    await store.delete_alert_rule(owner.id, rule.id)
+    await store.change_incident(rule.id, "", bump)  # the rule is gone: nothing is kept
+    assert await store.get_incident(rule.id, "") is None
+
+
 async def test_finished_tasks_older_than_the_cut_off_are_deleted(store: Store) -> None:
     owner = await make_owner(store)
     old = await store.create_task(owner.id, new_task(due=T0), T0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, LiteralString
 
 from psycopg import AsyncCursor, errors
@@ -28,6 +29,8 @@ RULE_BY_ID: LiteralString = "SELECT definition FROM alert_rule WHERE id = %s AND
 RULE_LIST: LiteralString = "SELECT definition FROM alert_rule WHERE owner_id = %s ORDER BY name"
 RULE_DELETE: LiteralString = "DELETE FROM alert_rule WHERE id = %s AND owner_id = %s"
 INCIDENT_GET: LiteralString = "SELECT state FROM alert_incident WHERE rule_id = %s AND subject = %s"
+# incidents of a rule change one at a time across nodes: under the rule row's lock
+RULE_LOCK: LiteralString = "SELECT 1 FROM alert_rule WHERE id = %s FOR UPDATE"
 INCIDENT_PUT: LiteralString = (
     "INSERT INTO alert_incident (rule_id, subject, state) VALUES (%s, %s, %s) "
     "ON CONFLICT (rule_id, subject) DO UPDATE SET state = excluded.state"
@@ -125,6 +128,26 @@ class PgAlertOps(PgBase):
     async def get_incident(self, rule_id: str, subject: str) -> Incident | None:
         rows = await self._read(INCIDENT_GET, (rule_id, subject))
         return INCIDENT.validate_json(self._sealer.open(bytes(rows[0][0]))) if rows else None
+
+    async def change_incident(
+        self, rule_id: str, subject: str, change: Callable[[Incident | None], Incident | None]
+    ) -> None:
+        async def op(cur: Cursor) -> None:
+            await cur.execute(RULE_LOCK, (rule_id,))
+            if await cur.fetchone() is None:
+                return  # the rule was deleted: nothing to keep
+            await cur.execute(INCIDENT_GET, (rule_id, subject))
+            row = await cur.fetchone()
+            current = None if row is None else self._open_incident(row[0])
+            changed = change(current)
+            if changed is not None:
+                state = self._sealer.seal(INCIDENT.dump_json(changed))
+                await cur.execute(INCIDENT_PUT, (rule_id, subject, state))
+
+        await self._tx(op)
+
+    def _open_incident(self, blob: bytes) -> Incident:
+        return INCIDENT.validate_json(self._sealer.open(bytes(blob)))
 
     async def save_incident(self, incident: Incident) -> None:
         state = self._sealer.seal(INCIDENT.dump_json(incident))

@@ -11,6 +11,7 @@ leased by this node, so a late result from a node that lost its lease changes no
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, LiteralString
 
@@ -20,6 +21,7 @@ from ...models import Attempt, DueTask, FlowControl, FlowPeriod, FlowSetting, Fl
 from ..details import seal_detail
 from ..listing import host_of
 from .base import PgBase
+from .flow import FLOW_IN_FLIGHT, FLOW_LOCK, FLOW_SPEND, allowance
 
 logger = logging.getLogger(__name__)
 Cursor = AsyncCursor[tuple[Any, ...]]
@@ -29,11 +31,16 @@ TASK_DUE: LiteralString = (
     "WHERE next_at IS NOT NULL AND next_at < %s ORDER BY next_at, priority DESC LIMIT %s"
 )
 # one statement: lock what is still claimable (skipping rows another node is claiming),
-# take the lease, and open the attempt rows
+# take the lease, and open the attempt rows. A task whose flow-control key has limits is
+# claimed only once admitted under the key's lock (flow.py).
 TASK_CLAIM: LiteralString = (
     "WITH picked AS ("
-    " SELECT id FROM task WHERE id = ANY(%(ids)s) AND next_at <= %(until)s"
-    " AND state = 'RUNNING' AND NOT in_flight FOR UPDATE SKIP LOCKED"
+    " SELECT id FROM task t WHERE id = ANY(%(ids)s) AND next_at <= %(until)s"
+    " AND state = 'RUNNING' AND NOT in_flight"
+    " AND (flow_key IS NULL OR id = ANY(%(admitted)s) OR NOT EXISTS ("
+    "  SELECT 1 FROM flow_control f WHERE f.owner_id = t.owner_id AND f.key = t.flow_key"
+    "  AND (f.rate IS NOT NULL OR f.parallelism IS NOT NULL OR f.paused)))"
+    " FOR UPDATE SKIP LOCKED"
     "), claimed AS ("
     " UPDATE task t SET in_flight = true, next_at = NULL, attempts = t.attempts + 1,"
     " lease_owner = %(node)s, lease_until = %(lease_until)s,"
@@ -130,6 +137,9 @@ FLOW_LIST: LiteralString = (
 FLOW_SAVE: LiteralString = (
     "INSERT INTO flow_control (owner_id, key, rate, period_ms, parallelism, paused, "
     "updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (owner_id, key) DO UPDATE SET "
+    # a new rate starts with its own full burst
+    "credit_at = CASE WHEN flow_control.rate IS NOT DISTINCT FROM excluded.rate "
+    "AND flow_control.period_ms = excluded.period_ms THEN flow_control.credit_at END, "
     "rate = excluded.rate, period_ms = excluded.period_ms, "
     "parallelism = excluded.parallelism, paused = excluded.paused, "
     "updated_at = excluded.updated_at"
@@ -153,17 +163,26 @@ class PgClaimOps(PgBase):
             return []
         params = {
             "ids": list(task_ids),
+            "admitted": [],
             "until": now_ms + lookahead_ms,
             "node": self.node_id,
             "lease_until": now_ms + self._lease_ms,
             "now": now_ms,
         }
 
-        async def op(cur: Cursor) -> list[tuple[Any, ...]]:
+        async def op(cur: Cursor) -> tuple[list[tuple[Any, ...]], list[tuple[str, int]]]:
             await cur.execute(TASK_CLAIM, params)
-            return await cur.fetchall()
+            rows = await cur.fetchall()
+            if len(rows) == len(task_ids):
+                return rows, []
+            got = {row[0] for row in rows}
+            rest = [task_id for task_id in task_ids if task_id not in got]
+            more, refused = await self._claim_flow_limited(cur, rest, params)
+            return rows + more, refused
 
-        rows = await self._tx(op)
+        rows, refused = await self._tx(op)
+        for task_id, retry_ms in refused:
+            self._rearm(task_id, retry_ms)
         order = {task_id: i for i, task_id in enumerate(task_ids)}
         rows.sort(key=lambda row: order[row[0]])
         return [
@@ -180,6 +199,57 @@ class PgClaimOps(PgBase):
             )
             for row in rows
         ]
+
+    async def _claim_flow_limited(
+        self, cur: Cursor, task_ids: list[str], params: dict[str, Any]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[str, int]]]:
+        """Of candidates the first claim left, those whose key has limits: admitted under
+        the keys' locks as far as the keys' shared limits allow, then claimed; returns the
+        claimed rows and the refused tasks with when to try them again (see flow.py)."""
+        await cur.execute(FLOW_LOCK, (task_ids,))
+        locked = await cur.fetchall()
+        if not locked:
+            return [], []
+        key_of = {row[0]: (row[1], row[2]) for row in locked}
+        limits = {(row[1], row[2]): row[3:] for row in locked}
+        owners, keys = [k[0] for k in limits], [k[1] for k in limits]
+        await cur.execute(FLOW_IN_FLIGHT, (owners, keys))
+        counts = {(row[0], row[1]): row[2] for row in await cur.fetchall()}
+        now = params["now"]
+        keys_now = {
+            ref: allowance(rate, period, parallel, paused, credit, at, counts.get(ref, 0), now)
+            for ref, (rate, period, parallel, paused, credit, at) in limits.items()
+        }
+        admitted: list[str] = []
+        refused: list[tuple[str, int]] = []
+        for task_id in task_ids:  # in the caller's order: due time, then priority
+            ref = key_of.get(task_id)
+            if ref is None:
+                continue
+            if keys_now[ref].take():
+                admitted.append(task_id)
+            else:
+                refused.append((task_id, keys_now[ref].retry_ms))
+        rows: list[tuple[Any, ...]] = []
+        if admitted:
+            await cur.execute(TASK_CLAIM, {**params, "ids": admitted, "admitted": admitted})
+            rows = await cur.fetchall()
+        started = Counter(key_of[row[0]] for row in rows)
+        spent = [(ref, key) for ref, key in keys_now.items() if key.rate is not None]
+        if spent:
+            await cur.execute(
+                FLOW_SPEND,
+                (
+                    [ref[0] for ref, _ in spent],
+                    [ref[1] for ref, _ in spent],
+                    [key.credit_after(started[ref]) for ref, key in spent],
+                    [now] * len(spent),
+                ),
+            )
+        return rows, refused
+
+    def _rearm(self, task_id: str, due_ms: int) -> None:
+        """Arm a task of this node's scheduler again (set by the store's listener)."""
 
     async def record_outcomes(self, results: Sequence[Result]) -> list[str]:
         if not results:

@@ -60,12 +60,15 @@ class PostgresStore(
         super().__init__(*args, **kwargs)
         self._leader: AsyncConnection[tuple[Any, ...]] | None = None
         self._leading = False
+        # this node's scheduler, told of tasks a claim refused for their key's limits
+        self._on_due: Callable[[str, int], None] | None = None
 
     # -- wake-ups from other nodes ----------------------------------------------------------
 
     async def listen(
         self, on_due: Callable[[str, int], None], on_schedule: Callable[[int | None], None]
     ) -> None:
+        self._on_due = on_due
         while True:
             try:
                 await self._listen_once(on_due, on_schedule)
@@ -87,6 +90,10 @@ class PostgresStore(
                     self._deliver_due(note.payload, on_due)
                 elif note.channel == SCHEDULE_CHANNEL:
                     on_schedule(int(note.payload))
+
+    def _rearm(self, task_id: str, due_ms: int) -> None:
+        if self._on_due is not None:
+            self._on_due(task_id, due_ms)
 
     def _deliver_due(self, payload: str, on_due: Callable[[str, int], None]) -> None:
         sender, _, items = payload.partition("|")

@@ -53,6 +53,9 @@ TASK_DEDUP_EXPIRE: LiteralString = (
 FLOW_UPSERT: LiteralString = (
     "INSERT INTO flow_control (owner_id, key, rate, period_ms, parallelism, updated_at) "
     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (owner_id, key) DO UPDATE SET "
+    # a new rate starts with its own full burst
+    "credit_at = CASE WHEN flow_control.rate IS NOT DISTINCT FROM excluded.rate "
+    "AND flow_control.period_ms = excluded.period_ms THEN flow_control.credit_at END, "
     "rate = excluded.rate, period_ms = excluded.period_ms, "
     "parallelism = excluded.parallelism, updated_at = excluded.updated_at"
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Any, LiteralString
 
 from pydantic import TypeAdapter
@@ -121,6 +122,25 @@ class AlertOps(StoreBase):
     async def get_incident(self, rule_id: str, subject: str) -> Incident | None:
         rows = await self._read(INCIDENT_GET, (rule_id, subject))
         return INCIDENT.validate_json(self._sealer.open(rows[0][0])) if rows else None
+
+    async def change_incident(
+        self, rule_id: str, subject: str, change: Callable[[Incident | None], Incident | None]
+    ) -> None:
+        sealer = self._sealer
+
+        def op(conn: sqlite3.Connection) -> None:  # the one writer: changes take turns
+            row = conn.execute(INCIDENT_GET, (rule_id, subject)).fetchone()
+            current = None if row is None else INCIDENT.validate_json(sealer.open(row[0]))
+            changed = change(current)
+            if changed is None:
+                return
+            state = sealer.seal(INCIDENT.dump_json(changed))
+            try:
+                conn.execute(INCIDENT_PUT, (rule_id, subject, state))
+            except sqlite3.IntegrityError:
+                pass  # the rule was deleted meanwhile: nothing to keep
+
+        await self._write(op)
 
     async def save_incident(self, incident: Incident) -> None:
         state = self._sealer.seal(INCIDENT.dump_json(incident))
