@@ -1,6 +1,6 @@
 """Several nodes on one PostgreSQL: the engine benchmark against 1, 2 and 3 nodes.
 
-    .venv/bin/python -m bench.bench_nodes [--nodes 1 2 3] [--lease-ms 2000]
+    .venv/bin/python -m bench.bench_nodes [--nodes 1 2 3] [--lease-ms 2000] [--scenarios …]
 
 Starts a throwaway PostgreSQL cluster with its default (durable) settings, or uses
 DATABASE_URL's server, and for each node count a new database, the nodes and a local
@@ -194,7 +194,12 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
 
 
-async def run_nodes(pg: PostgresServer, count: int, lease_ms: int) -> None:
+SCENARIOS = ("registrations", "burst", "spread", "failover")
+
+
+async def run_nodes(
+    pg: PostgresServer, count: int, lease_ms: int, scenarios: tuple[str, ...] = SCENARIOS
+) -> None:
     url = pg.create_database()
     cluster = Cluster(url, count, lease_ms)
     postmaster = pg.postmaster_pid()
@@ -204,8 +209,9 @@ async def run_nodes(pg: PostgresServer, count: int, lease_ms: int) -> None:
         headers = await register_owner(cluster.nodes[0].port, "bench")
         print(f"-- {count} node(s) on one PostgreSQL")
         for scenario in (registrations, burst, spread):
-            print("   " + await scenario(cluster, headers))
-        if count > 1:
+            if scenario.__name__ in scenarios:
+                print("   " + await scenario(cluster, headers))
+        if count > 1 and "failover" in scenarios:
             print("   " + await failover(cluster, headers, lease_ms))
         wall = time.monotonic() - started
         split = cluster.cpu()
@@ -222,10 +228,11 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--lease-ms", type=int, default=2000)
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     args = parser.parse_args()
     with postgres() as pg:
         for count in args.nodes:
-            await run_nodes(pg, count, args.lease_ms)
+            await run_nodes(pg, count, args.lease_ms, tuple(args.scenarios))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ class HoldingSink:
         self.most = 0
         self.arrived = 0
         self._gates: list[asyncio.Event] = []
+        self._writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
         self.port = 0
 
@@ -87,6 +88,8 @@ class HoldingSink:
             gate.set()
         assert self._server is not None
         self._server.close()
+        for writer in self._writers:  # connections the server keeps alive
+            writer.close()
 
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hold"
@@ -96,6 +99,7 @@ class HoldingSink:
             gate.set()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")

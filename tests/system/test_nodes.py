@@ -275,7 +275,8 @@ async def test_a_keys_rate_holds_across_nodes(nodes: Nodes, target: TargetServer
     await all_final(nodes.database_url, ids, 30)
     times = sorted(t for seen in deliveries(target).values() for t in seen)
     assert len(times) == 15
-    # a bucket of 5 refilled at 5/s lets at most 5 + 5 * w calls start in w seconds: 11
-    # calls need 1.2 s, all 15 need 2 s (less a margin for the path from claim to target)
-    assert min(times[i + 10] - times[i] for i in range(5)) >= 1.0
-    assert times[-1] - times[0] >= 1.8
+    # A bucket of 5 refilled at 5/s lets at most 5 + 5 * w calls start in w seconds: 11
+    # calls need 1.2 s, all 15 need 2 s, less a margin for the way from claim to target
+    # on a loaded machine. Each node on its own would let all 15 go at once.
+    assert min(times[i + 10] - times[i] for i in range(5)) >= 0.8, times
+    assert times[-1] - times[0] >= 1.6, times

@@ -243,7 +243,7 @@ class PgClaimOps(PgBase):
                     [ref[0] for ref, _ in spent],
                     [ref[1] for ref, _ in spent],
                     [key.credit_after(started[ref]) for ref, key in spent],
-                    [now] * len(spent),
+                    [key.at_ms for _, key in spent],
                 ),
             )
         return rows, refused

@@ -47,6 +47,7 @@ FLOW_SPEND: LiteralString = (
 class KeyAllowance:
     """One locked key: how many starts it allows now, and its bucket after them."""
 
+    at_ms: int  # the bucket's time after this claim
     rate: int | None
     period_ms: int
     credit: int  # in 1/period_ms tokens, refilled to now
@@ -77,14 +78,18 @@ def allowance(
     """The key's bucket refilled to ``now_ms`` (a burst of ``rate`` at most, full when new)
     and the starts its limits allow now; the same arithmetic as engine/limits.Bucket."""
     capacity = (rate or 0) * period_ms
+    if credit_at is not None:
+        # nodes pass the time they read before waiting for the key's lock: the bucket's
+        # clock never goes back, or the same time would be earned twice
+        now_ms = max(now_ms, credit_at)
     if rate is None:
         credit = 0
     elif credit is None or credit_at is None:
         credit = capacity
     else:
-        credit = min(capacity, credit + max(now_ms - credit_at, 0) * rate)
+        credit = min(capacity, credit + (now_ms - credit_at) * rate)
     if paused:
-        return KeyAllowance(rate, period_ms, credit, 0, now_ms + RETRY_PAUSED_MS)
+        return KeyAllowance(now_ms, rate, period_ms, credit, 0, now_ms + RETRY_PAUSED_MS)
     allowed = 1 << 30
     retry = now_ms + RETRY_FULL_MS
     if parallelism is not None:
@@ -96,4 +101,4 @@ def allowance(
             # the next token, unless a full parallelism is what holds the key back
             if parallelism is None or in_flight + tokens < parallelism:
                 retry = now_ms + -(-(period_ms - credit % period_ms) // rate)
-    return KeyAllowance(rate, period_ms, credit, allowed, retry)
+    return KeyAllowance(now_ms, rate, period_ms, credit, allowed, retry)
