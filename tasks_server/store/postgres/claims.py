@@ -21,7 +21,7 @@ from ...models import Attempt, DueTask, FlowControl, FlowPeriod, FlowSetting, Fl
 from ..details import seal_detail
 from ..listing import host_of
 from .base import PgBase
-from .flow import FLOW_IN_FLIGHT, FLOW_LOCK, FLOW_SPEND, allowance
+from .flow import FLOW_IN_FLIGHT, FLOW_LIMITED, FLOW_LOCK, FLOW_SPEND, allowance
 
 logger = logging.getLogger(__name__)
 Cursor = AsyncCursor[tuple[Any, ...]]
@@ -101,9 +101,13 @@ TASK_FOLLOW_UP: LiteralString = (
 # greatest(): a renewal never shortens the lease of a claim made after it was sent. Only
 # the claims the node still works on are renewed: one it dropped (its lease was thought
 # lost) or never heard of (a claim whose commit it did not see) runs out and is reclaimed.
+# A renewal never waits for a row lock: a row locked now is being finished by this node's
+# outcome write (or reclaimed, its lease over), and a wait there would hold back the
+# renewal of every other lease.
 LEASE_RENEW: LiteralString = (
-    "UPDATE task SET lease_until = greatest(lease_until, %s) "
-    "WHERE id = ANY(%s) AND lease_owner = %s AND in_flight"
+    "UPDATE task SET lease_until = greatest(lease_until, %s) WHERE id IN ("
+    "SELECT id FROM task WHERE id = ANY(%s) AND lease_owner = %s AND in_flight "
+    "FOR UPDATE SKIP LOCKED)"
 )
 # leases that ran out: their attempts end as interrupted and the tasks are claimable again
 # at their planned time (at once when that has passed)
@@ -170,19 +174,20 @@ class PgClaimOps(PgBase):
             "now": now_ms,
         }
 
-        async def op(cur: Cursor) -> tuple[list[tuple[Any, ...]], list[tuple[str, int]]]:
-            await cur.execute(TASK_CLAIM, params)
-            rows = await cur.fetchall()
-            if len(rows) == len(task_ids):
-                return rows, []
+        # one statement, one round trip (no BEGIN and COMMIT) for what needs no key's lock
+        rows = await self._write_one(TASK_CLAIM, params)
+        if len(rows) < len(task_ids):
             got = {row[0] for row in rows}
             rest = [task_id for task_id in task_ids if task_id not in got]
-            more, refused = await self._claim_flow_limited(cur, rest, params)
-            return rows + more, refused
+            if await self._read(FLOW_LIMITED, (rest,)):
 
-        rows, refused = await self._tx(op)
-        for task_id, retry_ms in refused:
-            self._rearm(task_id, retry_ms)
+                async def op(cur: Cursor) -> tuple[list[tuple[Any, ...]], list[tuple[str, int]]]:
+                    return await self._claim_flow_limited(cur, rest, params)
+
+                more, refused = await self._tx(op)
+                rows += more
+                for task_id, retry_ms in refused:
+                    self._rearm(task_id, retry_ms)
         order = {task_id: i for i, task_id in enumerate(task_ids)}
         rows.sort(key=lambda row: order[row[0]])
         return [

@@ -77,6 +77,10 @@ RUN_DONE_ONE: LiteralString = (
 STEP_BY_TASK: LiteralString = (
     "SELECT run_id, step_id, template FROM workflow_step WHERE task_id = %s AND state = 'RUNNING'"
 )
+# which of the tasks that just ended are workflow steps (one round trip for the batch)
+STEP_TASKS: LiteralString = (
+    "SELECT task_id FROM workflow_step WHERE task_id = ANY(%s) AND state = 'RUNNING'"
+)
 
 STEP_TEMPLATE: LiteralString = (
     "SELECT template, state, dep_skipped FROM workflow_step WHERE run_id = %s AND step_id = %s"
@@ -149,8 +153,13 @@ class PgStepOps(PgBase):
         """Finish the workflow steps whose task just ended (called inside the transaction
         that records the outcomes) and start what they release."""
         advance = Advance()
+        ended = [r.task_id for r in results if r.state in (TaskState.SUCCESS, TaskState.ERROR)]
+        steps: set[str] = set()
+        if ended:
+            await cur.execute(STEP_TASKS, (ended,))
+            steps = {row[0] for row in await cur.fetchall()}
         for result in results:
-            if result.state not in (TaskState.SUCCESS, TaskState.ERROR):
+            if result.task_id not in steps:
                 continue
             row = await _one(cur, STEP_BY_TASK, (result.task_id,))
             if row is not None:
