@@ -69,25 +69,37 @@ async def register_tasks(
     count: int,
     body: Callable[[int], dict[str, Any]],
     parallel: int = 16,
+    batch: int = 1,
 ) -> list[str]:
     """Register ``count`` tasks round-robin through the nodes at ``urls``, the body of the
-    i-th made by ``body(i)`` when it is sent; returns the ids."""
+    i-th made by ``body(i)`` when it is sent, ``batch`` to a request (through the batch
+    endpoint when more than one); returns the ids."""
     # the client drops idle connections well before uvicorn does (after 5 s): a request
     # sent on a connection the server is closing would fail for no fault of the node
     limits = httpx.Limits(keepalive_expiry=1.0)
-    clients = [httpx.AsyncClient(base_url=url, timeout=30, limits=limits) for url in urls]
+    clients = [httpx.AsyncClient(base_url=url, timeout=60, limits=limits) for url in urls]
     ids: list[str] = [""] * count
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for index in range(count):
-        queue.put_nowait(index)
+    queue: asyncio.Queue[range] = asyncio.Queue()
+    for start in range(0, count, batch):
+        queue.put_nowait(range(start, min(start + batch, count)))
 
     async def worker() -> None:
         while not queue.empty():
-            index = queue.get_nowait()
-            client = clients[index % len(clients)]
-            response = await client.post("/v1/queues/register", json=body(index), headers=headers)
-            assert response.status_code == 201, response.text
-            ids[index] = response.json()["id"]
+            indexes = queue.get_nowait()
+            client = clients[indexes[0] // batch % len(clients)]
+            if batch == 1:
+                response = await client.post(
+                    "/v1/queues/register", json=body(indexes[0]), headers=headers
+                )
+                assert response.status_code == 201, response.text
+                ids[indexes[0]] = response.json()["id"]
+                continue
+            items = [body(index) for index in indexes]
+            response = await client.post("/v1/queues/register/batch", json=items, headers=headers)
+            assert response.status_code == 200, response.text
+            for index, result in zip(indexes, response.json(), strict=True):
+                assert result["status"] == 201, result
+                ids[index] = result["task"]["id"]
 
     try:
         await asyncio.gather(*(worker() for _ in range(parallel)))

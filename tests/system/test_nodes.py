@@ -102,7 +102,7 @@ async def test_tasks_registered_through_any_node_are_each_delivered_once(
 
 
 async def kill_while_due(
-    nodes: Nodes, target: TargetServer, count: int, spread_ms: int, kills: int
+    nodes: Nodes, target: TargetServer, count: int, spread_ms: int, kills: int, batch: int = 1
 ) -> None:
     """Register ``count`` tasks due over ``spread_ms`` through every node, kill -9 a random
     node (and start it again) ``kills`` times while they are due, then check: none lost,
@@ -111,7 +111,8 @@ async def kill_while_due(
     headers = await register_owner(nodes[0].url)
     urls = [node.url for node in nodes.nodes]
     first_due = now_ms() + 2000
-    ids = await register_tasks(urls, headers, count, hooks(target, first_due, count, spread_ms))
+    body = hooks(target, first_due, count, spread_ms)
+    ids = await register_tasks(urls, headers, count, body, batch=batch)
     rng = random.Random(18)
     kill_times: list[float] = []
     # kill while tasks are still due: over what is left of their spread, or over the
@@ -151,7 +152,7 @@ async def test_kill_9_of_nodes_while_tasks_are_due_loses_nothing(
 async def test_repeated_kills_with_10000_tasks_lose_nothing(
     nodes: Nodes, target: TargetServer
 ) -> None:
-    await kill_while_due(nodes, target, count=10_000, spread_ms=20_000, kills=8)
+    await kill_while_due(nodes, target, count=10_000, spread_ms=20_000, kills=8, batch=100)
 
 
 async def schedule_slots(database_url: str, schedule_id: str) -> list[int]:
