@@ -7,12 +7,19 @@ same key queue there, in key order, so they never deadlock), counts the key's ca
 flight on the tasks themselves (a call stops counting when its outcome is committed or
 its lease is reclaimed), spends the key's shared token bucket, and claims only what both
 allow. A task refused is armed again for when the key may allow it.
+
+The API's view of the keys (their limits, what waits behind them) lives here too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import LiteralString
+from typing import Any, LiteralString
+
+from psycopg import AsyncCursor
+
+from ...models import FlowControl, FlowPeriod, FlowSetting, FlowStatus
+from .base import PgBase
 
 # a refused task of a key at its parallelism cap (or paused) is tried again this soon: the
 # slot is freed by an outcome on whichever node made the call
@@ -108,3 +115,62 @@ def allowance(
             if parallelism is None or in_flight + tokens < parallelism:
                 retry = now_ms + -(-(period_ms - credit % period_ms) // rate)
     return KeyAllowance(now_ms, rate, period_ms, credit, allowed, retry)
+
+
+FLOW_LIST: LiteralString = (
+    "SELECT f.key, f.rate, f.period_ms, f.parallelism, f.paused, "
+    "(SELECT count(*) FROM task t WHERE t.owner_id = f.owner_id AND t.flow_key = f.key "
+    "AND t.next_at IS NOT NULL), "
+    "(SELECT min(t.next_at) FROM task t WHERE t.owner_id = f.owner_id AND t.flow_key = f.key "
+    "AND t.next_at IS NOT NULL) "
+    "FROM flow_control f WHERE f.owner_id = %s ORDER BY f.key"
+)
+FLOW_SAVE: LiteralString = (
+    "INSERT INTO flow_control (owner_id, key, rate, period_ms, parallelism, paused, "
+    "updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (owner_id, key) DO UPDATE SET "
+    # a new rate starts with its own full burst
+    "credit_at = CASE WHEN flow_control.rate IS NOT DISTINCT FROM excluded.rate "
+    "AND flow_control.period_ms = excluded.period_ms THEN flow_control.credit_at END, "
+    "rate = excluded.rate, period_ms = excluded.period_ms, "
+    "parallelism = excluded.parallelism, paused = excluded.paused, "
+    "updated_at = excluded.updated_at"
+)
+FLOW_GET: LiteralString = (
+    "SELECT rate, period_ms, parallelism, paused FROM flow_control WHERE owner_id = %s AND key = %s"
+)
+
+
+class PgFlowOps(PgBase):
+    """Flow-control keys as the API sees them: their limits and what waits behind them."""
+
+    async def get_flow_control(self, owner_id: str, key: str) -> FlowSetting | None:
+        rows = await self._read(FLOW_GET, (owner_id, key))
+        if not rows:
+            return None
+        row = rows[0]
+        period = {p.ms: p for p in FlowPeriod}[row[1]]
+        return FlowSetting(FlowControl(key, row[0], period, row[2]), bool(row[3]))
+
+    async def list_flow_controls(self, owner_id: str) -> list[FlowStatus]:
+        rows = await self._read(FLOW_LIST, (owner_id,))
+        periods = {p.ms: p for p in FlowPeriod}
+        return [
+            FlowStatus(
+                FlowSetting(FlowControl(row[0], row[1], periods[row[2]], row[3]), bool(row[4])),
+                int(row[5]),
+                row[6],
+            )
+            for row in rows
+        ]
+
+    async def save_flow_control(self, owner_id: str, setting: FlowSetting, now_ms: int) -> None:
+        flow = setting.flow
+        params = (
+            *(owner_id, flow.key, flow.rate, flow.period.ms, flow.parallelism),
+            *(setting.paused, now_ms),
+        )
+
+        async def op(cur: AsyncCursor[tuple[Any, ...]]) -> None:
+            await cur.execute(FLOW_SAVE, params)
+
+        await self._tx(op)

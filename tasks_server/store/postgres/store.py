@@ -20,6 +20,7 @@ from .alerts import PgAlertOps
 from .base import DUE_CHANNEL, SCHEDULE_CHANNEL, connection_options
 from .claims import PgClaimOps
 from .dead_letters import PgDeadLetterOps
+from .flow import PgFlowOps
 from .owners import PgOwnerOps
 from .schedules import PgScheduleOps
 from .sealed import PgSealOps
@@ -48,6 +49,7 @@ class PostgresStore(
     PgTaskOps,
     PgWorkflowOps,
     PgClaimOps,
+    PgFlowOps,
     PgScheduleOps,
     PgDeadLetterOps,
     PgSearchOps,

@@ -78,9 +78,7 @@ STEP_BY_TASK: LiteralString = (
     "SELECT run_id, step_id, template FROM workflow_step WHERE task_id = %s AND state = 'RUNNING'"
 )
 # which of the tasks that just ended are workflow steps (one round trip for the batch)
-STEP_TASKS: LiteralString = (
-    "SELECT task_id FROM workflow_step WHERE task_id = ANY(%s) AND state = 'RUNNING'"
-)
+STEP_TASKS: LiteralString = "SELECT task_id FROM workflow_step WHERE task_id = ANY(%s)"
 
 STEP_TEMPLATE: LiteralString = (
     "SELECT template, state, dep_skipped FROM workflow_step WHERE run_id = %s AND step_id = %s"
@@ -154,10 +152,8 @@ class PgStepOps(PgBase):
         that records the outcomes) and start what they release."""
         advance = Advance()
         ended = [r.task_id for r in results if r.state in (TaskState.SUCCESS, TaskState.ERROR)]
-        steps: set[str] = set()
-        if ended:
-            await cur.execute(STEP_TASKS, (ended,))
-            steps = {row[0] for row in await cur.fetchall()}
+        await cur.execute(STEP_TASKS, (ended,))
+        steps = {row[0] for row in await cur.fetchall()}
         for result in results:
             if result.task_id not in steps:
                 continue
