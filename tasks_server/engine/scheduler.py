@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..clock import Backoff, Clock, sleep_or_wake
-from ..dispatch import Dispatcher
+from ..dispatch import Dispatcher, Prepared
 from ..errors import StorageUnavailable
 from ..models import Attempt, Call, DueTask, FlowControl, FlowRef, Outcome, Result, TaskState
 from ..store import Store
@@ -102,12 +102,13 @@ class Scheduler:
         self._refilling: list[DueTask] | None = None
         self._wake = asyncio.Event()
         self._wake_at_ms: int | None = None
+        self._starved = False  # the loop naps because every slot is taken
         self._results: list[Result] = []
         self._results_ready = asyncio.Event()
         self._in_flight: dict[str, asyncio.Future[Outcome]] = {}
         self._rng = random.Random(self._options.seed)
-        # claimed ahead: (due, -priority, seq, attempt)
-        self._held: list[tuple[int, int, int, Attempt]] = []
+        # claimed ahead: (due, -priority, seq, attempt, its call prepared for the due time)
+        self._held: list[tuple[int, int, int, Attempt, Prepared]] = []
         # of the attempts in flight: what a retry is armed with again
         self._priorities: dict[str, tuple[int, FlowRef | None]] = {}
         self.flows = FlowGate()  # flow-control keys: limits and the tasks held back
@@ -240,13 +241,16 @@ class Scheduler:
         return self._free_slots() > 0
 
     def _nap_s(self, now_ms: int) -> float:
-        """How long to sleep: until the next due task, the refill point, or MAX_NAP_S."""
+        """How long to sleep: until the next due task, the refill point, or MAX_NAP_S.
+        Without a free slot, until a slot frees: a call ends (its outcome is recorded) or
+        a started call queues behind its host's cap (the starter wakes the loop)."""
         wake_at = self._refill_at_ms()
+        self._starved = not self._has_slots()
         next_due = self._timers.next_due()
-        if next_due is not None and self._has_slots():
+        if next_due is not None and not self._starved:
             wake_at = min(wake_at, next_due - self._options.lookahead_ms)
         flow_wake = self.flows.next_wake_ms(now_ms)
-        if flow_wake is not None and self._has_slots():
+        if flow_wake is not None and not self._starved:
             wake_at = min(wake_at, flow_wake)
         self._wake_at_ms = wake_at
         return min(max(wake_at - now_ms, 0) / 1000, MAX_NAP_S)
@@ -293,12 +297,19 @@ class Scheduler:
                 self.flows.release(task_id)  # paused, revoked or deleted meanwhile
         await self._security.load((a.owner_id for a in attempts), self._clock.monotonic())
         for attempt in attempts:
-            self._held_ids[attempt.task_id] = attempt
-            self._claimed_at_ms[attempt.task_id] = now_ms
-            order = (attempt.due_at_ms, -attempt.spec.config.priority, next(self._sequence))
-            heapq.heappush(self._held, (*order, attempt))
+            self._hold(attempt, now_ms)
         self._held_changed.set()
         return started + self._start_held(now_ms)
+
+    def _hold(self, attempt: Attempt, now_ms: int) -> None:
+        """Keep a claimed attempt until its due time, its call prepared for that time
+        (options, signature): at the due time only the sending is left to do."""
+        start_ms = max(now_ms, attempt.due_at_ms)
+        prepared = self._dispatcher.prepare(self._call(attempt, start_ms))
+        self._held_ids[attempt.task_id] = attempt
+        self._claimed_at_ms[attempt.task_id] = now_ms
+        order = (attempt.due_at_ms, -attempt.spec.config.priority, next(self._sequence))
+        heapq.heappush(self._held, (*order, attempt, prepared))
 
     async def _start_loop(self) -> None:
         """Start held attempts at their due time, beside the claiming loop: a claim
@@ -319,15 +330,18 @@ class Scheduler:
         ones; callers yield between chunks so the first calls get going."""
         started = 0
         while self._held and self._held[0][0] <= now_ms and started < limit:
-            attempt = heapq.heappop(self._held)[3]
+            *_, attempt, prepared = heapq.heappop(self._held)
             if self._held_ids.get(attempt.task_id) is attempt:
                 del self._held_ids[attempt.task_id]
                 claimed_at = self._claimed_at_ms.pop(attempt.task_id, now_ms)
                 if self.leases.holds(claimed_at, now_ms):
-                    self._start(attempt, now_ms)
+                    self._start(attempt, prepared, now_ms)
                     started += 1
                 else:
                     self._drop_lost(attempt)
+        if started and self._starved:
+            # calls just started may wait behind their host's cap, which frees slots
+            self._wake.set()
         return started
 
     def _drop_lost(self, attempt: Attempt) -> None:
@@ -367,7 +381,7 @@ class Scheduler:
 
     def _owner_fields(self, attempt: Attempt, now_ms: int) -> dict[str, Any]:
         """The owner's validated domains and the attempt's Standard Webhooks signing: the
-        task id as message id (the same on every retry), this attempt's time."""
+        task id as message id (the same on every retry), the time the attempt starts."""
         security = self._security.get(attempt.owner_id)
         if security is None:
             return {}
@@ -375,24 +389,28 @@ class Scheduler:
         signing = (attempt.task_id, now_ms // 1000, secrets) if secrets else None
         return {"allowed_hosts": security.allowed_hosts, "signing": signing}
 
-    def _start(self, attempt: Attempt, now_ms: int) -> None:
+    def _call(self, attempt: Attempt, start_ms: int) -> Call:
+        """The call of ``attempt`` starting at ``start_ms`` (its timeout and signature
+        time are taken from then)."""
         config = attempt.spec.config
-        call = Call(
+        return Call(
             request=attempt.spec.request,
             config=config,
             headers=attempt_headers(attempt),
-            timeout_ms=attempt_timeout_ms(config, attempt.number, now_ms),
+            timeout_ms=attempt_timeout_ms(config, attempt.number, start_ms),
             max_body_bytes=self._options.max_response_bytes,
             owner_id=attempt.owner_id,
-            **self._owner_fields(attempt, now_ms),
+            **self._owner_fields(attempt, start_ms),
         )
+
+    def _start(self, attempt: Attempt, prepared: Prepared, now_ms: int) -> None:
         self.stats.claimed += 1
         if self.stats.on_start is not None:
             self.stats.on_start(float(now_ms - attempt.due_at_ms))
-        future = self._dispatcher.submit(call)
+        future = self._dispatcher.submit(prepared)
         self._in_flight[attempt.task_id] = future
         self._priorities[attempt.task_id] = (
-            config.priority,
+            attempt.spec.config.priority,
             self.flows.started_flow(attempt.task_id),
         )
         future.add_done_callback(lambda done: self._finished(attempt, done))
@@ -414,7 +432,8 @@ class Scheduler:
             self._rng,
             options.retry_after_max_ms,
         )
-        if result.next_due_at_ms is None:
+        spec = attempt.spec
+        if result.next_due_at_ms is None and (spec.on_success or spec.on_failure) is not None:
             callback = callback_for(attempt, result, new_task_id(result.finished_at_ms))
             if callback is not None:
                 result = dataclasses.replace(result, follow_up=callback)
