@@ -14,7 +14,7 @@ import heapq
 import itertools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +31,15 @@ from .leases import LeaseKeeper
 from .limits import FlowGate
 from .owner_security import OwnerSecurityCache
 from .retry import DEFAULT_RETRY_AFTER_MAX_MS, decide
-from .timers import DueTimers
+from .timers import BUCKET_MS, DueTimers
 from .waiters import FinalWaiters
 
 logger = logging.getLogger(__name__)
 task_logger = logging.getLogger("tasks_server.tasks")
 
 MAX_NAP_S = 1.0  # a wall-clock jump is noticed within this
+MAX_CLAIM_AHEAD_MS = 5_000  # a burst is never claimed further ahead than this
+CLAIM_MS_PRIOR = 0.1  # claiming time per task (ms) assumed until one is measured
 _REFILL_LIMIT = 200_000
 CLAIM_CHUNK = 256
 WAITING_FACTOR = 4  # calls claimed, running or waiting for their host, per in-flight slot
@@ -52,7 +54,8 @@ class SchedulerOptions:
     max_header_bytes: int = 16_384  # response headers kept per attempt (0: no cap)
     log_attempts: bool = False
     # claim this long before the due time and hold the attempt until then, so the claim
-    # transaction and spec decoding are done when the instant comes
+    # transaction and spec decoding are done when the instant comes (more for a burst:
+    # see claim_window_ms)
     lookahead_ms: int = 0
     retry_after_max_ms: int = DEFAULT_RETRY_AFTER_MAX_MS  # cap on a target's Retry-After
     seed: int | None = None  # seeds the retry jitter (tests); None: from the OS
@@ -69,6 +72,33 @@ class SchedulerStats:
     lease_lost: int = 0  # claims dropped unsent: their lease ended before their time
     on_start: Callable[[float], None] | None = None  # called with each start's lateness (ms)
     observe: Callable[[Attempt, Result], None] | None = None
+
+
+def claim_window(
+    due_counts: Iterable[tuple[int, int]], now_ms: int, lookahead_ms: int, claim_ms: float
+) -> tuple[int, int | None]:
+    """How far ahead of ``now_ms`` to claim now, and when a later burst must start being
+    claimed (None: none in sight).
+
+    ``lookahead_ms``, or more when a burst is coming, so that claiming it (``claim_ms`` per
+    task, as measured) ends before it is due: ``due_counts`` are (bucket start, tasks due
+    in it) in time order from now, and every task due up to a bucket must be claimed
+    before that bucket is due, so its claiming starts ``lookahead_ms`` plus the claiming
+    time of everything due up to it ahead of the bucket. Pure; the window is never more
+    than MAX_CLAIM_AHEAD_MS.
+    """
+    window, claim_at_ms = lookahead_ms, None
+    if lookahead_ms <= 0 or claim_ms <= 0:
+        return window, claim_at_ms
+    total = 0
+    for start_ms, count in due_counts:
+        total += count
+        starts_ms = start_ms - lookahead_ms - round(total * claim_ms)
+        if starts_ms <= now_ms:
+            window = max(window, start_ms - now_ms + BUCKET_MS)
+        elif claim_at_ms is None or starts_ms < claim_at_ms:
+            claim_at_ms = starts_ms
+    return min(window, MAX_CLAIM_AHEAD_MS), claim_at_ms
 
 
 def attempt_headers(attempt: Attempt) -> tuple[tuple[str, str], ...]:
@@ -103,6 +133,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._wake_at_ms: int | None = None
         self._starved = False  # the loop naps because every slot is taken
+        # claiming time per task (claim and hold), a moving average of what was measured
+        self._claim_ms = CLAIM_MS_PRIOR
         self._results: list[Result] = []
         self._results_ready = asyncio.Event()
         self._in_flight: dict[str, asyncio.Future[Outcome]] = {}
@@ -248,7 +280,8 @@ class Scheduler:
         self._starved = not self._has_slots()
         next_due = self._timers.next_due()
         if next_due is not None and not self._starved:
-            wake_at = min(wake_at, next_due - self._options.lookahead_ms)
+            window, burst_at = self._claim_window(now_ms)
+            wake_at = min(wake_at, next_due - window, burst_at or wake_at)
         flow_wake = self.flows.next_wake_ms(now_ms)
         if flow_wake is not None and not self._starved:
             wake_at = min(wake_at, flow_wake)
@@ -276,7 +309,7 @@ class Scheduler:
             return started
         # Claim a burst in chunks: the first calls leave while the next chunk is being
         # claimed, instead of all waiting for one large transaction and spec decoding.
-        lookahead = self._options.lookahead_ms
+        lookahead, _ = self._claim_window(now_ms)
         budget = min(slots, CLAIM_CHUNK)
         entries = self._timers.pop_due_entries(now_ms + lookahead, limit=budget)
         due = self.flows.sort(entries)  # tasks of a flow-control key wait behind it
@@ -284,6 +317,7 @@ class Scheduler:
         due += self.flows.admit(now_ms, budget - len(due))
         if not due:
             return started
+        claim_started = self._clock.monotonic()
         try:
             attempts = await self._store.claim_due(due, now_ms, lookahead)
         except StorageUnavailable:
@@ -299,7 +333,19 @@ class Scheduler:
         for attempt in attempts:
             self._hold(attempt, now_ms)
         self._held_changed.set()
+        self._measure_claims(len(due), self._clock.monotonic() - claim_started)
         return started + self._start_held(now_ms)
+
+    def _claim_window(self, now_ms: int) -> tuple[int, int | None]:
+        lookahead = self._options.lookahead_ms
+        counts = self._timers.due_counts(now_ms, now_ms + MAX_CLAIM_AHEAD_MS)
+        return claim_window(counts, now_ms, lookahead, self._claim_ms)
+
+    def _measure_claims(self, count: int, elapsed_s: float) -> None:
+        """Keep a moving average of the claiming time per task (ms)."""
+        if count >= CLAIM_CHUNK // 4:  # small claims are mostly fixed cost
+            per_task_ms = elapsed_s * 1000 / count
+            self._claim_ms = 0.7 * self._claim_ms + 0.3 * per_task_ms
 
     def _hold(self, attempt: Attempt, now_ms: int) -> None:
         """Keep a claimed attempt until its due time, its call prepared for that time

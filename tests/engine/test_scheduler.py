@@ -12,7 +12,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tasks_server.dispatch import Prepared
-from tasks_server.engine.scheduler import Scheduler, SchedulerOptions
+from tasks_server.engine.scheduler import (
+    MAX_CLAIM_AHEAD_MS,
+    Scheduler,
+    SchedulerOptions,
+    claim_window,
+)
 from tasks_server.models import (
     Call,
     HttpRequest,
@@ -274,3 +279,21 @@ async def test_calls_queued_behind_a_busy_host_free_their_slots_at_once(
     assert dispatcher.submitted_at == [T0 + 1000] * 3
     await scheduler.stop(0.1)
     await running
+
+
+def test_claim_window_is_the_lookahead_without_a_burst() -> None:
+    assert claim_window([(T0 + 2_000, 10)], T0, 250, 0.1) == (250, T0 + 2_000 - 250 - 1)
+    assert claim_window([], T0, 250, 0.1) == (250, None)
+    assert claim_window([(T0 + 100, 5_000)], T0, 0, 0.1) == (0, None)  # no lookahead at all
+
+
+def test_claim_window_opens_early_enough_to_claim_a_burst_before_it_is_due() -> None:
+    """3,000 tasks due in 0.5 s at 0.1 ms each: claiming must start 550 ms ahead, so the
+    burst is in the window now; a later burst is due to start claiming at its own time."""
+    counts = [(T0 + 500, 3_000), (T0 + 4_000, 10_000)]
+    window, later = claim_window(counts, T0, 250, 0.1)
+    assert window == 600  # the whole bucket of the burst, which starts 500 ms ahead
+    assert later == T0 + 4_000 - 250 - 1_300  # everything due up to it is claimed first
+    # a burst too large to claim in time is in the window at once, up to the cap
+    assert claim_window([(T0 + 4_000, 1_000_000)], T0, 250, 0.1) == (4_100, None)
+    assert claim_window([(T0 + 9_000, 1_000_000)], T0, 250, 0.1) == (MAX_CLAIM_AHEAD_MS, None)
