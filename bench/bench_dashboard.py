@@ -31,12 +31,13 @@ from tasks_server.store.sqlite.base import SPEC
 
 HOSTS = 50
 DAY_MS = 86_400_000
+BENCH_KEY = "dashboard-bench-cipher-key-0123456789"
 
 
 def fill(path: Path, owner_id: str, count: int) -> float:
     """Insert ``count`` tasks created over the last 30 days; returns seconds taken."""
     started = time.perf_counter()
-    sealer = Sealer("bench")
+    sealer = Sealer(BENCH_KEY)
     now = time.time_ns() // 1_000_000
     specs = [
         sealer.seal(
@@ -122,7 +123,7 @@ def time_loads(opener: urllib.request.OpenerDirector, url: str, loads: int) -> l
 
 async def main(count: int, loads: int) -> None:
     directory = Path(tempfile.mkdtemp(prefix="tasks-dashboard-"))
-    server = Server(directory, CIPHER_KEY="bench").start()
+    server = Server(directory, CIPHER_KEY=BENCH_KEY).start()
     headers = await register_owner(server.port, "dashboard")
     owner_id, key = headers["X-Tasks-Owner-Id"], headers["Authorization"].split()[1]
     assert server.proc is not None

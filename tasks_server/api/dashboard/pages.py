@@ -1,4 +1,4 @@
-"""The other pages: overview, schedules, the test-a-task form and the admin view."""
+"""The other pages: overview, schedules and the test-a-task form."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ...config import describe
 from ...errors import NotFound, PreconditionFailed, TasksServerError, ValidationFailed
 from ...models import NewTask, TaskState
 from ...schedules import policy
@@ -19,7 +18,7 @@ from ..schedules import pause_schedule, resume_schedule
 from ..services import services
 from . import charts
 from .present import mask_registration, pretty_json, when
-from .session import NotSignedIn, checked_form, flash, redirect, render, require, require_owner
+from .session import checked_form, flash, redirect, render, require, require_owner
 from .tasks import error_text, validate_registration
 
 _SCHEDULE_ID = re.compile(r"^[A-Z0-9]{24}$")
@@ -194,24 +193,3 @@ async def test_submit(request: Request) -> Response:
     app.scheduler.notify(task.id, new.due_at_ms)
     flash(request, f"Registered task {task.id}.")
     return redirect(f"/ui/tasks/{task.id}")
-
-
-# -- admin ---------------------------------------------------------------------------------
-
-
-async def admin(request: Request) -> Response:
-    who = await require(request)
-    if not who.admin:
-        raise NotSignedIn()
-    app = services(request)
-    owners = await app.store.list_owners()
-    readiness = await app.readiness()
-    settings = describe(app.settings)
-    return render(
-        request,
-        "admin.html",
-        who,
-        owners=owners,
-        readiness=readiness,
-        settings=sorted(settings.items()),
-    )
