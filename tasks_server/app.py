@@ -20,8 +20,8 @@ from .alerts.service import AlertOptions, AlertService
 from .api import create_app
 from .api.auth import Authenticator
 from .api.buckets import TokenBuckets
-from .api.dashboard.figures import OverviewCache, overview_figures
 from .api.edge import Edge, Throttle
+from .api.overview import OverviewCache, overview_figures
 from .api.services import Services
 from .api.workflows import step_builder
 from .backup.job import BackupJob

@@ -19,7 +19,7 @@ from ..store import Store
 from .auth import Authenticator
 
 if TYPE_CHECKING:
-    from .dashboard.figures import OverviewCache
+    from .overview import OverviewCache
 
 
 class Notifier(Protocol):

@@ -14,10 +14,10 @@ from ...errors import NotFound, PreconditionFailed, TasksServerError, Validation
 from ...models import NewTask, TaskState
 from ...schedules import policy
 from ..convert import spec_to_wire
+from ..overview import OverviewFigures, overview_figures
 from ..schedules import pause_schedule, resume_schedule
 from ..services import services
 from . import charts
-from .figures import OverviewFigures, overview_figures
 from .present import mask_registration, pretty_json, when
 from .session import checked_form, flash, redirect, render, require, require_owner
 from .tasks import error_text, validate_registration

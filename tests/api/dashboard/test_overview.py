@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tasks_server.api.dashboard.figures import OverviewCache, OverviewFigures, overview_figures
+from tasks_server.api.overview import OverviewCache, OverviewFigures, overview_figures
 from tasks_server.app import Server
 from tasks_server.models import FlowControl, TaskState
 from tasks_server.store import Store

@@ -1,4 +1,4 @@
-"""The overview's figures, read from the store and kept fresh in the background.
+"""The dashboard overview's figures, read from the store and kept fresh in the background.
 
 Counting a million tasks by state takes the database a good part of a second, too slow
 for a page that refreshes itself every few seconds. So the figures of each viewer's scope
@@ -16,10 +16,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ...alerting import AlertRule, Incident
-from ...clock import Clock, sleep_or_wake
-from ...store import Store
-from ...store.listing import TaskOverview
+from ..alerting import AlertRule, Incident
+from ..clock import Clock, sleep_or_wake
+from ..store import Store
+from ..store.listing import TaskOverview
 
 logger = logging.getLogger(__name__)
 
