@@ -5,8 +5,11 @@ for a page that refreshes itself every few seconds. So the figures of each viewe
 (an owner, or every owner for the admin) are computed off the request path: a page takes
 the last figures when they are at most ``max_age_s`` old (else it computes them itself),
 and a background loop recomputes every scope looked at in the last ``watch_s`` once its
-figures are ``refresh_s`` old. Nobody looking means no work. The figures come from the
-Store's own methods, so they mean the same on every store.
+figures are ``refresh_s`` old. Nobody looking means no work. When a computation takes
+long (a loaded database), the loop waits at least three times its duration between two,
+so it never keeps the database's reader busy more than a third of the time; the age a
+page accepts grows to match. The figures come from the Store's own methods, so they mean
+the same on every store.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 BUSIEST = 5  # flow-control keys shown
 _IDLE_NAP_S = 3600.0  # nothing watched: park until a page asks
+_SPACING = 3  # at least this many durations of a computation from one start to the next
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,7 @@ class _Entry:
     figures: OverviewFigures
     computed_at: float  # monotonic seconds when the computation started
     viewed_at: float
+    took_s: float  # how long the computation took
 
 
 class OverviewCache:
@@ -92,14 +97,24 @@ class OverviewCache:
         self._wake = asyncio.Event()
         self._failing = False
 
+    def interval_s(self, entry: _Entry) -> float:
+        """Time between two computations of a watched scope's figures."""
+        return max(self.refresh_s, _SPACING * entry.took_s)
+
+    def oldest_s(self, entry: _Entry) -> float:
+        """The age of figures a page takes: ``max_age_s``, or when computing them is
+        slow, one interval, one computation and one nap of the loop."""
+        return max(self.max_age_s, self.interval_s(entry) + entry.took_s + self.refresh_s)
+
     async def get(self, owner_id: str | None) -> OverviewFigures:
-        """The scope's figures, computed at most ``max_age_s`` ago. Raises what the
-        store raises when they must be computed now and cannot be."""
+        """The scope's figures, computed at most ``oldest_s`` ago (``max_age_s`` unless
+        computing them is slow). Raises what the store raises when they must be computed
+        now and cannot be."""
         now = self._clock.monotonic()
         entry = self._entries.get(owner_id)
         if entry is not None:
             entry.viewed_at = now
-            if now - entry.computed_at <= self.max_age_s:
+            if now - entry.computed_at <= self.oldest_s(entry):
                 return entry.figures
         figures = await self._refresh(owner_id, self.max_age_s)
         self._wake.set()  # a scope to keep fresh from now on
@@ -115,8 +130,9 @@ class OverviewCache:
             if entry is not None and started - entry.computed_at < fresh_enough_s:
                 return entry.figures
             figures = await self._compute(owner_id, self._clock.now_ms())
+            took = self._clock.monotonic() - started
             viewed = entry.viewed_at if entry is not None else started
-            self._entries[owner_id] = _Entry(figures, started, max(viewed, started))
+            self._entries[owner_id] = _Entry(figures, started, max(viewed, started), took)
             self._forget_extra()
             return figures
 
@@ -134,8 +150,8 @@ class OverviewCache:
             if now - entry.viewed_at > self._watch_s:
                 del self._entries[scope]
                 self._locks.pop(scope, None)
-            elif now - entry.computed_at >= self.refresh_s:
-                await self._refresh(scope, self.refresh_s)
+            elif now - entry.computed_at >= self.interval_s(entry):
+                await self._refresh(scope, self.interval_s(entry))
 
     async def run(self) -> None:
         while not self._stop.is_set():

@@ -1,5 +1,6 @@
-"""The overview's alert incidents and flow-control keys, and the figures kept fresh off
-the request path (OverviewCache) on a real store, with the fake clock."""
+"""The overview's (and the failures page's) alert incidents and flow-control keys, and the
+figures kept fresh off the request path (OverviewCache) on a real store, with the fake
+clock."""
 
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ async def test_overview_shows_rules_all_clear_then_an_open_incident(
     )
     page = await fresh_overview(ui, clock)
     assert "1 alert rule watching, all clear" in page.text
+    assert "Open alert incidents" not in (await ui.get("/ui/failures")).text
     response = await client.post(
         "/v1/queues/register?wait=30",
         json={
@@ -86,6 +88,9 @@ async def test_overview_shows_rules_all_clear_then_an_open_incident(
     assert "Open alert incidents" in page.text  # the chart's title
     assert "<strong>hook-failures</strong>: open since" in page.text
     assert "1 failure" in page.text and response.json()["id"] in page.text
+    failures = await ui.get("/ui/failures")  # the failures page shows it above the tasks
+    assert "Open alert incidents" in failures.text and "hook-failures" in failures.text
+    assert f'href="/ui/tasks/{response.json()["id"]}">last failed task' in failures.text
 
 
 async def test_overview_shows_the_busiest_flow_control_keys(
@@ -224,3 +229,27 @@ async def test_a_failing_store_reaches_the_page_and_the_loop_goes_on(
         await cache.stop()
         await asyncio.wait_for(loop, 5)
         await store.open()
+
+
+async def test_slow_figures_are_recomputed_less_often(store: Store, clock: FakeClock) -> None:
+    owner = await make_owner(store)
+    compute = Counted(store)
+
+    async def slow(owner_id: str | None, now_ms: int) -> OverviewFigures:
+        clock.advance(2)  # the computation takes two seconds of the clock
+        return await compute(owner_id, now_ms)
+
+    cache = OverviewCache(slow, clock, refresh_s=2, max_age_s=5)
+    await cache.get(owner.id)  # computed at t=0, ready at t=2
+    clock.advance(3)  # t=5: five seconds after the start, one interval is six
+    await cache.refresh_watched()
+    assert compute.calls == 1
+    clock.advance(1)
+    await cache.refresh_watched()  # t=6: recomputed, ready at t=8
+    assert compute.calls == 2
+    clock.advance(7)  # figures of t=6 at t=15: nine seconds old, taken (at most 6 + 2 + 2)
+    await cache.get(owner.id)
+    assert compute.calls == 2
+    clock.advance(2)  # t=17: eleven seconds old, too old even for slow figures
+    await cache.get(owner.id)
+    assert compute.calls == 3
