@@ -4,6 +4,7 @@ from that database directly (task states, the schedule leader)."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,22 +84,38 @@ async def register_tasks(
     for start in range(0, count, batch):
         queue.put_nowait(range(start, min(start + batch, count)))
 
+    run = secrets.token_hex(4)
+
+    async def post(client: httpx.AsyncClient, path: str, **kwargs: Any) -> httpx.Response:
+        """Sent again when the connection is lost on the way (a loaded machine): the
+        registrations carry deduplication ids, so a repeat never makes a second task."""
+        for attempt in range(3):
+            try:
+                return await client.post(path, **kwargs)
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     async def worker() -> None:
         while not queue.empty():
             indexes = queue.get_nowait()
             client = clients[indexes[0] // batch % len(clients)]
             if batch == 1:
-                response = await client.post(
-                    "/v1/queues/register", json=body(indexes[0]), headers=headers
+                key = {"Idempotency-Key": f"{run}-{indexes[0]}"}
+                response = await post(
+                    client, "/v1/queues/register", json=body(indexes[0]), headers=headers | key
                 )
-                assert response.status_code == 201, response.text
+                assert response.status_code in (200, 201), response.text
                 ids[indexes[0]] = response.json()["id"]
                 continue
             items = [body(index) for index in indexes]
-            response = await client.post("/v1/queues/register/batch", json=items, headers=headers)
+            for index, item in zip(indexes, items, strict=True):
+                item.setdefault("config", {})["deduplicationId"] = f"{run}-{index}"
+            response = await post(client, "/v1/queues/register/batch", json=items, headers=headers)
             assert response.status_code == 200, response.text
             for index, result in zip(indexes, response.json(), strict=True):
-                assert result["status"] == 201, result
+                assert result["status"] in (200, 201), result
                 ids[index] = result["task"]["id"]
 
     try:

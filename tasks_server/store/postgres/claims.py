@@ -11,12 +11,15 @@ leased by this node, so a late result from a node that lost its lease changes no
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, LiteralString
 
+import psycopg
 from psycopg import AsyncCursor
 
+from ...errors import StorageUnavailable
 from ...models import Attempt, DueTask, Result
 from ..details import seal_detail
 from ..listing import host_of
@@ -152,7 +155,7 @@ class PgClaimOps(PgBase):
         }
 
         # one statement, one round trip (no BEGIN and COMMIT) for what needs no key's lock
-        rows = await self._write_one(TASK_CLAIM, params)
+        rows = await self._claim_once(params)
         if len(rows) < len(task_ids):
             got = {row[0] for row in rows}
             rest = [task_id for task_id in task_ids if task_id not in got]
@@ -181,6 +184,23 @@ class PgClaimOps(PgBase):
             )
             for row in rows
         ]
+
+    async def _claim_once(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """TASK_CLAIM on a pooled connection. The lease runs from the moment the statement
+        is sent: time spent waiting for a connection (a busy node under load) is added,
+        or the claim could land with its lease nearly over and be reclaimed at once."""
+        assert self._pool is not None, "store is not open"
+        asked = time.monotonic()
+        try:
+            async with self._pool.connection() as conn:
+                waited_ms = int((time.monotonic() - asked) * 1000)
+                params["lease_until"] += waited_ms
+                rows = await (await conn.execute(TASK_CLAIM, params)).fetchall()
+        except psycopg.OperationalError as exc:
+            self._write_problem = f"the database is out of reach: {exc}"
+            raise StorageUnavailable(self._write_problem) from exc
+        self._write_problem = None
+        return rows
 
     async def _claim_flow_limited(
         self, cur: Cursor, task_ids: list[str], params: dict[str, Any]
