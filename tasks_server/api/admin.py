@@ -33,7 +33,8 @@ def require_bearer(request: Request, secret: str) -> None:
         raise WrongKey()
 
 
-def _admin(request: Request) -> Services:
+def admin_services(request: Request) -> Services:
+    """The services, once the request carries ADMIN_KEY (404 when the server has none)."""
     app = services(request)
     if not app.settings.admin_key:
         raise NotFound()
@@ -70,13 +71,13 @@ async def _body(request: Request, app: Services, model: type[Strict]) -> Any:
 
 async def list_owners(request: Request) -> Response:
     """Every owner, oldest first, without keys (``tasks-server owner list``)."""
-    app = _admin(request)
+    app = admin_services(request)
     return answer(request, [owner_record(owner) for owner in await app.store.list_owners()])
 
 
 async def create_owner(request: Request) -> Response:
     """A new owner with its key (shown once), whatever the registration mode."""
-    app = _admin(request)
+    app = admin_services(request)
     body: OwnerCreateIn = await _body(request, app, OwnerCreateIn)
     key = new_owner_key()
     limit = body.tasksInQueueLimit
@@ -93,7 +94,7 @@ async def create_owner(request: Request) -> Response:
 async def change_owner(request: Request) -> Response:
     """Disable or enable an owner, or change its queue limit or request budget. Fields
     left out keep their value; ``requestBudget: null`` returns to the default."""
-    app = _admin(request)
+    app = admin_services(request)
     owner_id = _owner_id(request)
     body: OwnerChangeIn = await _body(request, app, OwnerChangeIn)
     try:
@@ -115,7 +116,7 @@ async def change_owner(request: Request) -> Response:
 
 async def delete_owner(request: Request) -> Response:
     """Delete an owner with no unfinished task (422 otherwise), and its finished tasks."""
-    app = _admin(request)
+    app = admin_services(request)
     owner_id = _owner_id(request)
     await app.store.delete_owner(owner_id)
     app.auth.forget(owner_id)
@@ -124,7 +125,7 @@ async def delete_owner(request: Request) -> Response:
 
 async def rotate_owner_key(request: Request) -> Response:
     """A new key for the owner (shown once); the old one stops working at once."""
-    app = _admin(request)
+    app = admin_services(request)
     owner_id = _owner_id(request)
     key = new_owner_key()
     try:

@@ -17,9 +17,11 @@ from urllib.parse import urljoin, urlsplit
 
 import pycurl
 
+from tasks_server.clock import Clock, SystemClock
 from tasks_server.models import Call, Outcome, ResolveEntry
 
 from .egress import EgressPolicy, host_address, owner_allows
+from .hosts import HostDefaults, HostGovernor
 from .options import (
     CurlSettings,
     HstsEntry,
@@ -58,6 +60,7 @@ class _Transfer:
     host: _Host
     curl: Any = None
     holds_host_slot: bool = False
+    host_epoch: int = 0  # the governor's epoch when the call got its host slot
     expiry: asyncio.TimerHandle | None = None  # while it waits for a slot to its host
     body: bytearray = field(default_factory=bytearray)
     headers: list[tuple[str, str]] = field(default_factory=list)
@@ -156,6 +159,7 @@ class _Host:
     name: str
     running: int = 0
     waiting: deque[_Transfer] = field(default_factory=deque)
+    wake: asyncio.Task[None] | None = None  # re-checks the queue when the governor allows
 
 
 def host_key(url: str) -> str:
@@ -168,6 +172,12 @@ def host_key(url: str) -> str:
     if port is None:
         port = 443 if parts.scheme.lower() == "https" else 80
     return f"{(parts.hostname or '').lower()}:{port}"
+
+
+def _fixed_cap(max_host_connections: int) -> HostDefaults:
+    """Only MAX_HOST_CONNECTIONS, as without a governor: no AIMD, rate or circuit."""
+    cap = max_host_connections
+    return HostDefaults(max_concurrency=cap or 2**31, max_connections=cap, adaptive=False)
 
 
 def _hsts_reader(entries: tuple[HstsEntry, ...]) -> Callable[[], object]:
@@ -269,11 +279,20 @@ class CurlDispatcher:
     """
 
     def __init__(
-        self, settings: CurlSettings, max_connections: int = 1000, *, close_grace_s: float = 10.0
+        self,
+        settings: CurlSettings,
+        max_connections: int = 1000,
+        *,
+        close_grace_s: float = 10.0,
+        hosts: HostGovernor | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._settings = settings
+        # destination backpressure (dispatch/hosts.py); without one, only the fixed cap
+        self.hosts = hosts or HostGovernor(_fixed_cap(settings.max_host_connections))
+        self._clock = clock or SystemClock()
         self._max_connections = max_connections
         self._close_grace_s = close_grace_s
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -329,8 +348,8 @@ class CurlDispatcher:
         return future
 
     def _enqueue(self, transfer: _Transfer) -> None:
-        """Start the call now or queue it behind its host's cap."""
-        if self._host_is_full(transfer.host):
+        """Start the call now or queue it behind its host's limits."""
+        if transfer.host.waiting or not self._admit(transfer):
             self._wait_for_host(transfer)
         else:
             self._take_host_slot(transfer)
@@ -386,6 +405,8 @@ class CurlDispatcher:
             await asyncio.wait(pending, timeout=self._close_grace_s)
         aborted = _failure("aborted: the dispatcher was closed")
         for host in list(self._hosts.values()):
+            if host.wake is not None:
+                host.wake.cancel()
             while host.waiting:
                 transfer = host.waiting.popleft()
                 self._left_host_queue(transfer)
@@ -499,13 +520,22 @@ class CurlDispatcher:
         if transfer.holds_host_slot:
             transfer.holds_host_slot = False
             transfer.host.running -= 1
+            ended = None if future.cancelled() else future.result()
+            self.hosts.finished(transfer.host.name, transfer.host_epoch, ended, self._now_ms())
             self._next_for_host(transfer.host)
 
     # -- the per-host queues --------------------------------------------------------------
 
-    def _host_is_full(self, host: _Host) -> bool:
-        cap = self._settings.max_host_connections
-        return cap > 0 and host.running >= cap
+    def _now_ms(self) -> int:
+        return self._clock.now_ms()
+
+    def _admit(self, transfer: _Transfer) -> bool:
+        """Ask the governor for a slot to the call's host (it counts the call if so)."""
+        epoch = self.hosts.try_start(transfer.host.name, self._now_ms())
+        if epoch is None:
+            return False
+        transfer.host_epoch = epoch
+        return True
 
     def _take_host_slot(self, transfer: _Transfer) -> None:
         transfer.holds_host_slot = True
@@ -516,6 +546,8 @@ class CurlDispatcher:
         assert self._loop is not None
         transfer.host.waiting.append(transfer)
         self._host_waiting += 1
+        self.hosts.queued(transfer.host.name, 1)
+        self._arm_host_wake(transfer.host)
         transfer.expiry = self._loop.call_later(
             self._settings.host_wait_s, self._host_wait_expired, transfer
         )
@@ -526,30 +558,55 @@ class CurlDispatcher:
         transfer.expiry.cancel()
         transfer.expiry = None
         self._host_waiting -= 1
+        self.hosts.queued(transfer.host.name, -1)
 
     def _host_wait_expired(self, transfer: _Transfer) -> None:
         host = transfer.host
         host.waiting.remove(transfer)
         self._left_host_queue(transfer)
+        why = self.hosts.why_waiting(host.name, self._now_ms())
         self._forget_idle_host(host)
-        cap = self._settings.max_host_connections
         message = (
             f"no connection slot to host {host.name} within {self._settings.host_wait_s:g} s "
-            f"(all MAX_HOST_CONNECTIONS={cap} connections to it were busy)"
+            f"({why})"
         )
         _resolve(transfer.future, Outcome(status=0, error=message, timed_out=True))
 
     def _next_for_host(self, host: _Host) -> None:
-        if host.waiting and not self._closed:
+        started = False
+        while host.waiting and not self._closed and self._admit(host.waiting[0]):
             transfer = host.waiting.popleft()
             self._left_host_queue(transfer)
             self._take_host_slot(transfer)
+            started = True
+        if started:
             self._start_waiting()
+        self._arm_host_wake(host)
         self._forget_idle_host(host)
+
+    def _arm_host_wake(self, host: _Host) -> None:
+        """While calls wait for a cool-down or a rate token (not for a call to end),
+        look at the queue again when the governor says it may move, on the clock."""
+        if not host.waiting or host.wake is not None or self._loop is None:
+            return
+        now_ms = self._now_ms()
+        at_ms = self.hosts.next_start_ms(host.name, now_ms)
+        if at_ms is not None:
+            host.wake = self._loop.create_task(self._wake_host(host, max(at_ms - now_ms, 0)))
+
+    async def _wake_host(self, host: _Host, delay_ms: int) -> None:
+        await self._clock.sleep(delay_ms / 1000)
+        host.wake = None
+        self._next_for_host(host)
 
     def _forget_idle_host(self, host: _Host) -> None:
         if host.running == 0 and not host.waiting:
-            self._hosts.pop(host.name, None)
+            if host.wake is not None:
+                host.wake.cancel()
+                host.wake = None
+            if self._hosts.get(host.name) is host:
+                del self._hosts[host.name]
+            self.hosts.forget_idle(host.name, self._now_ms())
 
     def _free_handles(self) -> None:
         for curl in self._idle:

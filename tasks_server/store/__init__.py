@@ -20,6 +20,7 @@ from ..models import (
     DueTask,
     FlowSetting,
     FlowStatus,
+    HostLimit,
     NewSchedule,
     NewTask,
     Owner,
@@ -333,6 +334,16 @@ class Store(Protocol):
 
     async def save_flow_control(self, owner_id: str, setting: FlowSetting, now_ms: int) -> None:
         """Set a key's limits and paused flag (creating the key if needed)."""
+
+    async def list_host_limits(self) -> list[HostLimit]:
+        """Every destination host's administrator limits, by host name."""
+
+    async def save_host_limit(self, limit: HostLimit) -> None:
+        """Set a host's limits, replacing any earlier ones (creating the row if needed)."""
+
+    async def delete_host_limit(self, host: str) -> bool:
+        """Remove a host's limits (it returns to the server-wide defaults); False when
+        there were none."""
 
     async def requeue_interrupted(self, now_ms: int) -> int:
         """At start-up: attempts left in flight by a crash end as interrupted and their

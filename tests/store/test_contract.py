@@ -37,6 +37,7 @@ from tasks_server.models import (
     FlowSetting,
     FlowStatus,
     FollowUp,
+    HostLimit,
     HttpRequest,
     NewSchedule,
     NewTask,
@@ -473,6 +474,21 @@ async def test_flow_keys_are_listed_with_what_waits_and_can_be_saved(store: Stor
     await store.save_flow_control(owner.id, changed, T0 + 60)
     assert await store.get_flow_control(owner.id, "b-key") == changed
     assert await store.list_flow_controls((await make_owner(store, "owner-two")).id) == []
+
+
+async def test_host_limits_are_saved_replaced_listed_and_deleted(store: Store) -> None:
+    assert await store.list_host_limits() == []
+    api = HostLimit("api.example.com:443", max_concurrency=8, max_rate=2.5, updated_at_ms=T0)
+    every_port = HostLimit("slow.example.com", max_concurrency=None, max_rate=0.5, updated_at_ms=T0)
+    await store.save_host_limit(api)
+    await store.save_host_limit(every_port)
+    assert await store.list_host_limits() == [api, every_port]  # by host name
+    replaced = HostLimit("api.example.com:443", max_concurrency=None, updated_at_ms=T0 + 1)
+    await store.save_host_limit(replaced)
+    assert await store.list_host_limits() == [replaced, every_port]
+    assert await store.delete_host_limit("api.example.com:443") is True
+    assert await store.delete_host_limit("api.example.com:443") is False
+    assert await store.list_host_limits() == [every_port]
 
 
 async def test_concurrent_registrations_with_one_key_create_one_task(store: Store) -> None:
