@@ -106,9 +106,11 @@ class HostState:
         burst = max(1.0, self.rate)
         if self.tokens_at_ms is None:
             self.tokens = burst
-        else:
-            earned = max(now_ms - self.tokens_at_ms, 0) * self.rate / 1000
+        elif now_ms > self.tokens_at_ms:  # a clock stepping back earns nothing
+            earned = (now_ms - self.tokens_at_ms) * self.rate / 1000
             self.tokens = min(burst, self.tokens + earned)
+        else:
+            return
         self.tokens_at_ms = now_ms
 
     def blocker(self, now_ms: int) -> str | None:

@@ -174,7 +174,10 @@ async def test_the_circuit_opens_after_n_failures_probes_once_and_closes(
         await register(3)
         assert server.hosts is not None
         await wait_until(
-            lambda: server.hosts is not None and server.hosts.view(sink.host, 0).waiting == 3,
+            lambda: (
+                server.hosts is not None
+                and server.hosts.view(sink.host, clock.now_ms()).waiting == 3
+            ),
             message="three calls held at the host",
         )
         view = await host_view(client, sink.host)
@@ -220,7 +223,10 @@ async def test_an_override_caps_the_calls_a_host_sees_and_survives_a_restart(
             )
         await wait_until(lambda: sink.arrived == 2, message="two calls")
         await wait_until(
-            lambda: server.hosts is not None and server.hosts.view(sink.host, 0).waiting == 3,
+            lambda: (
+                server.hosts is not None
+                and server.hosts.view(sink.host, clock.now_ms()).waiting == 3
+            ),
             message="three calls waiting",
         )
         view = await host_view(client, sink.host)
@@ -234,3 +240,39 @@ async def test_an_override_caps_the_calls_a_host_sees_and_survives_a_restart(
     async with client_for(again) as client:
         view = await host_view(client, sink.host)
         assert view["override"]["maxConcurrency"] == 2 and view["maxConcurrency"] == 2
+
+
+async def test_a_host_rate_spaces_calls_on_the_clock(
+    make_server: ServerFactory, clock: FakeClock, target: TargetServer
+) -> None:
+    server = await make_server(admin_key=ADMIN, owner_registration="open", host_max_rate=1.0)
+    target.route("/r", Reply(200))
+    host = f"127.0.0.1:{target.port}"
+    async with client_for(server) as client:
+        owner = await register_owner(client, "owner-one")
+        for _ in range(3):
+            await register_task(
+                client,
+                owner,
+                {"url": target.url("/r"), "method": "GET"},
+                config={"executionDelay": 0},
+            )
+        await wait_until(lambda: len(target.arrivals) == 1, message="the first call")
+        await wait_until(
+            lambda: (
+                server.hosts is not None and server.hosts.view(host, clock.now_ms()).waiting == 2
+            ),
+            message="two calls waiting for a token",
+        )
+        view = await host_view(client, host)
+        assert view["maxRate"] == 1.0
+        assert view["waitingReason"] == "rate limit 1 calls/s reached"
+        clock.advance(0.9)
+        for _ in range(20):  # the dispatcher's wake-up is due at 1 s: nothing moves here
+            await asyncio.sleep(0)
+        await wait_until(lambda: server.scheduler.idle.is_set(), message="the loop to park")
+        assert len(target.arrivals) == 1
+        clock.advance(0.1)
+        await wait_until(lambda: len(target.arrivals) == 2, message="the second call, 1 s later")
+        clock.advance(1)
+        await wait_until(lambda: len(target.arrivals) == 3, message="the third call")
