@@ -269,9 +269,11 @@ class CurlDispatcher:
     ``socket_action`` and finished transfers are drained with ``info_read``.
 
     Two caps, both kept here rather than in libcurl (whose pending queue would start a
-    call's timeout while it waits): at most ``max_host_connections`` calls run at once to
-    one host and port, and later ones wait in that host's own queue, so a slow host never
-    holds up another; at most ``max_connections`` run in all, and calls with a host slot
+    call's timeout while it waits): the ``hosts`` governor (dispatch/hosts.py) decides
+    how many calls run at once to one host and port — never more than
+    ``max_host_connections``, fewer after 429/503 answers or while its circuit is open —
+    and later ones wait in that host's own queue, so a slow host never holds up another;
+    at most ``max_connections`` run in all, and calls with a host slot
     wait for a global one in FIFO order. A call is handed to libcurl, and its timeout
     starts, only when it has both. Easy handles are pooled and reset between calls;
     connections are reused through the multi's cache. ``close`` waits ``close_grace_s``
