@@ -21,6 +21,7 @@ from .base import DUE_CHANNEL, SCHEDULE_CHANNEL, connection_options
 from .claims import PgClaimOps
 from .dead_letters import PgDeadLetterOps
 from .flow import PgFlowOps
+from .hosts import PgHostLimitOps
 from .owners import PgOwnerOps
 from .schedules import PgScheduleOps
 from .sealed import PgSealOps
@@ -55,6 +56,7 @@ class PostgresStore(
     PgSearchOps,
     PgAlertOps,
     PgSealOps,
+    PgHostLimitOps,
 ):
     """Store on PostgreSQL. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 
