@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from ..models import FlowControl, FlowRef
+
 
 class RunState(StrEnum):
     PENDING = "PENDING"  # created; its first steps are not due yet
@@ -85,7 +87,12 @@ class WorkflowRun:
 
 @dataclass(frozen=True, slots=True)
 class StepStart:
-    """A step task the store created while advancing a run: the scheduler arms it."""
+    """A step task the store created while advancing a run: the scheduler arms it, with
+    its priority and, when the step names one, its flow-control key (owner, key) and the
+    limits the step gives that key (the last registration wins, as for a task)."""
 
     task_id: str
     due_at_ms: int
+    priority: int = 0
+    flow: FlowRef | None = None
+    flow_limits: FlowControl | None = None

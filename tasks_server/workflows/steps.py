@@ -8,13 +8,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..models import NewTask, Result
-from .model import StepTemplate
+from .model import StepStart, StepTemplate
 from .template import TemplateError, references, render, response_context
 
-# how a rendered step becomes a task: the registration's own validation (ValueError)
-StepBuilder = Callable[[dict[str, Any], int], NewTask]
-# who the store tells after a commit: a step's task was created (id, due ms); a run ended
-StepStarted = Callable[[str, int], None]
+# how a rendered step becomes a task: the registration's own validation and egress
+# checks, given the owner's validated domains (None: no list); raises ValueError
+StepBuilder = Callable[[dict[str, Any], int, tuple[str, ...] | None], NewTask]
+# who the store tells after a commit: a step's task was created; a run ended
+StepStarted = Callable[[StepStart], None]
 RunFinished = Callable[[str], None]
 
 TIMED_OUT = "the run timed out"
@@ -64,6 +65,15 @@ def failed_result(response: dict[str, Any] | None) -> bytes | None:
     if response is None:
         return None
     return json.dumps({"response": response, "output": None}).encode()
+
+
+def step_start(task_id: str, due_at_ms: int, owner_id: str, new: NewTask) -> StepStart:
+    """How the scheduler arms a step's task: its priority and flow-control key, as for a
+    registered task."""
+    config = new.spec.config
+    flow = config.flow_control
+    ref = None if flow is None else (owner_id, flow.key)
+    return StepStart(task_id, due_at_ms, config.priority, ref, flow)
 
 
 def labelled(new: NewTask, run_id: str, step_id: str) -> NewTask:

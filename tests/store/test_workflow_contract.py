@@ -11,6 +11,8 @@ import pytest
 
 from tasks_server.errors import OwnerNotFound, PreconditionFailed, WorkflowNotFound
 from tasks_server.models import (
+    DueTask,
+    FlowControl,
     HttpRequest,
     NewTask,
     Outcome,
@@ -22,7 +24,7 @@ from tasks_server.models import (
 )
 from tasks_server.sealing import key_digest
 from tasks_server.store import Store
-from tasks_server.workflows.model import NewRun, RunState, StepState, StepTemplate
+from tasks_server.workflows.model import NewRun, RunState, StepStart, StepState, StepTemplate
 
 T0 = 1_767_225_600_000
 
@@ -32,26 +34,37 @@ class Watcher:
 
     def __init__(self) -> None:
         self.started: list[tuple[str, int]] = []
+        self.starts: list[StepStart] = []  # as the scheduler is told: with key and priority
         self.finished: list[str] = []
         self.bodies: dict[str, Any] = {}  # task url → rendered body
 
-    def build(self, request: dict[str, Any], now_ms: int) -> NewTask:
+    def build(
+        self, request: dict[str, Any], now_ms: int, allowed: tuple[str, ...] | None
+    ) -> NewTask:
         http = request["httpRequest"]
         if "bad" in http["url"]:
             raise ValueError("httpRequest.url: Invalid url")
         data = http.get("data")
         self.bodies[http["url"]] = data
         body = None if data is None else json.dumps(data)
-        spec = TaskSpec(HttpRequest(http["url"], "POST", data_json=body), TaskConfig())
-        return NewTask(spec, now_ms + request.get("config", {}).get("executionDelay", 0))
+        config = request.get("config", {})
+        flow = config.get("flowControl")
+        task_config = TaskConfig(
+            priority=config.get("priority", 0),
+            flow_control=None if flow is None else FlowControl(flow["key"], flow["rate"]),
+        )
+        spec = TaskSpec(HttpRequest(http["url"], "POST", data_json=body), task_config)
+        return NewTask(spec, now_ms + config.get("executionDelay", 0))
+
+    def step_started(self, start: StepStart) -> None:
+        self.started.append((start.task_id, start.due_at_ms))
+        self.starts.append(start)
 
 
 @pytest.fixture
 def watcher(store: Store) -> Watcher:
     found = Watcher()
-    store.watch_workflows(
-        found.build, lambda t, d: found.started.append((t, d)), found.finished.append
-    )
+    store.watch_workflows(found.build, found.step_started, found.finished.append)
     return found
 
 
@@ -302,3 +315,30 @@ async def test_a_run_that_ends_creates_its_callback_task_in_the_same_transaction
     await store.cancel_run(owner.id, cancelled.id, T0 + 8)
     assert watcher.started[-1][0] == callback_task  # a cancel is the owner's act: no callback
     assert "https://example.com/ok" not in watcher.bodies
+
+
+async def test_a_step_task_carries_its_priority_and_flow_control_key(
+    store: Store, watcher: Watcher
+) -> None:
+    owner = await make_owner(store)
+    limited = {"priority": 7, "flowControl": {"key": "warehouse", "rate": 2}}
+    first = step("tax")
+    second = StepTemplate(
+        "sync",
+        ("tax",),
+        {"httpRequest": {"url": "https://example.com/sync"}, "config": limited},
+    )
+    run = await store.create_run(owner.id, run_of(first, second), T0)
+    await finish(store, run.steps[0].task_id or "", T0 + 10)
+    sync_task = (await store.get_run(owner.id, run.id)).steps[1].task_id
+    assert sync_task is not None
+    assert watcher.starts[-1] == StepStart(
+        sync_task, T0 + 10, 7, (owner.id, "warehouse"), FlowControl("warehouse", 2)
+    )
+    # the key and priority are stored with the task, as for a registration, and the
+    # step's limits are the key's limits
+    assert await store.due_before(T0 + 10**9, 10) == [
+        DueTask(sync_task, T0 + 10, 7, (owner.id, "warehouse"))
+    ]
+    setting = await store.get_flow_control(owner.id, "warehouse")
+    assert setting is not None and setting.flow == FlowControl("warehouse", 2)

@@ -34,13 +34,14 @@ from ...workflows.steps import (
     step_error,
     step_response,
     step_result,
+    step_start,
     step_summary,
 )
 from ...workflows.template import TemplateError, holds, render
 from ..ids import new_task_id
 from ..listing import host_of
 from .base import METADATA, StoreBase
-from .tasks import TASK_INSERT
+from .tasks import FLOW_UPSERT, TASK_INSERT
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,14 @@ STEP_RELEASE: LiteralString = (
     "RETURNING step_id, unmet, state"
 )
 
+# a step's task: like a registration, with its priority and flow-control key
+STEP_TASK_INSERT: LiteralString = (
+    "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
+    "next_at, metadata, spec, priority, flow_key, host) "
+    "VALUES (?, ?, 'RUNNING', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# the owner's validated domains (JSON, clear): a step's destination must be one of them
+OWNER_ALLOWED_HOSTS: LiteralString = "SELECT allowed_hosts FROM owner_security WHERE owner_id = ?"
 
 RUN_ENDED: LiteralString = (
     "SELECT owner_id, name, created_at, metadata, callbacks FROM workflow_run WHERE id = ?"
@@ -285,27 +294,33 @@ class StepOps(StoreBase):
             return None
         assert self._step_builder is not None, "the store was given no step builder"
         new = labelled(
-            self._step_builder(render(template["request"], context), now), run_id, step_id
+            self._step_builder(
+                render(template["request"], context), now, self._allowed_hosts(conn, owner_id)
+            ),
+            run_id,
+            step_id,
         )
         due = max(new.due_at_ms, due_floor_ms)
         metadata = self._seal(METADATA.dump_json(new.spec.metadata or ()))
         task_id = new_task_id(now)
-        conn.execute(
-            TASK_INSERT,
-            (
-                task_id,
-                owner_id,
-                now,
-                due,
-                due,
-                due,
-                metadata,
-                self._seal_spec(new.spec),
-                host_of(new.spec.request.url),
-            ),
+        config = new.spec.config
+        flow = config.flow_control
+        params = (
+            *(task_id, owner_id, now, due, due, due, metadata, self._seal_spec(new.spec)),
+            *(config.priority, None if flow is None else flow.key, host_of(new.spec.request.url)),
         )
+        conn.execute(STEP_TASK_INSERT, params)
+        if flow is not None:  # the step's limits for its key, as a registration sets them
+            conn.execute(
+                FLOW_UPSERT, (owner_id, flow.key, flow.rate, flow.period.ms, flow.parallelism, now)
+            )
         conn.execute(STEP_STARTED, (task_id, now, run_id, step_id))
-        return StepStart(task_id, due)
+        return step_start(task_id, due, owner_id, new)
+
+    @staticmethod
+    def _allowed_hosts(conn: sqlite3.Connection, owner_id: str) -> tuple[str, ...] | None:
+        row = conn.execute(OWNER_ALLOWED_HOSTS, (owner_id,)).fetchone()
+        return None if row is None or row[0] is None else tuple(json.loads(row[0]))
 
     def _context(self, conn: sqlite3.Connection, run_id: str, step_ids: set[str]) -> dict[str, Any]:
         """The run's input and the results of the steps named."""
@@ -321,7 +336,7 @@ class StepOps(StoreBase):
         """Tell the scheduler and the waiters, after the commit."""
         if self._step_started is not None:
             for start in advance.started:
-                self._step_started(start.task_id, start.due_at_ms)
+                self._step_started(start)
         if self._run_finished is not None:
             for run_id in advance.finished_runs:
                 self._run_finished(run_id)
@@ -358,7 +373,8 @@ class StepOps(StoreBase):
         ]
         assert self._step_builder is not None, "the store was given no step builder"
         try:
-            built = self._step_builder(callback_request(callback, envelope(run, steps)), now)
+            request = callback_request(callback, envelope(run, steps))
+            built = self._step_builder(request, now, self._allowed_hosts(conn, owner_id))
         except ValueError as exc:  # checked when the run was created; logged if it changed
             logger.error("workflow run %s: callback not made: %s", run_id, exc)
             return
