@@ -152,7 +152,7 @@ def _template(position: int, step: StepIn) -> StepTemplate:
     )
 
 
-def _to_new_run(
+def to_new_run(
     app: Services, body: WorkflowIn, now_ms: int, allowed: tuple[str, ...] | None
 ) -> NewRun:
     """The run the body describes, checked as far as it can be before any step runs:
@@ -283,6 +283,7 @@ def run_view(run: WorkflowRun, with_steps: bool = True) -> dict[str, Any]:
         "deadlineAt": run.deadline_ms,
         "error": run.error,
         "metadata": None if run.metadata is None else dict(run.metadata),
+        "scheduleId": run.schedule_id,
     }
     if with_steps:
         view["steps"] = [step_view(step) for step in run.steps]
@@ -309,7 +310,7 @@ async def create(request: Request) -> Response:
         raise validation_failed(exc, data) from exc
     now = app.clock.now_ms()
     security = await app.store.owner_security(owner_id)
-    new = _to_new_run(app, body, now, security.allowed_hosts)
+    new = to_new_run(app, body, now, security.allowed_hosts)
     run = await app.store.create_run(owner_id, new, now)
     return answer(request, run_view(run), 201)
 

@@ -33,7 +33,13 @@ from ..models import (
     TaskState,
 )
 from ..sealing import Sealer
-from ..workflows.model import NewRun, RunState, WorkflowRun
+from ..workflows.model import (
+    NewRun,
+    NewWorkflowSchedule,
+    RunState,
+    WorkflowDefinition,
+    WorkflowRun,
+)
 from ..workflows.steps import RunFinished, StepBuilder, StepStarted
 from .listing import TaskOverview, TaskPage, TaskQuery
 
@@ -385,20 +391,43 @@ class Store(Protocol):
         Raises Conflict when the owner already has a schedule of that name.
         """
 
+    async def create_workflow_schedule(
+        self,
+        owner_id: str,
+        new: NewWorkflowSchedule,
+        now_ms: int,
+        state: ScheduleState,
+        cursor_ms: int,
+        next_at_ms: int | None,
+    ) -> Schedule:
+        """Insert a schedule whose slots start runs of ``new.workflow`` (target
+        WORKFLOW), with its first progress. Raises Conflict as create_schedule does."""
+
     async def get_schedule(self, owner_id: str, key: str) -> Schedule:
         """The schedule whose id or name is ``key``. Raises NotFound."""
 
     async def get_schedule_spec(self, owner_id: str, schedule_id: str) -> TaskSpec:
-        """The task template as registered (or last updated). Raises NotFound."""
+        """The task template as registered (or last updated). Raises NotFound, also for
+        a schedule that starts workflow runs."""
+
+    async def get_schedule_workflow(self, owner_id: str, schedule_id: str) -> WorkflowDefinition:
+        """The workflow a WORKFLOW schedule starts. Raises NotFound, also for a schedule
+        that creates tasks."""
 
     async def list_schedules(self, owner_id: str, limit: int, offset: int) -> list[Schedule]:
         """A page of the owner's schedules, by name."""
 
     async def save_schedule(
-        self, schedule: Schedule, task: TaskSpec | None, expected_version: int, now_ms: int
+        self,
+        schedule: Schedule,
+        task: TaskSpec | None,
+        expected_version: int,
+        now_ms: int,
+        workflow: WorkflowDefinition | None = None,
     ) -> Schedule | None:
         """Write a schedule's definition and progress (and its template when ``task`` is
-        given) if it is still at ``expected_version``; returns it as stored, or None when
+        given, or its workflow when ``workflow`` is) if it is still at
+        ``expected_version``; returns it as stored, or None when
         it changed meanwhile (read it again and retry). Raises NotFound, or Conflict when
         the new name is taken."""
 
@@ -409,6 +438,12 @@ class Store(Protocol):
         self, owner_id: str, schedule_id: str, limit: int, offset: int
     ) -> list[Task]:
         """A page of the tasks the schedule created, newest first."""
+
+    async def list_schedule_runs(
+        self, owner_id: str, schedule_id: str, limit: int, offset: int
+    ) -> list[WorkflowRun]:
+        """A page of the workflow runs the schedule started (without their steps),
+        newest first."""
 
     async def due_schedules(self, now_ms: int, lookahead_ms: int, limit: int) -> list[Schedule]:
         """ACTIVE schedules to look at by ``now_ms``, earliest first: next_at has passed,
@@ -432,6 +467,11 @@ class Store(Protocol):
         ``fire.version``: a slot is never fired twice. A run the owner's task limit refuses
         is logged and skipped (it still counts as a run). Returns (task id, due ms) of the
         created tasks.
+
+        For a WORKFLOW schedule the same transaction starts a run per slot instead, as
+        create_run does (root steps due at the slot, the run marked with the schedule),
+        returns (run id, slot) of the runs, and tells the step watcher about their first
+        steps' tasks after the commit.
         """
 
     # workflow runs (a step is a task; the store advances runs when their tasks end)

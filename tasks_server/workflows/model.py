@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from ..models import FlowControl, FlowRef
+from ..models import FlowControl, FlowRef, ScheduleTiming
 
 
 class RunState(StrEnum):
@@ -57,6 +57,42 @@ class NewRun:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkflowDefinition:
+    """A run as a schedule keeps it: everything of NewRun but the due time, which each
+    slot gives (``at``). Validated once, when the schedule is created or changed."""
+
+    name: str
+    input: Any
+    steps: tuple[StepTemplate, ...]
+    timeout_ms: int | None = None
+    metadata: tuple[tuple[str, str], ...] | None = None
+    on_success: dict[str, Any] | None = None
+    on_failure: dict[str, Any] | None = None
+
+    def at(self, due_at_ms: int) -> NewRun:
+        """The run a slot starts, its first steps due at ``due_at_ms``."""
+        return NewRun(
+            self.name,
+            self.input,
+            self.steps,
+            due_at_ms,
+            self.timeout_ms,
+            self.metadata,
+            self.on_success,
+            self.on_failure,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewWorkflowSchedule:
+    """A schedule whose every slot starts a run of ``workflow``."""
+
+    name: str
+    timing: ScheduleTiming
+    workflow: WorkflowDefinition
+
+
+@dataclass(frozen=True, slots=True)
 class WorkflowStep:
     id: str
     state: StepState
@@ -83,6 +119,7 @@ class WorkflowRun:
     error: str | None
     metadata: tuple[tuple[str, str], ...] | None
     steps: tuple[WorkflowStep, ...] = ()
+    schedule_id: str | None = None  # the schedule whose slot started the run
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..models import NewTask, Result
-from .model import StepStart, StepTemplate
+from .model import StepStart, StepTemplate, WorkflowDefinition
 from .template import TemplateError, references, render, response_context
 
 # how a rendered step becomes a task: the registration's own validation and egress
@@ -31,6 +31,59 @@ def encode_template(step: StepTemplate) -> bytes:
             "runIfSkipped": step.run_if_skipped,
         }
     ).encode()
+
+
+def encode_definition(definition: WorkflowDefinition) -> bytes:
+    """A schedule's workflow as stored (sealed by the store); ``decode_definition`` reads
+    it back."""
+    steps = [
+        {
+            "id": step.id,
+            "dependsOn": list(step.depends_on),
+            "request": step.request,
+            "when": step.when,
+            "output": step.output,
+            "runIfSkipped": step.run_if_skipped,
+        }
+        for step in definition.steps
+    ]
+    metadata = None if definition.metadata is None else [list(p) for p in definition.metadata]
+    return json.dumps(
+        {
+            "name": definition.name,
+            "input": definition.input,
+            "steps": steps,
+            "timeoutMs": definition.timeout_ms,
+            "metadata": metadata,
+            "onSuccess": definition.on_success,
+            "onFailure": definition.on_failure,
+        }
+    ).encode()
+
+
+def decode_definition(data: bytes) -> WorkflowDefinition:
+    found = json.loads(data)
+    steps = tuple(
+        StepTemplate(
+            step["id"],
+            tuple(step["dependsOn"]),
+            step["request"],
+            step["when"],
+            step["output"],
+            step["runIfSkipped"],
+        )
+        for step in found["steps"]
+    )
+    metadata = found["metadata"]
+    return WorkflowDefinition(
+        found["name"],
+        found["input"],
+        steps,
+        found["timeoutMs"],
+        None if metadata is None else tuple((k, v) for k, v in metadata),
+        found["onSuccess"],
+        found["onFailure"],
+    )
 
 
 def referenced_steps(template: dict[str, Any], part: str) -> set[str]:
