@@ -486,7 +486,8 @@ class Store(Protocol):
     async def create_run(self, owner_id: str, run: NewRun, now_ms: int) -> WorkflowRun:
         """Store a run, its steps and their dependency edges in one transaction, and
         create the tasks of its root steps (due at ``run.due_at_ms`` or later). Steps whose
-        condition is false are skipped. Raises OwnerNotFound."""
+        condition is false are skipped. Returns the run as that transaction left it (read
+        inside it: no step has moved yet). Raises OwnerNotFound."""
 
     async def get_run(self, owner_id: str, run_id: str) -> WorkflowRun:
         """The run with every step (state, task, attempts, output, error), in declaration

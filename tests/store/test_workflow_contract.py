@@ -9,22 +9,36 @@ from typing import Any
 
 import pytest
 
-from tasks_server.errors import OwnerNotFound, PreconditionFailed, WorkflowNotFound
+from tasks_server.errors import NotFound, OwnerNotFound, PreconditionFailed, WorkflowNotFound
 from tasks_server.models import (
     DueTask,
     FlowControl,
     HttpRequest,
     NewTask,
     Outcome,
+    OverlapPolicy,
     Owner,
     Result,
+    Schedule,
+    ScheduleFire,
+    ScheduleState,
+    ScheduleTarget,
+    ScheduleTiming,
     TaskConfig,
     TaskSpec,
     TaskState,
 )
 from tasks_server.sealing import key_digest
 from tasks_server.store import Store
-from tasks_server.workflows.model import NewRun, RunState, StepStart, StepState, StepTemplate
+from tasks_server.workflows.model import (
+    NewRun,
+    NewWorkflowSchedule,
+    RunState,
+    StepStart,
+    StepState,
+    StepTemplate,
+    WorkflowDefinition,
+)
 
 T0 = 1_767_225_600_000
 
@@ -342,3 +356,105 @@ async def test_a_step_task_carries_its_priority_and_flow_control_key(
     ]
     setting = await store.get_flow_control(owner.id, "warehouse")
     assert setting is not None and setting.flow == FlowControl("warehouse", 2)
+
+
+# -- schedules that start workflow runs ------------------------------------------------------
+
+SLOT = T0 + 60_000
+
+
+def definition(*steps: StepTemplate, timeout_ms: int | None = None) -> WorkflowDefinition:
+    return WorkflowDefinition(
+        "nightly-etl", {"day": 1}, steps, timeout_ms, (("team", "data"),), {"url": "https://e.x"}
+    )
+
+
+async def add_workflow_schedule(
+    store: Store, owner_id: str, overlap: OverlapPolicy = OverlapPolicy.ALLOW
+) -> Schedule:
+    timing = ScheduleTiming("* * * * *", "UTC", overlap=overlap)
+    etl = definition(
+        step("export", data={"day": "{{ input.day }}"}),
+        step("transform", "export"),
+        step("load", "transform"),
+    )
+    return await store.create_workflow_schedule(
+        owner_id, NewWorkflowSchedule("etl", timing, etl), T0, ScheduleState.ACTIVE, T0, SLOT
+    )
+
+
+def plan(schedule: Schedule, *slots: int) -> ScheduleFire:
+    return ScheduleFire(
+        schedule.id, schedule.version, slots, slots[-1], slots[-1] + 60_000, ScheduleState.ACTIVE
+    )
+
+
+async def test_a_workflow_schedule_keeps_its_definition_and_not_a_task_template(
+    store: Store, watcher: Watcher
+) -> None:
+    owner = await make_owner(store)
+    schedule = await add_workflow_schedule(store, owner.id)
+    assert schedule.target is ScheduleTarget.WORKFLOW and schedule.next_at_ms == SLOT
+    stored = await store.get_schedule_workflow(owner.id, schedule.id)
+    assert stored == definition(*stored.steps) and [s.id for s in stored.steps] == [
+        "export",
+        "transform",
+        "load",
+    ]
+    assert stored.steps[1].depends_on == ("export",)
+    with pytest.raises(NotFound):
+        await store.get_schedule_spec(owner.id, schedule.id)
+    changed = definition(step("only"))
+    saved = await store.save_schedule(schedule, None, schedule.version, T0 + 1, workflow=changed)
+    assert saved is not None and saved.target is ScheduleTarget.WORKFLOW
+    assert await store.get_schedule_workflow(owner.id, schedule.id) == changed
+
+
+async def test_a_workflow_schedule_starts_one_run_per_slot_exactly_once(
+    store: Store, watcher: Watcher
+) -> None:
+    owner = await make_owner(store)
+    schedule = await add_workflow_schedule(store, owner.id)
+    step_one = plan(schedule, SLOT, SLOT + 60_000)
+    created = await store.fire_schedule(step_one, SLOT - 500)  # planned a little ahead
+    assert created is not None and [due for _, due in created] == [SLOT, SLOT + 60_000]
+    assert await store.fire_schedule(step_one, SLOT) is None  # the same plan twice: refused
+    after = await store.get_schedule(owner.id, schedule.id)
+    assert (after.cursor_ms, after.runs, after.next_at_ms) == (SLOT + 60_000, 2, SLOT + 120_000)
+    assert after.last_task_id == created[-1][0] and after.last_run_at_ms == SLOT + 60_000
+    runs = await store.list_schedule_runs(owner.id, schedule.id, 10, 0)
+    assert {run.id for run in runs} == {run_id for run_id, _ in created}
+    assert await store.list_schedule_runs(owner.id, schedule.id, 1, 1) == runs[1:]
+    for run_id, due in created:
+        run = await store.get_run(owner.id, run_id)
+        assert run.schedule_id == schedule.id and run.due_at_ms == due
+        assert run.state is RunState.PENDING and run.metadata == (("team", "data"),)
+        assert [s.state for s in run.steps] == [
+            StepState.RUNNING,
+            StepState.WAITING,
+            StepState.WAITING,
+        ]
+        # the first step's task is due at the slot and was announced after the commit
+        export = run.steps[0].task_id
+        assert export is not None and (export, due) in watcher.started
+    # another owner sees none of it
+    other = await make_owner(store, "owner-two")
+    assert await store.list_schedule_runs(other.id, schedule.id, 10, 0) == []
+
+
+async def test_overlap_policies_read_a_workflow_schedules_last_run(
+    store: Store, watcher: Watcher
+) -> None:
+    owner = await make_owner(store)
+    schedule = await add_workflow_schedule(store, owner.id, OverlapPolicy.QUEUE)
+    created = await store.fire_schedule(plan(schedule, SLOT), SLOT)
+    assert created is not None
+    [(run_id, _)] = created
+    # the run is pending: a `queue` schedule is not due until it ends
+    assert await store.due_schedules(SLOT + 120_000, 500, 10) == []
+    read = await store.get_schedule(owner.id, schedule.id)
+    assert read.last_task_pending and read.last_task_state is TaskState.RUNNING
+    await store.cancel_run(owner.id, run_id, SLOT + 5_000)
+    [due] = await store.due_schedules(SLOT + 120_000, 500, 10)
+    assert due.id == schedule.id and due.last_task_state is TaskState.REVOKED
+    assert due.last_task_ended_at_ms == SLOT + 5_000 and not due.last_task_pending

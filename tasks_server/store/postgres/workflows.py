@@ -130,16 +130,18 @@ class PgWorkflowOps(PgStepOps):
         run_id = new_task_id(now_ms)
         rows = self._run_rows(run)
 
-        async def op(cur: Cursor) -> Advance:
+        async def op(cur: Cursor) -> tuple[Advance, WorkflowRun]:
             await lock_capacity(cur, owner_id)  # raises OwnerNotFound
             advance = Advance()
             await self._insert_run(cur, run_id, owner_id, run, rows, now_ms, None, advance)
             await self._tell_nodes(cur, advance, now_ms)
-            return advance
+            # read in the transaction: the run as created, before any step can have moved
+            steps = tuple(self._step(row) for row in await _all(cur, STEP_LIST, (run_id,)))
+            return advance, self._run(await _one(cur, RUN_BY_ID, (run_id, owner_id)), steps)
 
-        advance = await self._tx(op)
+        advance, created = await self._tx(op)
         self._announce(advance)
-        return await self.get_run(owner_id, run_id)
+        return created
 
     def _run_rows(self, run: NewRun) -> RunRows:
         """The sealed values of a run's rows (sealed before the transaction starts)."""

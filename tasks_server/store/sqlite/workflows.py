@@ -123,16 +123,18 @@ class WorkflowOps(StepOps):
         run_id = new_task_id(now_ms)
         rows = self._run_rows(run)
 
-        def op(conn: sqlite3.Connection) -> Advance:
+        def op(conn: sqlite3.Connection) -> tuple[Advance, WorkflowRun]:
             if conn.execute(OWNER_EXISTS, (owner_id,)).fetchone() is None:
                 raise OwnerNotFound()
             advance = Advance()
             self._insert_run(conn, run_id, owner_id, run, rows, now_ms, None, advance)
-            return advance
+            # read in the transaction: the run as created, before any step can have moved
+            steps = tuple(self._step(row) for row in conn.execute(STEP_LIST, (run_id,)))
+            return advance, self._run(conn.execute(RUN_BY_ID, (run_id, owner_id)).fetchone(), steps)
 
-        advance = await self._write(op, savepoint=True)
+        advance, created = await self._write(op, savepoint=True)
         self._announce(advance)
-        return await self.get_run(owner_id, run_id)
+        return created
 
     def _run_rows(self, run: NewRun) -> RunRows:
         """The sealed values of a run's rows (sealed before the writer takes the op)."""
