@@ -101,6 +101,7 @@ def build(
         step_builder(settings, unsupported, egress_policy(settings)),
         step_arming(scheduler),
         runs.wake,
+        scheduler.free_claims,
     )
     services = Services(
         settings=settings,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -14,7 +14,7 @@ from starlette.responses import Response
 from ..config import Settings
 from ..dispatch.egress import EgressPolicy
 from ..errors import ValidationFailed, WorkflowNotFound
-from ..models import HttpRequest, NewTask, TaskConfig
+from ..models import Attempt, HttpRequest, NewTask, TaskConfig
 from ..workflows.graph import DefinitionError, check
 from ..workflows.model import (
     NewRun,
@@ -100,11 +100,19 @@ def _describe_tree(tree: dict[str, Any], path: str) -> str:
     return ""
 
 
-def step_arming(scheduler: Notifier) -> Callable[[StepStart], None]:
+class StepArmer(Notifier, Protocol):
+    def adopt(self, attempt: Attempt) -> None: ...
+
+
+def step_arming(scheduler: StepArmer) -> Callable[[StepStart], None]:
     """How a step's task the store created is armed: like a registered task, with its
-    priority and flow-control key, whose limits the step sets (the last one wins)."""
+    priority and flow-control key, whose limits the step sets (the last one wins); a
+    task the store created already claimed is handed over with its attempt."""
 
     def arm(start: StepStart) -> None:
+        if start.attempt is not None:
+            scheduler.adopt(start.attempt)
+            return
         if start.flow is not None and start.flow_limits is not None:
             scheduler.configure_flow(start.flow[0], start.flow_limits)
         scheduler.notify(start.task_id, start.due_at_ms, start.priority, start.flow)

@@ -40,7 +40,7 @@ from ..workflows.model import (
     WorkflowDefinition,
     WorkflowRun,
 )
-from ..workflows.steps import RunFinished, StepBuilder, StepStarted
+from ..workflows.steps import ClaimBudget, RunFinished, StepBuilder, StepStarted
 from .listing import TaskOverview, TaskPage, TaskQuery
 
 LIST_ORDERS = ("createdAt", "estimateEndAt", "estimateExecutionAt")
@@ -477,11 +477,22 @@ class Store(Protocol):
     # workflow runs (a step is a task; the store advances runs when their tasks end)
 
     def watch_workflows(
-        self, builder: StepBuilder, step_started: StepStarted, run_finished: RunFinished
+        self,
+        builder: StepBuilder,
+        step_started: StepStarted,
+        run_finished: RunFinished,
+        claim_budget: ClaimBudget | None = None,
     ) -> None:
         """How a rendered step becomes a task (``builder``, raising ValueError for a step
         that cannot be registered), and who to tell once a transaction that created a step's
-        task or ended a run is committed (the scheduler, the waiters)."""
+        task or ended a run is committed (the scheduler, the waiters).
+
+        ``claim_budget`` (read before an outcome transaction) bounds how many of the step
+        tasks that transaction releases may be created already claimed: due now, no
+        flow-control key, their first attempt durably running, announced with that
+        attempt for the scheduler to start without a claim of its own. A crash leaves them
+        claimed like any claim, and ``requeue_interrupted`` makes them claimable again. A
+        store may create none that way (PostgreSQL, whose claims are leases, does not)."""
 
     async def create_run(self, owner_id: str, run: NewRun, now_ms: int) -> WorkflowRun:
         """Store a run, its steps and their dependency edges in one transaction, and

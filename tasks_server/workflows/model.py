@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from ..models import FlowControl, FlowRef, ScheduleTiming
+from ..models import Attempt, FlowControl, FlowRef, ScheduleTiming
 
 
 class RunState(StrEnum):
@@ -133,3 +133,6 @@ class StepStart:
     priority: int = 0
     flow: FlowRef | None = None
     flow_limits: FlowControl | None = None
+    # set when the store created the task already claimed (its first attempt durably
+    # running, in the outcome's transaction): the scheduler starts it without a claim
+    attempt: Attempt | None = None

@@ -16,6 +16,8 @@ from .template import TemplateError, references, render, response_context
 StepBuilder = Callable[[dict[str, Any], int, tuple[str, ...] | None], NewTask]
 # who the store tells after a commit: a step's task was created; a run ended
 StepStarted = Callable[[StepStart], None]
+# how many released step tasks the store may create already claimed (free call slots)
+ClaimBudget = Callable[[], int]
 RunFinished = Callable[[str], None]
 
 TIMED_OUT = "the run timed out"

@@ -458,3 +458,36 @@ async def test_overlap_policies_read_a_workflow_schedules_last_run(
     [due] = await store.due_schedules(SLOT + 120_000, 500, 10)
     assert due.id == schedule.id and due.last_task_state is TaskState.REVOKED
     assert due.last_task_ended_at_ms == SLOT + 5_000 and not due.last_task_pending
+
+
+async def test_released_steps_may_be_created_already_claimed_and_a_crash_requeues_them(
+    store: Store,
+) -> None:
+    """With a claim budget the store may create a released step's task already claimed
+    (SQLite does; PostgreSQL, whose claims are leases, leaves it claimable): either way
+    its first attempt is recorded like any claim's, and a crash before the call makes the
+    task claimable again, nothing lost."""
+    found = Watcher()
+    store.watch_workflows(found.build, found.step_started, found.finished.append, lambda: 8)
+    owner = await make_owner(store)
+    run = await store.create_run(owner.id, run_of(step("a"), step("b", "a")), T0)
+    assert found.starts[0].attempt is None  # a new run's roots are claimed by the scheduler
+    await finish(store, run.steps[0].task_id or "", T0 + 10)
+    start = found.starts[-1]
+    if start.attempt is None:
+        [attempt] = await store.claim_due([start.task_id], T0 + 20)
+    else:
+        attempt = start.attempt
+        assert (attempt.task_id, attempt.number, attempt.owner_id) == (start.task_id, 1, owner.id)
+        assert attempt.spec.request.url == "https://example.com/b"
+        assert await store.claim_due([start.task_id], T0 + 20) == []  # already claimed
+        assert await store.due_before(T0 + 10**9, 10) == []
+    # a crash now: at the next start (after the lease, where claims are leases) the
+    # claim is requeued and its attempt closed as interrupted
+    assert await store.requeue_interrupted(T0 + 30 + (store.lease_ms or 0)) == 1
+    assert await store.due_before(T0 + 10**9, 10) == [DueTask(start.task_id, T0 + 10)]
+    [interrupted] = await store.list_attempts(owner.id, start.task_id)
+    assert interrupted.number == attempt.number and interrupted.error is not None
+    await finish(store, start.task_id, T0 + 40 + (store.lease_ms or 0))
+    done = await store.get_run(owner.id, run.id)
+    assert done.state is RunState.SUCCESS and done.steps[1].attempts == 2

@@ -21,6 +21,7 @@ from ...workflows.model import (
     StepState,
 )
 from ...workflows.steps import (
+    ClaimBudget,
     RunFinished,
     StepBuilder,
     StepStarted,
@@ -140,8 +141,14 @@ class PgStepOps(PgBase):
         return self._sealer.open(bytes(blob))
 
     def watch_workflows(
-        self, builder: StepBuilder, step_started: StepStarted, run_finished: RunFinished
+        self,
+        builder: StepBuilder,
+        step_started: StepStarted,
+        run_finished: RunFinished,
+        claim_budget: ClaimBudget | None = None,
     ) -> None:
+        # claim_budget is not used here: a claim on PostgreSQL is a lease of this node,
+        # taken by claim_due, so released steps are left for the scheduler to claim
         self._step_builder = builder
         self._step_started = step_started
         self._run_finished = run_finished
