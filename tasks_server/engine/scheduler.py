@@ -211,11 +211,7 @@ class Scheduler:
             self._loading.add(task)
             task.add_done_callback(self._loading.discard)
             return
-        now_ms = self._clock.now_ms()
-        self._held_ids[attempt.task_id] = attempt
-        self._claimed_at_ms[attempt.task_id] = now_ms
-        order = (attempt.due_at_ms, -attempt.spec.config.priority, next(self._sequence))
-        heapq.heappush(self._held, (*order, attempt))
+        self._hold(attempt, self._clock.now_ms())
         self._held_changed.set()
 
     async def _adopt_after_load(self, attempt: Attempt) -> None:
