@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, LiteralString
 
 from ...errors import PreconditionFailed, WorkflowNotFound
-from ...models import ScheduleFire
+from ...models import DueTask, ScheduleFire
 from ...workflows.model import (
     NewRun,
     RunState,
@@ -186,10 +186,10 @@ class PgWorkflowOps(PgStepOps):
 
     async def _fire_runs(
         self, cur: Cursor, fire: ScheduleFire, owner_id: str, definition: bytes, now_ms: int
-    ) -> tuple[list[tuple[str, int]], Callable[[], None]]:
+    ) -> tuple[list[DueTask], Callable[[], None]]:
         workflow = decode_definition(self._unseal(definition))
         advance = Advance()
-        created = []
+        created: list[DueTask] = []
         for due in fire.due_at_ms:
             run = workflow.at(due)
             run_id = new_task_id(now_ms)
@@ -197,7 +197,7 @@ class PgWorkflowOps(PgStepOps):
             await self._insert_run(
                 cur, run_id, owner_id, run, rows, now_ms, fire.schedule_id, advance
             )
-            created.append((run_id, due))
+            created.append(DueTask(run_id, due))
         await advance_schedule(cur, fire, created)
         await self._tell_nodes(cur, advance, now_ms)
         return created, lambda: self._announce(advance)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, LiteralString
 
 from ...errors import OwnerNotFound, PreconditionFailed, WorkflowNotFound
-from ...models import ScheduleFire
+from ...models import DueTask, ScheduleFire
 from ...workflows.model import (
     NewRun,
     RunState,
@@ -184,16 +184,16 @@ class WorkflowOps(StepOps):
         owner_id: str,
         definition: bytes,
         now_ms: int,
-    ) -> tuple[list[tuple[str, int]], Callable[[], None]]:
+    ) -> tuple[list[DueTask], Callable[[], None]]:
         workflow = decode_definition(self._sealer.open(definition))
         advance = Advance()
-        created = []
+        created: list[DueTask] = []
         for due in fire.due_at_ms:
             run = workflow.at(due)
             run_id = new_task_id(now_ms)
             rows = self._run_rows(run)
             self._insert_run(conn, run_id, owner_id, run, rows, now_ms, fire.schedule_id, advance)
-            created.append((run_id, due))
+            created.append(DueTask(run_id, due))
         advance_schedule(conn, fire, created)
         return created, lambda: self._announce(advance)
 
