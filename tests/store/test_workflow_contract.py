@@ -417,15 +417,15 @@ async def test_a_workflow_schedule_starts_one_run_per_slot_exactly_once(
     schedule = await add_workflow_schedule(store, owner.id)
     step_one = plan(schedule, SLOT, SLOT + 60_000)
     created = await store.fire_schedule(step_one, SLOT - 500)  # planned a little ahead
-    assert created is not None and [due for _, due in created] == [SLOT, SLOT + 60_000]
+    assert created is not None and [c.due_at_ms for c in created] == [SLOT, SLOT + 60_000]
     assert await store.fire_schedule(step_one, SLOT) is None  # the same plan twice: refused
     after = await store.get_schedule(owner.id, schedule.id)
     assert (after.cursor_ms, after.runs, after.next_at_ms) == (SLOT + 60_000, 2, SLOT + 120_000)
-    assert after.last_task_id == created[-1][0] and after.last_run_at_ms == SLOT + 60_000
+    assert after.last_task_id == created[-1].task_id and after.last_run_at_ms == SLOT + 60_000
     runs = await store.list_schedule_runs(owner.id, schedule.id, 10, 0)
-    assert {run.id for run in runs} == {run_id for run_id, _ in created}
+    assert {run.id for run in runs} == {c.task_id for c in created}
     assert await store.list_schedule_runs(owner.id, schedule.id, 1, 1) == runs[1:]
-    for run_id, due in created:
+    for run_id, due, *_ in created:
         run = await store.get_run(owner.id, run_id)
         assert run.schedule_id == schedule.id and run.due_at_ms == due
         assert run.state is RunState.PENDING and run.metadata == (("team", "data"),)
@@ -449,7 +449,7 @@ async def test_overlap_policies_read_a_workflow_schedules_last_run(
     schedule = await add_workflow_schedule(store, owner.id, OverlapPolicy.QUEUE)
     created = await store.fire_schedule(plan(schedule, SLOT), SLOT)
     assert created is not None
-    [(run_id, _)] = created
+    [(run_id, *_)] = created
     # the run is pending: a `queue` schedule is not due until it ends
     assert await store.due_schedules(SLOT + 120_000, 500, 10) == []
     read = await store.get_schedule(owner.id, schedule.id)
