@@ -32,7 +32,6 @@ from .dispatch.hosts import HostDefaults, HostGovernor
 from .engine.retention import RetentionJob
 from .engine.scheduler import Scheduler, SchedulerOptions
 from .engine.waiters import FinalWaiters
-from .errors import StorageUnavailable
 from .metrics import Metrics
 from .models import HttpRequest, TaskConfig
 from .schedules.runner import ScheduleRunner
@@ -384,8 +383,9 @@ async def _follow_host_limits(server: Server) -> None:
         await server.clock.sleep(HOST_LIMITS_REFRESH_S)
         try:
             server.hosts.load(await server.store.list_host_limits())
-        except StorageUnavailable as exc:  # the next round tries again
-            logger.warning("reading the host limits failed: %s", exc)
+        except Exception as exc:  # a refresh is best effort (a pool timeout, say): the
+            # limits read last stay in force and the next round tries again
+            logger.warning("reading the host limits failed: %r", exc)
 
 
 async def _cancel(server: Server, task: asyncio.Task[None]) -> None:
