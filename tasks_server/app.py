@@ -23,11 +23,12 @@ from .api.buckets import TokenBuckets
 from .api.edge import Edge, Throttle
 from .api.overview import OverviewCache, overview_figures
 from .api.services import Services
-from .api.workflows import step_builder
+from .api.workflows import step_arming, step_builder
 from .backup.job import BackupJob
 from .clock import Clock, SystemClock
 from .config import Settings
 from .dispatch.egress import EgressPolicy
+from .dispatch.hosts import HostDefaults, HostGovernor
 from .engine.retention import RetentionJob
 from .engine.scheduler import Scheduler, SchedulerOptions
 from .engine.waiters import FinalWaiters
@@ -79,6 +80,7 @@ class Server:
     fatal: Fatal = field(default_factory=Fatal)
     alerts: AlertService | None = None  # judges outcomes against alert rules, sends
     retention: RetentionJob | None = None  # RETENTION_FINISHED_DAYS: old finished tasks go
+    hosts: HostGovernor | None = None  # destination backpressure, per host
     overview: OverviewCache | None = None  # the dashboard overview's figures, kept fresh
 
 
@@ -90,16 +92,23 @@ def build(
     clock = clock or SystemClock()
     metrics = Metrics()
     store = make_store(settings, metrics)
-    dispatcher = dispatcher or _curl_dispatcher(settings)
+    hosts = HostGovernor(host_defaults(settings))
+    dispatcher = dispatcher or _curl_dispatcher(settings, hosts, clock)
     scheduler = Scheduler(store, dispatcher, clock, _scheduler_options(settings))
     metrics.watch_scheduler(scheduler)
+    metrics.watch_hosts(hosts, clock)
     schedules = ScheduleRunner(store, scheduler, clock)
     alerts = _alert_service(settings, store, clock, scheduler)
     scheduler.on_recorded = alerts.observe
     metrics.watch_alerts(alerts)
     runs = FinalWaiters()
     unsupported = _unsupported_fields()
-    store.watch_workflows(step_builder(settings, unsupported), scheduler.notify, runs.wake)
+    store.watch_workflows(
+        step_builder(settings, unsupported, egress_policy(settings)),
+        step_arming(scheduler),
+        runs.wake,
+        scheduler.free_claims,
+    )
     services = Services(
         settings=settings,
         store=store,
@@ -114,6 +123,7 @@ def build(
         egress=egress_policy(settings),
         engine_figures=lambda: _engine_figures(scheduler, metrics),
         alerts=alerts,
+        hosts=hosts,
         overview=_overview_cache(settings, store, clock),
     )
     server: Server  # the lifespan runs after build has returned, when `server` exists
@@ -149,6 +159,7 @@ def build(
             ),
         ),
         alerts=alerts,
+        hosts=hosts,
     )
     return server
 
@@ -206,7 +217,18 @@ def egress_policy(settings: Settings) -> EgressPolicy:
     )
 
 
-def _curl_dispatcher(settings: Settings) -> dispatch.Dispatcher:
+def host_defaults(settings: Settings) -> HostDefaults:
+    """The server-wide destination limits (README.md, "Destination backpressure")."""
+    return HostDefaults(
+        max_concurrency=settings.host_max_concurrency,
+        max_rate=settings.host_max_rate,
+        max_connections=settings.max_host_connections,
+        circuit_failures=settings.host_circuit_failures,
+        circuit_cooldown_ms=round(settings.host_circuit_cooldown_s * 1000),
+    )
+
+
+def _curl_dispatcher(settings: Settings, hosts: HostGovernor, clock: Clock) -> dispatch.Dispatcher:
     curl = dispatch.CurlSettings(
         cert_dir=settings.cert_dir,
         max_host_connections=settings.max_host_connections,
@@ -214,7 +236,9 @@ def _curl_dispatcher(settings: Settings) -> dispatch.Dispatcher:
         egress=egress_policy(settings),
     )
     # the scheduler already waited SHUTDOWN_GRACE_S for in-flight calls at stop
-    return dispatch.CurlDispatcher(curl, max_connections=settings.max_in_flight, close_grace_s=0.5)
+    return dispatch.CurlDispatcher(
+        curl, max_connections=settings.max_in_flight, close_grace_s=0.5, hosts=hosts, clock=clock
+    )
 
 
 def _scheduler_options(settings: Settings) -> SchedulerOptions:
@@ -305,12 +329,14 @@ async def _lifespan(server: Server) -> AsyncIterator[None]:
         await _hold_database_lock(server, stack)
         await _open_store(server, stack)
         await _requeue_interrupted(server)
+        await _load_host_limits(server)
         await _start_dispatcher(server, stack)
         if server.alerts is not None:  # started first, so it stops after the scheduler
             _start_loop(server, stack, "alerts", server.alerts.run, _stop_alerts)
         _start_loop(server, stack, "scheduler", server.scheduler.run, _stop_scheduler)
         if server.settings.uses_postgres:
             _start_loop(server, stack, "wake-ups", lambda: _listen(server), _stop_listening)
+            _start_loop(server, stack, "host-limits", lambda: _follow_host_limits(server), _cancel)
         _start_loop(server, stack, "schedules", server.schedules.run, _stop_schedules)
         if server.backup is not None:
             _start_loop(server, stack, "backup", server.backup.run, _stop_backup)
@@ -343,6 +369,32 @@ async def _requeue_interrupted(server: Server) -> None:
     requeued = await server.store.requeue_interrupted(server.clock.now_ms())
     if requeued:
         logger.warning("requeued %d attempts interrupted by the last stop", requeued)
+
+
+async def _load_host_limits(server: Server) -> None:
+    """The administrator's per-host limits, kept in the store, apply from the start."""
+    if server.hosts is not None:
+        server.hosts.load(await server.store.list_host_limits())
+
+
+HOST_LIMITS_REFRESH_S = 10.0
+
+
+async def _follow_host_limits(server: Server) -> None:
+    """Several nodes share the overrides: each reads them again every
+    HOST_LIMITS_REFRESH_S, so one changed on another node applies here within that."""
+    assert server.hosts is not None
+    while True:
+        await server.clock.sleep(HOST_LIMITS_REFRESH_S)
+        try:
+            server.hosts.load(await server.store.list_host_limits())
+        except Exception as exc:  # a refresh is best effort (a pool timeout, say): the
+            # limits read last stay in force and the next round tries again
+            logger.warning("reading the host limits failed: %r", exc)
+
+
+async def _cancel(server: Server, task: asyncio.Task[None]) -> None:
+    task.cancel()
 
 
 async def _start_dispatcher(server: Server, stack: contextlib.AsyncExitStack) -> None:
