@@ -355,16 +355,7 @@ class Scheduler:
             if task_id not in claimed:
                 self.flows.release(task_id)  # paused, revoked or deleted meanwhile
         await self._security.load((a.owner_id for a in attempts), self._clock.monotonic())
-        for attempt in attempts:  # known at once, so that forget() finds them all
-            self._held_ids[attempt.task_id] = attempt
-            self._claimed_at_ms[attempt.task_id] = now_ms
-        for index, attempt in enumerate(attempts, 1):
-            if self._held_ids.get(attempt.task_id) is attempt:
-                self._hold(attempt, now_ms)
-            if index % START_CHUNK == 0:
-                self._held_changed.set()
-                await asyncio.sleep(0)  # the starter goes first if an attempt is due
-        self._held_changed.set()
+        await self._hold_all(attempts, now_ms)
         self._measure_claims(len(due), self._clock.monotonic() - claim_started)
         return started + self._start_held(now_ms)
 
@@ -378,6 +369,20 @@ class Scheduler:
         if count >= CLAIM_CHUNK // 4:  # small claims are mostly fixed cost
             per_task_ms = elapsed_s * 1000 / count
             self._claim_ms = 0.7 * self._claim_ms + 0.3 * per_task_ms
+
+    async def _hold_all(self, attempts: list[Attempt], now_ms: int) -> None:
+        """Hold claimed attempts, preparing them in chunks: an attempt whose time has come
+        meanwhile is started between chunks."""
+        for attempt in attempts:  # known at once, so that forget() finds them all
+            self._held_ids[attempt.task_id] = attempt
+            self._claimed_at_ms[attempt.task_id] = now_ms
+        for index, attempt in enumerate(attempts, 1):
+            if self._held_ids.get(attempt.task_id) is attempt:
+                self._hold(attempt, now_ms)
+            if index % START_CHUNK == 0:
+                self._held_changed.set()
+                await asyncio.sleep(0)  # the starter goes first if an attempt is due
+        self._held_changed.set()
 
     def _hold(self, attempt: Attempt, now_ms: int) -> None:
         """Queue a claimed attempt for its due time with its call prepared for that time
