@@ -213,7 +213,10 @@ class Scheduler:
             self._loading.add(task)
             task.add_done_callback(self._loading.discard)
             return
-        self._hold(attempt, self._clock.now_ms())
+        now_ms = self._clock.now_ms()
+        self._held_ids[attempt.task_id] = attempt
+        self._claimed_at_ms[attempt.task_id] = now_ms
+        self._hold(attempt, now_ms)
         self._held_changed.set()
 
     async def _adopt_after_load(self, attempt: Attempt) -> None:
@@ -385,8 +388,9 @@ class Scheduler:
         self._held_changed.set()
 
     def _hold(self, attempt: Attempt, now_ms: int) -> None:
-        """Queue a claimed attempt for its due time with its call prepared for that time
-        (options, signature): at the due time only the sending is left to do."""
+        """Queue a claimed attempt (already in ``_held_ids``) for its due time with its
+        call prepared for that time (options, signature): at the due time only the sending
+        is left to do."""
         start_ms = max(now_ms, attempt.due_at_ms)
         prepared = self._dispatcher.prepare(self._call(attempt, start_ms))
         order = (attempt.due_at_ms, -attempt.spec.config.priority, next(self._sequence))
