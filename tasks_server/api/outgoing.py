@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from ..clock import Clock
@@ -18,9 +18,6 @@ from ..dispatch.egress import EgressPolicy, normalize_host, owner_allows
 from ..models import TaskSpec
 from ..store import Store
 from .errors import field_error
-
-if TYPE_CHECKING:
-    from .services import Services
 
 Verdict = Callable[[str, int], str | None]  # (host, port) → refusal reason or None
 _MEMORY_LIMIT = 10_000  # entries per cache; beyond it the cache starts afresh
@@ -48,7 +45,13 @@ class Destinations:
 
     async def check(self, owner_id: str, spec: TaskSpec, prefix: tuple[str, ...] = ()) -> None:
         """``refuse_outgoing`` with this policy and the owner's validated domains."""
-        refuse_outgoing(self.policy, spec, await self.domains(owner_id), prefix, self._verdict)
+        self.refuse(spec, await self.domains(owner_id), prefix)
+
+    def refuse(
+        self, spec: TaskSpec, domains: tuple[str, ...] | None, prefix: tuple[str, ...] = ()
+    ) -> None:
+        """``refuse_outgoing`` with this policy and the given validated domains."""
+        refuse_outgoing(self.policy, spec, domains, prefix, self._verdict)
 
     async def domains(self, owner_id: str) -> tuple[str, ...] | None:
         """The owner's validated domains (None: no list). Raises OwnerNotFound."""
@@ -122,6 +125,11 @@ def refuse_outgoing(
             raise field_error((*prefix, "config", "dnsServer", str(index)), reason)
 
 
-async def check_outgoing(app: Services, owner_id: str, spec: TaskSpec) -> None:
+class _WithDestinations(Protocol):  # the API's Services (services.py imports this module)
+    @property
+    def destinations(self) -> Destinations: ...
+
+
+async def check_outgoing(app: _WithDestinations, owner_id: str, spec: TaskSpec) -> None:
     """``refuse_outgoing`` with the server's policy and the owner's validated domains."""
     await app.destinations.check(owner_id, spec)

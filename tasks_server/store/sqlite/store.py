@@ -3,7 +3,8 @@
 Writes go through one writer thread that runs whole batches of operations in a single
 transaction (group commit): many registrations or outcomes cost one fsync. Reads use an
 aiosqlite connection of their own, which WAL lets run beside the writer. The operations
-live in one module per group (owners, tasks, claims, schedules), each beside its SQL."""
+live in one module per group (owners, registrations, tasks, claims, schedules), each
+beside its SQL."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .alerts import AlertOps
 from .claims import ClaimOps
 from .dead_letters import DeadLetterOps
 from .owners import OwnerOps
+from .registrations import RegistrationOps
 from .schedules import ScheduleOps
 from .search import SearchOps
 from .tasks import TaskOps
@@ -20,7 +22,15 @@ from .workflows import WorkflowOps
 
 
 class SqliteStore(
-    OwnerOps, TaskOps, WorkflowOps, ClaimOps, ScheduleOps, DeadLetterOps, SearchOps, AlertOps
+    OwnerOps,
+    RegistrationOps,
+    TaskOps,
+    WorkflowOps,
+    ClaimOps,
+    ScheduleOps,
+    DeadLetterOps,
+    SearchOps,
+    AlertOps,
 ):
     """Store on SQLite. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 
