@@ -22,6 +22,7 @@ from .api.auth import Authenticator
 from .api.buckets import TokenBuckets
 from .api.edge import Edge, Throttle
 from .api.outgoing import Destinations
+from .api.overview import OverviewCache, overview_figures
 from .api.services import Services
 from .api.workflows import step_builder
 from .backup.job import BackupJob
@@ -79,6 +80,7 @@ class Server:
     fatal: Fatal = field(default_factory=Fatal)
     alerts: AlertService | None = None  # judges outcomes against alert rules, sends
     retention: RetentionJob | None = None  # RETENTION_FINISHED_DAYS: old finished tasks go
+    overview: OverviewCache | None = None  # the dashboard overview's figures, kept fresh
 
 
 def build(
@@ -113,6 +115,7 @@ def build(
         destinations=Destinations(egress_policy(settings), store, clock),
         engine_figures=lambda: _engine_figures(scheduler, metrics),
         alerts=alerts,
+        overview=_overview_cache(settings, store, clock),
     )
     server: Server  # the lifespan runs after build has returned, when `server` exists
     app = create_app(services, lifespan=lambda _app: _lifespan(server))
@@ -130,6 +133,7 @@ def build(
             else None
         ),
         metrics=metrics,
+        overview=services.overview,
         app=app,
         asgi=Edge(
             app,
@@ -268,6 +272,13 @@ def _is_writable(path: Path) -> bool:
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
+def _overview_cache(settings: Settings, store: Store, clock: Clock) -> OverviewCache | None:
+    """The overview's figures per viewer, refreshed off the request path (dashboard only)."""
+    if not settings.dashboard:
+        return None
+    return OverviewCache(lambda owner_id, now_ms: overview_figures(store, owner_id, now_ms), clock)
+
+
 def _engine_figures(scheduler: Scheduler, metrics: Metrics) -> dict[str, float | None]:
     """What the dashboard's overview shows of the engine of this process."""
     quantiles = metrics.lateness_quantiles()
@@ -307,6 +318,8 @@ async def _lifespan(server: Server) -> AsyncIterator[None]:
             _start_loop(server, stack, "backup", server.backup.run, _stop_backup)
         if server.retention is not None:
             _start_loop(server, stack, "retention", server.retention.run, _stop_retention)
+        if server.overview is not None:
+            _start_loop(server, stack, "overview", server.overview.run, _stop_overview)
         yield
         logger.info("shutting down")
 
@@ -418,6 +431,11 @@ async def _stop_schedules(server: Server, task: asyncio.Task[None]) -> None:
 async def _stop_retention(server: Server, task: asyncio.Task[None]) -> None:
     assert server.retention is not None
     await server.retention.stop()
+
+
+async def _stop_overview(server: Server, task: asyncio.Task[None]) -> None:
+    assert server.overview is not None
+    await server.overview.stop()
 
 
 async def _stop_backup(server: Server, task: asyncio.Task[None]) -> None:

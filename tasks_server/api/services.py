@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.requests import Request
 
@@ -17,6 +17,9 @@ from ..models import FlowControl, HttpRequest, TaskConfig
 from ..store import Store
 from .auth import Authenticator
 from .outgoing import Destinations
+
+if TYPE_CHECKING:
+    from .overview import OverviewCache
 
 
 class Notifier(Protocol):
@@ -66,6 +69,8 @@ class Services:
     runs: FinalWaiters | None = None  # woken when a workflow run ends
     # the engine's live figures for the dashboard: in_flight, lateness_p50_ms, lateness_p99_ms
     engine_figures: Callable[[], dict[str, float | None]] | None = None
+    # the dashboard overview's store figures, kept fresh in the background
+    overview: OverviewCache | None = None
 
 
 def services(request: Request) -> Services:

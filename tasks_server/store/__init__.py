@@ -282,6 +282,10 @@ class Store(Protocol):
     async def get_incident(self, rule_id: str, subject: str) -> Incident | None:
         """The incident of a rule and subject as last saved, or None."""
 
+    async def list_incidents(self, owner_id: str | None) -> list[tuple[AlertRule, Incident]]:
+        """Every incident as last saved (open or not) with its rule, of one owner's rules
+        or of every owner's when None; by rule name, then subject."""
+
     async def save_incident(self, incident: Incident) -> None:
         """Insert or replace the incident of its rule and subject; nothing when the rule
         is gone."""

@@ -1149,6 +1149,28 @@ async def test_incidents_and_deliveries(store: Store) -> None:
     assert await store.get_incident(rule.id, "") is None
 
 
+async def test_incidents_are_listed_with_their_rules_per_owner_or_for_all(store: Store) -> None:
+    owner = await make_owner(store)
+    other = await make_owner(store, "owner-two")
+    late = await store.create_alert_rule(alert_rule(owner, "zz-late"))
+    early = await store.create_alert_rule(alert_rule(owner, "aa-early"))
+    theirs = await store.create_alert_rule(alert_rule(other))
+    assert await store.list_incidents(owner.id) == []
+    opened = Incident(late.id, "", is_open=True, streak=3, opened_at_ms=T0, last_error="boom")
+    closed = Incident(early.id, "SCHEDULE", streak=1)
+    for incident in (opened, closed, Incident(theirs.id, "", is_open=True)):
+        await store.save_incident(incident)
+    mine = await store.list_incidents(owner.id)
+    assert [(rule.name, incident) for rule, incident in mine] == [
+        ("aa-early", closed),
+        ("zz-late", opened),
+    ]
+    assert [rule.owner_id for rule, _ in await store.list_incidents(other.id)] == [other.id]
+    assert len(await store.list_incidents(None)) == 3
+    await store.delete_alert_rule(owner.id, late.id)
+    assert [incident for _, incident in await store.list_incidents(owner.id)] == [closed]
+
+
 async def test_finished_tasks_older_than_the_cut_off_are_deleted(store: Store) -> None:
     owner = await make_owner(store)
     old = await store.create_task(owner.id, new_task(due=T0), T0)

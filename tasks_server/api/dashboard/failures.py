@@ -1,5 +1,6 @@
-"""The failures page: the dead-letter queue (the owner's tasks in ERROR) with filters,
-one page at a time, and replay or delete of everything a filter matches."""
+"""The failures page: the open alert incidents, and the dead-letter queue (the owner's
+tasks in ERROR) with filters, one page at a time, and replay or delete of everything a
+filter matches."""
 
 from __future__ import annotations
 
@@ -60,7 +61,9 @@ async def failures(request: Request) -> Response:
         after = _cursor(params.get("after", ""))
     except BadFilter as exc:
         return render(request, "failures.html", who, 400, error=str(exc), params=params, rows=[])
-    rows = await services(request).store.list_dead_letters(owner_id, where, PAGE_SIZE, after)
+    store = services(request).store
+    rows = await store.list_dead_letters(owner_id, where, PAGE_SIZE, after)
+    incidents = [pair for pair in await store.list_incidents(owner_id) if pair[1].is_open]
     next_link = None
     if len(rows) == PAGE_SIZE:
         kept = {k: v for k, v in params.items() if v and k != "after"}
@@ -75,6 +78,7 @@ async def failures(request: Request) -> Response:
         filters=filters,
         rows=rows,
         next_link=next_link,
+        incidents=incidents,
     )
 
 
