@@ -29,6 +29,7 @@ from .backup.job import BackupJob
 from .clock import Clock, SystemClock
 from .config import Settings
 from .dispatch.egress import EgressPolicy
+from .dispatch.hosts import HostDefaults, HostGovernor
 from .engine.retention import RetentionJob
 from .engine.scheduler import Scheduler, SchedulerOptions
 from .engine.waiters import FinalWaiters
@@ -80,6 +81,7 @@ class Server:
     fatal: Fatal = field(default_factory=Fatal)
     alerts: AlertService | None = None  # judges outcomes against alert rules, sends
     retention: RetentionJob | None = None  # RETENTION_FINISHED_DAYS: old finished tasks go
+    hosts: HostGovernor | None = None  # destination backpressure, per host
     overview: OverviewCache | None = None  # the dashboard overview's figures, kept fresh
 
 
@@ -91,9 +93,11 @@ def build(
     clock = clock or SystemClock()
     metrics = Metrics()
     store = make_store(settings, metrics)
-    dispatcher = dispatcher or _curl_dispatcher(settings)
+    hosts = HostGovernor(host_defaults(settings))
+    dispatcher = dispatcher or _curl_dispatcher(settings, hosts, clock)
     scheduler = Scheduler(store, dispatcher, clock, _scheduler_options(settings))
     metrics.watch_scheduler(scheduler)
+    metrics.watch_hosts(hosts, clock)
     schedules = ScheduleRunner(store, scheduler, clock)
     alerts = _alert_service(settings, store, clock, scheduler)
     scheduler.on_recorded = alerts.observe
@@ -115,6 +119,7 @@ def build(
         destinations=Destinations(egress_policy(settings), store, clock),
         engine_figures=lambda: _engine_figures(scheduler, metrics),
         alerts=alerts,
+        hosts=hosts,
         overview=_overview_cache(settings, store, clock),
     )
     server: Server  # the lifespan runs after build has returned, when `server` exists
@@ -151,6 +156,7 @@ def build(
             error_handlers=exception_handlers(),
         ),
         alerts=alerts,
+        hosts=hosts,
     )
     return server
 
@@ -208,7 +214,18 @@ def egress_policy(settings: Settings) -> EgressPolicy:
     )
 
 
-def _curl_dispatcher(settings: Settings) -> dispatch.Dispatcher:
+def host_defaults(settings: Settings) -> HostDefaults:
+    """The server-wide destination limits (README.md, "Destination backpressure")."""
+    return HostDefaults(
+        max_concurrency=settings.host_max_concurrency,
+        max_rate=settings.host_max_rate,
+        max_connections=settings.max_host_connections,
+        circuit_failures=settings.host_circuit_failures,
+        circuit_cooldown_ms=round(settings.host_circuit_cooldown_s * 1000),
+    )
+
+
+def _curl_dispatcher(settings: Settings, hosts: HostGovernor, clock: Clock) -> dispatch.Dispatcher:
     curl = dispatch.CurlSettings(
         cert_dir=settings.cert_dir,
         max_host_connections=settings.max_host_connections,
@@ -216,7 +233,9 @@ def _curl_dispatcher(settings: Settings) -> dispatch.Dispatcher:
         egress=egress_policy(settings),
     )
     # the scheduler already waited SHUTDOWN_GRACE_S for in-flight calls at stop
-    return dispatch.CurlDispatcher(curl, max_connections=settings.max_in_flight, close_grace_s=0.5)
+    return dispatch.CurlDispatcher(
+        curl, max_connections=settings.max_in_flight, close_grace_s=0.5, hosts=hosts, clock=clock
+    )
 
 
 def _scheduler_options(settings: Settings) -> SchedulerOptions:
@@ -307,6 +326,7 @@ async def _lifespan(server: Server) -> AsyncIterator[None]:
         await _hold_database_lock(server, stack)
         await _open_store(server, stack)
         await _requeue_interrupted(server)
+        await _load_host_limits(server)
         await _start_dispatcher(server, stack)
         if server.alerts is not None:  # started first, so it stops after the scheduler
             _start_loop(server, stack, "alerts", server.alerts.run, _stop_alerts)
@@ -345,6 +365,12 @@ async def _requeue_interrupted(server: Server) -> None:
     requeued = await server.store.requeue_interrupted(server.clock.now_ms())
     if requeued:
         logger.warning("requeued %d attempts interrupted by the last stop", requeued)
+
+
+async def _load_host_limits(server: Server) -> None:
+    """The administrator's per-host limits, kept in the store, apply from the start."""
+    if server.hosts is not None:
+        server.hosts.load(await server.store.list_host_limits())
 
 
 async def _start_dispatcher(server: Server, stack: contextlib.AsyncExitStack) -> None:

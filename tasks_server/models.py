@@ -511,3 +511,15 @@ class ScheduleFire:
     cursor_ms: int
     next_at_ms: int | None
     state: ScheduleState
+
+
+@dataclass(frozen=True, slots=True)
+class HostLimit:
+    """An administrator's limits for one destination: ``host`` is ``name:port`` or a bare
+    name (every port). None keeps the server-wide default (HOST_MAX_CONCURRENCY,
+    HOST_MAX_RATE); a rate is in calls started per second."""
+
+    host: str
+    max_concurrency: int | None = None
+    max_rate: float | None = None
+    updated_at_ms: int = 0

@@ -33,7 +33,8 @@ def require_bearer(request: Request, secret: str) -> None:
         raise WrongKey()
 
 
-def _admin(request: Request) -> Services:
+def admin_services(request: Request) -> Services:
+    """The services, once the request carries ADMIN_KEY (404 when the server has none)."""
     app = services(request)
     if not app.settings.admin_key:
         raise NotFound()
@@ -70,7 +71,7 @@ async def _body(request: Request, app: Services, model: type[Strict]) -> Any:
 
 async def list_owners(request: Request) -> Response:
     """Every owner, oldest first, without keys (``tasks-server owner list``)."""
-    app = _admin(request)
+    app = admin_services(request)
     return answer(request, [owner_record(owner) for owner in await app.store.list_owners()])
 
 
@@ -129,7 +130,7 @@ async def replace_owner_key(app: Services, owner_id: str) -> str:
 
 async def create_owner(request: Request) -> Response:
     """A new owner with its key (shown once), whatever the registration mode."""
-    app = _admin(request)
+    app = admin_services(request)
     body: OwnerCreateIn = await _body(request, app, OwnerCreateIn)
     owner, key = await add_owner(app, body)
     return answer(request, {**owner_record(owner), "key": key}, 201)
@@ -138,7 +139,7 @@ async def create_owner(request: Request) -> Response:
 async def change_owner(request: Request) -> Response:
     """Disable or enable an owner, or change its queue limit or request budget. Fields
     left out keep their value; ``requestBudget: null`` returns to the default."""
-    app = _admin(request)
+    app = admin_services(request)
     owner_id = _owner_id(request)
     body: OwnerChangeIn = await _body(request, app, OwnerChangeIn)
     return answer(request, owner_record(await change_owner_settings(app, owner_id, body)))
@@ -146,7 +147,7 @@ async def change_owner(request: Request) -> Response:
 
 async def delete_owner(request: Request) -> Response:
     """Delete an owner with no unfinished task (422 otherwise), and its finished tasks."""
-    app = _admin(request)
+    app = admin_services(request)
     owner_id = _owner_id(request)
     await app.store.delete_owner(owner_id)
     app.auth.forget(owner_id)
@@ -156,7 +157,7 @@ async def delete_owner(request: Request) -> Response:
 
 async def rotate_owner_key(request: Request) -> Response:
     """A new key for the owner (shown once); the old one stops working at once."""
-    app = _admin(request)
+    app = admin_services(request)
     owner_id = _owner_id(request)
     return answer(request, {"id": owner_id, "key": await replace_owner_key(app, owner_id)})
 

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from ..errors import Conflict, NotFound, PreconditionFailed, Unsupported, ValidationFailed
 from ..models import (
+    FlowSetting,
     MisfirePolicy,
     NewSchedule,
     OverlapPolicy,
@@ -161,6 +162,18 @@ def _key(request: Request) -> str:
     return key
 
 
+async def _name_flow_key(app: Services, owner_id: str, task: TaskSpec) -> None:
+    """A template naming a flow-control key sets the key's limits, as a registration does
+    (the last one wins); its tasks then wait behind the key (a paused key stays paused)."""
+    flow = task.config.flow_control
+    if flow is None:
+        return
+    current = await app.store.get_flow_control(owner_id, flow.key)
+    paused = current is not None and current.paused
+    await app.store.save_flow_control(owner_id, FlowSetting(flow, paused), app.clock.now_ms())
+    app.scheduler.configure_flow(owner_id, flow)
+
+
 def _wake(app: Services, schedule: Schedule) -> None:
     if app.schedules is not None:
         app.schedules.notify(schedule.next_at_ms)
@@ -180,6 +193,7 @@ async def create(request: Request) -> Response:
     schedule = await app.store.create_schedule(
         owner_id, new, now, first.state, first.cursor_ms, first.next_at_ms
     )
+    await _name_flow_key(app, owner_id, new.task)
     _wake(app, schedule)
     return answer(request, full_record(schedule, new.task), 201)
 
@@ -220,6 +234,7 @@ async def edit(request: Request) -> Response:
 
     saved, task = await _save(app, owner_id, key, revise)
     assert task is not None
+    await _name_flow_key(app, owner_id, task)
     return answer(request, full_record(saved, task))
 
 

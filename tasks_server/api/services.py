@@ -12,6 +12,7 @@ from starlette.requests import Request
 from ..alerts.service import AlertService
 from ..clock import Clock
 from ..config import Settings
+from ..dispatch.hosts import HostGovernor
 from ..engine.waiters import FinalWaiters
 from ..models import FlowControl, HttpRequest, TaskConfig
 from ..store import Store
@@ -69,6 +70,7 @@ class Services:
     runs: FinalWaiters | None = None  # woken when a workflow run ends
     # the engine's live figures for the dashboard: in_flight, lateness_p50_ms, lateness_p99_ms
     engine_figures: Callable[[], dict[str, float | None]] | None = None
+    hosts: HostGovernor | None = None  # destination backpressure (api/hosts.py reads it)
     # the dashboard overview's store figures, kept fresh in the background
     overview: OverviewCache | None = None
 

@@ -17,9 +17,11 @@ from urllib.parse import urljoin, urlsplit
 
 import pycurl
 
+from tasks_server.clock import Clock, SystemClock
 from tasks_server.models import Call, Outcome, ResolveEntry
 
 from .egress import EgressPolicy, host_address, owner_allows
+from .hosts import HostDefaults, HostGovernor
 from .options import (
     CurlSettings,
     HstsEntry,
@@ -94,6 +96,7 @@ class _Transfer:
     curl: Any = None
     holds_host_slot: bool = False
     queued_at: float | None = None  # loop time it joined its host's queue, while there
+    host_epoch: int = 0  # the governor's epoch when the call got its host slot
     body: bytearray = field(default_factory=bytearray)
     headers: list[tuple[str, str]] = field(default_factory=list)
     truncated: bool = False
@@ -182,6 +185,7 @@ class _Host:
     running: int = 0
     waiting: deque[_Transfer] = field(default_factory=deque)
     expiry: asyncio.TimerHandle | None = None  # due when the oldest wait runs out
+    wake: asyncio.Task[None] | None = None  # re-checks the queue when the governor allows
 
 
 def _host_port(url: str) -> tuple[str, int | None]:
@@ -209,6 +213,12 @@ def hop_refusal(
     if port is None:
         return f"egress denied: {url!r} is not a valid URL"
     return policy.host(host, port) or owner_allows(allowed_hosts, host)
+
+
+def _fixed_cap(max_host_connections: int) -> HostDefaults:
+    """Only MAX_HOST_CONNECTIONS, as without a governor: no AIMD, rate or circuit."""
+    cap = max_host_connections
+    return HostDefaults(max_concurrency=cap or 2**31, max_connections=cap, adaptive=False)
 
 
 def _hsts_reader(entries: tuple[HstsEntry, ...]) -> Callable[[], object]:
@@ -302,9 +312,11 @@ class CurlDispatcher:
     ``socket_action`` and finished transfers are drained with ``info_read``.
 
     Two caps, both kept here rather than in libcurl (whose pending queue would start a
-    call's timeout while it waits): at most ``max_host_connections`` calls run at once to
-    one host and port, and later ones wait in that host's own queue, so a slow host never
-    holds up another; at most ``max_connections`` run in all, and calls with a host slot
+    call's timeout while it waits): the ``hosts`` governor (dispatch/hosts.py) decides
+    how many calls run at once to one host and port — never more than
+    ``max_host_connections``, fewer after 429/503 answers or while its circuit is open —
+    and later ones wait in that host's own queue, so a slow host never holds up another;
+    at most ``max_connections`` run in all, and calls with a host slot
     wait for a global one in FIFO order. A call is handed to libcurl, and its timeout
     starts, only when it has both. Easy handles are pooled and reset between calls;
     connections are reused through the multi's cache. ``close`` waits ``close_grace_s``
@@ -317,11 +329,20 @@ class CurlDispatcher:
     """
 
     def __init__(
-        self, settings: CurlSettings, max_connections: int = 1000, *, close_grace_s: float = 10.0
+        self,
+        settings: CurlSettings,
+        max_connections: int = 1000,
+        *,
+        close_grace_s: float = 10.0,
+        hosts: HostGovernor | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._settings = settings
+        # destination backpressure (dispatch/hosts.py); without one, only the fixed cap
+        self.hosts = hosts or HostGovernor(_fixed_cap(settings.max_host_connections))
+        self._clock = clock or SystemClock()
         self._max_connections = max_connections
         self._close_grace_s = close_grace_s
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -483,6 +504,8 @@ class CurlDispatcher:
             if host.expiry is not None:
                 host.expiry.cancel()
                 host.expiry = None
+            if host.wake is not None:
+                host.wake.cancel()
             while host.waiting:
                 transfer = host.waiting.popleft()
                 self._left_host_queue(transfer)
@@ -606,9 +629,13 @@ class CurlDispatcher:
 
     def _admit(self, transfer: _Transfer) -> bool:
         """The one place that decides whether the call's host may start another call
-        now; if so, the call then takes one of the host's slots (``_take_host_slot``)."""
-        cap = self._settings.max_host_connections
-        return cap <= 0 or transfer.host.running < cap
+        now; if so, the call then takes one of the host's slots (``_take_host_slot``). The
+        governor decides, and counts the call when it says yes."""
+        epoch = self.hosts.try_start(transfer.host.name, self._clock.now_ms())
+        if epoch is None:
+            return False
+        transfer.host_epoch = epoch
+        return True
 
     def _take_host_slot(self, transfer: _Transfer) -> None:
         transfer.holds_host_slot = True
@@ -621,6 +648,8 @@ class CurlDispatcher:
         if transfer.holds_host_slot:
             transfer.holds_host_slot = False
             transfer.host.running -= 1
+            host = transfer.host.name
+            self.hosts.finished(host, transfer.host_epoch, outcome, self._clock.now_ms())
             self._next_for_host(transfer.host)
 
     def _wait_for_host(self, transfer: _Transfer) -> None:
@@ -629,8 +658,10 @@ class CurlDispatcher:
         transfer.queued_at = self._loop.time()
         host.waiting.append(transfer)
         self._host_waiting += 1
+        self.hosts.queued(host.name, 1)
         if host.expiry is None:
             self._arm_expiry(host)
+        self._arm_host_wake(host)
 
     def _arm_expiry(self, host: _Host) -> None:
         """Wake when the oldest call waiting for ``host`` has waited ``host_wait_s``."""
@@ -646,16 +677,14 @@ class CurlDispatcher:
         """Bookkeeping for a call taken out of its host's queue."""
         transfer.queued_at = None
         self._host_waiting -= 1
+        self.hosts.queued(transfer.host.name, -1)
 
     def _host_waits_expired(self, host: _Host) -> None:
         """End the calls that have waited ``host_wait_s`` for a slot to ``host``."""
         assert self._loop is not None
         wait_s = self._settings.host_wait_s
-        cap = self._settings.max_host_connections
-        message = (
-            f"no connection slot to host {host.name} within {wait_s:g} s "
-            f"(all MAX_HOST_CONNECTIONS={cap} connections to it were busy)"
-        )
+        why = self.hosts.why_waiting(host.name, self._clock.now_ms())
+        message = f"no connection slot to host {host.name} within {wait_s:g} s ({why})"
         now = self._loop.time()
         while host.waiting and (host.waiting[0].queued_at or 0.0) + wait_s <= now:
             transfer = host.waiting.popleft()
@@ -671,15 +700,35 @@ class CurlDispatcher:
             self._left_host_queue(transfer)
             self._take_host_slot(transfer)
         self._start_waiting()
+        self._arm_host_wake(host)
         self._forget_idle_host(host)
+
+    def _arm_host_wake(self, host: _Host) -> None:
+        """While calls wait for a cool-down or a rate token (not for a call to end),
+        look at the queue again when the governor says it may move, on the clock."""
+        if not host.waiting or host.wake is not None or self._loop is None:
+            return
+        now_ms = self._clock.now_ms()
+        at_ms = self.hosts.next_start_ms(host.name, now_ms)
+        if at_ms is not None:
+            host.wake = self._loop.create_task(self._wake_host(host, max(at_ms - now_ms, 0)))
+
+    async def _wake_host(self, host: _Host, delay_ms: int) -> None:
+        await self._clock.sleep(delay_ms / 1000)
+        host.wake = None
+        self._next_for_host(host)
 
     def _forget_idle_host(self, host: _Host) -> None:
         if host.running == 0 and not host.waiting:
             if host.expiry is not None:
                 host.expiry.cancel()
                 host.expiry = None
+            if host.wake is not None:
+                host.wake.cancel()
+                host.wake = None
             if self._hosts.get(host.name) is host:
                 del self._hosts[host.name]
+            self.hosts.forget_idle(host.name, self._clock.now_ms())
 
     def _free_handles(self) -> None:
         for curl in self._idle:

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from ..clock import Backoff, Clock, sleep_or_wake
 from ..errors import StorageUnavailable
-from ..models import ScheduleFire
+from ..models import DueTask, FlowRef, ScheduleFire
 from ..store import Store
 from .policy import LOOKAHEAD_MS, plan
 
@@ -29,7 +29,9 @@ WAKE_AHEAD_MS = LOOKAHEAD_MS // 2
 
 
 class TaskNotifier(Protocol):
-    def notify(self, task_id: str, due_at_ms: int) -> None: ...
+    def notify(
+        self, task_id: str, due_at_ms: int, priority: int = 0, flow: FlowRef | None = None
+    ) -> None: ...
 
     def forget(self, task_id: str) -> None: ...
 
@@ -129,12 +131,12 @@ class ScheduleRunner:
             self._hand_over(fired, created)
         return len(due)
 
-    def _hand_over(self, fired: ScheduleFire, created: list[tuple[str, int]] | None) -> None:
+    def _hand_over(self, fired: ScheduleFire, created: list[DueTask] | None) -> None:
         if created is None:
             self.stats.stale += 1  # edited meanwhile: the next pass reads it again
             return
-        for task_id, due_ms in created:
-            self._tasks.notify(task_id, due_ms)
+        for due in created:  # with its priority and flow-control key
+            self._tasks.notify(due.task_id, due.due_at_ms, due.priority, due.flow)
         self.stats.fired += len(created)
 
     async def stop(self) -> None:

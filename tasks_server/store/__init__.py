@@ -20,6 +20,7 @@ from ..models import (
     DueTask,
     FlowSetting,
     FlowStatus,
+    HostLimit,
     NewSchedule,
     NewTask,
     Owner,
@@ -338,6 +339,16 @@ class Store(Protocol):
     async def save_flow_control(self, owner_id: str, setting: FlowSetting, now_ms: int) -> None:
         """Set a key's limits and paused flag (creating the key if needed)."""
 
+    async def list_host_limits(self) -> list[HostLimit]:
+        """Every destination host's administrator limits, by host name."""
+
+    async def save_host_limit(self, limit: HostLimit) -> None:
+        """Set a host's limits, replacing any earlier ones (creating the row if needed)."""
+
+    async def delete_host_limit(self, host: str) -> bool:
+        """Remove a host's limits (it returns to the server-wide defaults); False when
+        there were none."""
+
     async def requeue_interrupted(self, now_ms: int) -> int:
         """At start-up: attempts left in flight by a crash end as interrupted and their
         tasks become due at their planned time (at once when that has passed)."""
@@ -427,15 +438,16 @@ class Store(Protocol):
         earlier than that; later only for an ``allow`` schedule queued right behind
         another schedule, which then comes in the same pass."""
 
-    async def fire_schedule(self, fire: ScheduleFire, now_ms: int) -> list[tuple[str, int]] | None:
+    async def fire_schedule(self, fire: ScheduleFire, now_ms: int) -> list[DueTask] | None:
         """In one transaction: create a RUNNING task per slot of ``fire.due_at_ms`` (from
         the schedule's template, due at the slot) and move the schedule's progress on
         (cursor, runs, last run, next look, state).
 
         Nothing is written, and None returned, unless the schedule is still ACTIVE and at
         ``fire.version``: a slot is never fired twice. A run the owner's task limit refuses
-        is logged and skipped (it still counts as a run). Returns (task id, due ms) of the
-        created tasks.
+        is logged and skipped (it still counts as a run). The tasks take the template's
+        priority and flow-control key (whose limits are the template's unless the key
+        already has some). Returns the created tasks as the engine arms them.
         """
 
     # workflow runs (a step is a task; the store advances runs when their tasks end)

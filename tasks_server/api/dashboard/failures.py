@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from ...errors import NotFound, ValidationFailed
 from ...store import DeadLetterFilter
+from ..dead_letters import arm_replayed
 from ..services import Services, services
 from .session import checked_form, flash, redirect, render, require_owner
 from .tasks import BadFilter, parse_time
@@ -112,6 +113,5 @@ async def bulk(request: Request) -> Response:
 async def _replay(app: Services, owner_id: str, ids: list[str]) -> str:
     now = app.clock.now_ms()
     replayed = await app.store.replay_dead_letters(owner_id, ids, now, 1000 // REPLAY_RATE)
-    for task_id, due in replayed:
-        app.scheduler.notify(task_id, due)
+    await arm_replayed(app, owner_id, replayed)  # with each task's flow-control key
     return f"Replayed {len(replayed)} failed task(s), {REPLAY_RATE} a second."

@@ -16,6 +16,7 @@ from ...errors import (
     OwnerNotFound,
 )
 from ...models import (
+    DueTask,
     MisfirePolicy,
     NewSchedule,
     OverlapPolicy,
@@ -98,11 +99,19 @@ SCHEDULE_ADVANCE: LiteralString = (
     "next_at = %s, state = %s, version = version + 1 WHERE id = %s"
 )
 # a run's task: the schedule's sealed template and metadata, due at the slot
+# the template's priority and flow-control key come with it, as for a registration
 TASK_INSERT_SCHEDULED: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
-    "next_at, metadata, spec, schedule_id, host) "
-    "SELECT %s, owner_id, 'RUNNING', %s, %s, %s, %s, metadata, spec, id, host "
+    "next_at, metadata, spec, schedule_id, host, priority, flow_key) "
+    "SELECT %s, owner_id, 'RUNNING', %s, %s, %s, %s, metadata, spec, id, host, %s, %s "
     "FROM schedule WHERE id = %s"
+)
+SCHEDULE_TEMPLATE: LiteralString = "SELECT owner_id, spec FROM schedule WHERE id = %s"
+# a key a schedule names exists with the template's limits; an edit of the schedule (or a
+# registration naming the key) sets them, as "the last registration wins"
+FLOW_INSERT_MISSING: LiteralString = (
+    "INSERT INTO flow_control (owner_id, key, rate, period_ms, parallelism, updated_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (owner_id, key) DO NOTHING"
 )
 TASK_BY_SCHEDULE: LiteralString = (
     f"SELECT {TASK_COLUMNS} FROM task WHERE owner_id = %s AND schedule_id = %s "
@@ -279,17 +288,29 @@ class PgScheduleOps(PgBase):
         next_at: int = rows[0][0]
         return next_at - lookahead_ms if rows[0][1] == OverlapPolicy.ALLOW else next_at
 
-    async def fire_schedule(self, fire: ScheduleFire, now_ms: int) -> list[tuple[str, int]] | None:
+    async def fire_schedule(self, fire: ScheduleFire, now_ms: int) -> list[DueTask] | None:
         task_ids = [new_task_id(now_ms) for _ in fire.due_at_ms]
         last_run = fire.due_at_ms[-1] if fire.due_at_ms else None
+        # read before the transaction: an edit after this read changes the version, and
+        # the guard below then refuses the plan
+        template = await self._read(SCHEDULE_TEMPLATE, (fire.schedule_id,))
+        if not template:
+            return None
+        owner_id = template[0][0]
+        config = self._open_spec(template[0][1]).config
+        flow = config.flow_control
+        ref = None if flow is None else (owner_id, flow.key)
 
-        async def op(cur: Cursor) -> list[tuple[str, int]] | None:
+        async def op(cur: Cursor) -> list[DueTask] | None:
             await cur.execute(SCHEDULE_GUARD, (fire.schedule_id, fire.version))
             row = await cur.fetchone()
             if row is None:
                 return None  # changed since it was read: the runner reads it again
+            if flow is not None:
+                limits = (flow.key, flow.rate, flow.period.ms, flow.parallelism, now_ms)
+                await cur.execute(FLOW_INSERT_MISSING, (owner_id, *limits))
             free = await lock_capacity(cur, row[0])
-            created = []
+            created: list[DueTask] = []
             for task_id, due in zip(task_ids, fire.due_at_ms, strict=True):
                 if free is not None and free <= 0:
                     logger.warning(
@@ -298,9 +319,12 @@ class PgScheduleOps(PgBase):
                         due,
                     )
                     continue
-                params = (task_id, now_ms, due, due, due, fire.schedule_id)
-                await cur.execute(TASK_INSERT_SCHEDULED, params)
-                created.append((task_id, due))
+                params = (task_id, now_ms, due, due, due, config.priority)
+                await cur.execute(
+                    TASK_INSERT_SCHEDULED,
+                    (*params, None if flow is None else flow.key, fire.schedule_id),
+                )
+                created.append(DueTask(task_id, due, config.priority, ref))
                 free = None if free is None else free - 1
             last_task = created[-1][0] if created else None
             await cur.execute(
@@ -315,7 +339,7 @@ class PgScheduleOps(PgBase):
                     fire.schedule_id,
                 ),
             )
-            await self._notify_due(cur, created, now_ms)
+            await self._notify_due(cur, [(c.task_id, c.due_at_ms) for c in created], now_ms)
             return created
 
         return await self._tx(op)

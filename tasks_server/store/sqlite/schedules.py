@@ -13,6 +13,7 @@ from ...errors import (
     OwnerNotFound,
 )
 from ...models import (
+    DueTask,
     MisfirePolicy,
     NewSchedule,
     OverlapPolicy,
@@ -148,11 +149,19 @@ SCHEDULE_ADVANCE: LiteralString = (
     "next_at = ?, state = ?, version = version + 1 WHERE id = ?"
 )
 # a run's task: the schedule's sealed template and metadata, due at the slot
+# the template's priority and flow-control key come with it, as for a registration
 TASK_INSERT_SCHEDULED: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
-    "next_at, metadata, spec, schedule_id, host) "
-    "SELECT ?, owner_id, 'RUNNING', ?, ?, ?, ?, metadata, spec, id, host "
+    "next_at, metadata, spec, schedule_id, host, priority, flow_key) "
+    "SELECT ?, owner_id, 'RUNNING', ?, ?, ?, ?, metadata, spec, id, host, ?, ? "
     "FROM schedule WHERE id = ?"
+)
+SCHEDULE_TEMPLATE: LiteralString = "SELECT owner_id, spec FROM schedule WHERE id = ?"
+# a key a schedule names exists with the template's limits; an edit of the schedule (or a
+# registration naming the key) sets them, as "the last registration wins"
+FLOW_INSERT_MISSING: LiteralString = (
+    "INSERT INTO flow_control (owner_id, key, rate, period_ms, parallelism, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (owner_id, key) DO NOTHING"
 )
 TASK_BY_SCHEDULE: LiteralString = (
     f"SELECT {TASK_COLUMNS} FROM task WHERE owner_id = ? AND schedule_id = ? "
@@ -288,15 +297,27 @@ class ScheduleOps(StoreBase):
         next_at: int = rows[0][0]
         return next_at - lookahead_ms if rows[0][1] == OverlapPolicy.ALLOW else next_at
 
-    async def fire_schedule(self, fire: ScheduleFire, now_ms: int) -> list[tuple[str, int]] | None:
+    async def fire_schedule(self, fire: ScheduleFire, now_ms: int) -> list[DueTask] | None:
         task_ids = [new_task_id(now_ms) for _ in fire.due_at_ms]
         last_run = fire.due_at_ms[-1] if fire.due_at_ms else None
+        # read before the write: an edit after this read changes the version, and the
+        # guard below then refuses the plan
+        template = await self._read(SCHEDULE_TEMPLATE, (fire.schedule_id,))
+        if not template:
+            return None
+        owner_id = template[0][0]
+        config = self._open_spec(template[0][1]).config
+        flow = config.flow_control
+        ref = None if flow is None else (owner_id, flow.key)
 
-        def op(conn: sqlite3.Connection) -> list[tuple[str, int]] | None:
+        def op(conn: sqlite3.Connection) -> list[DueTask] | None:
             row = conn.execute(SCHEDULE_GUARD, (fire.schedule_id, fire.version)).fetchone()
             if row is None:
                 return None  # changed since it was read: the runner reads it again
-            created = []
+            if flow is not None:
+                limits = (flow.key, flow.rate, flow.period.ms, flow.parallelism, now_ms)
+                conn.execute(FLOW_INSERT_MISSING, (owner_id, *limits))
+            created: list[DueTask] = []
             for task_id, due in zip(task_ids, fire.due_at_ms, strict=True):
                 used, limit = conn.execute(OWNER_CAPACITY, (row[0],)).fetchone()
                 if limit and used >= limit:
@@ -306,9 +327,12 @@ class ScheduleOps(StoreBase):
                         due,
                     )
                     continue
-                params = (task_id, now_ms, due, due, due, fire.schedule_id)
-                conn.execute(TASK_INSERT_SCHEDULED, params)
-                created.append((task_id, due))
+                params = (task_id, now_ms, due, due, due, config.priority)
+                conn.execute(
+                    TASK_INSERT_SCHEDULED,
+                    (*params, None if flow is None else flow.key, fire.schedule_id),
+                )
+                created.append(DueTask(task_id, due, config.priority, ref))
             last_task = created[-1][0] if created else None
             conn.execute(
                 SCHEDULE_ADVANCE,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from .alerts import AlertOps
 from .claims import ClaimOps
 from .dead_letters import DeadLetterOps
+from .hosts import HostLimitOps
 from .owners import OwnerOps
 from .registrations import RegistrationOps
 from .schedules import ScheduleOps
@@ -31,6 +32,7 @@ class SqliteStore(
     DeadLetterOps,
     SearchOps,
     AlertOps,
+    HostLimitOps,
 ):
     """Store on SQLite. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 
