@@ -24,7 +24,7 @@ from .api.edge import Edge, Throttle
 from .api.outgoing import Destinations
 from .api.overview import OverviewCache, overview_figures
 from .api.services import Services
-from .api.workflows import step_builder
+from .api.workflows import step_arming, step_builder
 from .backup.job import BackupJob
 from .clock import Clock, SystemClock
 from .config import Settings
@@ -104,7 +104,12 @@ def build(
     metrics.watch_alerts(alerts)
     runs = FinalWaiters()
     unsupported = _unsupported_fields()
-    store.watch_workflows(step_builder(settings, unsupported), scheduler.notify, runs.wake)
+    store.watch_workflows(
+        step_builder(settings, unsupported, egress_policy(settings)),
+        step_arming(scheduler),
+        runs.wake,
+        scheduler.free_claims,
+    )
     services = Services(
         settings=settings,
         store=store,

@@ -432,6 +432,13 @@ class ScheduleState(StrEnum):
     FINISHED = "FINISHED"  # past its end time or its maximum number of runs; fires no more
 
 
+class ScheduleTarget(StrEnum):
+    """What a schedule's slot starts."""
+
+    TASK = "task"  # a task made from the schedule's template
+    WORKFLOW = "workflow"  # a workflow run made from the schedule's definition
+
+
 class MisfirePolicy(StrEnum):
     """What to do with slots that passed while nothing could fire them (downtime)."""
 
@@ -494,6 +501,9 @@ class Schedule:
     version: int = 0
     last_task_state: TaskState | None = None  # read with the schedule; None when gone
     last_task_ended_at_ms: int | None = None
+    # a workflow schedule's last_task_* describe its last run (PENDING reads as RUNNING,
+    # CANCELLED as REVOKED), so the overlap policies treat runs as tasks
+    target: ScheduleTarget = ScheduleTarget.TASK
 
     @property
     def last_task_pending(self) -> bool:

@@ -100,6 +100,7 @@ def routes() -> list[BaseRoute]:
         Route(f"{schedule}/resume", schedules.resume, methods=["PATCH"]),
         Route(f"{schedule}/next", schedules.next_runs, methods=["GET"]),
         Route(f"{schedule}/tasks", schedules.tasks, methods=["GET"]),
+        Route(f"{schedule}/runs", schedules.runs, methods=["GET"]),
         Route("/v1/workflows", workflows.create, methods=["POST"]),
         Route("/v1/workflows", workflows.list_runs, methods=["GET"]),
         Route(run, workflows.get, methods=["GET"]),

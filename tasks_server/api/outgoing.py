@@ -79,6 +79,13 @@ class Destinations:
         return verdict
 
 
+def url_refusal(
+    policy: EgressPolicy, url: str, allowed_hosts: tuple[str, ...] | None
+) -> str | None:
+    """Why the policy (or the owner's validated domains) refuses ``url``; None: allowed."""
+    return _url_refusal(policy.host, url, allowed_hosts)
+
+
 def _url_refusal(verdict: Verdict, url: str, allowed_hosts: tuple[str, ...] | None) -> str | None:
     parts = urlsplit(url)
     host = parts.hostname or ""

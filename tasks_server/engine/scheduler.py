@@ -148,6 +148,7 @@ class Scheduler:
         self._held_changed = asyncio.Event()  # wakes the starter: an earlier attempt is held
         self._claimed_at_ms: dict[str, int] = {}  # held attempts: when they were claimed
         self.leases = LeaseKeeper(store, clock, self.notify)
+        self._loading: set[asyncio.Future[None]] = set()  # adopted, waiting for their owner
         self._sequence = itertools.count()
         self._stopping = False
         self._abandoned = False
@@ -194,6 +195,28 @@ class Scheduler:
                 )
             )
             self._results_ready.set()
+
+    # -- claims the store made for the scheduler (workflow steps released by an outcome) --
+
+    def free_claims(self) -> int:
+        """How many attempts may be claimed now (what ``adopt`` may be handed)."""
+        return 0 if self._stopping else max(self._free_slots(), 0)
+
+    def adopt(self, attempt: Attempt) -> None:
+        """Hold an attempt the store claimed on the scheduler's behalf, in the transaction
+        that released it (docs/workflows.md#durability), and start it at its due time like
+        one of its own claims. Stopping, it stays claimed and runs at the next start."""
+        if not self._security.knows(attempt.owner_id):
+            task = asyncio.ensure_future(self._adopt_after_load(attempt))
+            self._loading.add(task)
+            task.add_done_callback(self._loading.discard)
+            return
+        self._hold(attempt, self._clock.now_ms())
+        self._held_changed.set()
+
+    async def _adopt_after_load(self, attempt: Attempt) -> None:
+        await self._security.load((attempt.owner_id,), self._clock.monotonic())
+        self.adopt(attempt)
 
     def configure_flow(self, owner_id: str, flow: FlowControl, paused: bool | None = None) -> None:
         """A registration (the last one wins) or an edit set the key's limits."""
