@@ -338,6 +338,7 @@ async def _lifespan(server: Server) -> AsyncIterator[None]:
         _start_loop(server, stack, "scheduler", server.scheduler.run, _stop_scheduler)
         if server.settings.uses_postgres:
             _start_loop(server, stack, "wake-ups", lambda: _listen(server), _stop_listening)
+            _start_loop(server, stack, "host-limits", lambda: _follow_host_limits(server), _cancel)
         _start_loop(server, stack, "schedules", server.schedules.run, _stop_schedules)
         if server.backup is not None:
             _start_loop(server, stack, "backup", server.backup.run, _stop_backup)
@@ -376,6 +377,26 @@ async def _load_host_limits(server: Server) -> None:
     """The administrator's per-host limits, kept in the store, apply from the start."""
     if server.hosts is not None:
         server.hosts.load(await server.store.list_host_limits())
+
+
+HOST_LIMITS_REFRESH_S = 10.0
+
+
+async def _follow_host_limits(server: Server) -> None:
+    """Several nodes share the overrides: each reads them again every
+    HOST_LIMITS_REFRESH_S, so one changed on another node applies here within that."""
+    assert server.hosts is not None
+    while True:
+        await server.clock.sleep(HOST_LIMITS_REFRESH_S)
+        try:
+            server.hosts.load(await server.store.list_host_limits())
+        except Exception as exc:  # a refresh is best effort (a pool timeout, say): the
+            # limits read last stay in force and the next round tries again
+            logger.warning("reading the host limits failed: %r", exc)
+
+
+async def _cancel(server: Server, task: asyncio.Task[None]) -> None:
+    task.cancel()
 
 
 async def _start_dispatcher(server: Server, stack: contextlib.AsyncExitStack) -> None:
