@@ -17,10 +17,11 @@ from starlette.applications import Starlette
 from . import cipher_key, dispatch
 from .alerts.email import SmtpMailer, SmtpSettings
 from .alerts.service import AlertOptions, AlertService
-from .api import create_app
+from .api import create_app, exception_handlers
 from .api.auth import Authenticator
 from .api.buckets import TokenBuckets
 from .api.edge import Edge, Throttle
+from .api.outgoing import Destinations
 from .api.overview import OverviewCache, overview_figures
 from .api.services import Services
 from .api.workflows import step_arming, step_builder
@@ -76,7 +77,7 @@ class Server:
     backup: BackupJob | None  # scheduled backups, when a cron or interval is set
     metrics: Metrics
     app: Starlette
-    asgi: Edge  # the app behind the edge middleware: what uvicorn serves
+    asgi: Edge  # the app behind the edge (routing, errors, limits): what uvicorn serves
     fatal: Fatal = field(default_factory=Fatal)
     alerts: AlertService | None = None  # judges outcomes against alert rules, sends
     retention: RetentionJob | None = None  # RETENTION_FINISHED_DAYS: old finished tasks go
@@ -120,7 +121,7 @@ def build(
         metrics_text=lambda: metrics.render(lambda: _count_pending(store)),
         schedules=schedules,
         runs=runs,
-        egress=egress_policy(settings),
+        destinations=Destinations(egress_policy(settings), store, clock),
         engine_figures=lambda: _engine_figures(scheduler, metrics),
         alerts=alerts,
         hosts=hosts,
@@ -157,6 +158,7 @@ def build(
                 if settings.auth_failures_per_minute
                 else None
             ),
+            error_handlers=exception_handlers(),
         ),
         alerts=alerts,
         hosts=hosts,

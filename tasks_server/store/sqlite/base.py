@@ -22,7 +22,7 @@ from ...sealing import Sealer
 from ..migrate import migrate
 from .connection import DEFAULT_BUSY_TIMEOUT_MS, connect
 from .sealed import reseal, verify_key
-from .writer import CommitObserver, Writer, transient_reason
+from .writer import CommitObserver, Outcome, Together, Writer, transient_reason
 
 T = TypeVar("T")
 
@@ -152,6 +152,14 @@ class StoreBase:
         assert self._writer is not None, "store is not open"
         result: T = await self._writer.submit(op, savepoint)
         return result
+
+    async def _write_together(
+        self, run: Callable[[sqlite3.Connection, list[Any]], list[Outcome]], payload: Any
+    ) -> Any:
+        """Run ``payload`` in the next write batch with the like payloads queued beside it
+        (see ``writer.Together``)."""
+        assert self._writer is not None, "store is not open"
+        return await self._writer.submit(Together(run, payload))
 
     async def _read(self, sql: LiteralString, params: Sequence[Any]) -> list[Any]:
         assert self._reader is not None, "store is not open"
