@@ -116,7 +116,9 @@ def signed_in(base: str, owner_id: str, key: str) -> urllib.request.OpenerDirect
     page = opener.open(f"{base}/ui/login").read().decode()
     csrf = re.search(r'name="csrf" value="([^"]+)"', page)
     assert csrf is not None
-    form = urllib.parse.urlencode({"csrf": csrf.group(1), "ownerId": owner_id, "key": key})
+    # signing in lands on the task list: the overview is first loaded when timed
+    fields = {"csrf": csrf.group(1), "ownerId": owner_id, "key": key, "next": "/ui/tasks"}
+    form = urllib.parse.urlencode(fields)
     opener.open(f"{base}/ui/login", data=form.encode()).read()
     return opener
 

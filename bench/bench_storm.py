@@ -13,8 +13,12 @@ request. Prints every figure beside its target; asserts nothing about speed.
 
 "Limits hold exactly" is checked at the sink: each key's starts are replayed through the
 key's own token bucket (capacity = rate, refilled at rate per second), and a start that
-finds no token is a violation; the calls in flight per key are counted from the sink's
-start and end times.
+finds no token is a violation. The engine takes a key's token when it claims the task, a
+claim transaction before the call leaves, so arrivals can bunch by the spread of those
+transactions: the bench also prints the lateness (ms) the sink must allow for the bucket
+to hold with no violation. The calls in flight per key are counted from the sink's start
+and end times, and the rate after the burst is each key's starts beyond the burst over
+its drain time.
 """
 
 from __future__ import annotations
@@ -105,18 +109,29 @@ class StormSink:
 # -- the checks --------------------------------------------------------------------------
 
 
-def bucket_violations(starts: list[float], rate: int) -> int:
-    """Starts that find no token in a bucket of ``rate`` tokens refilled at ``rate``/s."""
-    tokens, last, violations = float(rate), None, 0
+def bucket_violations(starts: list[float], rate: int, slack_ms: int = 0) -> int:
+    """Starts that find no token in a bucket of ``rate`` tokens refilled at ``rate``/s
+    (with ``slack_ms`` of extra credit for the jitter between admission and arrival)."""
+    capacity = rate * (1 + slack_ms / 1000)
+    tokens, last, violations = capacity, None, 0
     for at in sorted(starts):
         if last is not None:
-            tokens = min(float(rate), tokens + (at - last) * rate)
+            tokens = min(capacity, tokens + (at - last) * rate)
         last = at
         if tokens < 1 - 1e-9:
             violations += 1
         else:
             tokens -= 1
     return violations
+
+
+def least_slack_ms(starts: list[float], rate: int) -> int:
+    """The arrival jitter (ms) the sink must allow for every start to find a token: the
+    bucket may hold that much more credit. 0 means the limit held exactly as seen."""
+    slack = 0
+    while bucket_violations(starts, rate, slack) and slack < 1000:
+        slack += 1
+    return slack
 
 
 def most_in_flight(calls: list[tuple[float, float]]) -> int:
@@ -305,12 +320,22 @@ def report(
         f"{args.tasks // args.keys} per key at {args.rate}/s after a burst of {args.rate})"
     )
     print(f"  drain, restart to last call:    {drained_s:8.2f} s")
+    slack = max(least_slack_ms([s for s, _ in calls], args.rate) for calls in by_key.values())
+    after_burst = [
+        (len(calls) - args.rate) / (max(s for s, _ in calls) - min(s for s, _ in calls))
+        for calls in by_key.values()
+        if len(calls) > args.rate
+    ]
     print(
-        f"  token-bucket violations:        {sum(violations.values()):8}   (target 0; per key: "
-        f"{', '.join(f'{k}={v}' for k, v in sorted(violations.items()))})"
+        f"  rate per key after the burst:   {max(after_burst, default=0):8.1f}/s "
+        f"(target <= {args.rate}/s)"
     )
     print(
-        f"  most starts in any 1 s window:  {max(per_second.values(), default=0):8}   "
+        f"  token bucket replayed at sink:  {sum(violations.values()):8} starts without a token "
+        f"(target 0); 0 once arrivals may be {slack} ms late (admission to arrival)"
+    )
+    print(
+        f"  most starts per key in any 1 s: {max(per_second.values(), default=0):8}   "
         f"(target <= {2 * args.rate}: "
         f"burst {args.rate} + {args.rate} refilled)"
     )

@@ -17,10 +17,11 @@ from starlette.applications import Starlette
 from . import cipher_key, dispatch
 from .alerts.email import SmtpMailer, SmtpSettings
 from .alerts.service import AlertOptions, AlertService
-from .api import create_app
+from .api import create_app, exception_handlers
 from .api.auth import Authenticator
 from .api.buckets import TokenBuckets
 from .api.edge import Edge, Throttle
+from .api.outgoing import Destinations
 from .api.overview import OverviewCache, overview_figures
 from .api.services import Services
 from .api.workflows import step_arming, step_builder
@@ -76,7 +77,7 @@ class Server:
     backup: BackupJob | None  # scheduled backups, when a cron or interval is set
     metrics: Metrics
     app: Starlette
-    asgi: Edge  # the app behind the edge middleware: what uvicorn serves
+    asgi: Edge  # the app behind the edge (routing, errors, limits): what uvicorn serves
     fatal: Fatal = field(default_factory=Fatal)
     alerts: AlertService | None = None  # judges outcomes against alert rules, sends
     retention: RetentionJob | None = None  # RETENTION_FINISHED_DAYS: old finished tasks go
@@ -120,7 +121,7 @@ def build(
         metrics_text=lambda: metrics.render(lambda: _count_pending(store)),
         schedules=schedules,
         runs=runs,
-        egress=egress_policy(settings),
+        destinations=Destinations(egress_policy(settings), store, clock),
         engine_figures=lambda: _engine_figures(scheduler, metrics),
         alerts=alerts,
         hosts=hosts,
@@ -157,6 +158,7 @@ def build(
                 if settings.auth_failures_per_minute
                 else None
             ),
+            error_handlers=exception_handlers(),
         ),
         alerts=alerts,
         hosts=hosts,
@@ -337,6 +339,7 @@ async def _lifespan(server: Server) -> AsyncIterator[None]:
         _start_loop(server, stack, "scheduler", server.scheduler.run, _stop_scheduler)
         if server.settings.uses_postgres:
             _start_loop(server, stack, "wake-ups", lambda: _listen(server), _stop_listening)
+            _start_loop(server, stack, "host-limits", lambda: _follow_host_limits(server), _cancel)
         _start_loop(server, stack, "schedules", server.schedules.run, _stop_schedules)
         if server.backup is not None:
             _start_loop(server, stack, "backup", server.backup.run, _stop_backup)
@@ -375,6 +378,26 @@ async def _load_host_limits(server: Server) -> None:
     """The administrator's per-host limits, kept in the store, apply from the start."""
     if server.hosts is not None:
         server.hosts.load(await server.store.list_host_limits())
+
+
+HOST_LIMITS_REFRESH_S = 10.0
+
+
+async def _follow_host_limits(server: Server) -> None:
+    """Several nodes share the overrides: each reads them again every
+    HOST_LIMITS_REFRESH_S, so one changed on another node applies here within that."""
+    assert server.hosts is not None
+    while True:
+        await server.clock.sleep(HOST_LIMITS_REFRESH_S)
+        try:
+            server.hosts.load(await server.store.list_host_limits())
+        except Exception as exc:  # a refresh is best effort (a pool timeout, say): the
+            # limits read last stay in force and the next round tries again
+            logger.warning("reading the host limits failed: %r", exc)
+
+
+async def _cancel(server: Server, task: asyncio.Task[None]) -> None:
+    task.cancel()
 
 
 async def _start_dispatcher(server: Server, stack: contextlib.AsyncExitStack) -> None:

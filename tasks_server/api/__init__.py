@@ -28,6 +28,7 @@ from . import (
     security,
     workflows,
 )
+from .edge import ErrorHandler
 from .errors import handle_domain_error, handle_http_error, handle_unexpected
 from .services import Services
 
@@ -110,12 +111,18 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def create_app(svc: Services, lifespan: Any = None) -> Starlette:
-    handlers: dict[Any, Callable[..., Any]] = {
+def exception_handlers() -> dict[type[Exception], ErrorHandler]:
+    """Error class → the handler that answers it (the first class in the error's MRO
+    wins); the edge applies it (``api/edge.py``)."""
+    return {
         TasksServerError: handle_domain_error,
         HTTPException: handle_http_error,
         Exception: handle_unexpected,
     }
+
+
+def create_app(svc: Services, lifespan: Any = None) -> Starlette:
+    handlers: dict[Any, Callable[..., Any]] = dict(exception_handlers())
     all_routes = routes()
     if svc.settings.dashboard:
         from .dashboard import dashboard

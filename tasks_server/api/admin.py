@@ -151,6 +151,7 @@ async def delete_owner(request: Request) -> Response:
     owner_id = _owner_id(request)
     await app.store.delete_owner(owner_id)
     app.auth.forget(owner_id)
+    app.destinations.forget(owner_id)
     return answer(request, DONE)
 
 

@@ -17,8 +17,7 @@ from ..models import NewTask, Task, TaskState
 from ..store import Store
 from .convert import to_new_task
 from .errors import error_body, validation_failed
-from .outgoing import check_outgoing
-from .queues import arm, check_supported, rearm, record
+from .queues import arm, check_supported, rearm, record, validation_context
 from .schemas import TaskIn
 from .services import Services, services
 from .wire import answer, parse_json, read_body
@@ -29,7 +28,7 @@ MAX_FILTER_MATCHES = 100_000  # tasks one filtered batch action may touch
 _PAGE = 1000
 
 
-def parse_items(app: Services, body: bytes | None, now_ms: int) -> list[Item]:
+def parse_items(app: Services, body: bytes | None, now_ms: int, owner_id: str) -> list[Item]:
     """Validate every registration of the array; an item's failure is its answer.
 
     The whole array is validated in one pydantic pass when every item is valid (the fast
@@ -38,7 +37,7 @@ def parse_items(app: Services, body: bytes | None, now_ms: int) -> list[Item]:
     if body is None:
         raise ValidationFailed({"_errors": ["Expected a JSON array of registrations"]})
     limit = app.settings.max_batch_items
-    context = {"tz": app.settings.tz, "cert_dir": app.settings.cert_dir}
+    context = validation_context(app, owner_id)
     try:
         wires: list[TaskIn | TasksServerError] = list(_BATCH.validate_json(body, context=context))
     except ValidationError:
@@ -76,6 +75,16 @@ def _to_new(app: Services, wire: TaskIn | TasksServerError, now_ms: int) -> Item
     return NewTask(new.spec, new.due_at_ms, now_ms + app.settings.dedup_window_s * 1000)
 
 
+def _allowed(app: Services, domains: tuple[str, ...] | None, item: Item) -> Item:
+    """The item, or the egress policy's refusal of where its calls would go."""
+    if isinstance(item, NewTask):
+        try:
+            app.destinations.refuse(item.spec, domains)
+        except TasksServerError as exc:
+            return exc
+    return item
+
+
 async def register_batch(request: Request) -> Response:
     """``POST /v1/queues/register/batch``: one transaction; per item 201 with the task,
     200 with an existing task (deduplicated), or the item's 4xx error."""
@@ -83,7 +92,8 @@ async def register_batch(request: Request) -> Response:
     owner_id = await app.auth.owner_id(request)
     body = await read_body(request, app.settings.max_size_body_batch)
     now = app.clock.now_ms()
-    items = [await _allowed(app, owner_id, item) for item in parse_items(app, body, now)]
+    domains = await app.destinations.domains(owner_id)
+    items = [_allowed(app, domains, item) for item in parse_items(app, body, now, owner_id)]
     news = [item for item in items if isinstance(item, NewTask)]
     stored = iter(await app.store.create_tasks(owner_id, news, now) if news else [])
     results = []
@@ -97,16 +107,6 @@ async def register_batch(request: Request) -> Response:
             status, error = error_body(outcome)
             results.append({"status": status, **error})
     return answer(request, results, 200)
-
-
-async def _allowed(app: Services, owner_id: str, item: Item) -> Item:
-    """The item, or the egress policy's refusal of where its calls would go."""
-    if isinstance(item, NewTask):
-        try:
-            await check_outgoing(app, owner_id, item.spec)
-        except TasksServerError as exc:
-            return exc
-    return item
 
 
 def _task_result(task: Task) -> dict[str, Any]:

@@ -35,6 +35,8 @@ from .errors import field_error as field_error  # re-exported: handlers import i
 from .schemas import ConfigIn, CredentialsIn, HttpRequestIn, TaskIn
 
 _CURL_ONLY_FETCH_FIELDS = ("credentials", "referrerPolicy", "mode")
+# json.dumps with any option builds a new encoder per call; this one is built once
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def to_new_task(body: TaskIn, now_ms: int) -> NewTask:
@@ -51,7 +53,7 @@ def to_new_task(body: TaskIn, now_ms: int) -> NewTask:
             if getattr(config_in, name) is not None:
                 raise field_error(("config", name), "Invalid curl option")
     check_retry_policy(config_in)
-    config = to_config(config_in, body.httpRequest.transport)
+    config = remembered_config(config_in, body.httpRequest.transport)
     due = first_due_ms(config, now_ms)
     if config.retry_at_ms is not None and config.retry_at_ms < due + 1000:
         raise field_error(("config", "retryAt"), "Retry date must be greater than execution date")
@@ -93,9 +95,9 @@ def to_request(wire: HttpRequestIn) -> HttpRequest:
     data = None if wire.method in ("GET", "DELETE") else wire.data
     json_text = None
     if isinstance(data, dict):
-        json_text = json.dumps(data, separators=(",", ":"))
+        json_text = _COMPACT_JSON.encode(data)
     elif wire.json_body is not None and wire.method not in ("GET", "DELETE"):
-        json_text = json.dumps(wire.json_body, separators=(",", ":"))
+        json_text = _COMPACT_JSON.encode(wire.json_body)
     aws = wire.authAwsSigv4
     return HttpRequest(
         url=wire.url,
@@ -119,6 +121,26 @@ def to_request(wire: HttpRequestIn) -> HttpRequest:
         auth_aws_sigv4=None if aws is None else AwsSigv4(**aws.model_dump()),
         transport=wire.transport,
     )
+
+
+# to_config is pure, and most registrations repeat one of a few configurations (a batch
+# usually one for all its items): its result is remembered by the validated
+# configuration's JSON. Building a TaskConfig (60 fields) costs several times more than
+# that JSON (pydantic writes it in Rust).
+_CONFIGS: dict[tuple[str | None, bytes], TaskConfig] = {}
+_CONFIGS_KEPT = 1024
+
+
+def remembered_config(wire: ConfigIn, transport: str | None) -> TaskConfig:
+    """``to_config(wire, transport)``, from memory when the same configuration was
+    converted before (the result is frozen, so it can be shared)."""
+    key = (transport, wire.__pydantic_serializer__.to_json(wire, exclude_unset=True))
+    config = _CONFIGS.get(key)
+    if config is None:
+        if len(_CONFIGS) >= _CONFIGS_KEPT:
+            _CONFIGS.clear()
+        config = _CONFIGS[key] = to_config(wire, transport)
+    return config
 
 
 def to_config(wire: ConfigIn, transport: str | None) -> TaskConfig:

@@ -1,4 +1,5 @@
-"""ASGI middleware at the edge: security headers, the throttle and a request log line."""
+"""The edge: the one ASGI layer in front of the API (security headers, the throttle, the
+guessing limits, the request log line and metric, routing, error answers)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,17 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Message, Receive, Scope, Send
 
 from ..clock import Clock
-from ..errors import PayloadTooLarge, Throttled
+from ..errors import PayloadTooLarge, TasksServerError, Throttled
 from .buckets import TokenBuckets
 from .errors import error_response
 
@@ -54,18 +60,55 @@ class Throttle:
 # (method, route template such as "/v1/queues/{task_id}" or "" when none matched,
 # status, milliseconds): route templates keep metric labels few, whatever the ids
 RequestObserver = Callable[[str, str, int, float], None]
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def exact_routes(routes: list[BaseRoute]) -> dict[tuple[str, str], Route]:
+    """(method, path) → route, for the paths without parameters that Starlette's router
+    would give to that route (the first route matching fully, in order), so the edge can
+    find them with one dict lookup instead of trying every route's pattern."""
+    table: dict[tuple[str, str], Route] = {}
+    for route in routes:
+        if not isinstance(route, Route) or route.param_convertors or not route.methods:
+            continue
+        for method in route.methods:
+            probe = {"type": "http", "path": route.path, "root_path": "", "method": method}
+            first = next(r for r in routes if r.matches(probe)[0] is Match.FULL)
+            if first is route:
+                table.setdefault((method, route.path), route)
+    return table
+
+
+def _handler_for(
+    handlers: dict[type[Exception], ErrorHandler], exc: Exception
+) -> ErrorHandler | None:
+    for cls in type(exc).__mro__:
+        if cls in handlers:
+            return handlers[cls]
+    return None
 
 
 class Edge:
+    """The one ASGI layer in front of the routes: security headers, the throttle, the
+    guessing limits, the declared body size, the request log line and metric, routing and
+    error answers.
+
+    Starlette's own middleware (server errors, then handled exceptions) would wrap every
+    request in two more layers, each with its own send wrapper; the edge maps errors to
+    answers itself, once, with the API's handler table (``api.exception_handlers``). Paths
+    without parameters go straight to their handler; the others through Starlette's router.
+    """
+
     def __init__(
         self,
-        app: ASGIApp,
+        app: Starlette,
         clock: Clock,
         throttle: Throttle | None,
         log_requests: bool,
         on_request: RequestObserver | None = None,
         max_body_bytes: int | None = None,
         auth_failures: TokenBuckets | None = None,
+        error_handlers: dict[type[Exception], ErrorHandler] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -75,14 +118,17 @@ class Edge:
         self.throttle = throttle
         self.log_requests = log_requests
         self.on_request = on_request
+        self._error_handlers = error_handlers or {}
+        self._router = app.router
+        self._exact = exact_routes(app.router.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send)  # the lifespan
             return
         started = time.perf_counter()
         extra: list[tuple[bytes, bytes]] = list(SECURITY_HEADERS)
-        status_holder = [500]
+        status_holder = [0]  # the answer's status once it has started
         if self.throttle is not None and await self._throttled(scope, send, extra):
             return
 
@@ -104,28 +150,57 @@ class Edge:
                 # refused before a byte of the body is read, whatever the route
                 await error_response(PayloadTooLarge())(scope, receive, send_with_headers)
             else:
-                await self.app(scope, receive, send_with_headers)
+                await self._route(scope, receive, send_with_headers, status_holder)
         finally:
-            self._count_failure(status_holder[0], guessing)
+            status = status_holder[0] or 500  # nothing answered: the server says 500
+            self._count_failure(status, guessing)
             elapsed_ms = (time.perf_counter() - started) * 1000
             if self.log_requests:
-                # the path only: query strings and headers may carry secrets
-                logger.info(
-                    "%s %s %d %.1fms",
-                    scope["method"],
-                    scope["path"],
-                    status_holder[0],
-                    elapsed_ms,
-                    extra={
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status_holder[0],
-                        "duration_ms": round(elapsed_ms, 3),
-                    },
-                )
+                self._log(scope, status, elapsed_ms)
             if self.on_request is not None:
-                route = getattr(scope.get("route"), "path", "")  # set by Starlette's router
-                self.on_request(scope["method"], route, status_holder[0], elapsed_ms)
+                route = getattr(scope.get("route"), "path", "")  # set by the routing
+                self.on_request(scope["method"], route, status, elapsed_ms)
+
+    async def _route(
+        self, scope: Scope, receive: Receive, send: Send, status_holder: list[int]
+    ) -> None:
+        """Run the request's handler; an error becomes its answer (an unexpected one a 500,
+        raised again afterwards for the server to see, as Starlette does)."""
+        scope["app"] = self.app  # what handlers reach their services through
+        route = self._exact.get((scope["method"], scope["path"]))
+        request = Request(scope, receive, send)
+        try:
+            if route is None:
+                await self._router(scope, receive, send)
+            else:
+                scope["route"] = route
+                scope["path_params"] = {}
+                response = await route.endpoint(request)
+                await response(scope, receive, send)
+        except Exception as exc:
+            handler = _handler_for(self._error_handlers, exc)
+            if handler is None or status_holder[0]:
+                raise  # too late for an answer of its own: the server closes the connection
+            response = await handler(request, exc)
+            await response(scope, receive, send)
+            if not isinstance(exc, HTTPException | TasksServerError):
+                raise
+
+    def _log(self, scope: Scope, status: int, elapsed_ms: float) -> None:
+        # the path only: query strings and headers may carry secrets
+        logger.info(
+            "%s %s %d %.1fms",
+            scope["method"],
+            scope["path"],
+            status,
+            elapsed_ms,
+            extra={
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(elapsed_ms, 3),
+            },
+        )
 
     async def _throttled(self, scope: Scope, send: Send, extra: list[tuple[bytes, bytes]]) -> bool:
         """Count the request against its client's window (MAX_THROTTLE_REQUEST): adds

@@ -80,4 +80,5 @@ async def delete(request: Request) -> Response:
         raise PreconditionFailed(f"{name} is not the name of the owner in X-Tasks-Owner-Id")
     await app.store.delete_owner(owner_id)
     app.auth.forget(owner_id)
+    app.destinations.forget(owner_id)
     return answer(request, DONE)

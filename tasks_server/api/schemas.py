@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import os
 import re
@@ -153,6 +154,7 @@ def _ascii_host(host: str) -> str:
         ) from exc
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and registrations repeat a few URLs many times
 def _check_url(value: str) -> str:
     if len(value) > 1024 or any(ch in value for ch in "\r\n\t\x00"):
         raise PydanticCustomError("url", "Invalid url")

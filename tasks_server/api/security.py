@@ -133,4 +133,5 @@ async def set_domains(request: Request) -> Response:
     await app.store.save_owner_security(
         owner_id, dataclasses.replace(security, allowed_hosts=hosts)
     )
+    app.destinations.forget(owner_id)
     return answer(request, {"domains": None if hosts is None else list(hosts)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from starlette.requests import Request
@@ -12,12 +12,12 @@ from starlette.requests import Request
 from ..alerts.service import AlertService
 from ..clock import Clock
 from ..config import Settings
-from ..dispatch.egress import EgressPolicy
 from ..dispatch.hosts import HostGovernor
 from ..engine.waiters import FinalWaiters
 from ..models import FlowControl, HttpRequest, TaskConfig
 from ..store import Store
 from .auth import Authenticator
+from .outgoing import Destinations
 
 if TYPE_CHECKING:
     from .overview import OverviewCache
@@ -63,8 +63,8 @@ class Services:
     unsupported: Callable[[HttpRequest, TaskConfig], list[str]]
     # check name → None when fine, else what is wrong
     readiness: Callable[[], Awaitable[dict[str, str | None]]]
+    destinations: Destinations  # where calls may go: the egress policy, owners' domains
     metrics_text: Callable[[], Awaitable[bytes]] | None = None  # Prometheus exposition
-    egress: EgressPolicy = field(default_factory=EgressPolicy)  # where calls may go
     schedules: ScheduleNotifier | None = None  # the recurring-schedule runner
     alerts: AlertService | None = None  # judges outcomes against alert rules, sends
     runs: FinalWaiters | None = None  # woken when a workflow run ends

@@ -59,6 +59,8 @@ class GuardedProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits]
     idle: ClassVar[OrderedDict[GuardedProtocol, None]]  # oldest first
     _timer: asyncio.TimerHandle | None = None
+    _deadline: float | None = None  # loop time; None: no timeout running
+    _status: bytes | None = None  # what a timeout answers (None: only close)
     _in_request = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -70,6 +72,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.idle.pop(self, None)
         super().connection_lost(exc)
 
@@ -77,7 +82,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self.idle.pop(self, None)
         self._in_request = True
-        if self._timer is None:  # not already counting since the connection began
+        if self._deadline is None:  # not already counting since the connection began
             self._arm(self.limits.header_timeout_s, b"408")
 
     def on_headers_complete(self) -> None:
@@ -114,18 +119,32 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _arm(self, delay_s: float, status: bytes | None) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(delay_s, self._timed_out, status)
+        """Time out ``delay_s`` from now (408 with ``status``). Re-arming only moves the
+        deadline: the timer, when it fires early, sleeps again until the deadline, so a
+        request costs no timer of its own for each of its events."""
+        self._deadline = self.loop.time() + delay_s
+        self._status = status
+        if self._timer is None or self._timer.when() > self._deadline:
+            if self._timer is not None:  # set for a later deadline
+                self._timer.cancel()
+            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self._deadline is None:
+            return
+        if self.loop.time() < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
+            return
+        self._deadline = None
+        self._timed_out(self._status)
 
     def _timed_out(self, status: bytes | None) -> None:
         """A head (408, when nothing was answered yet) or a body that did not arrive
         in time: the connection closes; a handler waiting on the body sees a hang-up."""
-        self._timer = None
         if self.transport.is_closing():
             return
         if status is not None and self._in_request:

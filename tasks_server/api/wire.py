@@ -69,16 +69,16 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     return parse_json(await read_body(request, max_bytes))
 
 
+# json.dumps with any option builds a new encoder per call: these are built once
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_PRETTY = json.JSONEncoder(indent=4, ensure_ascii=False)
+
+
 class JSON(Response):
     media_type = "application/json"
 
     def __init__(self, content: Any, status_code: int = 200, pretty: bool = False) -> None:
-        text = json.dumps(
-            content,
-            indent=4 if pretty else None,
-            separators=None if pretty else (",", ":"),
-            ensure_ascii=False,
-        )
+        text = (_PRETTY if pretty else _COMPACT).encode(content)
         super().__init__(text.encode(), status_code)
 
 

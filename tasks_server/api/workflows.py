@@ -174,7 +174,7 @@ def to_new_run(
         raise _field_error(exc.path, exc.message) from exc
     validate = step_validator(app.settings, app.unsupported)
     for position, step in enumerate(steps):
-        _check_early(app.egress, allowed, validate, position, step, body.input, now_ms)
+        _check_early(app.destinations.policy, allowed, validate, position, step, body.input, now_ms)
     config = body.config
     if config.executeAt is not None and config.executionDelay is not None:
         raise field_error(("config", "executeAt"), "Give executeAt or executionDelay, not both")
@@ -184,7 +184,7 @@ def to_new_run(
     metadata = tuple(config.metadata.items()) if config.metadata else None
     for field, callback in (("onSuccess", body.onSuccess), ("onFailure", body.onFailure)):
         if callback is not None:
-            _check_callback(app.egress, allowed, validate, field, callback, now_ms)
+            _check_callback(app.destinations.policy, allowed, validate, field, callback, now_ms)
     return NewRun(
         body.name,
         body.input,

@@ -39,7 +39,9 @@ task_logger = logging.getLogger("tasks_server.tasks")
 
 MAX_NAP_S = 1.0  # a wall-clock jump is noticed within this
 MAX_CLAIM_AHEAD_MS = 5_000  # a burst is never claimed further ahead than this
-CLAIM_MS_PRIOR = 0.1  # claiming time per task (ms) assumed until one is measured
+# claiming time per task (ms) assumed until one is measured: a busy machine's, so that
+# the first burst after a start is claimed in time too (claiming early costs nothing)
+CLAIM_MS_PRIOR = 0.5
 _REFILL_LIMIT = 200_000
 CLAIM_CHUNK = 256
 WAITING_FACTOR = 4  # calls claimed, running or waiting for their host, per in-flight slot
@@ -213,7 +215,10 @@ class Scheduler:
             self._loading.add(task)
             task.add_done_callback(self._loading.discard)
             return
-        self._hold(attempt, self._clock.now_ms())
+        now_ms = self._clock.now_ms()
+        self._held_ids[attempt.task_id] = attempt
+        self._claimed_at_ms[attempt.task_id] = now_ms
+        self._hold(attempt, now_ms)
         self._held_changed.set()
 
     async def _adopt_after_load(self, attempt: Attempt) -> None:
@@ -357,9 +362,7 @@ class Scheduler:
             if task_id not in claimed:
                 self.flows.release(task_id)  # paused, revoked or deleted meanwhile
         await self._security.load((a.owner_id for a in attempts), self._clock.monotonic())
-        for attempt in attempts:
-            self._hold(attempt, now_ms)
-        self._held_changed.set()
+        await self._hold_all(attempts, now_ms)
         self._measure_claims(len(due), self._clock.monotonic() - claim_started)
         return started + self._start_held(now_ms)
 
@@ -374,13 +377,26 @@ class Scheduler:
             per_task_ms = elapsed_s * 1000 / count
             self._claim_ms = 0.7 * self._claim_ms + 0.3 * per_task_ms
 
+    async def _hold_all(self, attempts: list[Attempt], now_ms: int) -> None:
+        """Hold claimed attempts, preparing them in chunks: an attempt whose time has come
+        meanwhile is started between chunks."""
+        for attempt in attempts:  # known at once, so that forget() finds them all
+            self._held_ids[attempt.task_id] = attempt
+            self._claimed_at_ms[attempt.task_id] = now_ms
+        for index, attempt in enumerate(attempts, 1):
+            if self._held_ids.get(attempt.task_id) is attempt:
+                self._hold(attempt, now_ms)
+            if index % START_CHUNK == 0:
+                self._held_changed.set()
+                await asyncio.sleep(0)  # the starter goes first if an attempt is due
+        self._held_changed.set()
+
     def _hold(self, attempt: Attempt, now_ms: int) -> None:
-        """Keep a claimed attempt until its due time, its call prepared for that time
-        (options, signature): at the due time only the sending is left to do."""
+        """Queue a claimed attempt (already in ``_held_ids``) for its due time with its
+        call prepared for that time (options, signature): at the due time only the sending
+        is left to do."""
         start_ms = max(now_ms, attempt.due_at_ms)
         prepared = self._dispatcher.prepare(self._call(attempt, start_ms))
-        self._held_ids[attempt.task_id] = attempt
-        self._claimed_at_ms[attempt.task_id] = now_ms
         order = (attempt.due_at_ms, -attempt.spec.config.priority, next(self._sequence))
         heapq.heappush(self._held, (*order, attempt, prepared))
 

@@ -5,6 +5,7 @@ hourly buckets)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -69,6 +70,7 @@ class TaskOverview:
     busiest_hosts: tuple[tuple[str, int], ...]
 
 
+@functools.lru_cache(maxsize=4096)  # registrations repeat a few URLs many times
 def host_of(url: str) -> str | None:
     """The URL's host name, lower case, without port or credentials; None if it has none.
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import httpx
 
+from tasks_server.app import HOST_LIMITS_REFRESH_S
 from tests.conftest import ServerFactory, client_for
+from tests.support.clock import FakeClock
+from tests.support.process import TEST_CIPHER_KEY
+from tests.support.waiting import wait_until
 
 ADMIN = "admin-key-0123456789abcdef"
 HEADERS = {"Authorization": f"Bearer {ADMIN}"}
@@ -89,3 +93,25 @@ async def test_bad_hosts_and_bodies_get_400_and_change_nothing(make_server: Serv
         assert await server.store.list_host_limits() == []
         listed: httpx.Response = await client.get("/v1/hosts", headers=HEADERS)
         assert listed.json() == []
+
+
+async def test_an_override_set_on_one_node_applies_on_another(
+    make_server: ServerFactory, database_url: str, clock: FakeClock
+) -> None:
+    shared = {"database_url": database_url, "cipher_key": TEST_CIPHER_KEY, "admin_key": ADMIN}
+    first = await make_server(**shared)
+    second = await make_server(**shared)
+    url = "/v1/hosts/api.example.com:443"
+    async with client_for(first) as one, client_for(second) as two:
+        patched = await one.patch(url, json={"maxConcurrency": 7}, headers=HEADERS)
+        assert patched.json()["concurrency"] == 7
+        assert (await two.get(url, headers=HEADERS)).json()["override"] is None  # not yet
+        clock.advance(HOST_LIMITS_REFRESH_S)
+        await wait_until(
+            lambda: (
+                second.hosts is not None
+                and second.hosts.view("api.example.com:443", clock.now_ms()).max_concurrency == 7
+            ),
+            message="the second node to read the override",
+        )
+        assert (await two.get(url, headers=HEADERS)).json()["concurrency"] == 7

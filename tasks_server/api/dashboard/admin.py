@@ -1,6 +1,7 @@
-"""The admin view: owners (create, disable, enable, new key), server health and settings
-with secrets masked. Owner changes go through the same functions as the admin API
-(``api/admin.py``), so both paths check and record the same things."""
+"""The admin view: owners (create, disable, enable, new key), destination hosts and their
+backpressure, server health and settings with secrets masked. Owners change through the
+functions behind the admin API (``api/admin.py``) and hosts are read through
+``api/hosts.py``'s ``host_views``, so both paths check and show the same things."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from ...errors import NotFound, TasksServerError, ValidationFailed
 from ...models import Owner
 from ..admin import add_owner, change_owner_settings, replace_owner_key
 from ..admin_schemas import OwnerChangeIn, OwnerCreateIn
+from ..hosts import host_views
 from ..services import services
+from . import charts
 from .session import NotSignedIn, Viewer, checked_form, flash, redirect, render, require
 
 _OWNER_ID = re.compile(r"^[A-Z0-9]{26}$")
@@ -57,12 +60,17 @@ def _without_password(url: str) -> str:
 async def _page(request: Request, who: Viewer, status: int = 200, **extra: Any) -> Response:
     app = services(request)
     owners = await app.store.list_owners()
+    hosts = host_views(app)
+    busy = [(view.host, view.in_flight + view.waiting) for view in hosts]
+    busy = sorted((pair for pair in busy if pair[1]), key=lambda pair: -pair[1])[:8]
     return render(
         request,
         "admin.html",
         who,
         status,
         owners=owners,
+        hosts=hosts,
+        hosts_chart=charts.bars(busy, "Calls in flight and waiting per host") if busy else "",
         readiness=await app.readiness(),
         settings=masked_settings(app.settings),
         form=extra.pop("form", {}),

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from ...alerting import AlertRule, Incident
 from ...errors import NotFound, PreconditionFailed, TasksServerError, ValidationFailed
-from ...models import NewTask, TaskState
+from ...models import NewTask, ScheduleTarget, TaskState
 from ...schedules import policy
 from ..convert import spec_to_wire
 from ..overview import OverviewFigures, overview_figures
@@ -100,7 +100,10 @@ async def schedule_page(request: Request) -> Response:
     who, owner_id = await require_owner(request)
     app = services(request)
     schedule = await app.store.get_schedule(owner_id, _schedule_id(request))
-    spec = await app.store.get_schedule_spec(owner_id, schedule.id)
+    template_json = None  # a schedule of workflow runs has no task template
+    if schedule.target is ScheduleTarget.TASK:
+        spec = await app.store.get_schedule_spec(owner_id, schedule.id)
+        template_json = pretty_json(mask_registration(spec_to_wire(spec)))
     recent = await app.store.list_schedule_tasks(owner_id, schedule.id, 20, 0)
     upcoming = policy.preview(schedule, app.clock.now_ms(), 5)
     return render(
@@ -110,7 +113,7 @@ async def schedule_page(request: Request) -> Response:
         schedule=schedule,
         upcoming=upcoming,
         recent=recent,
-        template_json=pretty_json(mask_registration(spec_to_wire(spec))),
+        template_json=template_json,
     )
 
 

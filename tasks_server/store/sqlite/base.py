@@ -22,7 +22,7 @@ from ...sealing import Sealer
 from ..migrate import migrate
 from .connection import DEFAULT_BUSY_TIMEOUT_MS, connect
 from .sealed import reseal, verify_key
-from .writer import CommitObserver, Writer, transient_reason
+from .writer import CommitObserver, Outcome, Together, Writer, transient_reason
 
 T = TypeVar("T")
 
@@ -69,6 +69,10 @@ class StoreBase:
         self._on_commit = on_commit
         self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
+        # long reads (the dashboard's counts over every task) run on a connection of their
+        # own: the short reads of the API and the scheduler never queue behind them, and
+        # WAL lets both connections read at once
+        self._scanner: aiosqlite.Connection | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -83,10 +87,15 @@ class StoreBase:
             raise
         self._writer = Writer(conn, self._on_commit)
         self._writer.start()
-        self._reader = await aiosqlite.connect(
+        self._reader = await self._read_connection()
+        self._scanner = await self._read_connection()
+
+    async def _read_connection(self) -> aiosqlite.Connection:
+        reader = await aiosqlite.connect(
             self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
         )
-        await self._reader.execute("PRAGMA foreign_keys = ON")
+        await reader.execute("PRAGMA foreign_keys = ON")
+        return reader
 
     async def reseal(self, sealer: Sealer) -> int:
         old = self._sealer
@@ -99,16 +108,18 @@ class StoreBase:
         return written
 
     async def close(self) -> None:
-        """Close both connections; the reader is closed even when the writer's close
-        fails (aiosqlite's thread would otherwise keep the process alive)."""
+        """Close every connection; the readers are closed even when the writer's close
+        fails (aiosqlite's threads would otherwise keep the process alive)."""
         writer, self._writer = self._writer, None
-        reader, self._reader = self._reader, None
+        readers = (self._reader, self._scanner)
+        self._reader = self._scanner = None
         try:
             if writer is not None:
                 await writer.close()
         finally:
-            if reader is not None:
-                await reader.close()
+            for reader in readers:
+                if reader is not None:
+                    await reader.close()
 
     def write_problem(self) -> str | None:
         if self._writer is None:
@@ -142,10 +153,28 @@ class StoreBase:
         result: T = await self._writer.submit(op, savepoint)
         return result
 
+    async def _write_together(
+        self, run: Callable[[sqlite3.Connection, list[Any]], list[Outcome]], payload: Any
+    ) -> Any:
+        """Run ``payload`` in the next write batch with the like payloads queued beside it
+        (see ``writer.Together``)."""
+        assert self._writer is not None, "store is not open"
+        return await self._writer.submit(Together(run, payload))
+
     async def _read(self, sql: LiteralString, params: Sequence[Any]) -> list[Any]:
         assert self._reader is not None, "store is not open"
+        return await self._fetch(self._reader, sql, params)
+
+    async def _scan(self, sql: LiteralString, params: Sequence[Any]) -> list[Any]:
+        """A read over many rows, on the long reads' connection."""
+        assert self._scanner is not None, "store is not open"
+        return await self._fetch(self._scanner, sql, params)
+
+    async def _fetch(
+        self, conn: aiosqlite.Connection, sql: LiteralString, params: Sequence[Any]
+    ) -> list[Any]:
         try:
-            return list(await self._reader.execute_fetchall(sql, params))
+            return list(await conn.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             reason = transient_reason(exc)
             if reason is None:

@@ -15,7 +15,8 @@ from ...models import Task, TaskSpec
 from .. import DeadLetterFilter
 from .base import METADATA, TASK_COLUMNS, StoreBase
 from .owners import OWNER_CAPACITY
-from .tasks import FLOW_UPSERT, TASK_BY_ID, TASK_SPEC
+from .registrations import FLOW_UPSERT
+from .tasks import TASK_BY_ID, TASK_SPEC
 
 # the filters are optional: "? IS NULL OR ..." keeps one static statement for them all
 DEAD_PAGE: LiteralString = (

@@ -108,13 +108,13 @@ class SearchOps(StoreBase):
     async def task_overview(self, owner_id: str | None, now_ms: int) -> TaskOverview:
         since = (now_ms // HOUR_MS - 23) * HOUR_MS
         if owner_id is None:
-            counts = await self._read(COUNT_BY_STATE_ALL, ())
-            finished = await self._read(FINISHED_BY_HOUR_ALL, (since,))
-            hosts = await self._read(BUSIEST_HOSTS_ALL, ())
+            counts = await self._scan(COUNT_BY_STATE_ALL, ())
+            finished = await self._scan(FINISHED_BY_HOUR_ALL, (since,))
+            hosts = await self._scan(BUSIEST_HOSTS_ALL, ())
         else:
-            counts = await self._read(COUNT_BY_STATE, (owner_id,))
-            finished = await self._read(FINISHED_BY_HOUR, (owner_id, since))
-            hosts = await self._read(BUSIEST_HOSTS, (owner_id,))
+            counts = await self._scan(COUNT_BY_STATE, (owner_id,))
+            finished = await self._scan(FINISHED_BY_HOUR, (owner_id, since))
+            hosts = await self._scan(BUSIEST_HOSTS, (owner_id,))
         by_state = {state: 0 for state in TaskState}
         by_state.update({TaskState(state): n for state, n in counts})
         return TaskOverview(

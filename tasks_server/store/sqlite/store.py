@@ -3,7 +3,8 @@
 Writes go through one writer thread that runs whole batches of operations in a single
 transaction (group commit): many registrations or outcomes cost one fsync. Reads use an
 aiosqlite connection of their own, which WAL lets run beside the writer. The operations
-live in one module per group (owners, tasks, claims, schedules), each beside its SQL."""
+live in one module per group (owners, registrations, tasks, claims, schedules), each
+beside its SQL."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .claims import ClaimOps
 from .dead_letters import DeadLetterOps
 from .hosts import HostLimitOps
 from .owners import OwnerOps
+from .registrations import RegistrationOps
 from .schedules import ScheduleOps
 from .search import SearchOps
 from .tasks import TaskOps
@@ -22,6 +24,7 @@ from .workflows import WorkflowOps
 
 class SqliteStore(
     OwnerOps,
+    RegistrationOps,
     TaskOps,
     WorkflowOps,
     ClaimOps,

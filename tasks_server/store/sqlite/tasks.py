@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, LiteralString
 
 from ...errors import (
-    OwnerNotFound,
-    QueueLimitReached,
     TaskNotFound,
-    TasksServerError,
     WrongState,
 )
 from ...models import (
@@ -24,33 +20,12 @@ from ...models import (
 )
 from ...timing import resume_due_ms
 from .. import LIST_ORDERS
-from ..ids import new_task_id
 from ..listing import host_of
 from .base import METADATA, TASK_COLUMNS, StoreBase
-from .owners import OWNER_CAPACITY, OWNER_EXISTS
 
 TASK_INSERT: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
     "next_at, metadata, spec, host) VALUES (?, ?, 'RUNNING', ?, ?, ?, ?, ?, ?, ?)"
-)
-# a registration: with its priority, deduplication id and flow-control key
-TASK_REGISTER: LiteralString = (
-    "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
-    "next_at, metadata, spec, priority, dedup_key, dedup_until, flow_key, host) "
-    "VALUES (?, ?, 'RUNNING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-TASK_BY_DEDUP: LiteralString = (
-    f"SELECT {TASK_COLUMNS}, dedup_until FROM task WHERE owner_id = ? AND dedup_key = ?"
-)
-TASK_DEDUP_EXPIRE: LiteralString = (
-    "UPDATE task SET dedup_key = NULL, dedup_until = NULL WHERE owner_id = ? AND dedup_key = ?"
-)
-# the last registration naming a key sets its limits (as QStash does)
-FLOW_UPSERT: LiteralString = (
-    "INSERT INTO flow_control (owner_id, key, rate, period_ms, parallelism, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (owner_id, key) DO UPDATE SET "
-    "rate = excluded.rate, period_ms = excluded.period_ms, "
-    "parallelism = excluded.parallelism, updated_at = excluded.updated_at"
 )
 TASK_BY_ID: LiteralString = f"SELECT {TASK_COLUMNS} FROM task WHERE id = ? AND owner_id = ?"
 TASK_STATE: LiteralString = (
@@ -124,98 +99,6 @@ def _list_sql(order: str, descending: bool, with_state: bool) -> LiteralString:
 
 class TaskOps(StoreBase):
     """The task operations of SqliteStore, as a task's owner sees them."""
-
-    async def create_task(self, owner_id: str, new: NewTask, now_ms: int) -> Task:
-        insert = self._task_insert(owner_id, new, now_ms)
-        return await self._write(lambda conn: insert(conn), savepoint=True)
-
-    async def create_tasks(
-        self, owner_id: str, news: Sequence[NewTask], now_ms: int
-    ) -> list[Task | TasksServerError]:
-        inserts = [self._task_insert(owner_id, new, now_ms) for new in news]
-
-        def op(conn: sqlite3.Connection) -> list[Task | TasksServerError]:
-            if conn.execute(OWNER_EXISTS, (owner_id,)).fetchone() is None:
-                raise OwnerNotFound()
-            results: list[Task | TasksServerError] = []
-            for insert in inserts:
-                try:
-                    results.append(insert(conn))
-                except TasksServerError as exc:  # checked before any write of the item
-                    results.append(exc)
-            return results
-
-        return await self._write(op, savepoint=True)
-
-    def _task_insert(
-        self, owner_id: str, new: NewTask, now_ms: int
-    ) -> Callable[[sqlite3.Connection], Task]:
-        """The write of one registration (sealing done here, outside the writer)."""
-        task_id = new_task_id(now_ms)
-        spec_blob = self._seal_spec(new.spec)
-        metadata = new.spec.metadata
-        metadata_blob = self._seal(None if metadata is None else METADATA.dump_json(metadata))
-        config = new.spec.config
-        dedup_key = config.deduplication_id if new.dedup_until_ms is not None else None
-        flow = config.flow_control
-        params = (
-            task_id,
-            owner_id,
-            now_ms,
-            new.due_at_ms,
-            new.due_at_ms,
-            new.due_at_ms,
-            metadata_blob,
-            spec_blob,
-            config.priority,
-            dedup_key,
-            new.dedup_until_ms if dedup_key is not None else None,
-            None if flow is None else flow.key,
-            host_of(new.spec.request.url),
-        )
-
-        def insert(conn: sqlite3.Connection) -> Task:
-            if dedup_key is not None:
-                existing = self._deduplicated(conn, owner_id, dedup_key, now_ms)
-                if existing is not None:
-                    return existing
-            row = conn.execute(OWNER_CAPACITY, (owner_id,)).fetchone()
-            if row is None:
-                raise OwnerNotFound()
-            if row[1] and row[0] >= row[1]:
-                raise QueueLimitReached(row[1])
-            conn.execute(TASK_REGISTER, params)
-            if flow is not None:
-                conn.execute(
-                    FLOW_UPSERT,
-                    (owner_id, flow.key, flow.rate, flow.period.ms, flow.parallelism, now_ms),
-                )
-            return Task(
-                id=task_id,
-                owner_id=owner_id,
-                state=TaskState.RUNNING,
-                created_at_ms=now_ms,
-                status_code=0,
-                estimate_end_at_ms=0,
-                estimate_execution_at_ms=new.due_at_ms,
-                response=None,
-                metadata=metadata,
-                due_at_ms=new.due_at_ms,
-            )
-
-        return insert
-
-    def _deduplicated(
-        self, conn: sqlite3.Connection, owner_id: str, key: str, now_ms: int
-    ) -> Task | None:
-        """The live task registered with ``key``; an expired one gives the key up."""
-        row = conn.execute(TASK_BY_DEDUP, (owner_id, key)).fetchone()
-        if row is None:
-            return None
-        if row[-1] is not None and row[-1] <= now_ms:
-            conn.execute(TASK_DEDUP_EXPIRE, (owner_id, key))
-            return None
-        return dataclasses.replace(self._task(row[:-1]), deduplicated=True)
 
     async def get_task(self, owner_id: str, task_id: str) -> Task:
         rows = await self._read(TASK_BY_ID, (task_id, owner_id))

@@ -44,7 +44,8 @@ from ..ids import new_task_id
 from ..listing import host_of
 from .base import METADATA, StoreBase
 from .claims import ATTEMPT_INSERT
-from .tasks import FLOW_UPSERT, TASK_INSERT
+from .registrations import FLOW_UPSERT
+from .tasks import TASK_INSERT
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,22 @@ from ...errors import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 Op = Callable[[sqlite3.Connection], Any]
+Outcome = tuple[bool, Any]  # (True, result) or (False, the exception the caller gets)
+
+
+@dataclass(frozen=True, slots=True)
+class Together:
+    """A write the writer runs in one go with the like writes queued beside it: ``run``
+    gets the payloads of consecutive Together operations with the same ``run`` and returns
+    one outcome per payload, in order. Registrations use it: many rows in one INSERT
+    statement cost one SQLite step, where one statement per row costs a step each, and
+    every step lets go of the GIL and must wait to take it back from the event loop."""
+
+    run: Callable[[sqlite3.Connection, list[Any]], list[Outcome]]
+    payload: Any
+
+
+Queued = tuple[Op | Together, bool, asyncio.Future[Any]]
 CommitObserver = Callable[[float, int], None]  # (seconds from BEGIN to COMMIT, batch size)
 
 _MAX_BATCH = 512
@@ -65,7 +81,7 @@ class WriteHealth:
         return None
 
 
-def _run_op(conn: sqlite3.Connection, op: Op, savepoint: bool) -> tuple[bool, Any]:
+def _run_op(conn: sqlite3.Connection, op: Op, savepoint: bool) -> Outcome:
     if savepoint:
         conn.execute("SAVEPOINT op")
     try:
@@ -84,6 +100,35 @@ def _run_op(conn: sqlite3.Connection, op: Op, savepoint: bool) -> tuple[bool, An
     return result
 
 
+def _together_run(batch: list[Queued], start: int) -> list[Any]:
+    """The payloads of the Together operations from ``start`` on that share its ``run``."""
+    first = batch[start][0]
+    assert isinstance(first, Together)
+    payloads = []
+    for op, _, _ in batch[start:]:
+        if (
+            not isinstance(op, Together) or op.run != first.run
+        ):  # bound methods: equal, not identical
+            break
+        payloads.append(op.payload)
+    return payloads
+
+
+def _run_together(conn: sqlite3.Connection, op: Together, payloads: list[Any]) -> list[Outcome]:
+    """``op.run`` on ``payloads`` inside a savepoint: if it raises, none of its writes stay
+    and each of its callers gets the exception (a passing storage fault fails the batch)."""
+    conn.execute("SAVEPOINT together")
+    try:
+        outcomes = op.run(conn, payloads)
+    except Exception as exc:
+        if transient_reason(exc) is not None or not conn.in_transaction:
+            raise
+        conn.execute("ROLLBACK TO together")
+        outcomes = [(False, exc)] * len(payloads)
+    conn.execute("RELEASE together")
+    return outcomes
+
+
 class Writer:
     """Runs queued write operations in batches, one transaction per batch.
 
@@ -97,7 +142,7 @@ class Writer:
     def __init__(self, conn: sqlite3.Connection, on_commit: CommitObserver | None = None) -> None:
         self._conn = conn
         self._on_commit = on_commit  # called in the writer thread after each commit
-        self._queue: asyncio.Queue[tuple[Op, bool, asyncio.Future[Any]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[Queued] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
@@ -106,7 +151,9 @@ class Writer:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sqlite-writer")
 
-    async def submit(self, op: Op, savepoint: bool = False) -> Any:
+    async def submit(self, op: Op | Together, savepoint: bool = False) -> Any:
+        """Run ``op`` in the next batch; its result, or its exception raised. A Together
+        operation runs inside a savepoint of its own run (``savepoint`` is ignored)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((op, savepoint, future))
         return await future
@@ -131,17 +178,23 @@ class Writer:
                 else:
                     future.set_exception(value)
 
-    def _run_batch(
-        self, batch: list[tuple[Op, bool, asyncio.Future[Any]]]
-    ) -> list[tuple[bool, Any]]:
+    def _run_batch(self, batch: list[Queued]) -> list[Outcome]:
         conn = self._conn
-        outcomes: list[tuple[bool, Any]] = []
+        outcomes: list[Outcome] = []
         started = time.perf_counter()
         self.health.batch_started = time.monotonic()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, savepoint, _ in batch:
-                outcomes.append(_run_op(conn, op, savepoint))
+            index = 0
+            while index < len(batch):
+                op, savepoint, _ = batch[index]
+                if isinstance(op, Together):
+                    payloads = _together_run(batch, index)
+                    outcomes += _run_together(conn, op, payloads)
+                    index += len(payloads)
+                else:
+                    outcomes.append(_run_op(conn, op, savepoint))
+                    index += 1
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             return self._failed(batch, exc)
@@ -153,9 +206,7 @@ class Writer:
             self._on_commit(time.perf_counter() - started, len(batch))
         return outcomes
 
-    def _failed(
-        self, batch: list[tuple[Op, bool, asyncio.Future[Any]]], exc: sqlite3.Error
-    ) -> list[tuple[bool, Any]]:
+    def _failed(self, batch: list[Queued], exc: sqlite3.Error) -> list[Outcome]:
         conn = self._conn
         if conn.in_transaction:
             try:

@@ -1,5 +1,6 @@
 """The admin view: owners created, disabled, enabled and given new keys from the dashboard
-(through the same functions as the admin API), health, and settings with secrets masked."""
+(through the same functions as the admin API), hosts and their backpressure, health, and
+settings with secrets masked."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from tasks_server.app import Server
 from tests.api.dashboard.conftest import ADMIN_KEY, csrf_of, post_form, sign_in
 from tests.conftest import OwnerAuth, ServerFactory, client_for, register_owner
+from tests.support.targets import Reply, TargetServer
+from tests.support.waiting import wait_until
 
 NEW_KEY = re.compile(r'<code id="new-owner-key">([^<]+)</code>')
 NEW_ID = re.compile(r'<code id="new-owner-id">([^<]+)</code>')
@@ -197,3 +200,42 @@ async def test_admin_page_when_the_database_fails(
         page = await http.get("/ui/admin")
         assert page.status_code in (500, 503) and "Traceback" not in page.text
         await admin_server.store.open()
+
+
+# -- hosts ----------------------------------------------------------------------------------
+
+
+async def test_hosts_section_when_no_host_has_state(admin_ui: httpx.AsyncClient) -> None:
+    page = await admin_ui.get("/ui/admin")
+    assert "No host is busy, throttled, failing or has an override." in page.text
+
+
+async def test_hosts_section_shows_overrides_and_backpressure(
+    admin_ui: httpx.AsyncClient, api: httpx.AsyncClient
+) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    response = await api.patch("/v1/hosts/slow.example.com", json={"maxRate": 2}, headers=admin)
+    assert response.status_code == 200, response.text
+    page = await admin_ui.get("/ui/admin")
+    hosts = page.text.split('id="hosts-title"', 1)[1]
+    assert "<code>slow.example.com</code>" in hosts and "override" in hosts
+    assert "2.0/s" in hosts and "closed" in hosts
+
+
+async def test_hosts_section_shows_a_host_that_answered_429(
+    admin_server: Server, admin_ui: httpx.AsyncClient, api: httpx.AsyncClient
+) -> None:
+    owner = await register_owner(api, "owner-of-calls", {"Authorization": f"Bearer {ADMIN_KEY}"})
+    async with TargetServer() as target:
+        target.route("/busy", Reply(429, b"slow down"))
+        request = {"url": target.url("/busy"), "method": "POST"}
+        body = {"httpRequest": request, "config": {"executionDelay": 0}}
+        response = await api.post("/v1/queues/register", json=body, headers=owner.headers)
+        assert response.status_code == 201, response.text
+        await wait_until(lambda: len(target.arrivals_at("/busy")) == 1, message="the call")
+
+        async def shown() -> bool:
+            page = await admin_ui.get("/ui/admin")
+            return "429 at" in page.text.split('id="hosts-title"', 1)[1]
+
+        await wait_until(shown, message="the host's 429 on the admin page")

@@ -44,7 +44,7 @@ def by(kind: str) -> Any:
 
 def text(driver: Any) -> str:
     """The page's text once it has loaded (a click that navigates may return earlier)."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import WebDriverException
 
     found: list[str] = []
 
@@ -53,7 +53,7 @@ def text(driver: Any) -> str:
             if driver.execute_script("return document.readyState") != "complete":
                 return False
             found.append(str(driver.find_element(by("TAG_NAME"), "body").text))
-        except (StaleElementReferenceException, NoSuchElementException):
+        except WebDriverException:  # the page changed under the read (stale node): again
             return False
         return True
 

@@ -271,6 +271,19 @@ async def test_schedule_list_page_and_actions(
     assert (await ui.get("/ui/schedules/NOSUCHSCHEDULE0000000000")).status_code == 404
 
 
+async def test_a_schedule_of_workflow_runs_has_its_page(
+    ui: httpx.AsyncClient, client: httpx.AsyncClient, owner: OwnerAuth
+) -> None:
+    step = {"id": "only", "httpRequest": {"url": "https://etl.example/run", "method": "POST"}}
+    workflow = {"name": "etl", "steps": [step]}
+    body = {"name": "nightly-etl", "schedule": "0 2 * * *", "workflow": workflow}
+    created = await client.post("/v1/schedules", json=body, headers=owner.headers)
+    assert created.status_code == 201, created.text
+    page = await ui.get(f"/ui/schedules/{created.json()['id']}")
+    assert page.status_code == 200 and "starts a workflow run" in page.text
+    assert "Run now" not in page.text and "Task template" not in page.text
+
+
 # -- test a task ----------------------------------------------------------------------------
 
 

@@ -1,0 +1,52 @@
+"""Registration-time egress checks remember each owner's validated domains: a change
+through this server applies at once, one made behind its back within the cache's age."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tasks_server.api.outgoing import Destinations
+from tasks_server.app import Server, egress_policy
+from tests.conftest import ServerFactory, client_for, register_owner, register_task
+from tests.support.clock import FakeClock
+
+ADMIN_KEY = "admin-key-0123456789"
+
+
+async def test_a_domain_change_through_the_api_applies_at_once(make_server: ServerFactory) -> None:
+    server = await make_server(admin_key=ADMIN_KEY, owner_registration="open")
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with client_for(server) as client:
+        owner = await register_owner(client, "domains-now")
+        first = await register_task(
+            client, owner, {"url": "https://a.example.com/", "method": "GET"}
+        )
+        assert first.status_code == 201  # the owner's (empty) list is now remembered
+        path = f"/v1/admin/owners/{owner.id}/domains"
+        changed = await client.put(path, json={"domains": ["b.example.com"]}, headers=admin)
+        assert changed.status_code == 200
+        refused = await register_task(
+            client, owner, {"url": "https://a.example.com/", "method": "GET"}
+        )
+        assert refused.status_code == 400
+        assert "a.example.com is not a validated domain" in refused.text
+        allowed = await register_task(
+            client, owner, {"url": "https://b.example.com/", "method": "GET"}
+        )
+        assert allowed.status_code == 201
+
+
+async def test_a_change_behind_its_back_is_seen_within_max_age(
+    server: Server, clock: FakeClock
+) -> None:
+    async with client_for(server) as client:
+        owner = await register_owner(client, "domains-later")
+    destinations = Destinations(egress_policy(server.settings), server.store, clock, 5.0)
+    assert await destinations.domains(owner.id) is None
+    security = await server.store.owner_security(owner.id)
+    limited = dataclasses.replace(security, allowed_hosts=("b.example.com",))
+    await server.store.save_owner_security(owner.id, limited)  # another node, say
+    clock.advance(4.9)
+    assert await destinations.domains(owner.id) is None  # still the remembered list
+    clock.advance(0.2)
+    assert await destinations.domains(owner.id) == ("b.example.com",)
