@@ -39,7 +39,7 @@ from .schedule_schemas import (
 )
 from .schemas import TaskIn
 from .services import Services, services
-from .wire import DONE, answer, read_json
+from .wire import DONE, answer, query_of, read_json
 
 _SAVE_ATTEMPTS = 5  # an edit races only with the runner firing the same schedule
 
@@ -145,8 +145,7 @@ def _validate(app: Services, data: Any, now_ms: int, owner_id: str) -> NewSchedu
 
 
 def _query(model: type[BaseModel], request: Request) -> Any:
-    raw = dict(request.query_params)
-    raw.pop("pretty", None)
+    raw = query_of(request)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
