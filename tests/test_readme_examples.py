@@ -33,6 +33,7 @@ METRICS_KEY = "readme-metrics-key-0123456789abcdef"
 # use `curl -f` and `jq -e` themselves)
 SECTIONS = [
     ("## Quick start with curl", True),
+    ("## Retries and edits", True),
     ("## Command line", True),
     ("## Recurring schedules", True),
     ("## Failures, alerts and callbacks", False),
