@@ -36,6 +36,7 @@ SECTIONS = [
     ("## Retries and edits", True),
     ("## Command line", True),
     ("## Recurring schedules", True),
+    ("## Workflows", True),
     ("## Failures, alerts and callbacks", False),
     ("## Delivery: retries, priority, deduplication", True),
     ("## Outgoing calls", True),
@@ -79,7 +80,17 @@ def answer(arrival: Arrival) -> Reply:
 @pytest.fixture
 async def target() -> AsyncIterator[TargetServer]:
     async with TargetServer() as server:
-        for path in ("/ok", "/fail", "/callback", "/alerts", "/hook", "/later", "/report"):
+        for path in (
+            "/ok",
+            "/fail",
+            "/callback",
+            "/alerts",
+            "/hook",
+            "/later",
+            "/report",
+            "/tax",
+            "/store",
+        ):
             server.route(path, answer)
         yield server
 
@@ -151,3 +162,7 @@ async def test_every_example_runs(tmp_path: Path, target: TargetServer) -> None:
     hooks = [json.loads(a.body) for a in target.arrivals_at("/hook") if a.body]
     assert {"hello": "world"} in hooks
     assert target.arrivals_at("/later") == []
+    # the workflow's steps ran in order, the first with its input filled in
+    [tax] = target.arrivals_at("/tax")
+    assert json.loads(tax.body) == {"order": "A-1"}
+    assert len(target.arrivals_at("/store")) == 1
