@@ -142,7 +142,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Target, Serv
         yield Target(server.url, headers), server
 
 
-@pytest.mark.timeout(900)  # a loaded machine; about a minute on an idle one
+@pytest.mark.timeout(1800)  # a loaded machine; about a minute on an idle one
 def test_no_server_errors(api: tuple[Target, ServerProcess]) -> None:
     target, server = api
     labels = labels_heaviest_first()
