@@ -14,13 +14,25 @@ ADMIN_KEY = "screenshots-admin-key-0123456789"
 
 
 def sample(base: str, target_url: str) -> tuple[Owner, str]:
-    """An owner with finished, failed and pending tasks and a schedule; returns the owner
-    and a finished task's id."""
+    """An owner with finished, failed and pending tasks, flow-control keys with tasks
+    waiting, an alert rule with an open incident and a schedule; returns the owner and a
+    finished task's id."""
     owner = Owner(base, "acme-billing", ADMIN_KEY)
+    Owner(base, "acme-shipping", ADMIN_KEY)
+    rule = {
+        "name": "invoice-failures",
+        "on": "task.failed",
+        "channel": {"webhook": {"url": f"{target_url}/alerts"}},
+    }
+    call("POST", f"{base}/v1/alerts", rule, owner.headers)
     done = [owner.register(f"{target_url}/invoices/{n}", executionDelay=0) for n in range(6)]
     failed = [owner.register(f"{target_url}/fail/{n}", executionDelay=0) for n in range(2)]
     for n in range(4):
         owner.register(f"{target_url}/reminders/{n}", executionDelay=3_600_000 * (n + 1))
+    for key, count in (("stripe-webhooks", 5), ("email-digest", 3), ("crm-sync", 1)):
+        flow = {"key": key, "parallelism": 1}
+        for n in range(count):
+            owner.register(f"{target_url}/{key}/{n}", executionDelay=1_800_000, flowControl=flow)
     schedule = {
         "name": "nightly-report",
         "schedule": "0 3 * * *",

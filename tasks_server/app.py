@@ -21,12 +21,14 @@ from .api import create_app
 from .api.auth import Authenticator
 from .api.buckets import TokenBuckets
 from .api.edge import Edge, Throttle
+from .api.overview import OverviewCache, overview_figures
 from .api.services import Services
-from .api.workflows import step_builder
+from .api.workflows import step_arming, step_builder
 from .backup.job import BackupJob
 from .clock import Clock, SystemClock
 from .config import Settings
 from .dispatch.egress import EgressPolicy
+from .dispatch.hosts import HostDefaults, HostGovernor
 from .engine.retention import RetentionJob
 from .engine.scheduler import Scheduler, SchedulerOptions
 from .engine.waiters import FinalWaiters
@@ -78,6 +80,8 @@ class Server:
     fatal: Fatal = field(default_factory=Fatal)
     alerts: AlertService | None = None  # judges outcomes against alert rules, sends
     retention: RetentionJob | None = None  # RETENTION_FINISHED_DAYS: old finished tasks go
+    hosts: HostGovernor | None = None  # destination backpressure, per host
+    overview: OverviewCache | None = None  # the dashboard overview's figures, kept fresh
 
 
 def build(
@@ -88,16 +92,23 @@ def build(
     clock = clock or SystemClock()
     metrics = Metrics()
     store = make_store(settings, metrics)
-    dispatcher = dispatcher or _curl_dispatcher(settings)
+    hosts = HostGovernor(host_defaults(settings))
+    dispatcher = dispatcher or _curl_dispatcher(settings, hosts, clock)
     scheduler = Scheduler(store, dispatcher, clock, _scheduler_options(settings))
     metrics.watch_scheduler(scheduler)
+    metrics.watch_hosts(hosts, clock)
     schedules = ScheduleRunner(store, scheduler, clock)
     alerts = _alert_service(settings, store, clock, scheduler)
     scheduler.on_recorded = alerts.observe
     metrics.watch_alerts(alerts)
     runs = FinalWaiters()
     unsupported = _unsupported_fields()
-    store.watch_workflows(step_builder(settings, unsupported), scheduler.notify, runs.wake)
+    store.watch_workflows(
+        step_builder(settings, unsupported, egress_policy(settings)),
+        step_arming(scheduler),
+        runs.wake,
+        scheduler.free_claims,
+    )
     services = Services(
         settings=settings,
         store=store,
@@ -112,6 +123,8 @@ def build(
         egress=egress_policy(settings),
         engine_figures=lambda: _engine_figures(scheduler, metrics),
         alerts=alerts,
+        hosts=hosts,
+        overview=_overview_cache(settings, store, clock),
     )
     server: Server  # the lifespan runs after build has returned, when `server` exists
     app = create_app(services, lifespan=lambda _app: _lifespan(server))
@@ -129,6 +142,7 @@ def build(
             else None
         ),
         metrics=metrics,
+        overview=services.overview,
         app=app,
         asgi=Edge(
             app,
@@ -145,6 +159,7 @@ def build(
             ),
         ),
         alerts=alerts,
+        hosts=hosts,
     )
     return server
 
@@ -202,7 +217,18 @@ def egress_policy(settings: Settings) -> EgressPolicy:
     )
 
 
-def _curl_dispatcher(settings: Settings) -> dispatch.Dispatcher:
+def host_defaults(settings: Settings) -> HostDefaults:
+    """The server-wide destination limits (README.md, "Destination backpressure")."""
+    return HostDefaults(
+        max_concurrency=settings.host_max_concurrency,
+        max_rate=settings.host_max_rate,
+        max_connections=settings.max_host_connections,
+        circuit_failures=settings.host_circuit_failures,
+        circuit_cooldown_ms=round(settings.host_circuit_cooldown_s * 1000),
+    )
+
+
+def _curl_dispatcher(settings: Settings, hosts: HostGovernor, clock: Clock) -> dispatch.Dispatcher:
     curl = dispatch.CurlSettings(
         cert_dir=settings.cert_dir,
         max_host_connections=settings.max_host_connections,
@@ -210,7 +236,9 @@ def _curl_dispatcher(settings: Settings) -> dispatch.Dispatcher:
         egress=egress_policy(settings),
     )
     # the scheduler already waited SHUTDOWN_GRACE_S for in-flight calls at stop
-    return dispatch.CurlDispatcher(curl, max_connections=settings.max_in_flight, close_grace_s=0.5)
+    return dispatch.CurlDispatcher(
+        curl, max_connections=settings.max_in_flight, close_grace_s=0.5, hosts=hosts, clock=clock
+    )
 
 
 def _scheduler_options(settings: Settings) -> SchedulerOptions:
@@ -266,6 +294,13 @@ def _is_writable(path: Path) -> bool:
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
+def _overview_cache(settings: Settings, store: Store, clock: Clock) -> OverviewCache | None:
+    """The overview's figures per viewer, refreshed off the request path (dashboard only)."""
+    if not settings.dashboard:
+        return None
+    return OverviewCache(lambda owner_id, now_ms: overview_figures(store, owner_id, now_ms), clock)
+
+
 def _engine_figures(scheduler: Scheduler, metrics: Metrics) -> dict[str, float | None]:
     """What the dashboard's overview shows of the engine of this process."""
     quantiles = metrics.lateness_quantiles()
@@ -294,6 +329,7 @@ async def _lifespan(server: Server) -> AsyncIterator[None]:
         await _hold_database_lock(server, stack)
         await _open_store(server, stack)
         await _requeue_interrupted(server)
+        await _load_host_limits(server)
         await _start_dispatcher(server, stack)
         if server.alerts is not None:  # started first, so it stops after the scheduler
             _start_loop(server, stack, "alerts", server.alerts.run, _stop_alerts)
@@ -305,6 +341,8 @@ async def _lifespan(server: Server) -> AsyncIterator[None]:
             _start_loop(server, stack, "backup", server.backup.run, _stop_backup)
         if server.retention is not None:
             _start_loop(server, stack, "retention", server.retention.run, _stop_retention)
+        if server.overview is not None:
+            _start_loop(server, stack, "overview", server.overview.run, _stop_overview)
         yield
         logger.info("shutting down")
 
@@ -330,6 +368,12 @@ async def _requeue_interrupted(server: Server) -> None:
     requeued = await server.store.requeue_interrupted(server.clock.now_ms())
     if requeued:
         logger.warning("requeued %d attempts interrupted by the last stop", requeued)
+
+
+async def _load_host_limits(server: Server) -> None:
+    """The administrator's per-host limits, kept in the store, apply from the start."""
+    if server.hosts is not None:
+        server.hosts.load(await server.store.list_host_limits())
 
 
 async def _start_dispatcher(server: Server, stack: contextlib.AsyncExitStack) -> None:
@@ -416,6 +460,11 @@ async def _stop_schedules(server: Server, task: asyncio.Task[None]) -> None:
 async def _stop_retention(server: Server, task: asyncio.Task[None]) -> None:
     assert server.retention is not None
     await server.retention.stop()
+
+
+async def _stop_overview(server: Server, task: asyncio.Task[None]) -> None:
+    assert server.overview is not None
+    await server.overview.stop()
 
 
 async def _stop_backup(server: Server, task: asyncio.Task[None]) -> None:

@@ -53,6 +53,13 @@ class Settings:
     max_in_flight: int = 1000  # MAX_IN_FLIGHT: concurrent outgoing calls
     max_host_connections: int = 256  # MAX_HOST_CONNECTIONS: per target host (0 = no cap)
     max_host_wait_s: float = 300.0  # MAX_HOST_WAIT_S: longest wait for a slot to a host
+    # destination backpressure (dispatch/hosts.py): the ceiling of each host's adaptive
+    # concurrency limit (an admin may override it per host; MAX_HOST_CONNECTIONS still caps
+    # it), calls started per second per host (0 = no rate limit), and the circuit
+    host_max_concurrency: int = 256  # HOST_MAX_CONCURRENCY
+    host_max_rate: float = 0.0  # HOST_MAX_RATE: calls/s per host (0 = none)
+    host_circuit_failures: int = 5  # HOST_CIRCUIT_FAILURES: opens after N (0 = never)
+    host_circuit_cooldown_s: float = 30.0  # HOST_CIRCUIT_COOLDOWN_S: then one probe call
     shutdown_grace_s: float = 10.0  # SHUTDOWN_GRACE_S: wait for in-flight calls on stop
     retry_after_max_s: int = 3600  # RETRY_AFTER_MAX_S: cap on a target's Retry-After
     dedup_window_s: int = 86_400  # DEDUP_WINDOW_S: how long a deduplication id holds
@@ -252,6 +259,10 @@ _SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "max_in_flight": (("MAX_IN_FLIGHT",), _int(1)),
     "max_host_connections": (("MAX_HOST_CONNECTIONS",), _int(0)),
     "max_host_wait_s": (("MAX_HOST_WAIT_S",), _float),
+    "host_max_concurrency": (("HOST_MAX_CONCURRENCY",), _int(1)),
+    "host_max_rate": (("HOST_MAX_RATE",), _float),
+    "host_circuit_failures": (("HOST_CIRCUIT_FAILURES",), _int(0)),
+    "host_circuit_cooldown_s": (("HOST_CIRCUIT_COOLDOWN_S",), _float),
     "shutdown_grace_s": (("SHUTDOWN_GRACE_S",), _float),
     "retry_after_max_s": (("RETRY_AFTER_MAX_S",), _int(0)),
     "dedup_window_s": (("DEDUP_WINDOW_S",), _int(1)),

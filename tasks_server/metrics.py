@@ -2,7 +2,8 @@
 and the store, and rendered as Prometheus text for ``GET /metrics``.
 
 No label carries an owner or a task id, so the number of series stays fixed however many
-owners and tasks there are.
+owners and tasks there are. The per-host series (``tasks_host_*``) follow the destination
+hosts the governor keeps state for: busy ones, throttled ones, and those with limits.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .alerts.service import AlertService
+    from .clock import Clock
+    from .dispatch.hosts import HostGovernor
     from .engine.scheduler import Scheduler
     from .models import Attempt, Result
 
@@ -97,6 +100,45 @@ class _AlertCollector(Collector):
         )
 
 
+_CIRCUIT_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+class _HostCollector(Collector):
+    """Destination backpressure per host, read from the governor at scrape time."""
+
+    def __init__(self, hosts: HostGovernor, clock: Clock) -> None:
+        self._hosts = hosts
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        views = self._hosts.views(self._clock.now_ms())
+        gauges = (
+            ("tasks_host_concurrency_limit", "Calls that may run at once to the host now (AIMD)"),
+            ("tasks_host_in_flight", "Calls to the host running now"),
+            ("tasks_host_waiting", "Calls waiting in the host's queue"),
+            ("tasks_host_circuit_state", "The host's circuit: 0 closed, 1 half-open, 2 open"),
+        )
+        counters = (
+            ("tasks_host_throttled", "429 and 503 answers from the host"),
+            ("tasks_host_circuit_opened", "Times the host's circuit opened"),
+        )
+        families = {
+            name: GaugeMetricFamily(name, text, labels=["host"]) for name, text in gauges
+        } | {name: CounterMetricFamily(name, text, labels=["host"]) for name, text in counters}
+        for view in views:
+            values = (
+                view.concurrency,
+                view.in_flight,
+                view.waiting,
+                _CIRCUIT_VALUES[view.circuit.value],
+                view.throttled,
+                view.circuit_opened,
+            )
+            for family, value in zip(families.values(), values, strict=True):
+                family.add_metric([view.host], value)
+        yield from families.values()
+
+
 class Metrics:
     """The registry of one app and the hooks that feed it. Every hook is cheap, never
     raises and may be called from the store's writer thread (``on_commit``)."""
@@ -160,6 +202,9 @@ class Metrics:
 
     def watch_alerts(self, alerts: AlertService) -> None:
         self.registry.register(_AlertCollector(alerts))
+
+    def watch_hosts(self, hosts: HostGovernor, clock: Clock) -> None:
+        self.registry.register(_HostCollector(hosts, clock))
 
     # -- hooks --------------------------------------------------------------------------
 

@@ -432,6 +432,13 @@ class ScheduleState(StrEnum):
     FINISHED = "FINISHED"  # past its end time or its maximum number of runs; fires no more
 
 
+class ScheduleTarget(StrEnum):
+    """What a schedule's slot starts."""
+
+    TASK = "task"  # a task made from the schedule's template
+    WORKFLOW = "workflow"  # a workflow run made from the schedule's definition
+
+
 class MisfirePolicy(StrEnum):
     """What to do with slots that passed while nothing could fire them (downtime)."""
 
@@ -494,6 +501,9 @@ class Schedule:
     version: int = 0
     last_task_state: TaskState | None = None  # read with the schedule; None when gone
     last_task_ended_at_ms: int | None = None
+    # a workflow schedule's last_task_* describe its last run (PENDING reads as RUNNING,
+    # CANCELLED as REVOKED), so the overlap policies treat runs as tasks
+    target: ScheduleTarget = ScheduleTarget.TASK
 
     @property
     def last_task_pending(self) -> bool:
@@ -511,3 +521,15 @@ class ScheduleFire:
     cursor_ms: int
     next_at_ms: int | None
     state: ScheduleState
+
+
+@dataclass(frozen=True, slots=True)
+class HostLimit:
+    """An administrator's limits for one destination: ``host`` is ``name:port`` or a bare
+    name (every port). None keeps the server-wide default (HOST_MAX_CONCURRENCY,
+    HOST_MAX_RATE); a rate is in calls started per second."""
+
+    host: str
+    max_concurrency: int | None = None
+    max_rate: float | None = None
+    updated_at_ms: int = 0

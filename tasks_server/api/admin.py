@@ -33,7 +33,8 @@ def require_bearer(request: Request, secret: str) -> None:
         raise WrongKey()
 
 
-def _admin(request: Request) -> Services:
+def admin_services(request: Request) -> Services:
+    """The services, once the request carries ADMIN_KEY (404 when the server has none)."""
     app = services(request)
     if not app.settings.admin_key:
         raise NotFound()
@@ -70,14 +71,16 @@ async def _body(request: Request, app: Services, model: type[Strict]) -> Any:
 
 async def list_owners(request: Request) -> Response:
     """Every owner, oldest first, without keys (``tasks-server owner list``)."""
-    app = _admin(request)
+    app = admin_services(request)
     return answer(request, [owner_record(owner) for owner in await app.store.list_owners()])
 
 
-async def create_owner(request: Request) -> Response:
-    """A new owner with its key (shown once), whatever the registration mode."""
-    app = _admin(request)
-    body: OwnerCreateIn = await _body(request, app, OwnerCreateIn)
+# -- what the endpoints and the dashboard's admin page both do ------------------------------
+
+
+async def add_owner(app: Services, body: OwnerCreateIn) -> tuple[Owner, str]:
+    """Create an owner, whatever the registration mode; returns it with its new key (the
+    only time the key exists in the clear: the store keeps its digest)."""
     key = new_owner_key()
     limit = body.tasksInQueueLimit
     owner = await app.store.create_owner(
@@ -87,15 +90,12 @@ async def create_owner(request: Request) -> Response:
         app.settings.tasks_in_queue_limit if limit is None else limit,
         body.requestBudget,
     )
-    return answer(request, {**owner_record(owner), "key": key}, 201)
+    return owner, key
 
 
-async def change_owner(request: Request) -> Response:
-    """Disable or enable an owner, or change its queue limit or request budget. Fields
-    left out keep their value; ``requestBudget: null`` returns to the default."""
-    app = _admin(request)
-    owner_id = _owner_id(request)
-    body: OwnerChangeIn = await _body(request, app, OwnerChangeIn)
+async def change_owner_settings(app: Services, owner_id: str, body: OwnerChangeIn) -> Owner:
+    """Apply the fields given in ``body``; the others keep their value (``requestBudget``
+    given as None returns to the default). Raises NotFound for an unknown owner."""
     try:
         owner = await app.store.get_owner(owner_id)
     except OwnerNotFound as exc:
@@ -109,13 +109,45 @@ async def change_owner(request: Request) -> Response:
         ),
         request_budget=body.requestBudget if "requestBudget" in given else owner.request_budget,
     )
+    app.auth.forget(owner_id)  # a disabled owner's cached key check must not outlive it
+    return changed
+
+
+async def replace_owner_key(app: Services, owner_id: str) -> str:
+    """Give the owner a new key and return it; the old one stops working at once.
+    Raises NotFound for an unknown owner."""
+    key = new_owner_key()
+    try:
+        await app.store.set_owner_key(owner_id, key_digest(key))
+    except OwnerNotFound as exc:
+        raise NotFound() from exc
     app.auth.forget(owner_id)
-    return answer(request, owner_record(changed))
+    return key
+
+
+# -- the endpoints ----------------------------------------------------------------------------
+
+
+async def create_owner(request: Request) -> Response:
+    """A new owner with its key (shown once), whatever the registration mode."""
+    app = admin_services(request)
+    body: OwnerCreateIn = await _body(request, app, OwnerCreateIn)
+    owner, key = await add_owner(app, body)
+    return answer(request, {**owner_record(owner), "key": key}, 201)
+
+
+async def change_owner(request: Request) -> Response:
+    """Disable or enable an owner, or change its queue limit or request budget. Fields
+    left out keep their value; ``requestBudget: null`` returns to the default."""
+    app = admin_services(request)
+    owner_id = _owner_id(request)
+    body: OwnerChangeIn = await _body(request, app, OwnerChangeIn)
+    return answer(request, owner_record(await change_owner_settings(app, owner_id, body)))
 
 
 async def delete_owner(request: Request) -> Response:
     """Delete an owner with no unfinished task (422 otherwise), and its finished tasks."""
-    app = _admin(request)
+    app = admin_services(request)
     owner_id = _owner_id(request)
     await app.store.delete_owner(owner_id)
     app.auth.forget(owner_id)
@@ -124,15 +156,9 @@ async def delete_owner(request: Request) -> Response:
 
 async def rotate_owner_key(request: Request) -> Response:
     """A new key for the owner (shown once); the old one stops working at once."""
-    app = _admin(request)
+    app = admin_services(request)
     owner_id = _owner_id(request)
-    key = new_owner_key()
-    try:
-        await app.store.set_owner_key(owner_id, key_digest(key))
-    except OwnerNotFound as exc:
-        raise NotFound() from exc
-    app.auth.forget(owner_id)
-    return answer(request, {"id": owner_id, "key": key})
+    return answer(request, {"id": owner_id, "key": await replace_owner_key(app, owner_id)})
 
 
 async def metrics(request: Request) -> Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -22,7 +23,7 @@ from ..store import DeadLetterFilter
 from .convert import field_error, spec_to_wire
 from .errors import validation_failed
 from .outgoing import check_outgoing
-from .queues import merge_patch, task_id_of, validate_task
+from .queues import arm, merge_patch, task_id_of, validate_task
 from .schemas import Strict, query_int
 from .services import Services, services
 from .wire import DONE, answer, query_of, read_json
@@ -164,8 +165,23 @@ async def replay(request: Request) -> Response:
         timed = isinstance(config, dict) and any(name in config for name in _FIRST_RUN_OPTIONS)
         spec, due = new.spec, new.due_at_ms if timed else now
     task = await app.store.replay_task(owner_id, task_id, spec, due, now)
-    app.scheduler.notify(task.id, due)
+    if spec is not None:
+        arm(app, owner_id, task.id, due, spec)
+    else:
+        await arm_replayed(app, owner_id, [(task.id, due)])
     return answer(request, _replayed(task))
+
+
+async def arm_replayed(app: Services, owner_id: str, replayed: Sequence[tuple[str, int]]) -> None:
+    """Tell the scheduler about replayed tasks with their priority and flow-control key
+    (read from each task's spec), so a replay waits behind its key like a registration."""
+    for task_id, due in replayed:
+        try:
+            config = (await app.store.get_spec(owner_id, task_id)).config
+        except TaskNotFound:
+            continue  # deleted meanwhile
+        ref = None if config.flow_control is None else (owner_id, config.flow_control.key)
+        app.scheduler.notify(task_id, due, config.priority, ref)
 
 
 def _replayed(task: Task) -> dict[str, Any]:
@@ -186,8 +202,7 @@ async def replay_many(request: Request) -> Response:
     replayed = await app.store.replay_dead_letters(
         owner_id, [task.id for task in tasks], now, spacing_ms
     )
-    for task_id, due in replayed:
-        app.scheduler.notify(task_id, due)
+    await arm_replayed(app, owner_id, replayed)
     return answer(
         request,
         {

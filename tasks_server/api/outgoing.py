@@ -17,9 +17,10 @@ from .convert import field_error
 from .services import Services
 
 
-def _url_refusal(
+def url_refusal(
     policy: EgressPolicy, url: str, allowed_hosts: tuple[str, ...] | None
 ) -> str | None:
+    """Why the policy (or the owner's validated domains) refuses ``url``; None: allowed."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -38,7 +39,7 @@ def refuse_outgoing(
     where the task sits in the request body (empty for a task, for a schedule too).
     """
     request, config = spec.request, spec.config
-    reason = _url_refusal(policy, request.url, allowed_hosts)
+    reason = url_refusal(policy, request.url, allowed_hosts)
     if reason is not None:
         raise field_error((*prefix, "httpRequest", "url"), reason)
     for index, entry in enumerate(config.resolve or ()):
@@ -53,7 +54,7 @@ def refuse_outgoing(
             f"egress denied: proxy {host} is not in EGRESS_PROXIES",
         )
     if config.doh_url is not None:
-        reason = _url_refusal(policy, config.doh_url, None)
+        reason = url_refusal(policy, config.doh_url, None)
         if reason is not None:
             raise field_error((*prefix, "config", "dohUrl"), reason)
     for index, server in enumerate(config.dns_server or ()):

@@ -77,6 +77,23 @@ class ScheduleIn(Strict):
     catchUpLimit: Annotated[int, Field(ge=1, le=1000)] = 10
 
 
+class WorkflowScheduleIn(Strict):
+    """A schedule whose slots start workflow runs: ScheduleIn's timing, and ``workflow``,
+    the body of POST /v1/workflows (checked as that is, by api/scheduled_runs.py), in
+    place of the task template. A body with ``workflow`` is read as this."""
+
+    name: ScheduleName
+    schedule: Expression
+    timezone: Zone = "UTC"
+    workflow: dict[str, Any]
+    startAt: DateMs | None = None
+    endAt: DateMs | None = None
+    maxRuns: Annotated[int, Field(ge=1, le=MAX_SAFE_INTEGER)] | None = None
+    misfirePolicy: Literal["skip", "run_once", "run_all"] = "run_once"
+    overlapPolicy: Literal["allow", "skip", "queue"] = "allow"
+    catchUpLimit: Annotated[int, Field(ge=1, le=1000)] = 10
+
+
 # config options a template may not set: every run is due at its slot
 TEMPLATE_REFUSED = ("executeAt", "executionDelay", "executeImmediately", "retryAt", "timeoutAt")
 

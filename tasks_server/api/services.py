@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.requests import Request
 
@@ -13,10 +13,14 @@ from ..alerts.service import AlertService
 from ..clock import Clock
 from ..config import Settings
 from ..dispatch.egress import EgressPolicy
+from ..dispatch.hosts import HostGovernor
 from ..engine.waiters import FinalWaiters
 from ..models import FlowControl, HttpRequest, TaskConfig
 from ..store import Store
 from .auth import Authenticator
+
+if TYPE_CHECKING:
+    from .overview import OverviewCache
 
 
 class Notifier(Protocol):
@@ -66,6 +70,9 @@ class Services:
     runs: FinalWaiters | None = None  # woken when a workflow run ends
     # the engine's live figures for the dashboard: in_flight, lateness_p50_ms, lateness_p99_ms
     engine_figures: Callable[[], dict[str, float | None]] | None = None
+    hosts: HostGovernor | None = None  # destination backpressure (api/hosts.py reads it)
+    # the dashboard overview's store figures, kept fresh in the background
+    overview: OverviewCache | None = None
 
 
 def services(request: Request) -> Services:

@@ -5,24 +5,33 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..config import Settings
+from ..dispatch.egress import EgressPolicy
 from ..errors import ValidationFailed, WorkflowNotFound
-from ..models import HttpRequest, NewTask, TaskConfig
+from ..models import Attempt, HttpRequest, NewTask, TaskConfig
 from ..workflows.graph import DefinitionError, check
-from ..workflows.model import NewRun, RunState, StepTemplate, WorkflowRun, WorkflowStep
-from ..workflows.steps import callback_request, envelope
+from ..workflows.model import (
+    NewRun,
+    RunState,
+    StepStart,
+    StepTemplate,
+    WorkflowRun,
+    WorkflowStep,
+)
+from ..workflows.steps import StepBuilder, callback_request, envelope
 from ..workflows.template import TemplateError, references, render
 from . import results
 from .convert import field_error, to_new_task
 from .errors import validation_failed
+from .outgoing import refuse_outgoing, url_refusal
 from .schemas import TaskIn
-from .services import Services, services
+from .services import Notifier, Services, services
 from .wire import DONE, answer, query_of, read_json
 from .workflow_schemas import RUN_ID, ConditionIn, RunListQuery, StepIn, WorkflowIn
 
@@ -33,14 +42,14 @@ _MESSAGE = re.compile(r"\s+")
 # -- a step's rendered request → a task ---------------------------------------------------------
 
 
-def step_builder(
+def step_validator(
     settings: Settings, unsupported: Unsupported
 ) -> Callable[[dict[str, Any], int], NewTask]:
-    """What the store calls to turn a rendered step into a task: the registration's own
-    validation, with its errors flattened into one ValueError message."""
+    """A rendered step (or callback) as a task: the registration's own validation, with
+    its errors flattened into one ValueError message."""
     context = {"tz": settings.tz, "cert_dir": settings.cert_dir}
 
-    def build(request: dict[str, Any], now_ms: int) -> NewTask:
+    def validate(request: dict[str, Any], now_ms: int) -> NewTask:
         try:
             body = TaskIn.model_validate(request, context=context)
             new = to_new_task(body, now_ms)
@@ -51,6 +60,24 @@ def step_builder(
         missing = unsupported(new.spec.request, new.spec.config)
         if missing:
             raise ValueError(f"not supported by this server's libcurl: {', '.join(missing)}")
+        return new
+
+    return validate
+
+
+def step_builder(settings: Settings, unsupported: Unsupported, egress: EgressPolicy) -> StepBuilder:
+    """What the store calls to turn a rendered step into a task: validated as a
+    registration, and its destinations checked by the egress policy and the owner's
+    validated domains exactly as at registration (api/outgoing.py). A refusal is a
+    ValueError naming the field, which fails the step with that message."""
+    validate = step_validator(settings, unsupported)
+
+    def build(request: dict[str, Any], now_ms: int, allowed: tuple[str, ...] | None) -> NewTask:
+        new = validate(request, now_ms)
+        try:
+            refuse_outgoing(egress, new.spec, allowed)
+        except ValidationFailed as exc:
+            raise ValueError(_describe_tree(exc.tree or {}, "") or exc.message) from exc
         return new
 
     return build
@@ -71,6 +98,26 @@ def _describe_tree(tree: dict[str, Any], path: str) -> str:
             if found:
                 return found
     return ""
+
+
+class StepArmer(Notifier, Protocol):
+    def adopt(self, attempt: Attempt) -> None: ...
+
+
+def step_arming(scheduler: StepArmer) -> Callable[[StepStart], None]:
+    """How a step's task the store created is armed: like a registered task, with its
+    priority and flow-control key, whose limits the step sets (the last one wins); a
+    task the store created already claimed is handed over with its attempt."""
+
+    def arm(start: StepStart) -> None:
+        if start.attempt is not None:
+            scheduler.adopt(start.attempt)
+            return
+        if start.flow is not None and start.flow_limits is not None:
+            scheduler.configure_flow(start.flow[0], start.flow_limits)
+        scheduler.notify(start.task_id, start.due_at_ms, start.priority, start.flow)
+
+    return arm
 
 
 # -- the body → a new run ---------------------------------------------------------------------
@@ -113,15 +160,21 @@ def _template(position: int, step: StepIn) -> StepTemplate:
     )
 
 
-def _to_new_run(app: Services, body: WorkflowIn, now_ms: int) -> NewRun:
+def to_new_run(
+    app: Services, body: WorkflowIn, now_ms: int, allowed: tuple[str, ...] | None
+) -> NewRun:
+    """The run the body describes, checked as far as it can be before any step runs:
+    the graph, every step that uses only the input (as a registration, destinations
+    included), the literal destinations of the others, and the callbacks. ``allowed``:
+    the owner's validated domains (None: no list)."""
     steps = tuple(_template(position, step) for position, step in enumerate(body.steps))
     try:
         check(steps, body.input)
     except DefinitionError as exc:
         raise _field_error(exc.path, exc.message) from exc
-    build = step_builder(app.settings, app.unsupported)
+    validate = step_validator(app.settings, app.unsupported)
     for position, step in enumerate(steps):
-        _check_early(build, position, step, body.input, now_ms)
+        _check_early(app.egress, allowed, validate, position, step, body.input, now_ms)
     config = body.config
     if config.executeAt is not None and config.executionDelay is not None:
         raise field_error(("config", "executeAt"), "Give executeAt or executionDelay, not both")
@@ -131,7 +184,7 @@ def _to_new_run(app: Services, body: WorkflowIn, now_ms: int) -> NewRun:
     metadata = tuple(config.metadata.items()) if config.metadata else None
     for field, callback in (("onSuccess", body.onSuccess), ("onFailure", body.onFailure)):
         if callback is not None:
-            _check_callback(build, field, callback, now_ms)
+            _check_callback(app.egress, allowed, validate, field, callback, now_ms)
     return NewRun(
         body.name,
         body.input,
@@ -144,37 +197,69 @@ def _to_new_run(app: Services, body: WorkflowIn, now_ms: int) -> NewRun:
     )
 
 
+Validate = Callable[[dict[str, Any], int], NewTask]
+
+
 def _check_callback(
-    build: Callable[[dict[str, Any], int], NewTask],
+    egress: EgressPolicy,
+    allowed: tuple[str, ...] | None,
+    validate: Validate,
     field: str,
     callback: dict[str, Any],
     now_ms: int,
 ) -> None:
-    """A callback is a registration whose body the server supplies: validated as one now."""
+    """A callback is a registration whose body the server supplies: validated as one now,
+    its destination included."""
     for supplied in ("data",):
         if supplied in callback:
             raise _field_error((field, supplied), "The server supplies a callback's body")
     sample = envelope({"id": "", "state": "SUCCESS"}, [])
     try:
-        build(callback_request(callback, sample), now_ms)
+        new = validate(callback_request(callback, sample), now_ms)
     except ValueError as exc:
         raise _field_error((field,), str(exc)) from exc
+    reason = url_refusal(egress, new.spec.request.url, allowed)
+    if reason is not None:
+        raise _field_error((field, "url"), reason)
 
 
 def _check_early(
-    build: Callable[[dict[str, Any], int], NewTask],
+    egress: EgressPolicy,
+    allowed: tuple[str, ...] | None,
+    validate: Validate,
     position: int,
     step: StepTemplate,
     run_input: Any,
     now_ms: int,
 ) -> None:
-    """A step that refers to nothing but the input can be rendered and validated now."""
+    """A step that refers to nothing but the input can be rendered and checked now, as a
+    registration; of the others, the destinations written out literally are checked now
+    and the rest when the step is created."""
     if any(ref.root != "input" for ref in references(step.request)):
+        _check_literal_urls(egress, allowed, position, step)
         return
     try:
-        build(render(step.request, {"input": run_input}), now_ms)
+        new = validate(render(step.request, {"input": run_input}), now_ms)
     except (TemplateError, ValueError) as exc:
         raise _field_error(("steps", position), str(exc)) from exc
+    refuse_outgoing(egress, new.spec, allowed, ("steps", str(position)))
+
+
+def _check_literal_urls(
+    egress: EgressPolicy, allowed: tuple[str, ...] | None, position: int, step: StepTemplate
+) -> None:
+    """The URL and DoH server of a step whose request refers to other steps, when they
+    are written out (no placeholder): refused now rather than when the step starts."""
+    http = step.request.get("httpRequest") or {}
+    config = step.request.get("config") or {}
+    for path, url in (
+        (("httpRequest", "url"), http.get("url")),
+        (("config", "dohUrl"), config.get("dohUrl")),
+    ):
+        if isinstance(url, str) and not any(references(url)):
+            reason = url_refusal(egress, url, allowed if path[1] == "url" else None)
+            if reason is not None:
+                raise _field_error(("steps", position, *path), reason)
 
 
 # -- views ----------------------------------------------------------------------------------
@@ -206,6 +291,7 @@ def run_view(run: WorkflowRun, with_steps: bool = True) -> dict[str, Any]:
         "deadlineAt": run.deadline_ms,
         "error": run.error,
         "metadata": None if run.metadata is None else dict(run.metadata),
+        "scheduleId": run.schedule_id,
     }
     if with_steps:
         view["steps"] = [step_view(step) for step in run.steps]
@@ -231,7 +317,9 @@ async def create(request: Request) -> Response:
     except ValidationError as exc:
         raise validation_failed(exc, data) from exc
     now = app.clock.now_ms()
-    run = await app.store.create_run(owner_id, _to_new_run(app, body, now), now)
+    security = await app.store.owner_security(owner_id)
+    new = to_new_run(app, body, now, security.allowed_hosts)
+    run = await app.store.create_run(owner_id, new, now)
     return answer(request, run_view(run), 201)
 
 

@@ -1,4 +1,4 @@
-"""The CLI's ``cron`` commands: ``add``, ``list``, ``view``,
+"""The CLI's ``cron`` commands: ``add``, ``workflow``, ``list``, ``view``, ``runs``,
 ``delete``, ``pause`` and ``resume`` recurring schedules on a running server over HTTP.
 
 They run through cli.tasks (same connection flags, ``--json``, output and exit codes).
@@ -24,6 +24,7 @@ from .tasks import (
     connection_flags,
     task_body,
 )
+from .workflows import read_definition
 
 _PAGE = 1000
 _PREVIEW = 5
@@ -35,6 +36,13 @@ _LIST_COLUMNS = (
     ("nextRunAt", "NEXT"),
     ("lastRunAt", "LAST"),
     ("runs", "RUNS"),
+)
+_RUN_COLUMNS = (
+    ("id", "RUN"),
+    ("state", "STATE"),
+    ("dueAt", "SLOT"),
+    ("finishedAt", "FINISHED"),
+    ("error", "ERROR"),
 )
 _VIEW_FIELDS = (
     ("id", "id"),
@@ -51,6 +59,7 @@ _VIEW_FIELDS = (
     ("catchUpLimit", "catch-up limit"),
     ("lastRunAt", "last run"),
     ("lastTaskId", "last task"),
+    ("lastRunId", "last run"),
     ("nextRunAt", "next run"),
 )
 
@@ -66,7 +75,18 @@ def _path(name: str, action: str | None = None) -> str:
 def schedule_body(args: argparse.Namespace) -> dict[str, Any]:
     """The creation body: the task part as ``task add`` builds it, plus the timing."""
     body = task_body(args)
-    body.update(name=args.name, schedule=args.schedule)
+    body.update(_timing(args))
+    return body
+
+
+def workflow_schedule_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The creation body of a schedule that starts runs of the workflow in FILE (the body
+    of ``workflow run``), plus the timing."""
+    return {"workflow": read_definition(args.file), **_timing(args)}
+
+
+def _timing(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": args.name, "schedule": args.schedule}
     options = {
         "timezone": args.tz,
         "startAt": _date(args.start),
@@ -82,6 +102,14 @@ def schedule_body(args: argparse.Namespace) -> dict[str, Any]:
 
 def _date(text: str | None) -> str | int | None:
     return int(text) if text and text.isdigit() else text
+
+
+def _runs(client: TasksClient, args: argparse.Namespace) -> Any:
+    return client.call("GET", _path(args.name, "runs"), query={"limit": args.limit})
+
+
+def _print_runs(answer: Any, args: argparse.Namespace) -> None:
+    output.out(output.rows(answer, _RUN_COLUMNS) if answer else "no runs")
 
 
 def _all_schedules(client: TasksClient, args: argparse.Namespace) -> list[Any]:
@@ -129,6 +157,8 @@ def _print_schedule(answer: Any, args: argparse.Namespace) -> None:
     if "httpRequest" in answer:
         template = {k: answer[k] for k in ("httpRequest", "config", "metadata") if k in answer}
         output.out("\ntask template:\n" + json.dumps(template, indent=2))
+    if "workflow" in answer:
+        output.out("\nworkflow:\n" + json.dumps(answer["workflow"], indent=2))
     if "next" in answer:
         slots = [f"  {slot['local']}" for slot in answer["next"]]
         output.out("\nnext runs:\n" + ("\n".join(slots) if slots else "  none"))
@@ -143,24 +173,7 @@ def _print_done(answer: Any, args: argparse.Namespace) -> None:
 _NAME_HELP = "the schedule's name (or its id)"
 
 
-def _add_add(group: Any, flags: argparse.ArgumentParser) -> None:
-    add = add_command(
-        group,
-        "add",
-        "create a schedule: call URL at every occurrence of SCHEDULE",
-        flags,
-        lambda c, a: c.call("POST", "/v1/schedules", schedule_body(a)),
-        _print_schedule,
-    )
-    add.add_argument("name", metavar="NAME", help="a-z first, then a-z 0-9 . _ - (64 at most)")
-    add.add_argument(
-        "schedule",
-        metavar="SCHEDULE",
-        help="cron ('*/5 * * * *', 6 fields with seconds first), @hourly/@daily/@weekly/"
-        "@monthly/@yearly, or '@every 10m'",
-    )
-    add.add_argument("target_url", metavar="URL", help="the URL each run calls")
-    add_request_flags(add)
+def _add_timing_flags(add: argparse.ArgumentParser) -> None:
     add.add_argument("--tz", help="IANA time zone of the cron fields (default UTC)")
     add.add_argument("--start", metavar="DATE", help="no run before (ISO 8601 or epoch ms)")
     add.add_argument("--end", metavar="DATE", help="no run after (ISO 8601 or epoch ms)")
@@ -176,6 +189,47 @@ def _add_add(group: Any, flags: argparse.ArgumentParser) -> None:
         help="when the previous run is still pending (default allow)",
     )
     add.add_argument("--catch-up-limit", type=int, metavar="N", help="run_all bound (default 10)")
+
+
+def _add_name_and_schedule(add: argparse.ArgumentParser) -> None:
+    add.add_argument("name", metavar="NAME", help="a-z first, then a-z 0-9 . _ - (64 at most)")
+    add.add_argument(
+        "schedule",
+        metavar="SCHEDULE",
+        help="cron ('*/5 * * * *', 6 fields with seconds first), @hourly/@daily/@weekly/"
+        "@monthly/@yearly, or '@every 10m'",
+    )
+
+
+def _add_workflow(group: Any, flags: argparse.ArgumentParser) -> None:
+    add = add_command(
+        group,
+        "workflow",
+        "create a schedule that starts a run of the workflow in FILE at every occurrence",
+        flags,
+        lambda c, a: c.call("POST", "/v1/schedules", workflow_schedule_body(a)),
+        _print_schedule,
+    )
+    _add_name_and_schedule(add)
+    add.add_argument(
+        "file", metavar="FILE", help="the workflow, as for 'workflow run' (JSON, '-' for stdin)"
+    )
+    _add_timing_flags(add)
+
+
+def _add_add(group: Any, flags: argparse.ArgumentParser) -> None:
+    add = add_command(
+        group,
+        "add",
+        "create a schedule: call URL at every occurrence of SCHEDULE",
+        flags,
+        lambda c, a: c.call("POST", "/v1/schedules", schedule_body(a)),
+        _print_schedule,
+    )
+    _add_name_and_schedule(add)
+    add.add_argument("target_url", metavar="URL", help="the URL each run calls")
+    add_request_flags(add)
+    _add_timing_flags(add)
     add_attempt_flags(add, "copied to each run's task (repeatable, at most 8)")
     add.add_argument(
         "--body-file",
@@ -192,17 +246,23 @@ def add_commands(commands: Any) -> None:
         "cron",
         help="manage recurring schedules on a running server",
         description="Manage recurring schedules (cron, @every) on a running server over HTTP. "
-        "Each run creates an ordinary task.",
+        "Each run creates an ordinary task, or starts a workflow run ('cron workflow').",
         epilog=EXIT_CODES_HELP,
     )
     group = cron.add_subparsers(dest="cron_command", required=True, metavar="ACTION")
     _add_add(group, flags)
+    _add_workflow(group, flags)
     listing = add_command(group, "list", "list your schedules", flags, _all_schedules, _print_list)
     listing.add_argument("--names", action="store_true", help="print the names only")
     view = add_command(
         group, "view", "show a schedule and its next runs", flags, _view, _print_schedule
     )
     view.add_argument("name", metavar="NAME", help=_NAME_HELP)
+    runs = add_command(
+        group, "runs", "list the workflow runs a schedule started", flags, _runs, _print_runs
+    )
+    runs.add_argument("name", metavar="NAME", help=_NAME_HELP)
+    runs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
     delete = add_command(
         group, "delete", "delete a schedule (its tasks stay)", flags, _delete, _print_done
     )

@@ -38,13 +38,14 @@ def _path(run_id: str, action: str | None = None) -> str:
     return f"{path}/{action}" if action else path
 
 
-def _definition(source: str) -> Any:
+def read_definition(source: str) -> Any:
+    """The JSON body of a run, from a file or standard input ('-')."""
     text = sys.stdin.read() if source == "-" else Path(source).read_text()
     return json.loads(text)
 
 
 def _run(client: TasksClient, args: argparse.Namespace) -> Any:
-    run = client.call("POST", "/v1/workflows", _definition(args.file))
+    run = client.call("POST", "/v1/workflows", read_definition(args.file))
     if args.wait is not None:
         run = client.call("GET", _path(run["id"], "result"), query={"wait": args.wait})
     return run

@@ -32,6 +32,7 @@ from .options import (
     parse_hsts_cache,
     request_url,
 )
+from .prepared import Prepared
 
 __all__ = [
     "DOH_SSL_VERIFYHOST",
@@ -45,6 +46,7 @@ __all__ = [
     "HstsPreload",
     "MimeForm",
     "Option",
+    "Prepared",
     "PrivateDnsCache",
     "cookie_file_lines",
     "curl_capabilities",
@@ -68,7 +70,12 @@ class Dispatcher(Protocol):
         with an error Outcome) and every libcurl handle is freed. Calling it twice is safe.
         """
 
-    def submit(self, call: Call) -> asyncio.Future[Outcome]:
+    def prepare(self, call: Call) -> Prepared:
+        """Do the part of ``call``'s work that does not depend on when it starts (its
+        options, signature, egress verdict), so that ``submit`` has little left to do at
+        the due time. Pure: nothing is held, a prepared call may be dropped unsubmitted."""
+
+    def submit(self, call: Call | Prepared) -> asyncio.Future[Outcome]:
         """Start ``call`` (or queue it behind the connection cap) and return its outcome.
 
         Never raises for transfer problems: refused connections, timeouts, TLS failures,

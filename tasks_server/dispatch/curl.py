@@ -17,19 +17,23 @@ from urllib.parse import urljoin, urlsplit
 
 import pycurl
 
+from tasks_server.clock import Clock, SystemClock
 from tasks_server.models import Call, Outcome, ResolveEntry
 
 from .egress import EgressPolicy, host_address, owner_allows
+from .hosts import HostDefaults, HostGovernor
 from .options import (
     CurlSettings,
     HstsEntry,
     HstsPreload,
     MimeForm,
+    Option,
     PrivateDnsCache,
     curl_options,
     request_url,
 )
 from .pools import ConnectionPools, new_share, pool_key
+from .prepared import Prepared
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,38 @@ _STATEFUL_OPTIONS = frozenset(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a call needs that does not depend on when it starts, worked out ahead by
+    ``CurlDispatcher.prepare``: plain data, no libcurl object."""
+
+    url: str  # the first request's URL, query included
+    host: str  # host_key: the unit of the per-host queue
+    refusal: str | None  # why the egress policy refuses the first hop, or None
+    failure: Outcome | None = None  # options that cannot be applied
+    # None while a DoH server must be pinned first (the pin is one of the options)
+    options: tuple[Option, ...] | None = None
+    pool: str | None = None  # the connection pool, unless the call brings its own share
+    keeps_state: bool = False  # an option outlives curl_easy_reset: close the handle after
+    live: bool = False  # some values describe per-handle objects (forms, HSTS, shares)
+
+
+def _live(value: object) -> bool:
+    return isinstance(value, MimeForm | HstsPreload | PrivateDnsCache)
+
+
+def _options_plan(call: Call, settings: CurlSettings) -> dict[str, Any]:
+    """The options part of a plan (raises what curl_options raises)."""
+    options = tuple(curl_options(call, settings))
+    own_share = any(option == pycurl.SHARE for option, _ in options)
+    return {
+        "options": options,
+        "pool": None if own_share else pool_key(call),
+        "keeps_state": any(option in _STATEFUL_OPTIONS for option, _ in options),
+        "live": any(_live(value) for _, value in options),
+    }
+
+
 @dataclass(slots=True, eq=False)
 class _Transfer:
     """One call's mutable state while libcurl works on it."""
@@ -56,9 +92,11 @@ class _Transfer:
     call: Call
     future: asyncio.Future[Outcome]
     host: _Host
+    plan: _Plan
     curl: Any = None
     holds_host_slot: bool = False
-    expiry: asyncio.TimerHandle | None = None  # while it waits for a slot to its host
+    queued_at: float | None = None  # loop time it joined its host's queue, while there
+    host_epoch: int = 0  # the governor's epoch when the call got its host slot
     body: bytearray = field(default_factory=bytearray)
     headers: list[tuple[str, str]] = field(default_factory=list)
     truncated: bool = False
@@ -70,9 +108,6 @@ class _Transfer:
     hop_status: int = 0
     denied: str | None = None  # why the egress policy refused a connection or a hop
     pool: str | None = None  # the connection pool the handle is attached to
-
-    def __post_init__(self) -> None:
-        self.hop_url = request_url(self.call.request)
 
     def write_body(self, chunk: bytes) -> int | None:
         """WRITEFUNCTION: keep the body up to the cap (nothing when tracing is off) and
@@ -116,15 +151,7 @@ class _Transfer:
         return None
 
     def hop_refusal(self, url: str) -> str | None:
-        """Why the policy refuses a request to ``url`` before any address is known: the
-        deny list, written-out or ``localhost`` hosts, ports, the owner's domains."""
-        try:
-            parts = urlsplit(url)
-            port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-        except ValueError:
-            return f"egress denied: {url!r} is not a valid URL"
-        host = parts.hostname or ""
-        return self.policy.host(host, port) or owner_allows(self.call.allowed_hosts, host)
+        return hop_refusal(self.policy, self.call.allowed_hosts, url)
 
     def open_socket(self, purpose: int, address: Any) -> socket.socket | int:
         """OPENSOCKETFUNCTION: every connection of this transfer (first request, redirect
@@ -151,23 +178,47 @@ class _Transfer:
 @dataclass(slots=True, eq=False)
 class _Host:
     """One target host and port: calls holding one of its slots, and calls waiting for
-    one (in arrival order)."""
+    one (in arrival order). One timer per host ends the waits that last too long: the
+    oldest waiting call is always the first to expire."""
 
     name: str
     running: int = 0
     waiting: deque[_Transfer] = field(default_factory=deque)
+    expiry: asyncio.TimerHandle | None = None  # due when the oldest wait runs out
+    wake: asyncio.Task[None] | None = None  # re-checks the queue when the governor allows
+
+
+def _host_port(url: str) -> tuple[str, int | None]:
+    """Host (lower case) and port of a URL, the port defaulting by scheme; port None
+    when the URL cannot be read."""
+    try:
+        parts = urlsplit(url)
+        return parts.hostname or "", parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        return "", None
 
 
 def host_key(url: str) -> str:
     """``host:port`` of a URL, the unit of the per-host cap (the port defaults by scheme)."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
+    host, port = _host_port(url)
+    return f"{host}:{port}"
+
+
+def hop_refusal(
+    policy: EgressPolicy, allowed_hosts: tuple[str, ...] | None, url: str
+) -> str | None:
+    """Why the policy refuses a request to ``url`` before any address is known: the deny
+    list, written-out or ``localhost`` hosts, ports, the owner's domains (``allowed_hosts``)."""
+    host, port = _host_port(url)
     if port is None:
-        port = 443 if parts.scheme.lower() == "https" else 80
-    return f"{(parts.hostname or '').lower()}:{port}"
+        return f"egress denied: {url!r} is not a valid URL"
+    return policy.host(host, port) or owner_allows(allowed_hosts, host)
+
+
+def _fixed_cap(max_host_connections: int) -> HostDefaults:
+    """Only MAX_HOST_CONNECTIONS, as without a governor: no AIMD, rate or circuit."""
+    cap = max_host_connections
+    return HostDefaults(max_concurrency=cap or 2**31, max_connections=cap, adaptive=False)
 
 
 def _hsts_reader(entries: tuple[HstsEntry, ...]) -> Callable[[], object]:
@@ -228,6 +279,8 @@ def _doh_needs_pin(call: Call) -> bool:
     return host_address(host) is None and not pinned
 
 
+_VERDICTS_KEPT = 4096  # first-hop verdicts remembered; all forgotten at once beyond this
+
 _CERTIFICATE_ERRORS = {
     pycurl.E_SSL_CERTPROBLEM: "config.cert / config.key: the client certificate or key "
     "could not be used",
@@ -235,15 +288,15 @@ _CERTIFICATE_ERRORS = {
 }
 
 
-def _doh_refusal(transfer: _Transfer) -> str | None:
+def _doh_refusal(call: Call, policy: EgressPolicy) -> str | None:
     """libcurl opens DoH connections on internal handles that skip OPENSOCKETFUNCTION, so
     the DoH server is held to the host rules here (it must be https)."""
-    doh_url = transfer.call.config.doh_url
+    doh_url = call.config.doh_url
     if doh_url is None:
         return None
     if not doh_url.lower().startswith("https://"):
         return "egress denied: config.dohUrl must be an https URL"
-    return transfer.hop_refusal(doh_url)
+    return hop_refusal(policy, call.allowed_hosts, doh_url)
 
 
 def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
@@ -259,32 +312,52 @@ class CurlDispatcher:
     ``socket_action`` and finished transfers are drained with ``info_read``.
 
     Two caps, both kept here rather than in libcurl (whose pending queue would start a
-    call's timeout while it waits): at most ``max_host_connections`` calls run at once to
-    one host and port, and later ones wait in that host's own queue, so a slow host never
-    holds up another; at most ``max_connections`` run in all, and calls with a host slot
+    call's timeout while it waits): the ``hosts`` governor (dispatch/hosts.py) decides
+    how many calls run at once to one host and port — never more than
+    ``max_host_connections``, fewer after 429/503 answers or while its circuit is open —
+    and later ones wait in that host's own queue, so a slow host never holds up another;
+    at most ``max_connections`` run in all, and calls with a host slot
     wait for a global one in FIFO order. A call is handed to libcurl, and its timeout
     starts, only when it has both. Easy handles are pooled and reset between calls;
     connections are reused through the multi's cache. ``close`` waits ``close_grace_s``
     seconds for in-flight calls before aborting them.
+
+    ``prepare`` works out, ahead of the due time, everything a call needs that does not
+    depend on when it starts (the options list, the signature, the egress verdict of its
+    first hop), so that at the due time ``submit`` only applies the options to a pooled
+    handle: a burst's first calls leave at once and the rest follow at libcurl's pace.
     """
 
     def __init__(
-        self, settings: CurlSettings, max_connections: int = 1000, *, close_grace_s: float = 10.0
+        self,
+        settings: CurlSettings,
+        max_connections: int = 1000,
+        *,
+        close_grace_s: float = 10.0,
+        hosts: HostGovernor | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._settings = settings
+        # destination backpressure (dispatch/hosts.py); without one, only the fixed cap
+        self.hosts = hosts or HostGovernor(_fixed_cap(settings.max_host_connections))
+        self._clock = clock or SystemClock()
         self._max_connections = max_connections
         self._close_grace_s = close_grace_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._multi: Any = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0  # loop time the timer is due at
         self._watched: set[int] = set()
         self._idle: list[Any] = []
         self._waiting: deque[_Transfer] = deque()  # have a host slot, wait for a global one
         self._active: dict[Any, _Transfer] = {}
         self._hosts: dict[str, _Host] = {}
         self._host_waiting = 0  # calls waiting for a slot to their host
+        # egress verdicts of first hops by (host, port, owner's domains): the policy is
+        # fixed for the dispatcher's life, so each is worked out once
+        self._verdicts: dict[tuple[str, int, tuple[str, ...] | None], str | None] = {}
         self._pinning: set[asyncio.Task[None]] = set()  # DoH servers being looked up
         self._pools = ConnectionPools()  # per owner and credentials: no shared connection
         self._closed = False
@@ -309,18 +382,52 @@ class CurlDispatcher:
         multi.setopt(pycurl.M_MAXCONNECTS, self._max_connections)
         self._multi = multi
 
-    def submit(self, call: Call) -> asyncio.Future[Outcome]:
+    def prepare(self, call: Call) -> Prepared:
+        return Prepared(call, self._plan(call))
+
+    def _plan(self, call: Call) -> _Plan:
+        url = request_url(call.request)
+        # Checked before any socket: a proxied call never opens one to its target. The
+        # owner's domains are read when the call is prepared, a moment before it starts.
+        refusal = self._first_hop_refusal(call, url) or _doh_refusal(call, self._settings.egress)
+        plan = _Plan(url, host_key(call.request.url), refusal)
+        if plan.refusal is not None or _doh_needs_pin(call):
+            return plan  # the pinned DoH server's address is one of the options
+        try:
+            return replace(plan, **_options_plan(call, self._settings))
+        except (pycurl.error, ValueError, TypeError) as exc:
+            return replace(plan, failure=_setup_failure(exc))
+
+    def _first_hop_refusal(self, call: Call, url: str) -> str | None:
+        """``_Transfer.hop_refusal`` for the first request, remembered per host."""
+        host, port = _host_port(url)
+        if port is None:
+            return hop_refusal(self._settings.egress, call.allowed_hosts, url)
+        key = (host, port, call.allowed_hosts)
+        if key not in self._verdicts:
+            if len(self._verdicts) >= _VERDICTS_KEPT:
+                self._verdicts.clear()
+            self._verdicts[key] = hop_refusal(self._settings.egress, call.allowed_hosts, url)
+        return self._verdicts[key]
+
+    def submit(self, call: Call | Prepared) -> asyncio.Future[Outcome]:
         if self._loop is None:
             raise RuntimeError("CurlDispatcher.start() has not been awaited")
+        prepared = call if isinstance(call, Prepared) else self.prepare(call)
+        plan = prepared.plan
+        if not isinstance(plan, _Plan):  # prepared by another dispatcher
+            plan = self._plan(prepared.call)
         future: asyncio.Future[Outcome] = self._loop.create_future()
-        if self._closed:
-            future.set_result(_failure("dispatcher is closed"))
+        refusal = plan.refusal
+        if refusal is not None or plan.failure is not None or self._closed:
+            denied = Outcome(status=0, error=refusal, denied=True) if refusal else None
+            future.set_result(denied or plan.failure or _failure("dispatcher is closed"))
             return future
-        name = host_key(call.request.url)
-        host = self._hosts.get(name) or self._hosts.setdefault(name, _Host(name))
-        transfer = _Transfer(call, future, host, policy=self._settings.egress)
+        host = self._hosts.get(plan.host) or self._hosts.setdefault(plan.host, _Host(plan.host))
+        policy = self._settings.egress
+        transfer = _Transfer(prepared.call, future, host, plan, policy=policy, hop_url=plan.url)
         future.add_done_callback(partial(self._on_future_done, transfer))
-        if _doh_needs_pin(call):
+        if plan.options is None:
             pinning = self._loop.create_task(self._pin_doh(transfer))
             self._pinning.add(pinning)
             pinning.add_done_callback(self._pinning.discard)
@@ -329,8 +436,9 @@ class CurlDispatcher:
         return future
 
     def _enqueue(self, transfer: _Transfer) -> None:
-        """Start the call now or queue it behind its host's cap."""
-        if self._host_is_full(transfer.host):
+        """Start the call now or queue it behind its host's cap (behind the calls
+        already waiting for that host, which go first)."""
+        if transfer.host.waiting or not self._admit(transfer):
             self._wait_for_host(transfer)
         else:
             self._take_host_slot(transfer)
@@ -341,6 +449,13 @@ class CurlDispatcher:
         outcome = await self._pinned_doh(transfer)
         if outcome is None and (transfer.future.done() or self._closed):
             outcome = _failure("aborted: the dispatcher was closed")
+        if outcome is None:
+            try:
+                options = _options_plan(transfer.call, self._settings)
+            except (pycurl.error, ValueError, TypeError) as exc:
+                outcome = _setup_failure(exc)
+            else:
+                transfer.plan = replace(transfer.plan, **options)
         if outcome is None:
             self._enqueue(transfer)
         else:
@@ -356,7 +471,7 @@ class CurlDispatcher:
         config = transfer.call.config
         parts = urlsplit(config.doh_url or "")
         host, port = parts.hostname or "", parts.port or 443
-        refusal = _doh_refusal(transfer)
+        refusal = _doh_refusal(transfer.call, self._settings.egress)
         if refusal is not None:
             return Outcome(status=0, error=refusal, denied=True)
         try:
@@ -386,6 +501,11 @@ class CurlDispatcher:
             await asyncio.wait(pending, timeout=self._close_grace_s)
         aborted = _failure("aborted: the dispatcher was closed")
         for host in list(self._hosts.values()):
+            if host.expiry is not None:
+                host.expiry.cancel()
+                host.expiry = None
+            if host.wake is not None:
+                host.wake.cancel()
             while host.waiting:
                 transfer = host.waiting.popleft()
                 self._left_host_queue(transfer)
@@ -404,32 +524,30 @@ class CurlDispatcher:
             self._begin(self._waiting.popleft())
 
     def _begin(self, transfer: _Transfer) -> None:
-        # Checked before any socket: a proxied call never opens one to its target, and a
-        # task registered before the policy changed is held to the policy of today.
-        refusal = transfer.hop_refusal(transfer.hop_url) or _doh_refusal(transfer)
-        if refusal is not None:
-            _resolve(transfer.future, Outcome(status=0, error=refusal, denied=True))
-            return
-        transfer.curl = self._idle.pop() if self._idle else pycurl.Curl()
+        curl = transfer.curl = self._idle.pop() if self._idle else pycurl.Curl()
         try:
             self._configure(transfer)
-            self._multi.add_handle(transfer.curl)
+            self._multi.add_handle(curl)
         except (pycurl.error, ValueError, TypeError) as exc:
             self._release(transfer)
-            _resolve(transfer.future, _setup_failure(exc))
+            self._settle(transfer, _setup_failure(exc))
             return
-        self._active[transfer.curl] = transfer
+        self._active[curl] = transfer
 
     def _configure(self, transfer: _Transfer) -> None:
-        curl = transfer.curl
-        options = curl_options(transfer.call, self._settings)
-        if not any(option == pycurl.SHARE for option, _ in options):
-            transfer.pool = pool_key(transfer.call)
-            curl.setopt(pycurl.SHARE, self._pools.acquire(transfer.pool))
-        for option, value in options:
-            curl.setopt(option, self._live_value(transfer, value))
-            if option in _STATEFUL_OPTIONS:
-                transfer.keeps_state = True
+        curl, plan = transfer.curl, transfer.plan
+        assert plan.options is not None
+        if plan.pool is not None:
+            transfer.pool = plan.pool
+            curl.setopt(pycurl.SHARE, self._pools.acquire(plan.pool))
+        setopt = curl.setopt
+        if plan.live:
+            for option, value in plan.options:
+                setopt(option, self._live_value(transfer, value))
+        else:
+            for option, value in plan.options:
+                setopt(option, value)
+        transfer.keeps_state = plan.keeps_state
         curl.setopt(pycurl.WRITEFUNCTION, transfer.write_body)
         curl.setopt(pycurl.HEADERFUNCTION, transfer.write_header)
         curl.setopt(pycurl.OPENSOCKETFUNCTION, transfer.open_socket)
@@ -459,6 +577,12 @@ class CurlDispatcher:
             return
         outcome = _outcome(transfer, curl_code, message)
         self._detach(transfer)
+        self._settle(transfer, outcome)
+
+    def _settle(self, transfer: _Transfer, outcome: Outcome) -> None:
+        """End a call: its host slot goes to the next call waiting for that host, and
+        its caller gets the outcome."""
+        self._release_host_slot(transfer, outcome)
         _resolve(transfer.future, outcome)
 
     def _detach(self, transfer: _Transfer) -> None:
@@ -485,71 +609,126 @@ class CurlDispatcher:
             resource.close()
 
     def _on_future_done(self, transfer: _Transfer, future: asyncio.Future[Outcome]) -> None:
-        """The call ended (or its caller cancelled it: drop it, queued or running); its
-        host slot goes to the next call waiting for that host."""
-        if future.cancelled() and self._multi is not None:
-            if transfer.curl is not None and self._active.get(transfer.curl) is transfer:
-                self._detach(transfer)
-                self._start_waiting()
-            elif transfer in self._waiting:
-                self._waiting.remove(transfer)
-        if transfer.expiry is not None:  # cancelled while waiting for its host
+        """The caller cancelled the call: drop it, queued or running, and give its host
+        slot to the next call waiting for that host. (A call that ends otherwise was
+        settled by whoever resolved it.)"""
+        if not future.cancelled() or self._multi is None:
+            return
+        if transfer.curl is not None and self._active.get(transfer.curl) is transfer:
+            self._detach(transfer)
+        elif transfer.queued_at is not None:
             transfer.host.waiting.remove(transfer)
             self._left_host_queue(transfer)
-        if transfer.holds_host_slot:
-            transfer.holds_host_slot = False
-            transfer.host.running -= 1
-            self._next_for_host(transfer.host)
+            self._forget_idle_host(transfer.host)
+        elif transfer in self._waiting:
+            self._waiting.remove(transfer)
+        self._release_host_slot(transfer, None)
+        self._start_waiting()
 
     # -- the per-host queues --------------------------------------------------------------
 
-    def _host_is_full(self, host: _Host) -> bool:
-        cap = self._settings.max_host_connections
-        return cap > 0 and host.running >= cap
+    def _admit(self, transfer: _Transfer) -> bool:
+        """The one place that decides whether the call's host may start another call
+        now; if so, the call then takes one of the host's slots (``_take_host_slot``). The
+        governor decides, and counts the call when it says yes."""
+        epoch = self.hosts.try_start(transfer.host.name, self._clock.now_ms())
+        if epoch is None:
+            return False
+        transfer.host_epoch = epoch
+        return True
 
     def _take_host_slot(self, transfer: _Transfer) -> None:
         transfer.holds_host_slot = True
         transfer.host.running += 1
         self._waiting.append(transfer)
 
+    def _release_host_slot(self, transfer: _Transfer, outcome: Outcome | None) -> None:
+        """The call ended with ``outcome`` (None: its caller cancelled it); its host slot
+        goes to the next call waiting for that host."""
+        if transfer.holds_host_slot:
+            transfer.holds_host_slot = False
+            transfer.host.running -= 1
+            host = transfer.host.name
+            self.hosts.finished(host, transfer.host_epoch, outcome, self._clock.now_ms())
+            self._next_for_host(transfer.host)
+
     def _wait_for_host(self, transfer: _Transfer) -> None:
         assert self._loop is not None
-        transfer.host.waiting.append(transfer)
+        host = transfer.host
+        transfer.queued_at = self._loop.time()
+        host.waiting.append(transfer)
         self._host_waiting += 1
-        transfer.expiry = self._loop.call_later(
-            self._settings.host_wait_s, self._host_wait_expired, transfer
-        )
+        self.hosts.queued(host.name, 1)
+        if host.expiry is None:
+            self._arm_expiry(host)
+        self._arm_host_wake(host)
+
+    def _arm_expiry(self, host: _Host) -> None:
+        """Wake when the oldest call waiting for ``host`` has waited ``host_wait_s``."""
+        assert self._loop is not None
+        host.expiry = None
+        if host.waiting:
+            oldest = host.waiting[0].queued_at
+            assert oldest is not None
+            when = oldest + self._settings.host_wait_s
+            host.expiry = self._loop.call_at(when, self._host_waits_expired, host)
 
     def _left_host_queue(self, transfer: _Transfer) -> None:
         """Bookkeeping for a call taken out of its host's queue."""
-        assert transfer.expiry is not None
-        transfer.expiry.cancel()
-        transfer.expiry = None
+        transfer.queued_at = None
         self._host_waiting -= 1
+        self.hosts.queued(transfer.host.name, -1)
 
-    def _host_wait_expired(self, transfer: _Transfer) -> None:
-        host = transfer.host
-        host.waiting.remove(transfer)
-        self._left_host_queue(transfer)
+    def _host_waits_expired(self, host: _Host) -> None:
+        """End the calls that have waited ``host_wait_s`` for a slot to ``host``."""
+        assert self._loop is not None
+        wait_s = self._settings.host_wait_s
+        why = self.hosts.why_waiting(host.name, self._clock.now_ms())
+        message = f"no connection slot to host {host.name} within {wait_s:g} s ({why})"
+        now = self._loop.time()
+        while host.waiting and (host.waiting[0].queued_at or 0.0) + wait_s <= now:
+            transfer = host.waiting.popleft()
+            self._left_host_queue(transfer)
+            _resolve(transfer.future, Outcome(status=0, error=message, timed_out=True))
+        self._arm_expiry(host)
         self._forget_idle_host(host)
-        cap = self._settings.max_host_connections
-        message = (
-            f"no connection slot to host {host.name} within {self._settings.host_wait_s:g} s "
-            f"(all MAX_HOST_CONNECTIONS={cap} connections to it were busy)"
-        )
-        _resolve(transfer.future, Outcome(status=0, error=message, timed_out=True))
 
     def _next_for_host(self, host: _Host) -> None:
-        if host.waiting and not self._closed:
+        """Start the calls waiting for ``host`` that it may take now, oldest first."""
+        while host.waiting and not self._closed and self._admit(host.waiting[0]):
             transfer = host.waiting.popleft()
             self._left_host_queue(transfer)
             self._take_host_slot(transfer)
-            self._start_waiting()
+        self._start_waiting()
+        self._arm_host_wake(host)
         self._forget_idle_host(host)
+
+    def _arm_host_wake(self, host: _Host) -> None:
+        """While calls wait for a cool-down or a rate token (not for a call to end),
+        look at the queue again when the governor says it may move, on the clock."""
+        if not host.waiting or host.wake is not None or self._loop is None:
+            return
+        now_ms = self._clock.now_ms()
+        at_ms = self.hosts.next_start_ms(host.name, now_ms)
+        if at_ms is not None:
+            host.wake = self._loop.create_task(self._wake_host(host, max(at_ms - now_ms, 0)))
+
+    async def _wake_host(self, host: _Host, delay_ms: int) -> None:
+        await self._clock.sleep(delay_ms / 1000)
+        host.wake = None
+        self._next_for_host(host)
 
     def _forget_idle_host(self, host: _Host) -> None:
         if host.running == 0 and not host.waiting:
-            self._hosts.pop(host.name, None)
+            if host.expiry is not None:
+                host.expiry.cancel()
+                host.expiry = None
+            if host.wake is not None:
+                host.wake.cancel()
+                host.wake = None
+            if self._hosts.get(host.name) is host:
+                del self._hosts[host.name]
+            self.hosts.forget_idle(host.name, self._clock.now_ms())
 
     def _free_handles(self) -> None:
         for curl in self._idle:
@@ -590,13 +769,28 @@ class CurlDispatcher:
             self._loop.remove_writer(fd)
 
     def _on_timer(self, timeout_ms: int) -> None:
-        """M_TIMERFUNCTION: libcurl wants ``socket_action(SOCKET_TIMEOUT)`` in ``timeout_ms``."""
+        """M_TIMERFUNCTION: libcurl wants ``socket_action(SOCKET_TIMEOUT)`` in ``timeout_ms``
+        (-1: no timeout is pending).
+
+        libcurl asks again with every handle added, mostly for 0 ms. A wake-up already
+        armed for the same time or earlier is kept rather than replaced: waking early
+        costs one ``socket_action`` that finds nothing due, after which ``_on_timeout``
+        re-arms from libcurl's own view, so a burst arms one timer, not one per call.
+        """
         assert self._loop is not None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if timeout_ms >= 0:
-            self._timer = self._loop.call_later(timeout_ms / 1000, self._on_timeout)
+        timer = self._timer
+        if timeout_ms < 0:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        when = self._loop.time() + timeout_ms / 1000
+        if timer is not None:
+            if self._timer_at <= when:
+                return
+            timer.cancel()
+        self._timer = self._loop.call_at(when, self._on_timeout)
+        self._timer_at = when
 
     def _on_timeout(self) -> None:
         self._timer = None

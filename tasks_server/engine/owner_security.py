@@ -32,6 +32,10 @@ class OwnerSecurityCache:
                 security = None  # deleted meanwhile: its calls go out unsigned, unlisted
             self._entries[owner_id] = (now_s, security)
 
+    def knows(self, owner_id: str) -> bool:
+        """Whether ``get`` answers for this owner (loaded, however long ago)."""
+        return owner_id in self._entries
+
     def get(self, owner_id: str) -> OwnerSecurity | None:
         seen = self._entries.get(owner_id)
         return None if seen is None else seen[1]

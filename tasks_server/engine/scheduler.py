@@ -14,12 +14,12 @@ import heapq
 import itertools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..clock import Backoff, Clock, sleep_or_wake
-from ..dispatch import Dispatcher
+from ..dispatch import Dispatcher, Prepared
 from ..errors import StorageUnavailable
 from ..models import Attempt, Call, DueTask, FlowControl, FlowRef, Outcome, Result, TaskState
 from ..store import Store
@@ -31,13 +31,15 @@ from .leases import LeaseKeeper
 from .limits import FlowGate
 from .owner_security import OwnerSecurityCache
 from .retry import DEFAULT_RETRY_AFTER_MAX_MS, decide
-from .timers import DueTimers
+from .timers import BUCKET_MS, DueTimers
 from .waiters import FinalWaiters
 
 logger = logging.getLogger(__name__)
 task_logger = logging.getLogger("tasks_server.tasks")
 
 MAX_NAP_S = 1.0  # a wall-clock jump is noticed within this
+MAX_CLAIM_AHEAD_MS = 5_000  # a burst is never claimed further ahead than this
+CLAIM_MS_PRIOR = 0.1  # claiming time per task (ms) assumed until one is measured
 _REFILL_LIMIT = 200_000
 CLAIM_CHUNK = 256
 WAITING_FACTOR = 4  # calls claimed, running or waiting for their host, per in-flight slot
@@ -52,7 +54,8 @@ class SchedulerOptions:
     max_header_bytes: int = 16_384  # response headers kept per attempt (0: no cap)
     log_attempts: bool = False
     # claim this long before the due time and hold the attempt until then, so the claim
-    # transaction and spec decoding are done when the instant comes
+    # transaction and spec decoding are done when the instant comes (more for a burst:
+    # see claim_window_ms)
     lookahead_ms: int = 0
     retry_after_max_ms: int = DEFAULT_RETRY_AFTER_MAX_MS  # cap on a target's Retry-After
     seed: int | None = None  # seeds the retry jitter (tests); None: from the OS
@@ -69,6 +72,33 @@ class SchedulerStats:
     lease_lost: int = 0  # claims dropped unsent: their lease ended before their time
     on_start: Callable[[float], None] | None = None  # called with each start's lateness (ms)
     observe: Callable[[Attempt, Result], None] | None = None
+
+
+def claim_window(
+    due_counts: Iterable[tuple[int, int]], now_ms: int, lookahead_ms: int, claim_ms: float
+) -> tuple[int, int | None]:
+    """How far ahead of ``now_ms`` to claim now, and when a later burst must start being
+    claimed (None: none in sight).
+
+    ``lookahead_ms``, or more when a burst is coming, so that claiming it (``claim_ms`` per
+    task, as measured) ends before it is due: ``due_counts`` are (bucket start, tasks due
+    in it) in time order from now, and every task due up to a bucket must be claimed
+    before that bucket is due, so its claiming starts ``lookahead_ms`` plus the claiming
+    time of everything due up to it ahead of the bucket. Pure; the window is never more
+    than MAX_CLAIM_AHEAD_MS.
+    """
+    window, claim_at_ms = lookahead_ms, None
+    if lookahead_ms <= 0 or claim_ms <= 0:
+        return window, claim_at_ms
+    total = 0
+    for start_ms, count in due_counts:
+        total += count
+        starts_ms = start_ms - lookahead_ms - round(total * claim_ms)
+        if starts_ms <= now_ms:
+            window = max(window, start_ms - now_ms + BUCKET_MS)
+        elif claim_at_ms is None or starts_ms < claim_at_ms:
+            claim_at_ms = starts_ms
+    return min(window, MAX_CLAIM_AHEAD_MS), claim_at_ms
 
 
 def attempt_headers(attempt: Attempt) -> tuple[tuple[str, str], ...]:
@@ -102,12 +132,15 @@ class Scheduler:
         self._refilling: list[DueTask] | None = None
         self._wake = asyncio.Event()
         self._wake_at_ms: int | None = None
+        self._starved = False  # the loop naps because every slot is taken
+        # claiming time per task (claim and hold), a moving average of what was measured
+        self._claim_ms = CLAIM_MS_PRIOR
         self._results: list[Result] = []
         self._results_ready = asyncio.Event()
         self._in_flight: dict[str, asyncio.Future[Outcome]] = {}
         self._rng = random.Random(self._options.seed)
-        # claimed ahead: (due, -priority, seq, attempt)
-        self._held: list[tuple[int, int, int, Attempt]] = []
+        # claimed ahead: (due, -priority, seq, attempt, its call prepared for the due time)
+        self._held: list[tuple[int, int, int, Attempt, Prepared]] = []
         # of the attempts in flight: what a retry is armed with again
         self._priorities: dict[str, tuple[int, FlowRef | None]] = {}
         self.flows = FlowGate()  # flow-control keys: limits and the tasks held back
@@ -115,6 +148,7 @@ class Scheduler:
         self._held_changed = asyncio.Event()  # wakes the starter: an earlier attempt is held
         self._claimed_at_ms: dict[str, int] = {}  # held attempts: when they were claimed
         self.leases = LeaseKeeper(store, clock, self.notify)
+        self._loading: set[asyncio.Future[None]] = set()  # adopted, waiting for their owner
         self._sequence = itertools.count()
         self._stopping = False
         self._abandoned = False
@@ -161,6 +195,28 @@ class Scheduler:
                 )
             )
             self._results_ready.set()
+
+    # -- claims the store made for the scheduler (workflow steps released by an outcome) --
+
+    def free_claims(self) -> int:
+        """How many attempts may be claimed now (what ``adopt`` may be handed)."""
+        return 0 if self._stopping else max(self._free_slots(), 0)
+
+    def adopt(self, attempt: Attempt) -> None:
+        """Hold an attempt the store claimed on the scheduler's behalf, in the transaction
+        that released it (docs/workflows.md#durability), and start it at its due time like
+        one of its own claims. Stopping, it stays claimed and runs at the next start."""
+        if not self._security.knows(attempt.owner_id):
+            task = asyncio.ensure_future(self._adopt_after_load(attempt))
+            self._loading.add(task)
+            task.add_done_callback(self._loading.discard)
+            return
+        self._hold(attempt, self._clock.now_ms())
+        self._held_changed.set()
+
+    async def _adopt_after_load(self, attempt: Attempt) -> None:
+        await self._security.load((attempt.owner_id,), self._clock.monotonic())
+        self.adopt(attempt)
 
     def configure_flow(self, owner_id: str, flow: FlowControl, paused: bool | None = None) -> None:
         """A registration (the last one wins) or an edit set the key's limits."""
@@ -240,13 +296,17 @@ class Scheduler:
         return self._free_slots() > 0
 
     def _nap_s(self, now_ms: int) -> float:
-        """How long to sleep: until the next due task, the refill point, or MAX_NAP_S."""
+        """How long to sleep: until the next due task, the refill point, or MAX_NAP_S.
+        Without a free slot, until a slot frees: a call ends (its outcome is recorded) or
+        a started call queues behind its host's cap (the starter wakes the loop)."""
         wake_at = self._refill_at_ms()
+        self._starved = not self._has_slots()
         next_due = self._timers.next_due()
-        if next_due is not None and self._has_slots():
-            wake_at = min(wake_at, next_due - self._options.lookahead_ms)
+        if next_due is not None and not self._starved:
+            window, burst_at = self._claim_window(now_ms)
+            wake_at = min(wake_at, next_due - window, burst_at or wake_at)
         flow_wake = self.flows.next_wake_ms(now_ms)
-        if flow_wake is not None and self._has_slots():
+        if flow_wake is not None and not self._starved:
             wake_at = min(wake_at, flow_wake)
         self._wake_at_ms = wake_at
         return min(max(wake_at - now_ms, 0) / 1000, MAX_NAP_S)
@@ -272,7 +332,7 @@ class Scheduler:
             return started
         # Claim a burst in chunks: the first calls leave while the next chunk is being
         # claimed, instead of all waiting for one large transaction and spec decoding.
-        lookahead = self._options.lookahead_ms
+        lookahead, _ = self._claim_window(now_ms)
         budget = min(slots, CLAIM_CHUNK)
         entries = self._timers.pop_due_entries(now_ms + lookahead, limit=budget)
         due = self.flows.sort(entries)  # tasks of a flow-control key wait behind it
@@ -280,6 +340,7 @@ class Scheduler:
         due += self.flows.admit(now_ms, budget - len(due))
         if not due:
             return started
+        claim_started = self._clock.monotonic()
         try:
             attempts = await self._store.claim_due(due, now_ms, lookahead)
         except StorageUnavailable:
@@ -293,12 +354,31 @@ class Scheduler:
                 self.flows.release(task_id)  # paused, revoked or deleted meanwhile
         await self._security.load((a.owner_id for a in attempts), self._clock.monotonic())
         for attempt in attempts:
-            self._held_ids[attempt.task_id] = attempt
-            self._claimed_at_ms[attempt.task_id] = now_ms
-            order = (attempt.due_at_ms, -attempt.spec.config.priority, next(self._sequence))
-            heapq.heappush(self._held, (*order, attempt))
+            self._hold(attempt, now_ms)
         self._held_changed.set()
+        self._measure_claims(len(due), self._clock.monotonic() - claim_started)
         return started + self._start_held(now_ms)
+
+    def _claim_window(self, now_ms: int) -> tuple[int, int | None]:
+        lookahead = self._options.lookahead_ms
+        counts = self._timers.due_counts(now_ms, now_ms + MAX_CLAIM_AHEAD_MS)
+        return claim_window(counts, now_ms, lookahead, self._claim_ms)
+
+    def _measure_claims(self, count: int, elapsed_s: float) -> None:
+        """Keep a moving average of the claiming time per task (ms)."""
+        if count >= CLAIM_CHUNK // 4:  # small claims are mostly fixed cost
+            per_task_ms = elapsed_s * 1000 / count
+            self._claim_ms = 0.7 * self._claim_ms + 0.3 * per_task_ms
+
+    def _hold(self, attempt: Attempt, now_ms: int) -> None:
+        """Keep a claimed attempt until its due time, its call prepared for that time
+        (options, signature): at the due time only the sending is left to do."""
+        start_ms = max(now_ms, attempt.due_at_ms)
+        prepared = self._dispatcher.prepare(self._call(attempt, start_ms))
+        self._held_ids[attempt.task_id] = attempt
+        self._claimed_at_ms[attempt.task_id] = now_ms
+        order = (attempt.due_at_ms, -attempt.spec.config.priority, next(self._sequence))
+        heapq.heappush(self._held, (*order, attempt, prepared))
 
     async def _start_loop(self) -> None:
         """Start held attempts at their due time, beside the claiming loop: a claim
@@ -319,15 +399,18 @@ class Scheduler:
         ones; callers yield between chunks so the first calls get going."""
         started = 0
         while self._held and self._held[0][0] <= now_ms and started < limit:
-            attempt = heapq.heappop(self._held)[3]
+            *_, attempt, prepared = heapq.heappop(self._held)
             if self._held_ids.get(attempt.task_id) is attempt:
                 del self._held_ids[attempt.task_id]
                 claimed_at = self._claimed_at_ms.pop(attempt.task_id, now_ms)
                 if self.leases.holds(claimed_at, now_ms):
-                    self._start(attempt, now_ms)
+                    self._start(attempt, prepared, now_ms)
                     started += 1
                 else:
                     self._drop_lost(attempt)
+        if started and self._starved:
+            # calls just started may wait behind their host's cap, which frees slots
+            self._wake.set()
         return started
 
     def _drop_lost(self, attempt: Attempt) -> None:
@@ -367,7 +450,7 @@ class Scheduler:
 
     def _owner_fields(self, attempt: Attempt, now_ms: int) -> dict[str, Any]:
         """The owner's validated domains and the attempt's Standard Webhooks signing: the
-        task id as message id (the same on every retry), this attempt's time."""
+        task id as message id (the same on every retry), the time the attempt starts."""
         security = self._security.get(attempt.owner_id)
         if security is None:
             return {}
@@ -375,24 +458,28 @@ class Scheduler:
         signing = (attempt.task_id, now_ms // 1000, secrets) if secrets else None
         return {"allowed_hosts": security.allowed_hosts, "signing": signing}
 
-    def _start(self, attempt: Attempt, now_ms: int) -> None:
+    def _call(self, attempt: Attempt, start_ms: int) -> Call:
+        """The call of ``attempt`` starting at ``start_ms`` (its timeout and signature
+        time are taken from then)."""
         config = attempt.spec.config
-        call = Call(
+        return Call(
             request=attempt.spec.request,
             config=config,
             headers=attempt_headers(attempt),
-            timeout_ms=attempt_timeout_ms(config, attempt.number, now_ms),
+            timeout_ms=attempt_timeout_ms(config, attempt.number, start_ms),
             max_body_bytes=self._options.max_response_bytes,
             owner_id=attempt.owner_id,
-            **self._owner_fields(attempt, now_ms),
+            **self._owner_fields(attempt, start_ms),
         )
+
+    def _start(self, attempt: Attempt, prepared: Prepared, now_ms: int) -> None:
         self.stats.claimed += 1
         if self.stats.on_start is not None:
             self.stats.on_start(float(now_ms - attempt.due_at_ms))
-        future = self._dispatcher.submit(call)
+        future = self._dispatcher.submit(prepared)
         self._in_flight[attempt.task_id] = future
         self._priorities[attempt.task_id] = (
-            config.priority,
+            attempt.spec.config.priority,
             self.flows.started_flow(attempt.task_id),
         )
         future.add_done_callback(lambda done: self._finished(attempt, done))
@@ -414,7 +501,8 @@ class Scheduler:
             self._rng,
             options.retry_after_max_ms,
         )
-        if result.next_due_at_ms is None:
+        spec = attempt.spec
+        if result.next_due_at_ms is None and (spec.on_success or spec.on_failure) is not None:
             callback = callback_for(attempt, result, new_task_id(result.finished_at_ms))
             if callback is not None:
                 result = dataclasses.replace(result, follow_up=callback)

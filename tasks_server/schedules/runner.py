@@ -1,4 +1,5 @@
-"""ScheduleRunner: turns due schedule slots into ordinary tasks, durably and exactly once.
+"""ScheduleRunner: turns due schedule slots into ordinary tasks (or workflow runs), durably
+and exactly once.
 
 Each pass reads the due schedules from the store, lets policy.plan decide, and
 writes each plan in one store transaction (the tasks and the schedule's new cursor
@@ -15,7 +16,7 @@ from typing import Protocol
 
 from ..clock import Backoff, Clock, sleep_or_wake
 from ..errors import StorageUnavailable
-from ..models import ScheduleFire
+from ..models import DueTask, FlowRef, Schedule, ScheduleTarget
 from ..store import Store
 from .policy import LOOKAHEAD_MS, plan
 
@@ -29,7 +30,9 @@ WAKE_AHEAD_MS = LOOKAHEAD_MS // 2
 
 
 class TaskNotifier(Protocol):
-    def notify(self, task_id: str, due_at_ms: int) -> None: ...
+    def notify(
+        self, task_id: str, due_at_ms: int, priority: int = 0, flow: FlowRef | None = None
+    ) -> None: ...
 
     def forget(self, task_id: str) -> None: ...
 
@@ -39,7 +42,7 @@ class RunnerStats:
     """Counters for tests, metrics and the benchmark."""
 
     passes: int = 0
-    fired: int = 0  # tasks created
+    fired: int = 0  # tasks created, or workflow runs started
     stale: int = 0  # plans refused because the schedule changed meanwhile
 
 
@@ -125,16 +128,18 @@ class ScheduleRunner:
         self.stats.passes += 1
         plans = [plan(schedule, now_ms) for schedule in due]
         results = await asyncio.gather(*(self._store.fire_schedule(p, now_ms) for p in plans))
-        for fired, created in zip(plans, results, strict=True):
-            self._hand_over(fired, created)
+        for schedule, created in zip(due, results, strict=True):
+            self._hand_over(schedule, created)
         return len(due)
 
-    def _hand_over(self, fired: ScheduleFire, created: list[tuple[str, int]] | None) -> None:
+    def _hand_over(self, schedule: Schedule, created: list[DueTask] | None) -> None:
         if created is None:
             self.stats.stale += 1  # edited meanwhile: the next pass reads it again
             return
-        for task_id, due_ms in created:
-            self._tasks.notify(task_id, due_ms)
+        if schedule.target is ScheduleTarget.TASK:
+            for due in created:  # with its priority and flow-control key
+                self._tasks.notify(due.task_id, due.due_at_ms, due.priority, due.flow)
+        # a workflow schedule's runs: the store has told the scheduler about their steps
         self.stats.fired += len(created)
 
     async def stop(self) -> None:

@@ -20,6 +20,7 @@ from ..models import (
     DueTask,
     FlowSetting,
     FlowStatus,
+    HostLimit,
     NewSchedule,
     NewTask,
     Owner,
@@ -33,8 +34,14 @@ from ..models import (
     TaskState,
 )
 from ..sealing import Sealer
-from ..workflows.model import NewRun, RunState, WorkflowRun
-from ..workflows.steps import RunFinished, StepBuilder, StepStarted
+from ..workflows.model import (
+    NewRun,
+    NewWorkflowSchedule,
+    RunState,
+    WorkflowDefinition,
+    WorkflowRun,
+)
+from ..workflows.steps import ClaimBudget, RunFinished, StepBuilder, StepStarted
 from .listing import TaskOverview, TaskPage, TaskQuery
 
 LIST_ORDERS = ("createdAt", "estimateEndAt", "estimateExecutionAt")
@@ -282,6 +289,10 @@ class Store(Protocol):
     async def get_incident(self, rule_id: str, subject: str) -> Incident | None:
         """The incident of a rule and subject as last saved, or None."""
 
+    async def list_incidents(self, owner_id: str | None) -> list[tuple[AlertRule, Incident]]:
+        """Every incident as last saved (open or not) with its rule, of one owner's rules
+        or of every owner's when None; by rule name, then subject."""
+
     async def save_incident(self, incident: Incident) -> None:
         """Insert or replace the incident of its rule and subject; nothing when the rule
         is gone."""
@@ -334,6 +345,16 @@ class Store(Protocol):
     async def save_flow_control(self, owner_id: str, setting: FlowSetting, now_ms: int) -> None:
         """Set a key's limits and paused flag (creating the key if needed)."""
 
+    async def list_host_limits(self) -> list[HostLimit]:
+        """Every destination host's administrator limits, by host name."""
+
+    async def save_host_limit(self, limit: HostLimit) -> None:
+        """Set a host's limits, replacing any earlier ones (creating the row if needed)."""
+
+    async def delete_host_limit(self, host: str) -> bool:
+        """Remove a host's limits (it returns to the server-wide defaults); False when
+        there were none."""
+
     async def requeue_interrupted(self, now_ms: int) -> int:
         """At start-up: attempts left in flight by a crash end as interrupted and their
         tasks become due at their planned time (at once when that has passed)."""
@@ -385,20 +406,43 @@ class Store(Protocol):
         Raises Conflict when the owner already has a schedule of that name.
         """
 
+    async def create_workflow_schedule(
+        self,
+        owner_id: str,
+        new: NewWorkflowSchedule,
+        now_ms: int,
+        state: ScheduleState,
+        cursor_ms: int,
+        next_at_ms: int | None,
+    ) -> Schedule:
+        """Insert a schedule whose slots start runs of ``new.workflow`` (target
+        WORKFLOW), with its first progress. Raises Conflict as create_schedule does."""
+
     async def get_schedule(self, owner_id: str, key: str) -> Schedule:
         """The schedule whose id or name is ``key``. Raises NotFound."""
 
     async def get_schedule_spec(self, owner_id: str, schedule_id: str) -> TaskSpec:
-        """The task template as registered (or last updated). Raises NotFound."""
+        """The task template as registered (or last updated). Raises NotFound, also for
+        a schedule that starts workflow runs."""
+
+    async def get_schedule_workflow(self, owner_id: str, schedule_id: str) -> WorkflowDefinition:
+        """The workflow a WORKFLOW schedule starts. Raises NotFound, also for a schedule
+        that creates tasks."""
 
     async def list_schedules(self, owner_id: str, limit: int, offset: int) -> list[Schedule]:
         """A page of the owner's schedules, by name."""
 
     async def save_schedule(
-        self, schedule: Schedule, task: TaskSpec | None, expected_version: int, now_ms: int
+        self,
+        schedule: Schedule,
+        task: TaskSpec | None,
+        expected_version: int,
+        now_ms: int,
+        workflow: WorkflowDefinition | None = None,
     ) -> Schedule | None:
         """Write a schedule's definition and progress (and its template when ``task`` is
-        given) if it is still at ``expected_version``; returns it as stored, or None when
+        given, or its workflow when ``workflow`` is) if it is still at
+        ``expected_version``; returns it as stored, or None when
         it changed meanwhile (read it again and retry). Raises NotFound, or Conflict when
         the new name is taken."""
 
@@ -409,6 +453,12 @@ class Store(Protocol):
         self, owner_id: str, schedule_id: str, limit: int, offset: int
     ) -> list[Task]:
         """A page of the tasks the schedule created, newest first."""
+
+    async def list_schedule_runs(
+        self, owner_id: str, schedule_id: str, limit: int, offset: int
+    ) -> list[WorkflowRun]:
+        """A page of the workflow runs the schedule started (without their steps),
+        newest first."""
 
     async def due_schedules(self, now_ms: int, lookahead_ms: int, limit: int) -> list[Schedule]:
         """ACTIVE schedules to look at by ``now_ms``, earliest first: next_at has passed,
@@ -423,30 +473,48 @@ class Store(Protocol):
         earlier than that; later only for an ``allow`` schedule queued right behind
         another schedule, which then comes in the same pass."""
 
-    async def fire_schedule(self, fire: ScheduleFire, now_ms: int) -> list[tuple[str, int]] | None:
+    async def fire_schedule(self, fire: ScheduleFire, now_ms: int) -> list[DueTask] | None:
         """In one transaction: create a RUNNING task per slot of ``fire.due_at_ms`` (from
         the schedule's template, due at the slot) and move the schedule's progress on
         (cursor, runs, last run, next look, state).
 
         Nothing is written, and None returned, unless the schedule is still ACTIVE and at
         ``fire.version``: a slot is never fired twice. A run the owner's task limit refuses
-        is logged and skipped (it still counts as a run). Returns (task id, due ms) of the
-        created tasks.
+        is logged and skipped (it still counts as a run). The tasks take the template's
+        priority and flow-control key (whose limits are the template's unless the key
+        already has some). Returns the created tasks as the engine arms them.
+
+        For a WORKFLOW schedule the same transaction starts a run per slot instead, as
+        create_run does (root steps due at the slot, the run marked with the schedule),
+        returns the runs (run id, slot) and tells the step watcher about their first
+        steps' tasks after the commit.
         """
 
     # workflow runs (a step is a task; the store advances runs when their tasks end)
 
     def watch_workflows(
-        self, builder: StepBuilder, step_started: StepStarted, run_finished: RunFinished
+        self,
+        builder: StepBuilder,
+        step_started: StepStarted,
+        run_finished: RunFinished,
+        claim_budget: ClaimBudget | None = None,
     ) -> None:
         """How a rendered step becomes a task (``builder``, raising ValueError for a step
         that cannot be registered), and who to tell once a transaction that created a step's
-        task or ended a run is committed (the scheduler, the waiters)."""
+        task or ended a run is committed (the scheduler, the waiters).
+
+        ``claim_budget`` (read before an outcome transaction) bounds how many of the step
+        tasks that transaction releases may be created already claimed: due now, no
+        flow-control key, their first attempt durably running, announced with that
+        attempt for the scheduler to start without a claim of its own. A crash leaves them
+        claimed like any claim, and ``requeue_interrupted`` makes them claimable again. A
+        store may create none that way (PostgreSQL, whose claims are leases, does not)."""
 
     async def create_run(self, owner_id: str, run: NewRun, now_ms: int) -> WorkflowRun:
         """Store a run, its steps and their dependency edges in one transaction, and
         create the tasks of its root steps (due at ``run.due_at_ms`` or later). Steps whose
-        condition is false are skipped. Raises OwnerNotFound."""
+        condition is false are skipped. Returns the run as that transaction left it (read
+        inside it: no step has moved yet). Raises OwnerNotFound."""
 
     async def get_run(self, owner_id: str, run_id: str) -> WorkflowRun:
         """The run with every step (state, task, attempts, output, error), in declaration

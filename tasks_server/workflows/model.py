@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from ..models import Attempt, FlowControl, FlowRef, ScheduleTiming
+
 
 class RunState(StrEnum):
     PENDING = "PENDING"  # created; its first steps are not due yet
@@ -55,6 +57,42 @@ class NewRun:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkflowDefinition:
+    """A run as a schedule keeps it: everything of NewRun but the due time, which each
+    slot gives (``at``). Validated once, when the schedule is created or changed."""
+
+    name: str
+    input: Any
+    steps: tuple[StepTemplate, ...]
+    timeout_ms: int | None = None
+    metadata: tuple[tuple[str, str], ...] | None = None
+    on_success: dict[str, Any] | None = None
+    on_failure: dict[str, Any] | None = None
+
+    def at(self, due_at_ms: int) -> NewRun:
+        """The run a slot starts, its first steps due at ``due_at_ms``."""
+        return NewRun(
+            self.name,
+            self.input,
+            self.steps,
+            due_at_ms,
+            self.timeout_ms,
+            self.metadata,
+            self.on_success,
+            self.on_failure,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewWorkflowSchedule:
+    """A schedule whose every slot starts a run of ``workflow``."""
+
+    name: str
+    timing: ScheduleTiming
+    workflow: WorkflowDefinition
+
+
+@dataclass(frozen=True, slots=True)
 class WorkflowStep:
     id: str
     state: StepState
@@ -81,11 +119,20 @@ class WorkflowRun:
     error: str | None
     metadata: tuple[tuple[str, str], ...] | None
     steps: tuple[WorkflowStep, ...] = ()
+    schedule_id: str | None = None  # the schedule whose slot started the run
 
 
 @dataclass(frozen=True, slots=True)
 class StepStart:
-    """A step task the store created while advancing a run: the scheduler arms it."""
+    """A step task the store created while advancing a run: the scheduler arms it, with
+    its priority and, when the step names one, its flow-control key (owner, key) and the
+    limits the step gives that key (the last registration wins, as for a task)."""
 
     task_id: str
     due_at_ms: int
+    priority: int = 0
+    flow: FlowRef | None = None
+    flow_limits: FlowControl | None = None
+    # set when the store created the task already claimed (its first attempt durably
+    # running, in the outcome's transaction): the scheduler starts it without a claim
+    attempt: Attempt | None = None

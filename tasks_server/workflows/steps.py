@@ -8,13 +8,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..models import NewTask, Result
-from .model import StepTemplate
+from .model import StepStart, StepTemplate, WorkflowDefinition
 from .template import TemplateError, references, render, response_context
 
-# how a rendered step becomes a task: the registration's own validation (ValueError)
-StepBuilder = Callable[[dict[str, Any], int], NewTask]
-# who the store tells after a commit: a step's task was created (id, due ms); a run ended
-StepStarted = Callable[[str, int], None]
+# how a rendered step becomes a task: the registration's own validation and egress
+# checks, given the owner's validated domains (None: no list); raises ValueError
+StepBuilder = Callable[[dict[str, Any], int, tuple[str, ...] | None], NewTask]
+# who the store tells after a commit: a step's task was created; a run ended
+StepStarted = Callable[[StepStart], None]
+# how many released step tasks the store may create already claimed (free call slots)
+ClaimBudget = Callable[[], int]
 RunFinished = Callable[[str], None]
 
 TIMED_OUT = "the run timed out"
@@ -30,6 +33,59 @@ def encode_template(step: StepTemplate) -> bytes:
             "runIfSkipped": step.run_if_skipped,
         }
     ).encode()
+
+
+def encode_definition(definition: WorkflowDefinition) -> bytes:
+    """A schedule's workflow as stored (sealed by the store); ``decode_definition`` reads
+    it back."""
+    steps = [
+        {
+            "id": step.id,
+            "dependsOn": list(step.depends_on),
+            "request": step.request,
+            "when": step.when,
+            "output": step.output,
+            "runIfSkipped": step.run_if_skipped,
+        }
+        for step in definition.steps
+    ]
+    metadata = None if definition.metadata is None else [list(p) for p in definition.metadata]
+    return json.dumps(
+        {
+            "name": definition.name,
+            "input": definition.input,
+            "steps": steps,
+            "timeoutMs": definition.timeout_ms,
+            "metadata": metadata,
+            "onSuccess": definition.on_success,
+            "onFailure": definition.on_failure,
+        }
+    ).encode()
+
+
+def decode_definition(data: bytes) -> WorkflowDefinition:
+    found = json.loads(data)
+    steps = tuple(
+        StepTemplate(
+            step["id"],
+            tuple(step["dependsOn"]),
+            step["request"],
+            step["when"],
+            step["output"],
+            step["runIfSkipped"],
+        )
+        for step in found["steps"]
+    )
+    metadata = found["metadata"]
+    return WorkflowDefinition(
+        found["name"],
+        found["input"],
+        steps,
+        found["timeoutMs"],
+        None if metadata is None else tuple((k, v) for k, v in metadata),
+        found["onSuccess"],
+        found["onFailure"],
+    )
 
 
 def referenced_steps(template: dict[str, Any], part: str) -> set[str]:
@@ -64,6 +120,15 @@ def failed_result(response: dict[str, Any] | None) -> bytes | None:
     if response is None:
         return None
     return json.dumps({"response": response, "output": None}).encode()
+
+
+def step_start(task_id: str, due_at_ms: int, owner_id: str, new: NewTask) -> StepStart:
+    """How the scheduler arms a step's task: its priority and flow-control key, as for a
+    registered task."""
+    config = new.spec.config
+    flow = config.flow_control
+    ref = None if flow is None else (owner_id, flow.key)
+    return StepStart(task_id, due_at_ms, config.priority, ref, flow)
 
 
 def labelled(new: NewTask, run_id: str, step_id: str) -> NewTask:

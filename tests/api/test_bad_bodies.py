@@ -70,6 +70,7 @@ async def _concrete(client: httpx.AsyncClient, owner: OwnerAuth) -> dict[str, st
         "owner_id": owner.id,
         "name": owner.name,
         "action": "pause",
+        "host": "api.example.com:443",
     }
 
 
@@ -85,7 +86,7 @@ async def test_refused_json_is_a_400_on_every_route_with_a_body(
         for method, template in _operations_with_a_body():
             path = re.sub(r"{(\w+)}", lambda m: values[m.group(1)], template)
             headers: dict[str, Any] = {"Content-Type": "application/json"}
-            if path.startswith("/v1/admin/"):
+            if path.startswith(("/v1/admin/", "/v1/hosts")):
                 headers["Authorization"] = f"Bearer {ADMIN_KEY}"
             elif path != "/v1/owners/register":
                 headers.update(owner.headers)

@@ -59,8 +59,8 @@ class Target:
     owner: dict[str, str]
 
 
-def _auth(path: str, target: Target) -> dict[str, str]:
-    if path.startswith("/v1/admin/"):
+def _auth(path: str, security: list[Any], target: Target) -> dict[str, str]:
+    if {"adminKey": []} in security:
         return {"Authorization": f"Bearer {ADMIN_KEY}"}
     return {} if path in UNAUTHENTICATED else target.owner
 
@@ -77,7 +77,7 @@ def fuzz_operation(target: Target, label: str, examples: int) -> Outcome:
     has_input = any(True for _ in operation.iter_parameters()) or bool(operation.body)
     outcome = Outcome(label, has_input=has_input)
     session = requests.Session()
-    auth = _auth(operation.path, target)
+    auth = _auth(operation.path, operation.definition.raw.get("security", []), target)
 
     def check(case: Any) -> None:
         if case.query:

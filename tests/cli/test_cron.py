@@ -96,3 +96,39 @@ async def test_cron_add_refusals_name_the_field(cli: Cli, owner: dict[str, str])
     assert "schedule: Invalid cron expression '61 * * * *'" in bad.err
     zone = await cli("cron", "add", "broken", "@daily", "http://127.0.0.1:9/x", "--tz", "Nowhere")
     assert zone.code == 1 and "timezone: Unknown time zone 'Nowhere'" in zone.err
+
+
+async def test_cron_workflow_creates_a_schedule_that_starts_runs(
+    cli: Cli, owner: dict[str, str], tmp_path: Path
+) -> None:
+    workflow = {
+        "name": "etl",
+        "steps": [
+            {
+                "id": "export",
+                "httpRequest": {"url": "https://example.com/export", "method": "POST"},
+            },
+            {
+                "id": "load",
+                "dependsOn": ["export"],
+                "httpRequest": {"url": "https://example.com/load", "method": "POST"},
+            },
+        ],
+    }
+    definition = tmp_path / "etl.json"
+    definition.write_text(json.dumps(workflow))
+    added = await cli("cron", "workflow", "nightly-etl", "0 2 * * *", str(definition), "--json")
+    assert added.code == 0, added.err
+    body = json.loads(added.out)
+    assert (body["target"], body["runs"], body["lastRunId"]) == ("workflow", 0, None)
+    assert [step["id"] for step in body["workflow"]["steps"]] == ["export", "load"]
+    text = await cli("cron", "view", "nightly-etl")
+    assert "workflow:" in text.out and "task template:" not in text.out
+    runs = await cli("cron", "runs", "nightly-etl")
+    assert runs.code == 0 and runs.out.strip() == "no runs"
+
+    workflow["steps"][0]["dependsOn"] = ["load"]
+    definition.write_text(json.dumps(workflow))
+    cycle = await cli("cron", "workflow", "broken", "@daily", str(definition))
+    assert cycle.code == 1
+    assert "workflow.steps.0.dependsOn: step 'export' is part of a dependency cycle" in cycle.err

@@ -49,7 +49,7 @@ async def fill(store: Store) -> dict[str, object]:
     paused = await store.create_task(other.id, new_task(due=T0 + 9000), T0)
     await store.pause_task(other.id, paused.id, T0 + 1)
     schedule: Schedule = await add_schedule(store, owner.id)
-    [(fired, _)] = await store.fire_schedule(fire(schedule, T0 + 60_000), T0) or []
+    [(fired, *_)] = await store.fire_schedule(fire(schedule, T0 + 60_000), T0) or []
     rule = await store.create_alert_rule(alert_rule(owner))
     await store.save_incident(Incident(rule.id, "", is_open=True, streak=1))
     await store.add_alert_delivery(

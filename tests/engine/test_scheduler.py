@@ -11,7 +11,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tasks_server.engine.scheduler import Scheduler, SchedulerOptions
+from tasks_server.dispatch import Prepared
+from tasks_server.engine.scheduler import (
+    MAX_CLAIM_AHEAD_MS,
+    Scheduler,
+    SchedulerOptions,
+    claim_window,
+)
 from tasks_server.models import (
     Call,
     HttpRequest,
@@ -223,3 +229,71 @@ async def test_retry_policy_plans_cloud_tasks_backoff(
     assert headers["X-Tasks-Retry-Limit"] == "3"
     await scheduler.stop(0.1)
     await recorder
+
+
+class BusyHostDispatcher(RecordingDispatcher):
+    """Holds every call; calls to ``http://busy/`` beyond the first wait for their host,
+    as CurlDispatcher's per-host queue makes them. Records when each call was submitted."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.hold = True
+        self.clock = clock
+        self.submitted_at: list[int] = []
+
+    @property
+    def waiting_for_host(self) -> int:
+        busy = sum(1 for call in self.calls if call.request.url.startswith("http://busy/"))
+        return max(busy - 1, 0)
+
+    def submit(self, call: Call | Prepared) -> asyncio.Future[Outcome]:
+        self.submitted_at.append(self.clock.now_ms())
+        return super().submit(call)
+
+
+async def test_calls_queued_behind_a_busy_host_free_their_slots_at_once(
+    store: Store, owner_id: str, clock: FakeClock
+) -> None:
+    """Claimed ahead, two calls fill both in-flight slots, so the loop naps; when they
+    start and one queues behind its host's cap, a slot is free again and the next task
+    due is claimed and started at once, not after the loop's longest nap."""
+    dispatcher = BusyHostDispatcher(clock)
+    options = SchedulerOptions(max_in_flight=2, lookahead_ms=100)
+    scheduler = Scheduler(store, dispatcher, clock, options)
+    busy = TaskSpec(HttpRequest(url="http://busy/x", method="GET"), TaskConfig())
+    ids = []
+    for _ in range(3):
+        task = await store.create_task(owner_id, NewTask(busy, T0 + 1000), T0)
+        ids.append(task.id)
+    running = asyncio.create_task(scheduler.run())
+    await wait_until(scheduler.idle.is_set, message="the loop naps until the lookahead")
+
+    async def claimed_two() -> bool:
+        tasks = [await store.get_task(owner_id, task_id) for task_id in ids]
+        return sum(t.attempts for t in tasks) == 2 and scheduler.idle.is_set()
+
+    clock.advance(0.9)
+    await wait_until(claimed_two, message="two claimed ahead, then the loop naps")
+    clock.advance(0.1)
+    await wait_until(lambda: len(dispatcher.calls) == 3, message="the third call")
+    assert dispatcher.submitted_at == [T0 + 1000] * 3
+    await scheduler.stop(0.1)
+    await running
+
+
+def test_claim_window_is_the_lookahead_without_a_burst() -> None:
+    assert claim_window([(T0 + 2_000, 10)], T0, 250, 0.1) == (250, T0 + 2_000 - 250 - 1)
+    assert claim_window([], T0, 250, 0.1) == (250, None)
+    assert claim_window([(T0 + 100, 5_000)], T0, 0, 0.1) == (0, None)  # no lookahead at all
+
+
+def test_claim_window_opens_early_enough_to_claim_a_burst_before_it_is_due() -> None:
+    """3,000 tasks due in 0.5 s at 0.1 ms each: claiming must start 550 ms ahead, so the
+    burst is in the window now; a later burst is due to start claiming at its own time."""
+    counts = [(T0 + 500, 3_000), (T0 + 4_000, 10_000)]
+    window, later = claim_window(counts, T0, 250, 0.1)
+    assert window == 600  # the whole bucket of the burst, which starts 500 ms ahead
+    assert later == T0 + 4_000 - 250 - 1_300  # everything due up to it is claimed first
+    # a burst too large to claim in time is in the window at once, up to the cap
+    assert claim_window([(T0 + 4_000, 1_000_000)], T0, 250, 0.1) == (4_100, None)
+    assert claim_window([(T0 + 9_000, 1_000_000)], T0, 250, 0.1) == (MAX_CLAIM_AHEAD_MS, None)

@@ -58,3 +58,16 @@ def test_equal_due_times_pop_by_priority_then_push_order() -> None:
     timers.push("plain-2", 100)
     timers.push("early", 99, -100)
     assert timers.pop_due(100) == ["early", "high", "plain", "plain-2", "low"]
+
+
+def test_due_counts_follow_push_repush_discard_and_pop() -> None:
+    timers = DueTimers()
+    for name in "abc":
+        timers.push(name, 1_050)
+    timers.push("d", 1_250)
+    timers.push("a", 1_260)  # moves a from the 1000 bucket to the 1200 one
+    timers.discard("b")
+    assert list(timers.due_counts(1_000, 2_000)) == [(1_000, 1), (1_200, 2)]
+    assert timers.pop_due(1_100) == ["c"]
+    assert list(timers.due_counts(1_000, 2_000)) == [(1_200, 2)]
+    assert list(timers.due_counts(1_000, 1_100)) == []

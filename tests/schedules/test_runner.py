@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tasks_server.models import (
+    FlowRef,
     HttpRequest,
     NewSchedule,
     OverlapPolicy,
@@ -40,9 +41,13 @@ TEMPLATE = TaskSpec(
 class RecordingNotifier:
     def __init__(self) -> None:
         self.notified: list[tuple[str, int]] = []
+        self.flows: list[tuple[int, FlowRef | None]] = []  # (priority, key) of each
 
-    def notify(self, task_id: str, due_at_ms: int) -> None:
+    def notify(
+        self, task_id: str, due_at_ms: int, priority: int = 0, flow: FlowRef | None = None
+    ) -> None:
         self.notified.append((task_id, due_at_ms))
+        self.flows.append((priority, flow))
 
     @property
     def due(self) -> list[int]:

@@ -37,6 +37,7 @@ from tasks_server.models import (
     FlowSetting,
     FlowStatus,
     FollowUp,
+    HostLimit,
     HttpRequest,
     NewSchedule,
     NewTask,
@@ -475,6 +476,21 @@ async def test_flow_keys_are_listed_with_what_waits_and_can_be_saved(store: Stor
     assert await store.list_flow_controls((await make_owner(store, "owner-two")).id) == []
 
 
+async def test_host_limits_are_saved_replaced_listed_and_deleted(store: Store) -> None:
+    assert await store.list_host_limits() == []
+    api = HostLimit("api.example.com:443", max_concurrency=8, max_rate=2.5, updated_at_ms=T0)
+    every_port = HostLimit("slow.example.com", max_concurrency=None, max_rate=0.5, updated_at_ms=T0)
+    await store.save_host_limit(api)
+    await store.save_host_limit(every_port)
+    assert await store.list_host_limits() == [api, every_port]  # by host name
+    replaced = HostLimit("api.example.com:443", max_concurrency=None, updated_at_ms=T0 + 1)
+    await store.save_host_limit(replaced)
+    assert await store.list_host_limits() == [replaced, every_port]
+    assert await store.delete_host_limit("api.example.com:443") is True
+    assert await store.delete_host_limit("api.example.com:443") is False
+    assert await store.list_host_limits() == [every_port]
+
+
 async def test_concurrent_registrations_with_one_key_create_one_task(store: Store) -> None:
     owner = await make_owner(store)
     tasks = await asyncio.gather(
@@ -700,7 +716,7 @@ async def test_firing_creates_tasks_and_moves_the_progress_once(store: Store) ->
     slots = (T0 + 60_000, T0 + 120_000)
     step = fire(schedule, *slots, next_at=T0 + 180_000)
     created = await store.fire_schedule(step, T0 + 1)
-    assert created is not None and [due for _, due in created] == list(slots)
+    assert created is not None and [c.due_at_ms for c in created] == list(slots)
     assert await store.fire_schedule(step, T0 + 2) is None  # the same plan twice: refused
 
     tasks = await store.list_schedule_tasks(owner.id, schedule.id, 10, 0)
@@ -731,12 +747,35 @@ async def test_firing_creates_tasks_and_moves_the_progress_once(store: Store) ->
     assert (await store.get_task(owner.id, created[0][0])).state is TaskState.RUNNING
 
 
+async def test_scheduled_tasks_take_the_templates_priority_and_flow_key(store: Store) -> None:
+    owner = await make_owner(store)
+    flow = FlowControl("reports", rate=2, parallelism=1)
+    config = dataclasses.replace(TEMPLATE.config, priority=7, flow_control=flow)
+    template = dataclasses.replace(TEMPLATE, config=config)
+    timing = ScheduleTiming("* * * * *", "UTC")
+    schedule = await store.create_schedule(
+        owner.id, NewSchedule("keyed", timing, template), T0, ScheduleState.ACTIVE, T0, T0 + 1
+    )
+    created = await store.fire_schedule(fire(schedule, T0 + 60_000), T0 + 1)
+    assert created is not None
+    [due] = created
+    assert (due.due_at_ms, due.priority, due.flow) == (T0 + 60_000, 7, (owner.id, "reports"))
+    assert await store.due_before(T0 + 120_000, 10) == [due]  # the engine's index agrees
+    assert await store.get_flow_control(owner.id, "reports") == FlowSetting(flow)
+    # a key that already has limits keeps them (a registration or an edit set them last)
+    changed = FlowSetting(FlowControl("reports", rate=9), paused=True)
+    await store.save_flow_control(owner.id, changed, T0 + 2)
+    again = await store.get_schedule(owner.id, schedule.id)
+    assert await store.fire_schedule(fire(again, T0 + 120_000), T0 + 3) is not None
+    assert await store.get_flow_control(owner.id, "reports") == changed
+
+
 async def test_a_run_over_the_owner_limit_is_skipped_but_counted(store: Store) -> None:
     owner = await make_owner(store, limit=1)
     schedule = await add_schedule(store, owner.id)
     step = fire(schedule, T0 + 60_000, T0 + 120_000, next_at=T0 + 180_000)
     created = await store.fire_schedule(step, T0)
-    assert created is not None and [due for _, due in created] == [T0 + 60_000]
+    assert created is not None and [c.due_at_ms for c in created] == [T0 + 60_000]
     after = await store.get_schedule(owner.id, schedule.id)
     assert (after.runs, after.cursor_ms, after.last_task_id) == (2, T0 + 120_000, created[0][0])
 
@@ -1147,6 +1186,28 @@ async def test_incidents_and_deliveries(store: Store) -> None:
     assert await store.get_incident(rule.id, "") is None
     await store.save_incident(incident)  # the rule is gone: nothing is kept
     assert await store.get_incident(rule.id, "") is None
+
+
+async def test_incidents_are_listed_with_their_rules_per_owner_or_for_all(store: Store) -> None:
+    owner = await make_owner(store)
+    other = await make_owner(store, "owner-two")
+    late = await store.create_alert_rule(alert_rule(owner, "zz-late"))
+    early = await store.create_alert_rule(alert_rule(owner, "aa-early"))
+    theirs = await store.create_alert_rule(alert_rule(other))
+    assert await store.list_incidents(owner.id) == []
+    opened = Incident(late.id, "", is_open=True, streak=3, opened_at_ms=T0, last_error="boom")
+    closed = Incident(early.id, "SCHEDULE", streak=1)
+    for incident in (opened, closed, Incident(theirs.id, "", is_open=True)):
+        await store.save_incident(incident)
+    mine = await store.list_incidents(owner.id)
+    assert [(rule.name, incident) for rule, incident in mine] == [
+        ("aa-early", closed),
+        ("zz-late", opened),
+    ]
+    assert [rule.owner_id for rule, _ in await store.list_incidents(other.id)] == [other.id]
+    assert len(await store.list_incidents(None)) == 3
+    await store.delete_alert_rule(owner.id, late.id)
+    assert [incident for _, incident in await store.list_incidents(owner.id)] == [closed]
 
 
 async def test_finished_tasks_older_than_the_cut_off_are_deleted(store: Store) -> None:

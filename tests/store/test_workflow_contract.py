@@ -9,20 +9,36 @@ from typing import Any
 
 import pytest
 
-from tasks_server.errors import OwnerNotFound, PreconditionFailed, WorkflowNotFound
+from tasks_server.errors import NotFound, OwnerNotFound, PreconditionFailed, WorkflowNotFound
 from tasks_server.models import (
+    DueTask,
+    FlowControl,
     HttpRequest,
     NewTask,
     Outcome,
+    OverlapPolicy,
     Owner,
     Result,
+    Schedule,
+    ScheduleFire,
+    ScheduleState,
+    ScheduleTarget,
+    ScheduleTiming,
     TaskConfig,
     TaskSpec,
     TaskState,
 )
 from tasks_server.sealing import key_digest
 from tasks_server.store import Store
-from tasks_server.workflows.model import NewRun, RunState, StepState, StepTemplate
+from tasks_server.workflows.model import (
+    NewRun,
+    NewWorkflowSchedule,
+    RunState,
+    StepStart,
+    StepState,
+    StepTemplate,
+    WorkflowDefinition,
+)
 
 T0 = 1_767_225_600_000
 
@@ -32,26 +48,37 @@ class Watcher:
 
     def __init__(self) -> None:
         self.started: list[tuple[str, int]] = []
+        self.starts: list[StepStart] = []  # as the scheduler is told: with key and priority
         self.finished: list[str] = []
         self.bodies: dict[str, Any] = {}  # task url → rendered body
 
-    def build(self, request: dict[str, Any], now_ms: int) -> NewTask:
+    def build(
+        self, request: dict[str, Any], now_ms: int, allowed: tuple[str, ...] | None
+    ) -> NewTask:
         http = request["httpRequest"]
         if "bad" in http["url"]:
             raise ValueError("httpRequest.url: Invalid url")
         data = http.get("data")
         self.bodies[http["url"]] = data
         body = None if data is None else json.dumps(data)
-        spec = TaskSpec(HttpRequest(http["url"], "POST", data_json=body), TaskConfig())
-        return NewTask(spec, now_ms + request.get("config", {}).get("executionDelay", 0))
+        config = request.get("config", {})
+        flow = config.get("flowControl")
+        task_config = TaskConfig(
+            priority=config.get("priority", 0),
+            flow_control=None if flow is None else FlowControl(flow["key"], flow["rate"]),
+        )
+        spec = TaskSpec(HttpRequest(http["url"], "POST", data_json=body), task_config)
+        return NewTask(spec, now_ms + config.get("executionDelay", 0))
+
+    def step_started(self, start: StepStart) -> None:
+        self.started.append((start.task_id, start.due_at_ms))
+        self.starts.append(start)
 
 
 @pytest.fixture
 def watcher(store: Store) -> Watcher:
     found = Watcher()
-    store.watch_workflows(
-        found.build, lambda t, d: found.started.append((t, d)), found.finished.append
-    )
+    store.watch_workflows(found.build, found.step_started, found.finished.append)
     return found
 
 
@@ -302,3 +329,165 @@ async def test_a_run_that_ends_creates_its_callback_task_in_the_same_transaction
     await store.cancel_run(owner.id, cancelled.id, T0 + 8)
     assert watcher.started[-1][0] == callback_task  # a cancel is the owner's act: no callback
     assert "https://example.com/ok" not in watcher.bodies
+
+
+async def test_a_step_task_carries_its_priority_and_flow_control_key(
+    store: Store, watcher: Watcher
+) -> None:
+    owner = await make_owner(store)
+    limited = {"priority": 7, "flowControl": {"key": "warehouse", "rate": 2}}
+    first = step("tax")
+    second = StepTemplate(
+        "sync",
+        ("tax",),
+        {"httpRequest": {"url": "https://example.com/sync"}, "config": limited},
+    )
+    run = await store.create_run(owner.id, run_of(first, second), T0)
+    await finish(store, run.steps[0].task_id or "", T0 + 10)
+    sync_task = (await store.get_run(owner.id, run.id)).steps[1].task_id
+    assert sync_task is not None
+    assert watcher.starts[-1] == StepStart(
+        sync_task, T0 + 10, 7, (owner.id, "warehouse"), FlowControl("warehouse", 2)
+    )
+    # the key and priority are stored with the task, as for a registration, and the
+    # step's limits are the key's limits
+    assert await store.due_before(T0 + 10**9, 10) == [
+        DueTask(sync_task, T0 + 10, 7, (owner.id, "warehouse"))
+    ]
+    setting = await store.get_flow_control(owner.id, "warehouse")
+    assert setting is not None and setting.flow == FlowControl("warehouse", 2)
+
+
+# -- schedules that start workflow runs ------------------------------------------------------
+
+SLOT = T0 + 60_000
+
+
+def definition(*steps: StepTemplate, timeout_ms: int | None = None) -> WorkflowDefinition:
+    return WorkflowDefinition(
+        "nightly-etl", {"day": 1}, steps, timeout_ms, (("team", "data"),), {"url": "https://e.x"}
+    )
+
+
+async def add_workflow_schedule(
+    store: Store, owner_id: str, overlap: OverlapPolicy = OverlapPolicy.ALLOW
+) -> Schedule:
+    timing = ScheduleTiming("* * * * *", "UTC", overlap=overlap)
+    etl = definition(
+        step("export", data={"day": "{{ input.day }}"}),
+        step("transform", "export"),
+        step("load", "transform"),
+    )
+    return await store.create_workflow_schedule(
+        owner_id, NewWorkflowSchedule("etl", timing, etl), T0, ScheduleState.ACTIVE, T0, SLOT
+    )
+
+
+def plan(schedule: Schedule, *slots: int) -> ScheduleFire:
+    return ScheduleFire(
+        schedule.id, schedule.version, slots, slots[-1], slots[-1] + 60_000, ScheduleState.ACTIVE
+    )
+
+
+async def test_a_workflow_schedule_keeps_its_definition_and_not_a_task_template(
+    store: Store, watcher: Watcher
+) -> None:
+    owner = await make_owner(store)
+    schedule = await add_workflow_schedule(store, owner.id)
+    assert schedule.target is ScheduleTarget.WORKFLOW and schedule.next_at_ms == SLOT
+    stored = await store.get_schedule_workflow(owner.id, schedule.id)
+    assert stored == definition(*stored.steps) and [s.id for s in stored.steps] == [
+        "export",
+        "transform",
+        "load",
+    ]
+    assert stored.steps[1].depends_on == ("export",)
+    with pytest.raises(NotFound):
+        await store.get_schedule_spec(owner.id, schedule.id)
+    changed = definition(step("only"))
+    saved = await store.save_schedule(schedule, None, schedule.version, T0 + 1, workflow=changed)
+    assert saved is not None and saved.target is ScheduleTarget.WORKFLOW
+    assert await store.get_schedule_workflow(owner.id, schedule.id) == changed
+
+
+async def test_a_workflow_schedule_starts_one_run_per_slot_exactly_once(
+    store: Store, watcher: Watcher
+) -> None:
+    owner = await make_owner(store)
+    schedule = await add_workflow_schedule(store, owner.id)
+    step_one = plan(schedule, SLOT, SLOT + 60_000)
+    created = await store.fire_schedule(step_one, SLOT - 500)  # planned a little ahead
+    assert created is not None and [c.due_at_ms for c in created] == [SLOT, SLOT + 60_000]
+    assert await store.fire_schedule(step_one, SLOT) is None  # the same plan twice: refused
+    after = await store.get_schedule(owner.id, schedule.id)
+    assert (after.cursor_ms, after.runs, after.next_at_ms) == (SLOT + 60_000, 2, SLOT + 120_000)
+    assert after.last_task_id == created[-1].task_id and after.last_run_at_ms == SLOT + 60_000
+    runs = await store.list_schedule_runs(owner.id, schedule.id, 10, 0)
+    assert {run.id for run in runs} == {c.task_id for c in created}
+    assert await store.list_schedule_runs(owner.id, schedule.id, 1, 1) == runs[1:]
+    for run_id, due, *_ in created:
+        run = await store.get_run(owner.id, run_id)
+        assert run.schedule_id == schedule.id and run.due_at_ms == due
+        assert run.state is RunState.PENDING and run.metadata == (("team", "data"),)
+        assert [s.state for s in run.steps] == [
+            StepState.RUNNING,
+            StepState.WAITING,
+            StepState.WAITING,
+        ]
+        # the first step's task is due at the slot and was announced after the commit
+        export = run.steps[0].task_id
+        assert export is not None and (export, due) in watcher.started
+    # another owner sees none of it
+    other = await make_owner(store, "owner-two")
+    assert await store.list_schedule_runs(other.id, schedule.id, 10, 0) == []
+
+
+async def test_overlap_policies_read_a_workflow_schedules_last_run(
+    store: Store, watcher: Watcher
+) -> None:
+    owner = await make_owner(store)
+    schedule = await add_workflow_schedule(store, owner.id, OverlapPolicy.QUEUE)
+    created = await store.fire_schedule(plan(schedule, SLOT), SLOT)
+    assert created is not None
+    [(run_id, *_)] = created
+    # the run is pending: a `queue` schedule is not due until it ends
+    assert await store.due_schedules(SLOT + 120_000, 500, 10) == []
+    read = await store.get_schedule(owner.id, schedule.id)
+    assert read.last_task_pending and read.last_task_state is TaskState.RUNNING
+    await store.cancel_run(owner.id, run_id, SLOT + 5_000)
+    [due] = await store.due_schedules(SLOT + 120_000, 500, 10)
+    assert due.id == schedule.id and due.last_task_state is TaskState.REVOKED
+    assert due.last_task_ended_at_ms == SLOT + 5_000 and not due.last_task_pending
+
+
+async def test_released_steps_may_be_created_already_claimed_and_a_crash_requeues_them(
+    store: Store,
+) -> None:
+    """With a claim budget the store may create a released step's task already claimed
+    (SQLite does; PostgreSQL, whose claims are leases, leaves it claimable): either way
+    its first attempt is recorded like any claim's, and a crash before the call makes the
+    task claimable again, nothing lost."""
+    found = Watcher()
+    store.watch_workflows(found.build, found.step_started, found.finished.append, lambda: 8)
+    owner = await make_owner(store)
+    run = await store.create_run(owner.id, run_of(step("a"), step("b", "a")), T0)
+    assert found.starts[0].attempt is None  # a new run's roots are claimed by the scheduler
+    await finish(store, run.steps[0].task_id or "", T0 + 10)
+    start = found.starts[-1]
+    if start.attempt is None:
+        [attempt] = await store.claim_due([start.task_id], T0 + 20)
+    else:
+        attempt = start.attempt
+        assert (attempt.task_id, attempt.number, attempt.owner_id) == (start.task_id, 1, owner.id)
+        assert attempt.spec.request.url == "https://example.com/b"
+        assert await store.claim_due([start.task_id], T0 + 20) == []  # already claimed
+        assert await store.due_before(T0 + 10**9, 10) == []
+    # a crash now: at the next start (after the lease, where claims are leases) the
+    # claim is requeued and its attempt closed as interrupted
+    assert await store.requeue_interrupted(T0 + 30 + (store.lease_ms or 0)) == 1
+    assert await store.due_before(T0 + 10**9, 10) == [DueTask(start.task_id, T0 + 10)]
+    [interrupted] = await store.list_attempts(owner.id, start.task_id)
+    assert interrupted.number == attempt.number and interrupted.error is not None
+    await finish(store, start.task_id, T0 + 40 + (store.lease_ms or 0))
+    done = await store.get_run(owner.id, run.id)
+    assert done.state is RunState.SUCCESS and done.steps[1].attempts == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from tasks_server.dispatch import Prepared
 from tasks_server.models import Call, Outcome
 
 
@@ -33,7 +34,12 @@ class RecordingDispatcher:
     def waiting_for_host(self) -> int:
         return 0
 
-    def submit(self, call: Call) -> asyncio.Future[Outcome]:
+    def prepare(self, call: Call) -> Prepared:
+        return Prepared(call)
+
+    def submit(self, call: Call | Prepared) -> asyncio.Future[Outcome]:
+        if isinstance(call, Prepared):
+            call = call.call
         self.calls.append(call)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         if self.hold:

@@ -78,7 +78,8 @@ class Arrival:
 @dataclass(frozen=True)
 class Reply:
     """What a route answers. ``hang`` holds the request until ``release()`` or close;
-    ``stream_bytes`` sends that many body bytes, chunked, instead of ``body``."""
+    ``gate`` holds the answer until the test sets that event; ``stream_bytes`` sends that
+    many body bytes, chunked, instead of ``body``."""
 
     status: int = 200
     body: bytes = b"ok"
@@ -86,6 +87,7 @@ class Reply:
     delay_s: float = 0.0
     hang: bool = False
     stream_bytes: int = 0
+    gate: asyncio.Event | None = None
 
 
 Handler = Callable[[Arrival], Reply]
@@ -338,6 +340,8 @@ class TargetServer(_Listener):
         if reply.hang:
             await self._released.wait()
             return False
+        if reply.gate is not None:
+            await reply.gate.wait()
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         close = _wants_close(arrival)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.support.process import ServerProcess
 from tests.support.targets import Arrival, Reply, TargetServer
@@ -69,3 +72,78 @@ async def test_kill_9_during_a_run_then_the_run_completes_without_repeats(tmp_pa
     assert target.arrivals_at("/third")[0].body == b'{"id":7}'
     assert [s["state"] for s in run["steps"]] == ["SUCCESS"] * 3
     assert run["steps"][1]["attempts"] == 2
+
+
+@pytest.mark.slow  # a real server killed and restarted: ~10 s
+async def test_kill_9_starts_no_scheduled_run_twice(tmp_path: Path) -> None:
+    """A schedule that starts a run every second: across a SIGKILL and a restart, no slot
+    starts two runs, missed slots are caught up (run_all), and every run completes."""
+    async with TargetServer() as target:
+        target.route("/ping", Reply(200, b"{}"))
+        body = {
+            "name": "every-second",
+            "schedule": "* * * * * *",  # seconds field first
+            "misfirePolicy": "run_all",
+            "catchUpLimit": 100,
+            "workflow": {
+                "name": "ping",
+                "steps": [
+                    {"id": "a", "httpRequest": {"url": target.url("/ping"), "method": "POST"}},
+                    {
+                        "id": "b",
+                        "dependsOn": ["a"],
+                        "httpRequest": {"url": target.url("/ping"), "method": "POST"},
+                    },
+                ],
+            },
+        }
+        server = ServerProcess(tmp_path).start()
+        try:
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                owner = (
+                    await http.post("/v1/owners/register", json={"name": "scheduled-etl"})
+                ).json()
+                headers = {
+                    "Authorization": f"Bearer {owner['key']}",
+                    "X-Tasks-Owner-Id": owner["id"],
+                }
+                created = await http.post("/v1/schedules", json=body, headers=headers)
+                assert created.status_code == 201, created.text
+
+                async def runs() -> list[dict[str, Any]]:
+                    found = await http.get("/v1/schedules/every-second/runs", headers=headers)
+                    listed: list[dict[str, Any]] = found.json()
+                    return listed
+
+                await wait_until(lambda: _at_least(runs, 3), timeout=10, message="three runs")
+            server.kill()
+            killed_ms = time.time_ns() // 1_000_000
+            server.start()
+            async with httpx.AsyncClient(base_url=server.url) as http:
+
+                async def after_restart() -> list[dict[str, Any]]:
+                    found = await http.get(
+                        "/v1/schedules/every-second/runs?limit=1000", headers=headers
+                    )
+                    listed: list[dict[str, Any]] = found.json()
+                    return listed
+
+                async def caught_up_and_done() -> bool:
+                    listed = await after_restart()
+                    newest = max(run["dueAt"] for run in listed)
+                    done = all(run["state"] == "SUCCESS" for run in listed if run["dueAt"] < newest)
+                    return newest >= killed_ms + 3_000 and done
+
+                await wait_until(caught_up_and_done, timeout=20, message="runs after the restart")
+                listed = await after_restart()
+                schedule = (await http.get("/v1/schedules/every-second", headers=headers)).json()
+        finally:
+            server.terminate()
+    slots = sorted(run["dueAt"] for run in listed)
+    assert len(set(slots)) == len(slots), "a slot started two runs"
+    assert all(b - a == 1_000 for a, b in itertools.pairwise(slots)), "a slot was lost"
+    assert schedule["runs"] == len(slots)
+
+
+async def _at_least(runs: Any, count: int) -> bool:
+    return len(await runs()) >= count

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...errors import NotFound, StorageUnavailable, TasksServerError
 from ..services import Services
-from . import failures, pages, present, session, tasks, workflows
+from . import admin, failures, pages, present, session, tasks, workflows
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ def _routes() -> list[Any]:
         Route(schedule + "/{action}", pages.schedule_action, methods=["POST"]),
         Route("/test", pages.test_form, methods=["GET"]),
         Route("/test", pages.test_submit, methods=["POST"]),
-        Route("/admin", pages.admin),
+        Route("/admin", admin.admin),
+        Route("/admin/owners", admin.create, methods=["POST"]),
+        Route("/admin/owners/{owner_id}/{action}", admin.owner_action, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
 

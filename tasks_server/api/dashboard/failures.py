@@ -1,5 +1,6 @@
-"""The failures page: the dead-letter queue (the owner's tasks in ERROR) with filters,
-one page at a time, and replay or delete of everything a filter matches."""
+"""The failures page: the open alert incidents, and the dead-letter queue (the owner's
+tasks in ERROR) with filters, one page at a time, and replay or delete of everything a
+filter matches."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from starlette.responses import Response
 
 from ...errors import NotFound, ValidationFailed
 from ...store import DeadLetterFilter
+from ..dead_letters import arm_replayed
 from ..services import Services, services
 from .session import checked_form, flash, redirect, render, require_owner
 from .tasks import BadFilter, parse_time
@@ -60,7 +62,9 @@ async def failures(request: Request) -> Response:
         after = _cursor(params.get("after", ""))
     except BadFilter as exc:
         return render(request, "failures.html", who, 400, error=str(exc), params=params, rows=[])
-    rows = await services(request).store.list_dead_letters(owner_id, where, PAGE_SIZE, after)
+    store = services(request).store
+    rows = await store.list_dead_letters(owner_id, where, PAGE_SIZE, after)
+    incidents = [pair for pair in await store.list_incidents(owner_id) if pair[1].is_open]
     next_link = None
     if len(rows) == PAGE_SIZE:
         kept = {k: v for k, v in params.items() if v and k != "after"}
@@ -75,6 +79,7 @@ async def failures(request: Request) -> Response:
         filters=filters,
         rows=rows,
         next_link=next_link,
+        incidents=incidents,
     )
 
 
@@ -108,6 +113,5 @@ async def bulk(request: Request) -> Response:
 async def _replay(app: Services, owner_id: str, ids: list[str]) -> str:
     now = app.clock.now_ms()
     replayed = await app.store.replay_dead_letters(owner_id, ids, now, 1000 // REPLAY_RATE)
-    for task_id, due in replayed:
-        app.scheduler.notify(task_id, due)
+    await arm_replayed(app, owner_id, replayed)  # with each task's flow-control key
     return f"Replayed {len(replayed)} failed task(s), {REPLAY_RATE} a second."

@@ -1,4 +1,4 @@
-"""The other pages: overview, schedules, the test-a-task form and the admin view."""
+"""The other pages: overview, schedules and the test-a-task form."""
 
 from __future__ import annotations
 
@@ -9,24 +9,25 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ...config import describe
+from ...alerting import AlertRule, Incident
 from ...errors import NotFound, PreconditionFailed, TasksServerError, ValidationFailed
 from ...models import NewTask, TaskState
 from ...schedules import policy
-from ...store.listing import TaskOverview
 from ..convert import spec_to_wire
+from ..overview import OverviewFigures, overview_figures
 from ..schedules import pause_schedule, resume_schedule
 from ..services import services
 from . import charts
 from .present import mask_registration, pretty_json, when
-from .session import NotSignedIn, checked_form, flash, redirect, render, require, require_owner
+from .session import checked_form, flash, redirect, render, require, require_owner
 from .tasks import error_text, validate_registration
 
 _SCHEDULE_ID = re.compile(r"^[A-Z0-9]{24}$")
 
 
-def overview_charts(view: TaskOverview) -> dict[str, Any]:
-    """The overview's figures and charts (pure: from the store's overview)."""
+def overview_charts(figures: OverviewFigures) -> dict[str, Any]:
+    """The overview's figures and charts (pure: from the store's figures)."""
+    view = figures.tasks
     hourly = view.hourly
     last_hour = hourly[-1] if hourly else (0, 0, 0)
     day_ok = sum(ok for _, ok, _ in hourly)
@@ -45,7 +46,23 @@ def overview_charts(view: TaskOverview) -> dict[str, Any]:
         "hosts_chart": charts.bars(list(view.busiest_hosts), "Hosts with most pending tasks"),
         "hour_gauge": charts.gauge(_share(last_hour[2], last_hour[1] + last_hour[2]), "Failed"),
         "day_gauge": charts.gauge(_share(day_bad, day_ok + day_bad), "Failed"),
+        "flow_chart": charts.bars(
+            list(figures.flow_keys), "Flow-control keys with most tasks waiting"
+        ),
+        "incidents": figures.incidents,
+        "incidents_chart": charts.bars(
+            [
+                (_incident_label(rule, incident), incident.failures)
+                for rule, incident in figures.incidents
+            ],
+            "Open alert incidents: failures since each opened",
+        ),
+        "rules": figures.rules,
     }
+
+
+def _incident_label(rule: AlertRule, incident: Incident) -> str:
+    return f"{rule.name} {incident.subject}".strip()
 
 
 def _share(part: int, whole: int) -> float:
@@ -55,9 +72,12 @@ def _share(part: int, whole: int) -> float:
 async def overview(request: Request) -> Response:
     who = await require(request)
     app = services(request)
-    view = await app.store.task_overview(who.owner_id, app.clock.now_ms())
+    if app.overview is not None:
+        figures = await app.overview.get(who.owner_id)
+    else:
+        figures = await overview_figures(app.store, who.owner_id, app.clock.now_ms())
     engine = app.engine_figures() if app.engine_figures is not None else None
-    return render(request, "overview.html", who, engine=engine, **overview_charts(view))
+    return render(request, "overview.html", who, engine=engine, **overview_charts(figures))
 
 
 # -- schedules ---------------------------------------------------------------------------
@@ -194,24 +214,3 @@ async def test_submit(request: Request) -> Response:
     app.scheduler.notify(task.id, new.due_at_ms)
     flash(request, f"Registered task {task.id}.")
     return redirect(f"/ui/tasks/{task.id}")
-
-
-# -- admin ---------------------------------------------------------------------------------
-
-
-async def admin(request: Request) -> Response:
-    who = await require(request)
-    if not who.admin:
-        raise NotSignedIn()
-    app = services(request)
-    owners = await app.store.list_owners()
-    readiness = await app.readiness()
-    settings = describe(app.settings)
-    return render(
-        request,
-        "admin.html",
-        who,
-        owners=owners,
-        readiness=readiness,
-        settings=sorted(settings.items()),
-    )

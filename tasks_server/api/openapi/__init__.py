@@ -17,7 +17,7 @@ from starlette.responses import Response
 from ... import __version__
 from ...errors import NotFound
 from ..wire import answer
-from . import admin, delivery, failures, schedules, security, workflows
+from . import admin, delivery, failures, hosts, schedules, security, workflows
 from .parts import DOCS_ASSETS, PRETTY, RESPONSE_SCHEMAS, SECURITY_SCHEMES, JsonObject
 from .paths import operation_paths, owner_paths, request_schemas, task_paths
 
@@ -49,6 +49,7 @@ def spec() -> JsonObject:
                 **task_paths(),
                 **operation_paths(),
                 **admin.admin_paths(),
+                **hosts.openapi_paths(),
                 **schedules.openapi_paths(),
                 **failures.openapi_paths(),
                 **workflows.openapi_paths(),
@@ -63,6 +64,7 @@ def spec() -> JsonObject:
                 **workflows.openapi_schemas(),
                 **delivery.openapi_schemas(),
                 **admin.admin_schemas(),
+                **hosts.openapi_schemas(),
                 **requests,
                 **RESPONSE_SCHEMAS,
                 **failures.SCHEMAS,

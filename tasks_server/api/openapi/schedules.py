@@ -6,10 +6,13 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from ..schedule_schemas import SCHEDULE_NAME, ScheduleIn
+from ..schedule_schemas import SCHEDULE_NAME, ScheduleIn, WorkflowScheduleIn
 from .parts import OWNER_AUTH, PRETTY, REF, json_body, operation, path_param, schema_ref
 
-OPENAPI_TAG = {"name": "schedules", "description": "Recurring schedules that create tasks"}
+OPENAPI_TAG = {
+    "name": "schedules",
+    "description": "Recurring schedules that create tasks or start workflow runs",
+}
 _SCHEDULE_FIELDS: dict[str, Any] = {
     "id": {"type": "string", "pattern": "^[A-Z0-9]{24}$"},
     "name": {"type": "string", "pattern": f"^{SCHEDULE_NAME.pattern}$"},
@@ -33,25 +36,37 @@ _SCHEDULE_FIELDS: dict[str, Any] = {
 
 def openapi_schemas() -> dict[str, Any]:
     """ScheduleIn's JSON Schema (with what DateMs accepts) and the response shapes."""
-    _, top = models_json_schema([(ScheduleIn, "validation")], ref_template=REF)
+    models = [(ScheduleIn, "validation"), (WorkflowScheduleIn, "validation")]
+    _, top = models_json_schema(models, ref_template=REF)  # type: ignore[arg-type]
     schemas: dict[str, Any] = top["$defs"]
-    fields = schemas["ScheduleIn"]["properties"]
-    for name in ("startAt", "endAt"):
-        fields[name] = {
-            "anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "null"}],
-            "default": None,
-            "description": "epoch ms, or a date string (ISO 8601 or RFC 2822)",
-        }
+    for model in ("ScheduleIn", "WorkflowScheduleIn"):
+        fields = schemas[model]["properties"]
+        for name in ("startAt", "endAt"):
+            fields[name] = {
+                "anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "null"}],
+                "default": None,
+                "description": "epoch ms, or a date string (ISO 8601 or RFC 2822)",
+            }
+    schemas["WorkflowScheduleIn"]["properties"]["workflow"] = {
+        "$ref": REF.format(model="WorkflowIn"),
+        "description": "the run each slot starts: the body of POST /v1/workflows, without "
+        "config.executeAt or config.executionDelay (each run is due at its slot)",
+    }
     summary = {"type": "object", "required": list(_SCHEDULE_FIELDS)}
     schemas["ScheduleSummary"] = {**summary, "properties": _SCHEDULE_FIELDS}
     schemas["Schedule"] = {
         "type": "object",
-        "required": [*_SCHEDULE_FIELDS, "httpRequest", "config"],
+        "required": list(_SCHEDULE_FIELDS),
+        "description": "httpRequest and config for a schedule that creates tasks; target, "
+        "workflow and lastRunId for one that starts workflow runs",
         "properties": {
             **_SCHEDULE_FIELDS,
             "httpRequest": {"$ref": REF.format(model="HttpRequestIn")},
             "config": {"$ref": REF.format(model="ConfigIn")},
             "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+            "target": {"type": "string", "enum": ["workflow"]},
+            "workflow": {"$ref": REF.format(model="WorkflowIn")},
+            "lastRunId": {"type": ["string", "null"], "description": "the last run started"},
         },
     }
     return schemas
@@ -74,6 +89,7 @@ def openapi_paths() -> dict[str, Any]:
         },
     }
     tasks = {"type": "array", "items": schema_ref("TaskSummary")}
+    runs = {"type": "array", "items": schema_ref("WorkflowRunSummary")}
     return {
         "/v1/schedules": {
             "get": operation(
@@ -92,9 +108,10 @@ def openapi_paths() -> dict[str, Any]:
                 "schedules",
                 (201, json_body(schema_ref("Schedule"), "created")),
                 (400, 401, 403, 409, 413, 422),
-                body=schema_ref("ScheduleIn"),
+                body={"oneOf": [schema_ref("ScheduleIn"), schema_ref("WorkflowScheduleIn")]},
                 parameters=[PRETTY],
-                description="A task is created from httpRequest + config at each slot.",
+                description="At each slot, a task is created from httpRequest + config, or "
+                "(a body with workflow) a workflow run is started.",
                 security=OWNER_AUTH,
             ),
         },
@@ -108,7 +125,10 @@ def openapi_paths() -> dict[str, Any]:
                 "schedules",
                 full,
                 (400, 401, 403, 404, 409, 413, 422),
-                body={"type": "object", "description": "JSON merge patch over ScheduleIn"},
+                body={
+                    "type": "object",
+                    "description": "JSON merge patch over ScheduleIn or WorkflowScheduleIn",
+                },
                 security=OWNER_AUTH,
             ),
             "delete": operation(
@@ -147,6 +167,17 @@ def openapi_paths() -> dict[str, Any]:
                 "The tasks the schedule created, newest first",
                 "schedules",
                 (200, json_body(tasks, "a page")),
+                (400, 401, 403, 404),
+                parameters=page,
+                security=OWNER_AUTH,
+            ),
+        },
+        f"{one}/runs": {
+            "parameters": [key],
+            "get": operation(
+                "The workflow runs the schedule started, newest first",
+                "schedules",
+                (200, json_body(runs, "a page")),
                 (400, 401, 403, 404),
                 parameters=page,
                 security=OWNER_AUTH,

@@ -39,6 +39,10 @@ _RUN_FIELDS: dict[str, Any] = {
     "deadlineAt": _NULL_INT,
     "error": {"type": ["string", "null"]},
     "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+    "scheduleId": {
+        "type": ["string", "null"],
+        "description": "the schedule whose slot started the run, or null",
+    },
 }
 
 

@@ -15,7 +15,7 @@ from ...models import Task, TaskSpec
 from .. import DeadLetterFilter
 from .base import PgBase
 from .owners import lock_capacity
-from .tasks import TASK_BY_ID, TASK_COLUMNS, TASK_SPEC
+from .tasks import FLOW_UPSERT, TASK_BY_ID, TASK_COLUMNS, TASK_SPEC
 
 Cursor = AsyncCursor[tuple[Any, ...]]
 
@@ -33,7 +33,10 @@ TASK_REPLAY: LiteralString = (
     "UPDATE task SET state = 'RUNNING', status_code = 0, response = NULL, "
     "estimate_end_at = 0, estimate_execution_at = %s, due_at = %s, next_at = %s, "
     "retry_count = 0, cycle = cycle + 1, spec = coalesce(%s, spec), "
-    "metadata = CASE WHEN %s THEN %s ELSE metadata END "
+    "metadata = CASE WHEN %s THEN %s ELSE metadata END, "
+    # an edited spec brings its own priority and flow-control key
+    "priority = CASE WHEN %s::boolean THEN %s::integer ELSE priority END, "
+    "flow_key = CASE WHEN %s::boolean THEN %s::text ELSE flow_key END "
     "WHERE id = %s AND owner_id = %s AND state = 'ERROR'"
 )
 DEAD_DELETE: LiteralString = (
@@ -42,6 +45,14 @@ DEAD_DELETE: LiteralString = (
 
 _SCAN_ROWS = 256
 _FIRST = (2**62, "")
+
+
+def _kept_or_new(spec: TaskSpec | None) -> tuple[bool, int, bool, str | None]:
+    """TASK_REPLAY's priority and flow-key parameters: the task's own, or the new spec's."""
+    if spec is None:
+        return False, 0, False, None
+    flow = spec.config.flow_control
+    return True, spec.config.priority, True, None if flow is None else flow.key
 
 
 class PgDeadLetterOps(PgBase):
@@ -87,6 +98,7 @@ class PgDeadLetterOps(PgBase):
     ) -> Task:
         spec_blob = None if spec is None else self._seal_spec(spec)
         metadata_blob = None if spec is None else self._seal_metadata(spec.metadata)
+        flow = None if spec is None else spec.config.flow_control
         params = (
             due_at_ms,
             due_at_ms,
@@ -94,6 +106,7 @@ class PgDeadLetterOps(PgBase):
             spec_blob,
             spec is not None,
             metadata_blob,
+            *_kept_or_new(spec),
             task_id,
             owner_id,
         )
@@ -108,6 +121,9 @@ class PgDeadLetterOps(PgBase):
             await cur.execute(TASK_REPLAY, params)
             if cur.rowcount == 0:
                 raise PreconditionFailed("Only a task in ERROR can be replayed")
+            if flow is not None:  # the last registration naming a key sets its limits
+                limits = (flow.key, flow.rate, flow.period.ms, flow.parallelism, now_ms)
+                await cur.execute(FLOW_UPSERT, (owner_id, *limits))
             await self._notify_due(cur, [(task_id, due_at_ms)], now_ms)
             await cur.execute(TASK_BY_ID, (task_id, owner_id))
             row = await cur.fetchone()
@@ -127,7 +143,8 @@ class PgDeadLetterOps(PgBase):
                     break
                 due = first_due_ms + len(replayed) * spacing_ms
                 await cur.execute(
-                    TASK_REPLAY, (due, due, due, None, False, None, task_id, owner_id)
+                    TASK_REPLAY,
+                    (due, due, due, None, False, None, *_kept_or_new(None), task_id, owner_id),
                 )
                 if cur.rowcount:
                     replayed.append((task_id, due))

@@ -5,7 +5,7 @@ nodes that both believed they lead could not fire one slot twice."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, LiteralString
 
 from psycopg import AsyncCursor, errors
@@ -16,17 +16,21 @@ from ...errors import (
     OwnerNotFound,
 )
 from ...models import (
+    DueTask,
     MisfirePolicy,
     NewSchedule,
     OverlapPolicy,
     Schedule,
     ScheduleFire,
     ScheduleState,
+    ScheduleTarget,
     ScheduleTiming,
     Task,
     TaskSpec,
     TaskState,
 )
+from ...workflows.model import NewWorkflowSchedule, WorkflowDefinition
+from ...workflows.steps import decode_definition, encode_definition
 from ..ids import new_task_id
 from ..listing import host_of
 from .base import METADATA, PgBase
@@ -43,19 +47,26 @@ _SCHEDULE_COLUMNS: LiteralString = (
     "s.id, s.owner_id, s.name, s.expression, s.timezone, s.start_at, s.end_at, s.max_runs, "
     "s.misfire_policy, s.overlap_policy, s.catch_up_limit, s.state, s.created_at, "
     "s.updated_at, s.cursor_at, s.runs, s.last_run_at, s.last_task_id, s.next_at, s.version, "
-    "t.state, t.estimate_end_at"
+    "coalesce(t.state, CASE r.state WHEN 'PENDING' THEN 'RUNNING' "
+    "WHEN 'CANCELLED' THEN 'REVOKED' ELSE r.state END), "
+    "coalesce(t.estimate_end_at, r.finished_at), s.target"
 )
-# the last task's state decides the overlap policies; a deleted task no longer overlaps
-_SCHEDULE_FROM: LiteralString = "schedule s LEFT JOIN task t ON t.id = s.last_task_id"
-# a `queue` schedule waits while its last task is pending: it is not due meanwhile
+# the last task's (or, for a workflow schedule, run's) state decides the overlap policies,
+# a run's read in a task's words; a deleted one no longer overlaps
+_SCHEDULE_FROM: LiteralString = (
+    "schedule s LEFT JOIN task t ON t.id = s.last_task_id "
+    "LEFT JOIN workflow_run r ON r.id = s.last_task_id"
+)
+# a `queue` schedule waits while its last task or run is pending: it is not due meanwhile
 _SCHEDULE_UNBLOCKED: LiteralString = (
-    "(s.overlap_policy <> 'queue' OR t.state IS NULL OR t.state NOT IN ('RUNNING', 'PAUSED'))"
+    "(s.overlap_policy <> 'queue' OR ((t.state IS NULL OR t.state NOT IN ('RUNNING', 'PAUSED')) "
+    "AND (r.state IS NULL OR r.state NOT IN ('PENDING', 'RUNNING'))))"
 )
 SCHEDULE_INSERT: LiteralString = (
     "INSERT INTO schedule (id, owner_id, name, expression, timezone, start_at, end_at, "
     "max_runs, misfire_policy, overlap_policy, catch_up_limit, state, created_at, updated_at, "
-    "cursor_at, next_at, spec, metadata, host) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    "cursor_at, next_at, spec, metadata, host, target) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 SCHEDULE_BY_ID: LiteralString = f"SELECT {_SCHEDULE_COLUMNS} FROM {_SCHEDULE_FROM} WHERE s.id = %s"
 # names start with a lowercase letter and ids never do, so one key matches one row
@@ -67,7 +78,14 @@ SCHEDULE_LIST: LiteralString = (
     f"SELECT {_SCHEDULE_COLUMNS} FROM {_SCHEDULE_FROM} WHERE s.owner_id = %s "
     "ORDER BY s.name LIMIT %s OFFSET %s"
 )
-SCHEDULE_SPEC: LiteralString = "SELECT spec FROM schedule WHERE id = %s AND owner_id = %s"
+# a task schedule's template; a workflow schedule's definition
+SCHEDULE_SPEC: LiteralString = (
+    "SELECT spec FROM schedule WHERE id = %s AND owner_id = %s AND target = 'task'"
+)
+SCHEDULE_WORKFLOW: LiteralString = (
+    "SELECT spec FROM schedule WHERE id = %s AND owner_id = %s AND target = 'workflow'"
+)
+SCHEDULE_EXISTS: LiteralString = "SELECT 1 FROM schedule WHERE id = %s AND owner_id = %s"
 SCHEDULE_SAVE: LiteralString = (
     "UPDATE schedule SET name = %s, expression = %s, timezone = %s, start_at = %s, end_at = %s, "
     "max_runs = %s, misfire_policy = %s, overlap_policy = %s, catch_up_limit = %s, state = %s, "
@@ -89,7 +107,8 @@ SCHEDULE_NEXT: LiteralString = (
     f"WHERE s.next_at IS NOT NULL AND {_SCHEDULE_UNBLOCKED} ORDER BY s.next_at LIMIT 1"
 )
 SCHEDULE_GUARD: LiteralString = (
-    "SELECT owner_id FROM schedule WHERE id = %s AND version = %s AND state = 'ACTIVE' FOR UPDATE"
+    "SELECT owner_id, target, spec FROM schedule "
+    "WHERE id = %s AND version = %s AND state = 'ACTIVE' FOR UPDATE"
 )
 SCHEDULE_ADVANCE: LiteralString = (
     "UPDATE schedule SET cursor_at = %s, runs = runs + %s, "
@@ -98,11 +117,19 @@ SCHEDULE_ADVANCE: LiteralString = (
     "next_at = %s, state = %s, version = version + 1 WHERE id = %s"
 )
 # a run's task: the schedule's sealed template and metadata, due at the slot
+# the template's priority and flow-control key come with it, as for a registration
 TASK_INSERT_SCHEDULED: LiteralString = (
     "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
-    "next_at, metadata, spec, schedule_id, host) "
-    "SELECT %s, owner_id, 'RUNNING', %s, %s, %s, %s, metadata, spec, id, host "
+    "next_at, metadata, spec, schedule_id, host, priority, flow_key) "
+    "SELECT %s, owner_id, 'RUNNING', %s, %s, %s, %s, metadata, spec, id, host, %s, %s "
     "FROM schedule WHERE id = %s"
+)
+SCHEDULE_TEMPLATE: LiteralString = "SELECT owner_id, spec, target FROM schedule WHERE id = %s"
+# a key a schedule names exists with the template's limits; an edit of the schedule (or a
+# registration naming the key) sets them, as "the last registration wins"
+FLOW_INSERT_MISSING: LiteralString = (
+    "INSERT INTO flow_control (owner_id, key, rate, period_ms, parallelism, updated_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (owner_id, key) DO NOTHING"
 )
 TASK_BY_SCHEDULE: LiteralString = (
     f"SELECT {TASK_COLUMNS} FROM task WHERE owner_id = %s AND schedule_id = %s "
@@ -142,6 +169,7 @@ class PgScheduleOps(PgBase):
             version=row[19],
             last_task_state=last_state,
             last_task_ended_at_ms=row[21] if last_state and last_state.is_terminal else None,
+            target=ScheduleTarget(row[22]),
         )
 
     def _timing_params(self, name: str, timing: ScheduleTiming) -> tuple[Any, ...]:
@@ -171,20 +199,42 @@ class PgScheduleOps(PgBase):
         cursor_ms: int,
         next_at_ms: int | None,
     ) -> Schedule:
+        blobs = self._template_blobs(new.task)
+        progress = (state, cursor_ms, next_at_ms)
+        return await self._insert_schedule(
+            owner_id, new.name, new.timing, now_ms, progress, blobs, ScheduleTarget.TASK
+        )
+
+    async def create_workflow_schedule(
+        self,
+        owner_id: str,
+        new: NewWorkflowSchedule,
+        now_ms: int,
+        state: ScheduleState,
+        cursor_ms: int,
+        next_at_ms: int | None,
+    ) -> Schedule:
+        blobs = (self._sealer.seal(encode_definition(new.workflow)), None, None)
+        progress = (state, cursor_ms, next_at_ms)
+        return await self._insert_schedule(
+            owner_id, new.name, new.timing, now_ms, progress, blobs, ScheduleTarget.WORKFLOW
+        )
+
+    async def _insert_schedule(
+        self,
+        owner_id: str,
+        name: str,
+        timing: ScheduleTiming,
+        now_ms: int,
+        progress: tuple[ScheduleState, int, int | None],
+        blobs: tuple[bytes, bytes | None, str | None],
+        target: ScheduleTarget,
+    ) -> Schedule:
         schedule_id = new_task_id(now_ms)
-        spec_blob, metadata_blob, host = self._template_blobs(new.task)
+        state, cursor_ms, next_at_ms = progress
         params = (
-            schedule_id,
-            owner_id,
-            *self._timing_params(new.name, new.timing),
-            state.value,
-            now_ms,
-            now_ms,
-            cursor_ms,
-            next_at_ms,
-            spec_blob,
-            metadata_blob,
-            host,
+            *(schedule_id, owner_id, *self._timing_params(name, timing)),
+            *(state.value, now_ms, now_ms, cursor_ms, next_at_ms, *blobs, target.value),
         )
 
         async def op(cur: Cursor) -> Schedule:
@@ -217,12 +267,23 @@ class PgScheduleOps(PgBase):
             raise NotFound()
         return self._open_spec(rows[0][0])
 
+    async def get_schedule_workflow(self, owner_id: str, schedule_id: str) -> WorkflowDefinition:
+        rows = await self._read(SCHEDULE_WORKFLOW, (schedule_id, owner_id))
+        if not rows:
+            raise NotFound()
+        return decode_definition(self._sealer.open(bytes(rows[0][0])))
+
     async def list_schedules(self, owner_id: str, limit: int, offset: int) -> list[Schedule]:
         rows = await self._read(SCHEDULE_LIST, (owner_id, limit, offset))
         return [self._schedule(row) for row in rows]
 
     async def save_schedule(
-        self, schedule: Schedule, task: TaskSpec | None, expected_version: int, now_ms: int
+        self,
+        schedule: Schedule,
+        task: TaskSpec | None,
+        expected_version: int,
+        now_ms: int,
+        workflow: WorkflowDefinition | None = None,
     ) -> Schedule | None:
         s = schedule
         params = (
@@ -236,11 +297,13 @@ class PgScheduleOps(PgBase):
             expected_version,
         )
         blobs = None if task is None else (*self._template_blobs(task), s.id)
+        if workflow is not None:
+            blobs = (self._sealer.seal(encode_definition(workflow)), None, None, s.id)
 
         async def op(cur: Cursor) -> Schedule | None:
             await cur.execute(SCHEDULE_SAVE, params)
             if not cur.rowcount:
-                await cur.execute(SCHEDULE_SPEC, (s.id, s.owner_id))
+                await cur.execute(SCHEDULE_EXISTS, (s.id, s.owner_id))
                 if await cur.fetchone() is None:
                     raise NotFound()
                 return None
@@ -279,17 +342,31 @@ class PgScheduleOps(PgBase):
         next_at: int = rows[0][0]
         return next_at - lookahead_ms if rows[0][1] == OverlapPolicy.ALLOW else next_at
 
-    async def fire_schedule(self, fire: ScheduleFire, now_ms: int) -> list[tuple[str, int]] | None:
+    async def fire_schedule(self, fire: ScheduleFire, now_ms: int) -> list[DueTask] | None:
         task_ids = [new_task_id(now_ms) for _ in fire.due_at_ms]
         last_run = fire.due_at_ms[-1] if fire.due_at_ms else None
+        # read before the transaction: an edit after this read changes the version, and
+        # the guard below then refuses the plan
+        template = await self._read(SCHEDULE_TEMPLATE, (fire.schedule_id,))
+        if not template:
+            return None
+        if template[0][2] == ScheduleTarget.WORKFLOW:
+            return await self._fire_workflow(fire, now_ms)
+        owner_id = template[0][0]
+        config = self._open_spec(template[0][1]).config
+        flow = config.flow_control
+        ref = None if flow is None else (owner_id, flow.key)
 
-        async def op(cur: Cursor) -> list[tuple[str, int]] | None:
+        async def op(cur: Cursor) -> list[DueTask] | None:
             await cur.execute(SCHEDULE_GUARD, (fire.schedule_id, fire.version))
             row = await cur.fetchone()
             if row is None:
                 return None  # changed since it was read: the runner reads it again
+            if flow is not None:
+                limits = (flow.key, flow.rate, flow.period.ms, flow.parallelism, now_ms)
+                await cur.execute(FLOW_INSERT_MISSING, (owner_id, *limits))
             free = await lock_capacity(cur, row[0])
-            created = []
+            created: list[DueTask] = []
             for task_id, due in zip(task_ids, fire.due_at_ms, strict=True):
                 if free is not None and free <= 0:
                     logger.warning(
@@ -298,9 +375,12 @@ class PgScheduleOps(PgBase):
                         due,
                     )
                     continue
-                params = (task_id, now_ms, due, due, due, fire.schedule_id)
-                await cur.execute(TASK_INSERT_SCHEDULED, params)
-                created.append((task_id, due))
+                params = (task_id, now_ms, due, due, due, config.priority)
+                await cur.execute(
+                    TASK_INSERT_SCHEDULED,
+                    (*params, None if flow is None else flow.key, fire.schedule_id),
+                )
+                created.append(DueTask(task_id, due, config.priority, ref))
                 free = None if free is None else free - 1
             last_task = created[-1][0] if created else None
             await cur.execute(
@@ -315,7 +395,43 @@ class PgScheduleOps(PgBase):
                     fire.schedule_id,
                 ),
             )
-            await self._notify_due(cur, created, now_ms)
+            await self._notify_due(cur, [(c.task_id, c.due_at_ms) for c in created], now_ms)
             return created
 
         return await self._tx(op)
+
+    async def _fire_workflow(self, fire: ScheduleFire, now_ms: int) -> list[DueTask] | None:
+        """fire_schedule for a schedule that starts workflow runs: the runs (id, slot),
+        their first steps announced once committed."""
+        after: list[Callable[[], None]] = []
+
+        async def op(cur: Cursor) -> list[DueTask] | None:
+            await cur.execute(SCHEDULE_GUARD, (fire.schedule_id, fire.version))
+            row = await cur.fetchone()
+            if row is None:
+                return None  # changed since it was read: the runner reads it again
+            runs, announce = await self._fire_runs(cur, fire, row[0], bytes(row[2]), now_ms)
+            after.append(announce)
+            return runs
+
+        created = await self._tx(op)
+        for announce in after:
+            announce()
+        return created
+
+    async def _fire_runs(
+        self, cur: Cursor, fire: ScheduleFire, owner_id: str, definition: bytes, now_ms: int
+    ) -> tuple[list[DueTask], Callable[[], None]]:
+        """Start a workflow run per slot of ``fire`` and advance the schedule, in the
+        caller's transaction; returns the runs (id, slot) and what to announce after the
+        commit. The workflow operations of the store implement it."""
+        raise NotImplementedError
+
+
+async def advance_schedule(cur: Cursor, fire: ScheduleFire, created: Sequence[DueTask]) -> None:
+    """Move the schedule's durable last-fired slot and progress past ``fire``, in the
+    transaction that created what ``created`` lists (id, slot)."""
+    last_run = fire.due_at_ms[-1] if fire.due_at_ms else None
+    last_id = created[-1][0] if created else None
+    params = (fire.cursor_ms, len(fire.due_at_ms), last_run, last_id, fire.next_at_ms)
+    await cur.execute(SCHEDULE_ADVANCE, (*params, fire.state.value, fire.schedule_id))

@@ -20,6 +20,7 @@ from .alerts import PgAlertOps
 from .base import DUE_CHANNEL, SCHEDULE_CHANNEL, connection_options
 from .claims import PgClaimOps
 from .dead_letters import PgDeadLetterOps
+from .hosts import PgHostLimitOps
 from .owners import PgOwnerOps
 from .schedules import PgScheduleOps
 from .sealed import PgSealOps
@@ -53,6 +54,7 @@ class PostgresStore(
     PgSearchOps,
     PgAlertOps,
     PgSealOps,
+    PgHostLimitOps,
 ):
     """Store on PostgreSQL. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 

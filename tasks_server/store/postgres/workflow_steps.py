@@ -21,6 +21,7 @@ from ...workflows.model import (
     StepState,
 )
 from ...workflows.steps import (
+    ClaimBudget,
     RunFinished,
     StepBuilder,
     StepStarted,
@@ -35,13 +36,14 @@ from ...workflows.steps import (
     step_error,
     step_response,
     step_result,
+    step_start,
     step_summary,
 )
 from ...workflows.template import TemplateError, holds, render
 from ..ids import new_task_id
 from ..listing import host_of
 from .base import METADATA, PgBase
-from .tasks import TASK_INSERT
+from .tasks import FLOW_UPSERT, TASK_INSERT
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +105,14 @@ STEP_RELEASE: LiteralString = (
     "RETURNING step_id, unmet, state"
 )
 
+# a step's task: like a registration, with its priority and flow-control key
+STEP_TASK_INSERT: LiteralString = (
+    "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
+    "next_at, metadata, spec, priority, flow_key, host) "
+    "VALUES (%s, %s, 'RUNNING', %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+# the owner's validated domains (JSON, clear): a step's destination must be one of them
+OWNER_ALLOWED_HOSTS: LiteralString = "SELECT allowed_hosts FROM owner_security WHERE owner_id = %s"
 
 RUN_ENDED: LiteralString = (
     "SELECT owner_id, name, created_at, metadata, callbacks FROM workflow_run WHERE id = %s"
@@ -131,8 +141,14 @@ class PgStepOps(PgBase):
         return self._sealer.open(bytes(blob))
 
     def watch_workflows(
-        self, builder: StepBuilder, step_started: StepStarted, run_finished: RunFinished
+        self,
+        builder: StepBuilder,
+        step_started: StepStarted,
+        run_finished: RunFinished,
+        claim_budget: ClaimBudget | None = None,
     ) -> None:
+        # claim_budget is not used here: a claim on PostgreSQL is a lease of this node,
+        # taken by claim_due, so released steps are left for the scheduler to claim
         self._step_builder = builder
         self._step_started = step_started
         self._run_finished = run_finished
@@ -309,27 +325,32 @@ class PgStepOps(PgBase):
             return None
         assert self._step_builder is not None, "the store was given no step builder"
         new = labelled(
-            self._step_builder(render(template["request"], context), now), run_id, step_id
+            self._step_builder(
+                render(template["request"], context), now, await self._allowed_hosts(cur, owner_id)
+            ),
+            run_id,
+            step_id,
         )
         due = max(new.due_at_ms, due_floor_ms)
         metadata = self._seal(METADATA.dump_json(new.spec.metadata or ()))
         task_id = new_task_id(now)
-        await cur.execute(
-            TASK_INSERT,
-            (
-                task_id,
-                owner_id,
-                now,
-                due,
-                due,
-                due,
-                metadata,
-                self._seal_spec(new.spec),
-                host_of(new.spec.request.url),
-            ),
+        config = new.spec.config
+        flow = config.flow_control
+        params = (
+            *(task_id, owner_id, now, due, due, due, metadata, self._seal_spec(new.spec)),
+            *(config.priority, None if flow is None else flow.key, host_of(new.spec.request.url)),
         )
+        await cur.execute(STEP_TASK_INSERT, params)
+        if flow is not None:  # the step's limits for its key, as a registration sets them
+            await cur.execute(
+                FLOW_UPSERT, (owner_id, flow.key, flow.rate, flow.period.ms, flow.parallelism, now)
+            )
         await cur.execute(STEP_STARTED, (task_id, now, run_id, step_id))
-        return StepStart(task_id, due)
+        return step_start(task_id, due, owner_id, new)
+
+    async def _allowed_hosts(self, cur: Cursor, owner_id: str) -> tuple[str, ...] | None:
+        row = await _one(cur, OWNER_ALLOWED_HOSTS, (owner_id,))
+        return None if row is None or row[0] is None else tuple(json.loads(row[0]))
 
     async def _context(self, cur: Cursor, run_id: str, step_ids: set[str]) -> dict[str, Any]:
         """The run's input and the results of the steps named."""
@@ -345,7 +366,7 @@ class PgStepOps(PgBase):
         """Tell the scheduler and the waiters, after the commit."""
         if self._step_started is not None:
             for start in advance.started:
-                self._step_started(start.task_id, start.due_at_ms)
+                self._step_started(start)
         if self._run_finished is not None:
             for run_id in advance.finished_runs:
                 self._run_finished(run_id)
@@ -380,7 +401,8 @@ class PgStepOps(PgBase):
         ]
         assert self._step_builder is not None, "the store was given no step builder"
         try:
-            built = self._step_builder(callback_request(callback, envelope(run, steps)), now)
+            request = callback_request(callback, envelope(run, steps))
+            built = self._step_builder(request, now, await self._allowed_hosts(cur, owner_id))
         except ValueError as exc:  # checked when the run was created; logged if it changed
             logger.error("workflow run %s: callback not made: %s", run_id, exc)
             return

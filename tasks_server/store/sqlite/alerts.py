@@ -25,6 +25,13 @@ RULE_BY_ID: LiteralString = "SELECT definition FROM alert_rule WHERE id = ? AND 
 RULE_LIST: LiteralString = "SELECT definition FROM alert_rule WHERE owner_id = ? ORDER BY name"
 RULE_DELETE: LiteralString = "DELETE FROM alert_rule WHERE id = ? AND owner_id = ?"
 INCIDENT_GET: LiteralString = "SELECT state FROM alert_incident WHERE rule_id = ? AND subject = ?"
+_INCIDENTS: LiteralString = (
+    "SELECT r.definition, i.state FROM alert_incident i JOIN alert_rule r ON r.id = i.rule_id "
+)
+INCIDENT_LIST: LiteralString = (
+    _INCIDENTS + "WHERE r.owner_id = ? ORDER BY r.owner_id, r.name, i.subject"
+)
+INCIDENT_LIST_ALL: LiteralString = _INCIDENTS + "ORDER BY r.owner_id, r.name, i.subject"
 INCIDENT_PUT: LiteralString = (
     "INSERT INTO alert_incident (rule_id, subject, state) VALUES (?, ?, ?) "
     "ON CONFLICT (rule_id, subject) DO UPDATE SET state = excluded.state"
@@ -121,6 +128,16 @@ class AlertOps(StoreBase):
     async def get_incident(self, rule_id: str, subject: str) -> Incident | None:
         rows = await self._read(INCIDENT_GET, (rule_id, subject))
         return INCIDENT.validate_json(self._sealer.open(rows[0][0])) if rows else None
+
+    async def list_incidents(self, owner_id: str | None) -> list[tuple[AlertRule, Incident]]:
+        if owner_id is None:
+            rows = await self._read(INCIDENT_LIST_ALL, ())
+        else:
+            rows = await self._read(INCIDENT_LIST, (owner_id,))
+        return [
+            (self._open_rule(row[0]), INCIDENT.validate_json(self._sealer.open(row[1])))
+            for row in rows
+        ]
 
     async def save_incident(self, incident: Incident) -> None:
         state = self._sealer.seal(INCIDENT.dump_json(incident))

@@ -142,20 +142,28 @@ class ClaimOps(StoreBase):
                 if keep:
                     self._prune(conn, result.task_id, result.attempt_number - keep)
             recorded = set(updated)
-            announce = self._outcome_followups(conn, [r for r in results if r.task_id in recorded])
+            finished = [r for r in results if r.task_id in recorded]
+            announce = self._outcome_followups(conn, finished, budget)
             return updated, announce
 
         keep = self._keep_attempts
+        budget = self._followup_claims()
         updated, announce = await self._write(op, savepoint=True)
         announce()
         return updated
 
     def _outcome_followups(
-        self, conn: sqlite3.Connection, results: Sequence[Result]
+        self, conn: sqlite3.Connection, results: Sequence[Result], claims: int
     ) -> Callable[[], None]:
-        """Writes that follow recorded outcomes in the same transaction (workflow steps);
-        returns what to announce once it is committed. Nothing here."""
+        """Writes that follow recorded outcomes in the same transaction (workflow steps),
+        creating up to ``claims`` new tasks already claimed; returns what to announce once
+        it is committed. Nothing here."""
         return lambda: None
+
+    def _followup_claims(self) -> int:
+        """How many tasks the follow-up writes may create already claimed (read on the
+        event loop, before the transaction). None here."""
+        return 0
 
     def _follow_up_params(self, result: Result) -> tuple[Any, ...]:
         follow_up = result.follow_up

@@ -15,7 +15,7 @@ from ...models import Task, TaskSpec
 from .. import DeadLetterFilter
 from .base import METADATA, TASK_COLUMNS, StoreBase
 from .owners import OWNER_CAPACITY
-from .tasks import TASK_BY_ID, TASK_SPEC
+from .tasks import FLOW_UPSERT, TASK_BY_ID, TASK_SPEC
 
 # the filters are optional: "? IS NULL OR ..." keeps one static statement for them all
 DEAD_PAGE: LiteralString = (
@@ -31,13 +31,24 @@ TASK_REPLAY: LiteralString = (
     "UPDATE task SET state = 'RUNNING', status_code = 0, response = NULL, "
     "estimate_end_at = 0, estimate_execution_at = ?, due_at = ?, next_at = ?, "
     "retry_count = 0, cycle = cycle + 1, spec = coalesce(?, spec), "
-    "metadata = CASE WHEN ? THEN ? ELSE metadata END "
+    "metadata = CASE WHEN ? THEN ? ELSE metadata END, "
+    # an edited spec brings its own priority and flow-control key
+    "priority = CASE WHEN ? THEN ? ELSE priority END, "
+    "flow_key = CASE WHEN ? THEN ? ELSE flow_key END "
     "WHERE id = ? AND owner_id = ? AND state = 'ERROR'"
 )
 DEAD_DELETE: LiteralString = "DELETE FROM task WHERE id = ? AND owner_id = ? AND state = 'ERROR'"
 
 _SCAN_ROWS = 256
 _FIRST = (2**62, "")  # a position before every dead letter (newest first)
+
+
+def _kept_or_new(spec: TaskSpec | None) -> tuple[bool, int, bool, str | None]:
+    """TASK_REPLAY's priority and flow-key parameters: the task's own, or the new spec's."""
+    if spec is None:
+        return False, 0, False, None
+    flow = spec.config.flow_control
+    return True, spec.config.priority, True, None if flow is None else flow.key
 
 
 class DeadLetterOps(StoreBase):
@@ -94,6 +105,7 @@ class DeadLetterOps(StoreBase):
         metadata_blob = None
         if spec is not None and spec.metadata is not None:
             metadata_blob = self._seal(METADATA.dump_json(spec.metadata))
+        flow = None if spec is None else spec.config.flow_control
         params = (
             due_at_ms,
             due_at_ms,
@@ -101,6 +113,7 @@ class DeadLetterOps(StoreBase):
             spec_blob,
             spec is not None,
             metadata_blob,
+            *_kept_or_new(spec),
             task_id,
             owner_id,
         )
@@ -113,6 +126,9 @@ class DeadLetterOps(StoreBase):
                 raise QueueLimitReached()
             if conn.execute(TASK_REPLAY, params).rowcount == 0:
                 raise PreconditionFailed("Only a task in ERROR can be replayed")
+            if flow is not None:  # the last registration naming a key sets its limits
+                limits = (flow.key, flow.rate, flow.period.ms, flow.parallelism, now_ms)
+                conn.execute(FLOW_UPSERT, (owner_id, *limits))
             return self._task(conn.execute(TASK_BY_ID, (task_id, owner_id)).fetchone())
 
         return await self._write(op)
@@ -127,7 +143,7 @@ class DeadLetterOps(StoreBase):
                 if limit and count >= limit:
                     break
                 due = first_due_ms + len(replayed) * spacing_ms
-                params = (due, due, due, None, False, None, task_id, owner_id)
+                params = (due, due, due, None, False, None, *_kept_or_new(None), task_id, owner_id)
                 if conn.execute(TASK_REPLAY, params).rowcount:
                     replayed.append((task_id, due))
             return replayed

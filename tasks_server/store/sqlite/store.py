@@ -12,6 +12,7 @@ from collections.abc import Callable
 from .alerts import AlertOps
 from .claims import ClaimOps
 from .dead_letters import DeadLetterOps
+from .hosts import HostLimitOps
 from .owners import OwnerOps
 from .schedules import ScheduleOps
 from .search import SearchOps
@@ -20,7 +21,15 @@ from .workflows import WorkflowOps
 
 
 class SqliteStore(
-    OwnerOps, TaskOps, WorkflowOps, ClaimOps, ScheduleOps, DeadLetterOps, SearchOps, AlertOps
+    OwnerOps,
+    TaskOps,
+    WorkflowOps,
+    ClaimOps,
+    ScheduleOps,
+    DeadLetterOps,
+    SearchOps,
+    AlertOps,
+    HostLimitOps,
 ):
     """Store on SQLite. Secrets (specs, responses, metadata) are sealed with ``sealer``."""
 

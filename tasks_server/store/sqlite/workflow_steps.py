@@ -6,6 +6,7 @@ them). The SQL the run operations share lives here too."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -13,13 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
-from ...models import Result, TaskState
+from ...models import Attempt, Result, TaskState
 from ...workflows.model import (
     RunState,
     StepStart,
     StepState,
 )
 from ...workflows.steps import (
+    ClaimBudget,
     RunFinished,
     StepBuilder,
     StepStarted,
@@ -34,13 +36,15 @@ from ...workflows.steps import (
     step_error,
     step_response,
     step_result,
+    step_start,
     step_summary,
 )
 from ...workflows.template import TemplateError, holds, render
 from ..ids import new_task_id
 from ..listing import host_of
 from .base import METADATA, StoreBase
-from .tasks import TASK_INSERT
+from .claims import ATTEMPT_INSERT
+from .tasks import FLOW_UPSERT, TASK_INSERT
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +92,14 @@ STEP_RELEASE: LiteralString = (
     "RETURNING step_id, unmet, state"
 )
 
+# a step's task: like a registration, with its priority and flow-control key
+STEP_TASK_INSERT: LiteralString = (
+    "INSERT INTO task (id, owner_id, state, created_at, estimate_execution_at, due_at, "
+    "next_at, metadata, spec, priority, flow_key, host, in_flight, attempts, first_attempt_at) "
+    "VALUES (?, ?, 'RUNNING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# the owner's validated domains (JSON, clear): a step's destination must be one of them
+OWNER_ALLOWED_HOSTS: LiteralString = "SELECT allowed_hosts FROM owner_security WHERE owner_id = ?"
 
 RUN_ENDED: LiteralString = (
     "SELECT owner_id, name, created_at, metadata, callbacks FROM workflow_run WHERE id = ?"
@@ -101,36 +113,53 @@ STEP_SUMMARY: LiteralString = (
 
 @dataclass(slots=True)
 class Advance:
-    """What one transaction did to runs: step tasks to arm, runs that ended."""
+    """What one transaction did to runs: step tasks to arm, runs that ended, and how many
+    more step tasks it may create already claimed."""
 
     started: list[StepStart] = field(default_factory=list)
     finished_runs: list[str] = field(default_factory=list)
+    claims: int = 0
 
 
 class StepOps(StoreBase):
     _step_builder: StepBuilder | None = None
     _step_started: StepStarted | None = None
     _run_finished: RunFinished | None = None
+    _claim_budget: ClaimBudget | None = None
 
     def watch_workflows(
-        self, builder: StepBuilder, step_started: StepStarted, run_finished: RunFinished
+        self,
+        builder: StepBuilder,
+        step_started: StepStarted,
+        run_finished: RunFinished,
+        claim_budget: ClaimBudget | None = None,
     ) -> None:
         self._step_builder = builder
         self._step_started = step_started
         self._run_finished = run_finished
+        self._claim_budget = claim_budget
+
+    def _followup_claims(self) -> int:
+        return 0 if self._claim_budget is None else max(self._claim_budget(), 0)
 
     # -- inside the outcome transaction ---------------------------------------------------
 
     def _outcome_followups(
-        self, conn: sqlite3.Connection, results: Sequence[Result]
+        self, conn: sqlite3.Connection, results: Sequence[Result], claims: int
     ) -> Callable[[], None]:
-        advance = self.advance_steps(conn, results)
+        advance = self.advance_steps(conn, results, claims)
         return lambda: self._announce(advance)
 
-    def advance_steps(self, conn: sqlite3.Connection, results: Sequence[Result]) -> Advance:
+    def advance_steps(
+        self, conn: sqlite3.Connection, results: Sequence[Result], claims: int = 0
+    ) -> Advance:
         """Finish the workflow steps whose task just ended (called inside the transaction
-        that records the outcomes) and start what they release."""
-        advance = Advance()
+        that records the outcomes) and start what they release: up to ``claims`` of the
+        released tasks that are due now (and wait for no flow-control key) are created
+        already claimed, their first attempt durably running, so the scheduler starts
+        them without a claim transaction of its own (a crash requeues them like any
+        claim)."""
+        advance = Advance(claims=claims)
         for result in results:
             if result.state not in (TaskState.SUCCESS, TaskState.ERROR):
                 continue
@@ -251,7 +280,15 @@ class StepOps(StoreBase):
             template = json.loads(self._sealer.open(template_blob))
             try:
                 start = self._start_step(
-                    conn, run_id, owner_id, step_id, template, bool(dep_skipped), now, due_floor_ms
+                    conn,
+                    run_id,
+                    owner_id,
+                    step_id,
+                    template,
+                    bool(dep_skipped),
+                    now,
+                    due_floor_ms,
+                    advance,
                 )
             except (TemplateError, ValueError) as exc:
                 run_state = conn.execute(RUN_STATE, (run_id,)).fetchone()[1]
@@ -276,6 +313,7 @@ class StepOps(StoreBase):
         dep_skipped: bool,
         now: int,
         due_floor_ms: int,
+        advance: Advance,
     ) -> StepStart | None:
         if dep_skipped and not template["runIfSkipped"]:
             return None
@@ -285,27 +323,41 @@ class StepOps(StoreBase):
             return None
         assert self._step_builder is not None, "the store was given no step builder"
         new = labelled(
-            self._step_builder(render(template["request"], context), now), run_id, step_id
+            self._step_builder(
+                render(template["request"], context), now, self._allowed_hosts(conn, owner_id)
+            ),
+            run_id,
+            step_id,
         )
         due = max(new.due_at_ms, due_floor_ms)
         metadata = self._seal(METADATA.dump_json(new.spec.metadata or ()))
         task_id = new_task_id(now)
-        conn.execute(
-            TASK_INSERT,
-            (
-                task_id,
-                owner_id,
-                now,
-                due,
-                due,
-                due,
-                metadata,
-                self._seal_spec(new.spec),
-                host_of(new.spec.request.url),
-            ),
+        config = new.spec.config
+        flow = config.flow_control
+        claim = advance.claims > 0 and flow is None and due <= now
+        params = (
+            *(task_id, owner_id, now, due, due, None if claim else due, metadata),
+            *(self._seal_spec(new.spec), config.priority, None if flow is None else flow.key),
+            *(host_of(new.spec.request.url), int(claim), int(claim), now if claim else None),
         )
+        conn.execute(STEP_TASK_INSERT, params)
+        if flow is not None:  # the step's limits for its key, as a registration sets them
+            conn.execute(
+                FLOW_UPSERT, (owner_id, flow.key, flow.rate, flow.period.ms, flow.parallelism, now)
+            )
         conn.execute(STEP_STARTED, (task_id, now, run_id, step_id))
-        return StepStart(task_id, due)
+        start = step_start(task_id, due, owner_id, new)
+        if not claim:
+            return start
+        advance.claims -= 1
+        conn.execute(ATTEMPT_INSERT, (task_id, 1, now, 1))
+        attempt = Attempt(task_id, 1, new.spec, 0, due, now, owner_id, None, now)
+        return dataclasses.replace(start, attempt=attempt)
+
+    @staticmethod
+    def _allowed_hosts(conn: sqlite3.Connection, owner_id: str) -> tuple[str, ...] | None:
+        row = conn.execute(OWNER_ALLOWED_HOSTS, (owner_id,)).fetchone()
+        return None if row is None or row[0] is None else tuple(json.loads(row[0]))
 
     def _context(self, conn: sqlite3.Connection, run_id: str, step_ids: set[str]) -> dict[str, Any]:
         """The run's input and the results of the steps named."""
@@ -321,7 +373,7 @@ class StepOps(StoreBase):
         """Tell the scheduler and the waiters, after the commit."""
         if self._step_started is not None:
             for start in advance.started:
-                self._step_started(start.task_id, start.due_at_ms)
+                self._step_started(start)
         if self._run_finished is not None:
             for run_id in advance.finished_runs:
                 self._run_finished(run_id)
@@ -358,7 +410,8 @@ class StepOps(StoreBase):
         ]
         assert self._step_builder is not None, "the store was given no step builder"
         try:
-            built = self._step_builder(callback_request(callback, envelope(run, steps)), now)
+            request = callback_request(callback, envelope(run, steps))
+            built = self._step_builder(request, now, self._allowed_hosts(conn, owner_id))
         except ValueError as exc:  # checked when the run was created; logged if it changed
             logger.error("workflow run %s: callback not made: %s", run_id, exc)
             return

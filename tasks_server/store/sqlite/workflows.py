@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, LiteralString
 
 from ...errors import OwnerNotFound, PreconditionFailed, WorkflowNotFound
+from ...models import DueTask, ScheduleFire
 from ...workflows.model import (
     NewRun,
     RunState,
@@ -19,22 +21,26 @@ from ...workflows.model import (
 from ...workflows.steps import (
     CANCELLED,
     TIMED_OUT,
+    decode_definition,
     encode_callbacks,
     encode_template,
 )
 from ..ids import new_task_id
 from .base import METADATA
 from .owners import OWNER_EXISTS
+from .schedules import advance_schedule
 from .tasks import TASK_REVOKE
 from .workflow_steps import RUN_SET_STATE, RUN_STATE, Advance, StepOps
 
 RUN_INSERT: LiteralString = (
     "INSERT INTO workflow_run (id, owner_id, name, state, created_at, due_at, deadline_at, "
-    "remaining, input, metadata, callbacks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "remaining, input, metadata, callbacks, schedule_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 RUN_COLUMNS: LiteralString = (
-    "id, owner_id, name, state, created_at, due_at, finished_at, deadline_at, error, metadata"
+    "id, owner_id, name, state, created_at, due_at, finished_at, deadline_at, error, metadata, "
+    "schedule_id"
 )
 STEP_COLUMNS: LiteralString = (
     "s.step_id, s.state, s.depends_on, s.task_id, coalesce(t.attempts, 0), "
@@ -47,6 +53,11 @@ RUN_LIST: LiteralString = (
     "AND (? IS NULL OR state = ?) AND (? IS NULL OR name = ?) "
     "AND (? IS NULL OR created_at < ? OR (created_at = ? AND id < ?)) "
     "ORDER BY created_at DESC, id DESC LIMIT ?"
+)
+
+RUN_BY_SCHEDULE: LiteralString = (
+    f"SELECT {RUN_COLUMNS} FROM workflow_run WHERE owner_id = ? AND schedule_id = ? "
+    "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
 )
 
 RUN_RESTART: LiteralString = (
@@ -97,52 +108,100 @@ STEP_RESET: LiteralString = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class RunRows:
+    """A run's sealed values: input, metadata, callbacks and each step's template."""
+
+    input: bytes
+    metadata: bytes | None
+    callbacks: bytes | None
+    templates: list[bytes]
+
+
 class WorkflowOps(StepOps):
     async def create_run(self, owner_id: str, run: NewRun, now_ms: int) -> WorkflowRun:
         run_id = new_task_id(now_ms)
-        state = RunState.PENDING if run.due_at_ms > now_ms else RunState.RUNNING
-        deadline = None if run.timeout_ms is None else now_ms + run.timeout_ms
-        input_blob = self._sealer.seal(json.dumps(run.input).encode())
-        metadata_blob = self._seal(
-            None if run.metadata is None else METADATA.dump_json(run.metadata)
-        )
-        templates = [(step, self._sealer.seal(encode_template(step))) for step in run.steps]
-        callbacks = self._seal(encode_callbacks(run.on_success, run.on_failure))
+        rows = self._run_rows(run)
 
-        def op(conn: sqlite3.Connection) -> Advance:
+        def op(conn: sqlite3.Connection) -> tuple[Advance, WorkflowRun]:
             if conn.execute(OWNER_EXISTS, (owner_id,)).fetchone() is None:
                 raise OwnerNotFound()
-            conn.execute(
-                RUN_INSERT,
-                (
-                    run_id,
-                    owner_id,
-                    run.name,
-                    state.value,
-                    now_ms,
-                    run.due_at_ms,
-                    deadline,
-                    len(run.steps),
-                    input_blob,
-                    metadata_blob,
-                    callbacks,
-                ),
-            )
-            for position, (step, blob) in enumerate(templates):
-                deps = list(dict.fromkeys(step.depends_on))
-                conn.execute(
-                    STEP_INSERT, (run_id, step.id, position, len(deps), json.dumps(deps), blob)
-                )
-                for dep in deps:
-                    conn.execute(EDGE_INSERT, (run_id, dep, step.id))
             advance = Advance()
-            roots = [step.id for step in run.steps if not step.depends_on]
-            self._start_ready(conn, run_id, owner_id, roots, now_ms, run.due_at_ms, advance)
-            return advance
+            self._insert_run(conn, run_id, owner_id, run, rows, now_ms, None, advance)
+            # read in the transaction: the run as created, before any step can have moved
+            steps = tuple(self._step(row) for row in conn.execute(STEP_LIST, (run_id,)))
+            return advance, self._run(conn.execute(RUN_BY_ID, (run_id, owner_id)).fetchone(), steps)
 
-        advance = await self._write(op, savepoint=True)
+        advance, created = await self._write(op, savepoint=True)
         self._announce(advance)
-        return await self.get_run(owner_id, run_id)
+        return created
+
+    def _run_rows(self, run: NewRun) -> RunRows:
+        """The sealed values of a run's rows (sealed before the writer takes the op)."""
+        return RunRows(
+            self._sealer.seal(json.dumps(run.input).encode()),
+            self._seal(None if run.metadata is None else METADATA.dump_json(run.metadata)),
+            self._seal(encode_callbacks(run.on_success, run.on_failure)),
+            [self._sealer.seal(encode_template(step)) for step in run.steps],
+        )
+
+    def _insert_run(
+        self,
+        conn: sqlite3.Connection,
+        run_id: str,
+        owner_id: str,
+        run: NewRun,
+        rows: RunRows,
+        now_ms: int,
+        schedule_id: str | None,
+        advance: Advance,
+    ) -> None:
+        """Insert the run, its steps and edges, and start its root steps (due at the
+        run's due time or later), in the caller's transaction."""
+        state = RunState.PENDING if run.due_at_ms > now_ms else RunState.RUNNING
+        deadline = None if run.timeout_ms is None else now_ms + run.timeout_ms
+        conn.execute(
+            RUN_INSERT,
+            (
+                *(run_id, owner_id, run.name, state.value, now_ms, run.due_at_ms, deadline),
+                *(len(run.steps), rows.input, rows.metadata, rows.callbacks, schedule_id),
+            ),
+        )
+        for position, (step, blob) in enumerate(zip(run.steps, rows.templates, strict=True)):
+            deps = list(dict.fromkeys(step.depends_on))
+            conn.execute(
+                STEP_INSERT, (run_id, step.id, position, len(deps), json.dumps(deps), blob)
+            )
+            for dep in deps:
+                conn.execute(EDGE_INSERT, (run_id, dep, step.id))
+        roots = [step.id for step in run.steps if not step.depends_on]
+        self._start_ready(conn, run_id, owner_id, roots, now_ms, run.due_at_ms, advance)
+
+    def _fire_runs(
+        self,
+        conn: sqlite3.Connection,
+        fire: ScheduleFire,
+        owner_id: str,
+        definition: bytes,
+        now_ms: int,
+    ) -> tuple[list[DueTask], Callable[[], None]]:
+        workflow = decode_definition(self._sealer.open(definition))
+        advance = Advance()
+        created: list[DueTask] = []
+        for due in fire.due_at_ms:
+            run = workflow.at(due)
+            run_id = new_task_id(now_ms)
+            rows = self._run_rows(run)
+            self._insert_run(conn, run_id, owner_id, run, rows, now_ms, fire.schedule_id, advance)
+            created.append(DueTask(run_id, due))
+        advance_schedule(conn, fire, created)
+        return created, lambda: self._announce(advance)
+
+    async def list_schedule_runs(
+        self, owner_id: str, schedule_id: str, limit: int, offset: int
+    ) -> list[WorkflowRun]:
+        rows = await self._read(RUN_BY_SCHEDULE, (owner_id, schedule_id, limit, offset))
+        return [self._run(row, ()) for row in rows]
 
     async def get_run(self, owner_id: str, run_id: str) -> WorkflowRun:
         rows = await self._read(RUN_BY_ID, (run_id, owner_id))
@@ -257,6 +316,7 @@ class WorkflowOps(StepOps):
             error=row[8],
             metadata=None if metadata is None else METADATA.validate_json(metadata),
             steps=steps,
+            schedule_id=row[10],
         )
 
     def _step(self, row: Sequence[Any]) -> WorkflowStep:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import Owner, chromium, missing_browser, sign_in, target
+from tests.support.browser import Owner, call, chromium, missing_browser, sign_in, target
 from tests.support.process import ServerProcess
 from tests.support.waiting_sync import wait_for
 
@@ -165,3 +165,57 @@ def test_phone_width_keeps_the_navigation_usable(tmp_path: Path, site: tuple[str
         phone.find_element(by("LINK_TEXT"), "Test a task").click()
         shows(phone, "Show the JSON")
         phone.save_screenshot(str(tmp_path / "screenshot.png"))
+
+
+ADMIN_KEY = "browser-admin-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def admin_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server process with an admin key."""
+    directory = tmp_path_factory.mktemp("admin-server")
+    with ServerProcess(directory, ADMIN_KEY=ADMIN_KEY) as server:
+        yield server.url
+
+
+def key_answer(base: str, owner_id: str, key: str) -> int:
+    """The status the API gives this owner id and key."""
+    import urllib.error
+
+    headers = {"Authorization": f"Bearer {key}", "X-Tasks-Owner-Id": owner_id}
+    try:
+        call("GET", f"{base}/v1/queues", None, headers)
+    except urllib.error.HTTPError as refused:
+        return refused.code
+    return 200
+
+
+def test_admin_creates_an_owner_gives_it_a_new_key_and_disables_it(
+    browser: Any, admin_site: str
+) -> None:
+    base = admin_site
+    sign_in(browser, base, "", ADMIN_KEY)
+    shows(browser, "every owner")
+    browser.find_element(by("LINK_TEXT"), "Admin").click()
+    shows(browser, "Create an owner")
+    browser.find_element(by("ID"), "o-name").send_keys("browser-made")
+    press(browser, "Create owner")
+    shows(browser, "Owner browser-made created", "shown this once")
+    owner_id = browser.find_element(by("ID"), "new-owner-id").text
+    first_key = browser.find_element(by("ID"), "new-owner-key").text
+    assert key_answer(base, owner_id, first_key) == 200
+
+    browser.find_element(by("XPATH"), "//button[@aria-label='New key for browser-made']").click()
+    shows(browser, "given a new key")
+    second_key = browser.find_element(by("ID"), "new-owner-key").text
+    assert second_key != first_key
+    assert key_answer(base, owner_id, first_key) == 401
+    assert key_answer(base, owner_id, second_key) == 200
+
+    browser.find_element(by("XPATH"), "//button[@aria-label='Disable browser-made']").click()
+    shows(browser, "is disabled")
+    assert key_answer(base, owner_id, second_key) == 403
+    assert second_key not in text(browser)  # a key is shown once only
+    browser.find_element(by("XPATH"), "//button[@aria-label='Enable browser-made']").click()
+    shows(browser, "enabled again")
+    assert key_answer(base, owner_id, second_key) == 200
