@@ -1,8 +1,9 @@
 {
   description = "tasks-server: self-hosted HTTP task server (schedule, retry and record HTTP calls)";
 
-  # nixos-25.05 ships setuptools >= 77, which pyproject.toml's build backend needs (the
-  # SPDX `license = "MIT"` string); `nix flake lock` writes flake.lock for this branch
+  # pyproject.toml's build backend needs setuptools >= 77 (the SPDX license string);
+  # nixos-25.05 ships 78.1 (24.11 had 75.x, which refuses that string).
+  # `nix flake lock` writes flake.lock, pinning the branch's current commit
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
 
   outputs = { self, nixpkgs }:
@@ -24,6 +25,10 @@
         prometheus-client
         psycopg
         psycopg-pool
+        idna
+        jinja2
+        itsdangerous
+        aiosmtplib
       ] ++ psycopg.optional-dependencies.binary or [ ]
         ++ uvicorn.optional-dependencies.standard;
 
@@ -43,7 +48,12 @@
         openapi-spec-validator
         jsonschema
         import-linter
-      ];
+        selenium
+        aiosmtpd
+      ]
+      # newer additions to nixpkgs: taken when the pinned nixpkgs has them
+      ++ builtins.concatMap (name: if ps ? ${name} then [ ps.${name} ] else [ ])
+        [ "standardwebhooks" "schemathesis" ];
     in
     {
       packages = forAllSystems (pkgs:

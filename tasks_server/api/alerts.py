@@ -20,7 +20,7 @@ from .convert import field_error, request_to_wire, to_request
 from .errors import validation_failed
 from .queues import merge_patch
 from .services import Services, services
-from .wire import DONE, answer, read_json
+from .wire import DONE, answer, query_of, read_json
 
 _RULE_ID = re.compile(r"[0-9A-Z]{24}")
 
@@ -198,7 +198,7 @@ async def deliveries(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
     rule = await app.store.get_alert_rule(owner_id, _rule_id(request))
-    raw = dict(request.query_params)
+    raw = query_of(request)
     try:
         query = DeliveryQuery.model_validate(raw)
     except ValidationError as exc:

@@ -26,7 +26,7 @@ from .outgoing import check_outgoing
 from .queues import arm, merge_patch, task_id_of, validate_task
 from .schemas import Strict, query_int
 from .services import Services, services
-from .wire import DONE, answer, read_json
+from .wire import DONE, answer, query_of, read_json
 
 # the scheduling options of the first run; a replay runs now unless its body sets them
 _FIRST_RUN_OPTIONS = ("executeAt", "executeImmediately", "executionDelay")
@@ -80,8 +80,7 @@ class DeadLetterQuery(Strict):
 
 def _query(request: Request, *refused: str) -> DeadLetterQuery:
     """The query, refusing parameters this operation does not take (``refused``)."""
-    raw = dict(request.query_params)
-    raw.pop("pretty", None)  # indents the answer (wire.answer); not a filter
+    raw = query_of(request)
     try:
         query = DeadLetterQuery.model_validate(raw)
     except ValidationError as exc:

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from .services import services
-from .wire import JSON
+from .wire import answer
 
 
 async def status(request: Request) -> Response:
@@ -15,7 +15,7 @@ async def status(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     """The process is up and serving."""
-    return JSON({"status": "ok"})
+    return answer(request, {"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
@@ -29,4 +29,4 @@ async def readyz(request: Request) -> Response:
     }
     if not ready:
         body["problems"] = {name: text for name, text in problems.items() if text is not None}
-    return JSON(body, 200 if ready else 503)
+    return answer(request, body, 200 if ready else 503)

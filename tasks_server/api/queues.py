@@ -25,7 +25,7 @@ from .outgoing import check_outgoing
 from .redact import redact
 from .schemas import ListQuery, TaskIn
 from .services import Services, services
-from .wire import DONE, answer, parse_json, read_body, read_json
+from .wire import DONE, answer, parse_json, query_of, read_body, read_json
 
 Transition = Callable[[str, str, int], Awaitable[Task]]
 _TASK_ID = re.compile(r"^[A-Z0-9]{24}$")
@@ -170,7 +170,7 @@ async def register(request: Request) -> Response:
 async def list_tasks(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    raw = dict(request.query_params)
+    raw = query_of(request)
     try:
         query = ListQuery.model_validate(raw)
     except ValidationError as exc:

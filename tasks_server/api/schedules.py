@@ -44,7 +44,7 @@ from .schedule_schemas import (
 from .scheduled_runs import definition_to_wire, workflow_definition
 from .schemas import TaskIn
 from .services import Services, services
-from .wire import DONE, answer, read_json
+from .wire import DONE, answer, query_of, read_json
 from .workflows import run_view
 
 _SAVE_ATTEMPTS = 5  # an edit races only with the runner firing the same schedule
@@ -195,8 +195,7 @@ async def _checked(
 
 
 def _query(model: type[BaseModel], request: Request) -> Any:
-    raw = dict(request.query_params)
-    raw.pop("pretty", None)
+    raw = query_of(request)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

@@ -89,4 +89,12 @@ def answer(request: Request, content: Any, status_code: int = 200) -> JSON:
     return JSON(content, status_code, pretty=bool(query) and "pretty" in request.query_params)
 
 
+def query_of(request: Request) -> dict[str, str]:
+    """The query parameters an operation reads: all but ``pretty``, which shapes the
+    answer (see ``answer``) and is accepted on every request."""
+    raw = dict(request.query_params)
+    raw.pop("pretty", None)
+    return raw
+
+
 DONE = {"status": "Done"}

@@ -32,7 +32,7 @@ from .errors import validation_failed
 from .outgoing import refuse_outgoing, url_refusal
 from .schemas import TaskIn
 from .services import Notifier, Services, services
-from .wire import DONE, answer, read_json
+from .wire import DONE, answer, query_of, read_json
 from .workflow_schemas import RUN_ID, ConditionIn, RunListQuery, StepIn, WorkflowIn
 
 Unsupported = Callable[[HttpRequest, TaskConfig], list[str]]
@@ -326,8 +326,7 @@ async def create(request: Request) -> Response:
 async def list_runs(request: Request) -> Response:
     app = services(request)
     owner_id = await app.auth.owner_id(request)
-    raw = dict(request.query_params)
-    raw.pop("pretty", None)
+    raw = query_of(request)
     try:
         query = RunListQuery.model_validate(raw)
     except ValidationError as exc:

@@ -1688,7 +1688,6 @@ async def test_list_query_accepted(client: httpx.AsyncClient, owner: OwnerAuth, 
         ("sort=up", ("sort",)),
         ("state=done", ("state",)),
         ("page=2", ()),
-        ("pretty", ()),
     ],
 )
 async def test_list_query_rejected(
@@ -1702,8 +1701,8 @@ async def test_list_query_rejected(
 
 
 async def test_unknown_query_parameter_message(client: httpx.AsyncClient, owner: OwnerAuth) -> None:
-    response = await client.get("/v1/queues?pretty", headers=owner.headers)
-    assert response.json()["message"] == {"_errors": ["Unrecognized key(s) in object: 'pretty'"]}
+    response = await client.get("/v1/queues?page=2", headers=owner.headers)
+    assert response.json()["message"] == {"_errors": ["Unrecognized key(s) in object: 'page'"]}
 
 
 async def test_list_state_filter(client: httpx.AsyncClient, owner: OwnerAuth) -> None:

@@ -4,6 +4,7 @@ supervisor (systemd, Docker's restart policy) notices and restarts it."""
 from __future__ import annotations
 
 import secrets
+import sqlite3
 import subprocess
 import sys
 import time
@@ -43,6 +44,26 @@ def test_a_wrong_cipher_key_ends_the_process_with_a_non_zero_code(tmp_path: Path
     assert time.monotonic() - started < 20
     # the key check stops start-up with a message naming the setting
     assert "CIPHER_KEY" in second.log.read_text()
+
+
+def test_a_background_loop_that_dies_at_run_time_ends_the_process_with_code_1(
+    tmp_path: Path,
+) -> None:
+    """A fault no retry can mend, met while serving (here the task table dropped from
+    under the server, as a mistaken shell session would): the loop that meets it dies,
+    the whole process stops and exits 1 instead of staying up without its loops."""
+    server = ServerProcess(tmp_path).start()
+    database = sqlite3.connect(tmp_path / "tasks.db", timeout=30)
+    try:
+        database.execute("DROP TABLE task")
+        database.commit()
+    finally:
+        database.close()
+    assert server.process is not None
+    assert server.process.wait(timeout=30) == 1
+    log = server.log.read_text()
+    assert "stopped; shutting down" in log
+    assert "exiting: no such table: task" in log
 
 
 def test_a_server_stopped_by_sigterm_exits_0(tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ from starlette.responses import Response
 
 from ... import __version__
 from ...errors import NotFound
+from ..wire import answer
 from . import admin, delivery, failures, hosts, schedules, security, workflows
-from .parts import DOCS_ASSETS, RESPONSE_SCHEMAS, SECURITY_SCHEMES, JsonObject
+from .parts import DOCS_ASSETS, PRETTY, RESPONSE_SCHEMAS, SECURITY_SCHEMES, JsonObject
 from .paths import operation_paths, owner_paths, request_schemas, task_paths
 
 
@@ -42,18 +43,20 @@ def spec() -> JsonObject:
             *failures.OPENAPI_TAGS,
             workflows.OPENAPI_TAG,
         ],
-        "paths": {
-            **owner_paths(list_query),
-            **task_paths(),
-            **operation_paths(),
-            **admin.admin_paths(),
-            **hosts.openapi_paths(),
-            **schedules.openapi_paths(),
-            **failures.openapi_paths(),
-            **workflows.openapi_paths(),
-            **delivery.openapi_paths(),
-            **security.openapi_paths(),
-        },
+        "paths": _with_pretty(
+            {
+                **owner_paths(list_query),
+                **task_paths(),
+                **operation_paths(),
+                **admin.admin_paths(),
+                **hosts.openapi_paths(),
+                **schedules.openapi_paths(),
+                **failures.openapi_paths(),
+                **workflows.openapi_paths(),
+                **delivery.openapi_paths(),
+                **security.openapi_paths(),
+            }
+        ),
         "components": {
             # the task models' own entries (with their date notes) win over the copies
             "schemas": {
@@ -72,6 +75,23 @@ def spec() -> JsonObject:
     }
 
 
+def _with_pretty(paths: JsonObject) -> JsonObject:
+    """Every operation that answers JSON takes ``pretty`` (wire.answer indents the answer)."""
+    for item in paths.values():
+        for method, entry in item.items():
+            if method == "parameters":
+                continue
+            answers_json = any(
+                "application/json" in response.get("content", {})
+                for status, response in entry["responses"].items()
+                if status.startswith("2")
+            )
+            parameters = entry.get("parameters", [])
+            if answers_json and PRETTY not in parameters:
+                entry["parameters"] = [PRETTY, *parameters]
+    return paths
+
+
 @functools.cache
 def _spec_bytes() -> bytes:
     return json.dumps(spec(), separators=(",", ":")).encode()
@@ -83,6 +103,8 @@ def _asset(name: str) -> bytes:
 
 
 async def spec_json(request: Request) -> Response:
+    if "pretty" in request.query_params:
+        return answer(request, spec())
     return Response(_spec_bytes(), media_type="application/json")
 
 
