@@ -6,8 +6,9 @@ hourly buckets)."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, LiteralString
 from urllib.parse import urlsplit
 
 from ..models import Task, TaskState
@@ -99,3 +100,126 @@ def matches(query: TaskQuery, url: str, metadata: tuple[tuple[str, str], ...] | 
     if query.url_contains and query.url_contains.lower() not in url.lower():
         return False
     return query.label is None or query.label in (metadata or ())
+
+
+# Both stores run the same statements; they differ only in the placeholder (SQLite's "?",
+# psycopg's "%s"), so the statements are written once with "?" and rewritten per store.
+_SCAN_BATCH = 500  # rows read per batch while scanning sealed values
+# the indexed filters, in the order of _filter_values; only the chosen ones are joined
+_FILTERS: tuple[LiteralString, ...] = (
+    " AND state = ?",
+    " AND host = ?",
+    " AND schedule_id = ?",
+    " AND created_at >= ?",
+    " AND created_at < ?",
+)
+_BEFORE: LiteralString = " AND (created_at, id) < (?, ?)"
+_AFTER: LiteralString = " AND (created_at, id) > (?, ?)"
+_NEWEST: LiteralString = " ORDER BY created_at DESC, id DESC LIMIT ?"
+_OLDEST: LiteralString = " ORDER BY created_at ASC, id ASC LIMIT ?"
+_FINISHED_BY_HOUR: LiteralString = (
+    "SELECT estimate_end_at / 3600000, state, count(*) FROM task "
+    "WHERE {owner}state IN ('SUCCESS', 'ERROR') AND estimate_end_at >= ? GROUP BY 1, 2"
+)
+_BUSIEST_HOSTS: LiteralString = (
+    "SELECT host, count(*) FROM task WHERE {owner}state = 'RUNNING' "
+    "AND host IS NOT NULL GROUP BY host ORDER BY 2 DESC, host LIMIT 5"
+)
+
+Fetch = Callable[[LiteralString, Sequence[Any]], Awaitable[list[Any]]]
+
+
+class ListingSql:
+    """search_tasks and task_overview over one store: its statements (in its placeholder
+    style, over its task columns), run through the read functions it gives."""
+
+    def __init__(self, task_columns: LiteralString, placeholder: LiteralString) -> None:
+        self._p = placeholder
+        self._select = self._sql(
+            f"SELECT {task_columns}, spec, host, schedule_id FROM task WHERE owner_id = ?"
+        )
+        self._filters = tuple(self._sql(sql) for sql in _FILTERS)
+        self._before, self._after = self._sql(_BEFORE), self._sql(_AFTER)
+        self._newest, self._oldest = self._sql(_NEWEST), self._sql(_OLDEST)
+        self._overview = {
+            mine: (
+                self._sql(f"SELECT state, count(*) FROM task {where}GROUP BY state"),
+                self._sql(_FINISHED_BY_HOUR.format(owner=owner)),
+                self._sql(_BUSIEST_HOSTS.format(owner=owner)),
+            )
+            for mine, where, owner in (
+                (True, "WHERE owner_id = ? ", "owner_id = ? AND "),
+                (False, "", ""),
+            )
+        }
+
+    def _sql(self, sql: LiteralString) -> LiteralString:
+        # the statements are this module's constants and the store's column list
+        return sql.replace("?", self._p)
+
+    def _filtered(self, owner_id: str, query: TaskQuery) -> tuple[LiteralString, list[Any]]:
+        """The statement of one batch (without keyset bound and limit) and its parameters."""
+        sql: LiteralString = self._select
+        params: list[Any] = [owner_id]
+        for fragment, value in zip(self._filters, _filter_values(query), strict=True):
+            if value is not None:
+                sql += fragment
+                params.append(value)
+        return sql, params
+
+    async def search_tasks(
+        self,
+        owner_id: str,
+        query: TaskQuery,
+        fetch: Fetch,
+        to_row: Callable[[Sequence[Any]], TaskRow],
+    ) -> TaskPage:
+        """Keyset pages over the indexed filters; the sealed values (URL, label) are
+        matched on rows read in order, at most ``query.scan_limit`` of them."""
+        base, filters = self._filtered(owner_id, query)
+        scanning = bool(query.url_contains) or query.label is not None
+        batch = _SCAN_BATCH if scanning else query.limit + 1
+        found: list[TaskRow] = []
+        after = query.after
+        scanned = 0
+        while True:
+            sql, params = base, list(filters)
+            if after is not None:
+                sql += self._before if query.newest_first else self._after
+                params += [after[0], after[1]]
+            sql += self._newest if query.newest_first else self._oldest
+            rows = await fetch(sql, [*params, batch])
+            for index, row in enumerate(rows):
+                if len(found) == query.limit:
+                    return TaskPage(tuple(found), after)
+                after = (row[3], row[0])
+                scanned += 1
+                item = to_row(row)
+                if matches(query, item.url, item.task.metadata):
+                    found.append(item)
+                if scanning and scanned >= query.scan_limit and index < len(rows) - 1:
+                    return TaskPage(tuple(found), after, scan_exhausted=True)
+            if len(rows) < batch:
+                return TaskPage(tuple(found), None)
+            if scanning and scanned >= query.scan_limit:
+                return TaskPage(tuple(found), after, scan_exhausted=True)
+
+    async def task_overview(self, owner_id: str | None, now_ms: int, fetch: Fetch) -> TaskOverview:
+        """Counts by state, finished tasks per hour of the last day, the busiest hosts."""
+        since = (now_ms // HOUR_MS - 23) * HOUR_MS
+        by_state_sql, finished_sql, hosts_sql = self._overview[owner_id is not None]
+        owner = () if owner_id is None else (owner_id,)
+        counts = await fetch(by_state_sql, owner)
+        finished = await fetch(finished_sql, (*owner, since))
+        hosts = await fetch(hosts_sql, owner)
+        by_state = {state: 0 for state in TaskState}
+        by_state.update({TaskState(state): n for state, n in counts})
+        return TaskOverview(
+            by_state, hourly(finished, now_ms), tuple((host, n) for host, n in hosts)
+        )
+
+
+def _filter_values(query: TaskQuery) -> tuple[Any, ...]:
+    """The indexed filters' values, in the order of _FILTERS (None: not filtered)."""
+    state = None if query.state is None else query.state.value
+    return (state, query.host, query.schedule_id, query.created_from_ms, query.created_to_ms)
