@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import psycopg
 import pytest
 
+from tasks_server.errors import StorageUnavailable
 from tasks_server.models import FlowControl, FlowSetting, Outcome, Result, TaskState
 from tasks_server.sealing import Sealer
 from tasks_server.store.postgres import PostgresStore
@@ -207,3 +209,29 @@ async def test_a_keys_shared_bucket_starts_full_when_its_rate_changes(node: Node
     faster = FlowSetting(FlowControl("shared", rate=5))
     await store.save_flow_control(owner.id, faster, T0)  # the API's PATCH, the same way
     assert len(await store.claim_due(waiting, T0)) == 4  # all that was left
+
+
+async def test_a_transaction_whose_session_ends_before_commit_runs_again_once(
+    node: NodeFactory,
+) -> None:
+    """The server ends a session left idle in a transaction (a stalled node): nothing of
+    that transaction was committed, so it runs again, once, on a new connection."""
+    store = await node()
+    owner = await make_owner(store)
+    runs = 0
+
+    async def op(cur: Any) -> None:
+        nonlocal runs
+        runs += 1
+        await cur.execute("UPDATE owner SET name = name || '+' WHERE id = %s", (owner.id,))
+        if runs <= ends:
+            await cur.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    ends = 1
+    await store._tx(op)
+    assert runs == 2 and (await store.get_owner(owner.id)).name == "owner-one+"
+
+    runs, ends = 0, 2  # lost again: the caller hears of it, and nothing was written
+    with pytest.raises(StorageUnavailable):
+        await store._tx(op)
+    assert runs == 2 and (await store.get_owner(owner.id)).name == "owner-one+"

@@ -154,19 +154,30 @@ class PgBase:
 
     async def _tx(self, op: Callable[[AsyncCursor[tuple[Any, ...]]], Awaitable[T]]) -> T:
         """Run ``op`` in one transaction; retried from the start when PostgreSQL aborts
-        it for a deadlock or a serialization failure (the op must be safe to repeat)."""
+        it for a deadlock or a serialization failure, or once when the session is lost
+        before COMMIT was sent (nothing was committed then: the server ends a session
+        left idle in a transaction, see connection_options, and a node whose event loop
+        stalled on a loaded machine can leave one so). The op must be safe to repeat."""
         assert self._pool is not None, "store is not open"
+        lost_before_commit = 0
         for attempt in range(_RETRIES):
+            stage = "connecting"
             try:
                 async with self._pool.connection() as conn:
+                    stage = "running"
                     async with conn.transaction(), conn.cursor() as cur:
                         result = await op(cur)
+                        stage = "committing"  # whether COMMIT arrived cannot be known
             except (errors.DeadlockDetected, errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
                     raise
                 logger.info("transaction aborted by a concurrent one; running it again")
                 continue
             except psycopg.OperationalError as exc:
+                if stage == "running" and conn.broken and not lost_before_commit:
+                    lost_before_commit += 1
+                    logger.info("session lost before its commit (%s); running it again", exc)
+                    continue
                 self._write_problem = f"the database is out of reach: {exc}"
                 raise StorageUnavailable(self._write_problem) from exc
             self._write_problem = None
