@@ -4,6 +4,7 @@ from that database directly (task states, the schedule leader)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -65,7 +66,7 @@ async def register_owner(url: str, name: str = "nodes") -> dict[str, str]:
 
 
 async def register_tasks(
-    urls: list[str],
+    urls: list[str] | Callable[[], list[str]],
     headers: dict[str, str],
     count: int,
     body: Callable[[int], dict[str, Any]],
@@ -74,11 +75,18 @@ async def register_tasks(
 ) -> list[str]:
     """Register ``count`` tasks round-robin through the nodes at ``urls``, the body of the
     i-th made by ``body(i)`` when it is sent, ``batch`` to a request (through the batch
-    endpoint when more than one); returns the ids."""
+    endpoint when more than one); returns the ids.
+
+    ``urls`` may be a function giving the addresses of the nodes up at the moment (a
+    node started again listens on a new port). A request whose connection fails, or that
+    is answered 503 (not accepted: try again), is sent to the next node, as a load
+    balancer would, for up to two minutes: registrations carry deduplication ids, so a
+    request a killed node committed before it died never makes a second task."""
+    addresses = urls if callable(urls) else lambda: urls
     # the client drops idle connections well before uvicorn does (after 5 s): a request
     # sent on a connection the server is closing would fail for no fault of the node
     limits = httpx.Limits(keepalive_expiry=1.0)
-    clients = [httpx.AsyncClient(base_url=url, timeout=60, limits=limits) for url in urls]
+    clients: dict[str, httpx.AsyncClient] = {}
     ids: list[str] = [""] * count
     queue: asyncio.Queue[range] = asyncio.Queue()
     for start in range(0, count, batch):
@@ -86,25 +94,35 @@ async def register_tasks(
 
     run = secrets.token_hex(4)
 
-    async def post(client: httpx.AsyncClient, path: str, **kwargs: Any) -> httpx.Response:
-        """Sent again when the connection is lost on the way (a loaded machine): the
-        registrations carry deduplication ids, so a repeat never makes a second task."""
-        for attempt in range(3):
+    def client(index: int) -> httpx.AsyncClient:
+        now = addresses()
+        url = now[index % len(now)]
+        if url not in clients:
+            clients[url] = httpx.AsyncClient(base_url=url, timeout=60, limits=limits)
+        return clients[url]
+
+    async def post(first: int, path: str, **kwargs: Any) -> httpx.Response:
+        deadline = asyncio.get_running_loop().time() + 120
+        for attempt in itertools.count():
+            late = asyncio.get_running_loop().time() > deadline
             try:
-                return await client.post(path, **kwargs)
+                response = await client(first + attempt).post(path, **kwargs)
             except httpx.TransportError:
-                if attempt == 2:
+                if late:
                     raise
+                continue
+            if response.status_code != 503 or late:  # 503: not accepted, try again
+                return response
         raise AssertionError("unreachable")
 
     async def worker() -> None:
         while not queue.empty():
             indexes = queue.get_nowait()
-            client = clients[indexes[0] // batch % len(clients)]
+            first = indexes[0] // batch
             if batch == 1:
                 key = {"Idempotency-Key": f"{run}-{indexes[0]}"}
                 response = await post(
-                    client, "/v1/queues/register", json=body(indexes[0]), headers=headers | key
+                    first, "/v1/queues/register", json=body(indexes[0]), headers=headers | key
                 )
                 assert response.status_code in (200, 201), response.text
                 ids[indexes[0]] = response.json()["id"]
@@ -112,7 +130,7 @@ async def register_tasks(
             items = [body(index) for index in indexes]
             for index, item in zip(indexes, items, strict=True):
                 item.setdefault("config", {})["deduplicationId"] = f"{run}-{index}"
-            response = await post(client, "/v1/queues/register/batch", json=items, headers=headers)
+            response = await post(first, "/v1/queues/register/batch", json=items, headers=headers)
             assert response.status_code == 200, response.text
             for index, result in zip(indexes, response.json(), strict=True):
                 assert result["status"] in (200, 201), result
@@ -121,8 +139,8 @@ async def register_tasks(
     try:
         await asyncio.gather(*(worker() for _ in range(parallel)))
     finally:
-        for client in clients:
-            await client.aclose()
+        for each in clients.values():
+            await each.aclose()
     return ids
 
 
