@@ -173,6 +173,20 @@ def test_phone_width_keeps_every_page_usable(tmp_path: Path, site: tuple[str, st
         phone.save_screenshot(str(tmp_path / "screenshot.png"))
 
 
+def test_numbers_refresh_in_place_without_a_reload(browser: Any, site: tuple[str, str]) -> None:
+    base, _ = site
+    owner = Owner(base, "browser-eight")
+    first = owner.register("https://later.example/a", executionDelay=3_600_000)
+    sign_in(browser, base, owner.id, owner.key)
+    shows(browser, "Sign out")
+    browser.get(f"{base}/ui/tasks")
+    shows(browser, first)
+    browser.execute_script("window.loadedOnce = true")  # gone if the page reloads
+    second = owner.register("https://later.example/b", executionDelay=3_600_000)
+    wait_for(lambda: second in text(browser), timeout=20, message="the new task, in place")
+    assert browser.execute_script("return window.loadedOnce") is True
+
+
 def focused(driver: Any) -> Any:
     return driver.switch_to.active_element
 
@@ -272,3 +286,27 @@ def test_admin_creates_an_owner_gives_it_a_new_key_and_disables_it(
     browser.find_element(by("XPATH"), "//button[@aria-label='Enable browser-made']").click()
     shows(browser, "enabled again")
     assert key_answer(base, owner_id, second_key) == 200
+
+
+def test_admin_sets_and_clears_a_host_limit_and_deletes_an_owner(
+    browser: Any, admin_site: str
+) -> None:
+    base = admin_site
+    owner = Owner(base, "browser-gone", admin_key=ADMIN_KEY)
+    sign_in(browser, base, "", ADMIN_KEY)
+    shows(browser, "every owner")
+    browser.get(f"{base}/ui/admin")
+    browser.find_element(by("ID"), "h-host").send_keys("slow.example.com")
+    browser.find_element(by("ID"), "h-rate").send_keys("2")
+    press(browser, "Set limits")
+    shows(browser, "Host slow.example.com: at most", "2/s")
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    override = call("GET", f"{base}/v1/hosts/slow.example.com", None, admin)["override"]
+    assert override["maxRate"] == 2
+    clear = "//button[@aria-label='Clear the override of slow.example.com']"
+    browser.find_element(by("XPATH"), clear).click()
+    shows(browser, "back to the server's defaults")
+    assert call("GET", f"{base}/v1/hosts/slow.example.com", None, admin)["override"] is None
+    browser.find_element(by("XPATH"), "//button[@aria-label='Delete browser-gone']").click()
+    shows(browser, "Owner browser-gone", "is deleted")
+    assert key_answer(base, owner.id, owner.key) in (401, 403)
