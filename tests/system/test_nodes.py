@@ -148,9 +148,14 @@ async def kill_while_due(
     lost = [task_id for task_id in ids if task_id not in seen]
     assert lost == []
     assert {states[task_id] for task_id in ids} == {"SUCCESS"}
+    # A task sent twice was in flight at a kill: its first copy left before the kill and
+    # the second after. The target notes a copy when this test's busy event loop reads
+    # it, which on a loaded machine can be well after the dead node sent it, so the
+    # first copy may be noted up to a lease after the kill (a lease later the task is
+    # taken again anyway).
     for task_id, times in seen.items():
-        if len(times) > 1:  # the first call was in flight when its node was killed
-            assert any(times[0] <= kill <= times[-1] for kill in kill_times), (
+        if len(times) > 1:
+            assert any(times[0] - LEASE_MS / 1000 <= kill <= times[-1] for kill in kill_times), (
                 task_id,
                 times,
                 kill_times,
