@@ -34,8 +34,8 @@ TABLES = (
     "alert_incident",
     "alert_delivery",
 )
-# kept in a counter column on SQLite, counted from the tasks on PostgreSQL
-DERIVED = {"owner": {"tasks_in_queue"}}
+# kept in counter columns on SQLite, counted from the tasks and workflow steps on PostgreSQL
+DERIVED = {"owner": {"tasks_in_queue", "steps_waiting"}}
 
 SERVERS_ON_IT: LiteralString = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
