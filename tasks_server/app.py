@@ -116,7 +116,7 @@ def build(
         store=store,
         clock=clock,
         scheduler=scheduler,
-        auth=Authenticator(store, clock, settings.request_budget),
+        auth=Authenticator(store, clock, settings.request_budget, _owner_cache_s(store)),
         unsupported=unsupported,
         readiness=lambda: _readiness(settings, store, scheduler),
         metrics_text=lambda: metrics.render(lambda: _count_pending(store)),
@@ -264,6 +264,18 @@ def _unsupported_fields() -> Callable[[HttpRequest, TaskConfig], list[str]]:
         return dispatch.unsupported_fields(request, config, capabilities)
 
     return unsupported
+
+
+# how long a node trusts what it read of an owner (key, disabled, budget) when other
+# nodes may change it: a key rotated or an owner disabled elsewhere stops working here
+# within this time (changes made through this node apply at once)
+OWNER_CACHE_S = 2.0
+
+
+def _owner_cache_s(store: Store) -> float | None:
+    """None (kept until this server changes the owner) where one process owns the
+    database; OWNER_CACHE_S where other nodes write to it (leases exist only there)."""
+    return None if store.lease_ms is None else OWNER_CACHE_S
 
 
 def _throttle(settings: Settings) -> Throttle | None:
