@@ -25,7 +25,6 @@ from ..models import Attempt, Call, DueTask, FlowControl, FlowRef, Outcome, Resu
 from ..store import Store
 from ..store.ids import new_task_id
 from ..timing import attempt_timeout_ms
-from ..workflows.steps import is_step
 from .callbacks import callback_for
 from .history import cap_headers
 from .leases import LeaseKeeper
@@ -49,12 +48,6 @@ WAITING_FACTOR = 4  # calls claimed, running or waiting for their host, per in-f
 # held attempts started per pass: the loop's I/O (connecting, sending) runs between passes,
 # so the first calls of a burst are on the wire while the rest are being configured
 START_CHUNK = 8
-# Outcomes written per transaction, a workflow step's counting STEP_WEIGHT: finishing a
-# step also releases its dependants and creates their tasks (tens of statements, not
-# two), so a burst of step outcomes is written in several short transactions, and the
-# dependants of the first ones start while the later ones are being written.
-RECORD_BUDGET = 1024
-STEP_WEIGHT = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,18 +103,6 @@ def claim_window(
         elif claim_at_ms is None or starts_ms < claim_at_ms:
             claim_at_ms = starts_ms
     return min(window, MAX_CLAIM_AHEAD_MS), claim_at_ms
-
-
-def outcomes_to_write(weights: Iterable[int], budget: int) -> int:
-    """How many of the waiting outcomes (their weights, in order) the next transaction
-    writes: up to the one that reaches ``budget``, and always at least one. Pure."""
-    taken = total = 0
-    for weight in weights:
-        taken += 1
-        total += weight
-        if total >= budget:
-            break
-    return taken
 
 
 def attempt_headers(attempt: Attempt) -> tuple[tuple[str, str], ...]:
@@ -562,7 +543,7 @@ class Scheduler:
             await self._results_ready.wait()
             self._results_ready.clear()
             if self._results:
-                batch = self._take_record_batch()
+                batch, self._results = self._results, []
                 if await self._record(batch):
                     backoff.reset()
                     continue
@@ -576,19 +557,6 @@ class Scheduler:
                 self._results_ready.set()
             elif self._stopping and (self._abandoned or not self._in_flight):
                 return
-
-    def _take_record_batch(self) -> list[Result]:
-        """The next outcomes to write (see RECORD_BUDGET); the rest wait for the next
-        pass."""
-        taken = outcomes_to_write(map(self._record_weight, self._results), RECORD_BUDGET)
-        batch, self._results = self._results[:taken], self._results[taken:]
-        if self._results:
-            self._results_ready.set()
-        return batch
-
-    def _record_weight(self, result: Result) -> int:
-        attempt = self._attempts.get((result.task_id, result.attempt_number))
-        return STEP_WEIGHT if attempt is not None and is_step(attempt.spec) else 1
 
     async def _record(self, batch: list[Result]) -> bool:
         """Write ``batch``; False when the database refused it for now."""

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..models import NewTask, Result, TaskSpec
+from ..models import NewTask, Result
 from .model import RunEnd, RunState, StepStart, StepTemplate, WorkflowDefinition
 from .template import TemplateError, references, render, response_context
 
@@ -131,11 +131,6 @@ def step_start(task_id: str, due_at_ms: int, owner_id: str, new: NewTask) -> Ste
     flow = config.flow_control
     ref = None if flow is None else (owner_id, flow.key)
     return StepStart(task_id, due_at_ms, config.priority, ref, flow)
-
-
-def is_step(spec: TaskSpec) -> bool:
-    """Whether a task is a workflow step's (``labelled`` marks it)."""
-    return any(key == "workflowStep" for key, _ in spec.metadata or ())
 
 
 def labelled(new: NewTask, run_id: str, step_id: str) -> NewTask:
