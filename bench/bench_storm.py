@@ -16,9 +16,9 @@ key's own token bucket (capacity = rate, refilled at rate per second), and a sta
 finds no token is a violation. The engine paces a key's claims and, with a second bucket,
 its sends (a call leaves only with a send token), so what is left between its bucket and
 the sink's is the time from the send to the sink reading the request: the bench also
-prints the lateness (ms) the sink must allow for the bucket to hold with no violation. The calls in flight per key are counted from the sink's start
-and end times, and the rate after the burst is each key's starts beyond the burst over
-its drain time.
+prints the lateness (ms) the sink must allow for the bucket to hold with no violation.
+The calls in flight per key are counted from the sink's start and end times, and the rate
+after the burst is each key's starts beyond the burst over its drain time.
 """
 
 from __future__ import annotations
