@@ -13,7 +13,7 @@ from ...errors import OwnerNotFound, QueueLimitReached, TasksServerError
 from ...models import FlowControl, NewTask, Task, TaskState
 from ..ids import new_task_ids
 from ..listing import host_of
-from .base import METADATA, SPEC, TASK_COLUMNS, StoreBase
+from .base import METADATA, TASK_COLUMNS, StoreBase
 from .owners import OWNER_CAPACITY
 from .writer import Outcome
 
@@ -201,7 +201,7 @@ class RegistrationOps(StoreBase):
         """The rows of registrations (sealed here, outside the writer; the ids and nonces
         of the batch come from one read of the random source each: ``new_task_ids``)."""
         ids = new_task_ids(now_ms, len(news))
-        plains: list[bytes | None] = [SPEC.dump_json(n.spec, exclude_defaults=True) for n in news]
+        plains: list[bytes | None] = [self._spec_json(new.spec) for new in news]
         plains += [
             None if n.spec.metadata is None else METADATA.dump_json(n.spec.metadata) for n in news
         ]
