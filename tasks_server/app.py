@@ -109,13 +109,14 @@ def build(
         step_arming(scheduler),
         runs.wake,
         scheduler.free_claims,
+        alerts.observe_run,
     )
     services = Services(
         settings=settings,
         store=store,
         clock=clock,
         scheduler=scheduler,
-        auth=Authenticator(store, clock, settings.request_budget),
+        auth=Authenticator(store, clock, settings.request_budget, _owner_cache_s(store)),
         unsupported=unsupported,
         readiness=lambda: _readiness(settings, store, scheduler),
         metrics_text=lambda: metrics.render(lambda: _count_pending(store)),
@@ -258,6 +259,18 @@ def _scheduler_options(settings: Settings) -> SchedulerOptions:
 
 def _unsupported_fields() -> Callable[[HttpRequest, TaskConfig], list[str]]:
     return dispatch.fields_checker(dispatch.curl_capabilities())
+
+
+# how long a node trusts what it read of an owner (key, disabled, budget) when other
+# nodes may change it: a key rotated or an owner disabled elsewhere stops working here
+# within this time (changes made through this node apply at once)
+OWNER_CACHE_S = 2.0
+
+
+def _owner_cache_s(store: Store) -> float | None:
+    """None (kept until this server changes the owner) where one process owns the
+    database; OWNER_CACHE_S where other nodes write to it (leases exist only there)."""
+    return None if store.lease_ms is None else OWNER_CACHE_S
 
 
 def _throttle(settings: Settings) -> Throttle | None:

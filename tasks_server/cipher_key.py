@@ -135,9 +135,7 @@ def rotate(configured: str, database: Path, new_key_file: Path | None) -> str:
     pending = path.with_name(path.name + ".new")
     with exclusive_lock(database):
         if new_key_file is not None:
-            new = new_key_file.read_text().strip()
-            if len(new) < MIN_KEY_CHARS or is_example_key(new):
-                raise ConfigError("--new-key-file", "***", f"needs {MIN_KEY_CHARS}+ characters")
+            new = _read_new_key(new_key_file)
         else:
             new = write_key_file(pending)  # on disk before any value is sealed with it
         written = asyncio.run(_reseal(database, old, new))
@@ -146,6 +144,38 @@ def rotate(configured: str, database: Path, new_key_file: Path | None) -> str:
     os.replace(pending, path)
     then = " Unset CIPHER_KEY: the key file is used when it is empty." if configured else ""
     return f"re-sealed {written} values; the new key is in {path}.{then}"
+
+
+def rotate_shared(configured: str, url: str, new_key_file: Path | None) -> str:
+    """Re-seal a PostgreSQL database that nodes share with the key in ``new_key_file``;
+    returns what to do next. The current key is ``configured`` (any value: rotating away
+    from it is the point). Nodes take their key from ``CIPHER_KEY`` (no key file is
+    generated there), so the new key must be given. Raises ConfigError for a missing or
+    weak new key or a wrong current one, PreconditionFailed while a node is connected."""
+    from .sealing import Sealer
+    from .store.postgres.sealed import rotate_key
+
+    if new_key_file is None:
+        raise ConfigError(
+            "--new-key-file",
+            "",
+            "is required with DATABASE_URL: every node reads its key from CIPHER_KEY, so "
+            "make one (python -c 'import secrets; print(secrets.token_urlsafe(32))'), keep "
+            "it in a file and pass that file",
+        )
+    new = _read_new_key(new_key_file)
+    written = asyncio.run(rotate_key(url, Sealer(configured), Sealer(new)))
+    return (
+        f"re-sealed {written} values: set CIPHER_KEY to the new key on every node before "
+        "starting it"
+    )
+
+
+def _read_new_key(path: Path) -> str:
+    new = path.read_text().strip()
+    if len(new) < MIN_KEY_CHARS or is_example_key(new):
+        raise ConfigError("--new-key-file", "***", f"needs {MIN_KEY_CHARS}+ characters")
+    return new
 
 
 async def _reseal(database: Path, old: str, new: str) -> int:

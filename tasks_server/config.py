@@ -416,21 +416,13 @@ def _is_bearer_secret(value: str) -> bool:
 
 
 def describe(settings: Settings) -> dict[str, object]:
-    """Settings as a dict with secrets masked, for ``check-config`` and logs."""
-    masked = {
-        "cipher_key",
-        "database_url",
-        "s3_access_key",
-        "s3_secret_key",
-        "s3_session_token",
-        "metrics_key",
-        "admin_key",
-        "smtp_password",
-    }
+    """Settings as a dict with secrets masked, for ``check-config``, logs and the dashboard.
+
+    A setting is a secret when its field is declared with ``repr=False``: the same mark that
+    keeps it out of ``repr(settings)``, so a new secret cannot be masked in one place and
+    shown in the other."""
     return {
-        f.name: (
-            "***" if f.name in masked and getattr(settings, f.name) else getattr(settings, f.name)
-        )
+        f.name: "***" if not f.repr and getattr(settings, f.name) else getattr(settings, f.name)
         for f in fields(settings)
     }
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,24 @@ def test_egress_settings_are_read() -> None:
     assert settings.egress_allow == "127.0.0.1/32, intranet.example"
     assert settings.egress_ports == "80,443"
     assert load({}, env_file=None).egress_allow == ""  # the default refuses private ranges
+
+
+def test_every_secret_setting_is_masked_in_describe_and_repr(tmp_path: Path) -> None:
+    planted = {
+        "CIPHER_KEY": "cipher-secret-value-0001",
+        "DATABASE_URL": "postgresql://tasks:db-secret-value-0002@db/tasks",
+        "BACKUP_OBJECT_STORAGE_ACCESS_KEY": "access-secret-value-0003",
+        "BACKUP_OBJECT_STORAGE_SECRET_KEY": "bucket-secret-value-0004",
+        "S3_SESSION_TOKEN": "session-secret-value-0005",
+        "METRICS_KEY": "metrics-secret-value-0006-long-enough",
+        "ADMIN_KEY": "admin-secret-value-0007-long-enough",
+        "SMTP_PASSWORD": "smtp-secret-value-0008",
+    }
+    settings = load(planted, env_file=_empty(tmp_path))
+    shown = json.dumps(describe(settings), default=str)
+    for value in planted.values():
+        assert value not in shown and value not in repr(settings)
+    secrets = {f.name for f in fields(settings) if not f.repr}
+    assert len(secrets) == len(planted)
+    assert all(describe(settings)[name] == "***" for name in secrets)
+    assert describe(settings)["port"] == settings.port  # plain settings are shown as they are

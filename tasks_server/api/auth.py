@@ -2,7 +2,7 @@
 
 Malformed headers and unknown owners are 403; a well-formed key that is not the owner's
 is 401. Key digests are cached in memory, so a request costs no database read once its
-owner has been seen.
+owner has been seen (on a database that several nodes share, no read for ``max_age_s``).
 """
 
 from __future__ import annotations
@@ -25,13 +25,27 @@ _CACHE_LIMIT = 10_000
 
 class Authenticator:
     """Checks owner credentials and spends the owner's request budget (requests per
-    minute: the owner's own, set by an administrator, else ``default_budget``; 0 = none)."""
+    minute: the owner's own, set by an administrator, else ``default_budget``; 0 = none).
 
-    def __init__(self, store: Store, clock: Clock | None = None, default_budget: int = 0) -> None:
+    What it read of an owner (key digest, whether disabled, budget) is kept until this
+    server changes the owner (``forget``), and at most ``max_age_s`` seconds when that is
+    set: on a database that several nodes share, a key rotated, an owner disabled or
+    deleted through another node stops working here within that time.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock | None = None,
+        default_budget: int = 0,
+        max_age_s: float | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._default_budget = default_budget
+        self._max_age_s = max_age_s if clock is not None else None
         self._digests: dict[str, bytes] = {}
+        self._read_at: dict[str, float] = {}  # owner id → monotonic s of the digest's read
         self._verified: dict[str, str] = {}
         self._budgets: dict[str, int] = {}  # owner id → requests per minute (0 = none)
         self._spent = TokenBuckets(default_budget or 1)
@@ -45,6 +59,9 @@ class Authenticator:
         if not _OWNER_ID.match(owner_id):
             raise Unauthenticated()
         digest = self._digests.get(owner_id)
+        if digest is not None and self._is_stale(owner_id):
+            self.forget(owner_id)
+            digest = None
         if digest is None:
             digest = await self._store.owner_key_digest(owner_id)
             if digest is None:
@@ -53,7 +70,10 @@ class Authenticator:
                 self._digests.clear()
                 self._verified.clear()
                 self._budgets.clear()
+                self._read_at.clear()
             self._digests[owner_id] = digest
+            if self._max_age_s is not None and self._clock is not None:
+                self._read_at[owner_id] = self._clock.monotonic()
             budget = (await self._store.get_owner(owner_id)).request_budget
             self._budgets[owner_id] = self._default_budget if budget is None else budget
         # the last key that matched each owner is remembered, so a client's repeated
@@ -67,6 +87,12 @@ class Authenticator:
         self._spend(owner_id)
         return owner_id
 
+    def _is_stale(self, owner_id: str) -> bool:
+        if self._max_age_s is None or self._clock is None:
+            return False
+        read_at = self._read_at.get(owner_id)
+        return read_at is None or self._clock.monotonic() - read_at >= self._max_age_s
+
     def _spend(self, owner_id: str) -> None:
         budget = self._budgets.get(owner_id, self._default_budget)
         if budget and self._clock is not None:
@@ -79,3 +105,4 @@ class Authenticator:
         self._digests.pop(owner_id, None)
         self._verified.pop(owner_id, None)
         self._budgets.pop(owner_id, None)
+        self._read_at.pop(owner_id, None)

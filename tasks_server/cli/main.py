@@ -104,14 +104,17 @@ def parser() -> argparse.ArgumentParser:
         description="Open every sealed value with the current key (CIPHER_KEY, else the "
         "key file beside the database) and seal it with a new one, in one transaction. "
         "Without --new-key-file a random key is generated into the key file; then unset "
-        "CIPHER_KEY. With it, set CIPHER_KEY to the new key before starting the server.",
+        "CIPHER_KEY. With it, set CIPHER_KEY to the new key before starting the server. "
+        "With DATABASE_URL (PostgreSQL), stop every node first and give --new-key-file; "
+        "then set CIPHER_KEY to the new key on every node.",
     )
     rotate.add_argument("--db", dest="path_sqlite", help="SQLite file (PATH_SQLITE)")
     rotate.add_argument(
         "--new-key-file",
         type=Path,
         metavar="FILE",
-        help="a file holding the new key (at least 16 characters); default: generate one",
+        help="a file holding the new key (at least 16 characters); default: generate one "
+        "into the key file (SQLite only)",
     )
     rotate.set_defaults(run=_rotate_key)
 
@@ -262,12 +265,15 @@ def startup_warnings(settings: Settings) -> list[str]:
 
 
 def _rotate_key(args: argparse.Namespace, settings: Settings) -> int:
-    from ..cipher_key import rotate
-    from ..errors import BackupError
+    from ..cipher_key import rotate, rotate_shared
+    from ..errors import BackupError, PreconditionFailed
 
     try:
-        report = rotate(settings.cipher_key, settings.database_path, args.new_key_file)
-    except BackupError as exc:  # a server holds the database
+        if settings.database_url is not None:
+            report = rotate_shared(settings.cipher_key, settings.database_url, args.new_key_file)
+        else:
+            report = rotate(settings.cipher_key, settings.database_path, args.new_key_file)
+    except (BackupError, PreconditionFailed) as exc:  # a server holds the database
         logger.error("rotate-key refused: %s", exc)
         return 1
     print(report)  # noqa: T201

@@ -20,6 +20,7 @@ from psycopg import AsyncConnection, AsyncCursor, sql
 from ..errors import PreconditionFailed
 from .migrate import latest_version as sqlite_latest_version
 from .postgres import APPLICATION_NAME, migrate
+from .postgres.base import SERVERS_ON_IT
 from .sqlite import DatabaseLock, connect
 
 logger = logging.getLogger(__name__)
@@ -34,13 +35,9 @@ TABLES = (
     "alert_incident",
     "alert_delivery",
 )
-# kept in a counter column on SQLite, counted from the tasks on PostgreSQL
-DERIVED = {"owner": {"tasks_in_queue"}}
+# kept in counter columns on SQLite, counted from the tasks and workflow steps on PostgreSQL
+DERIVED = {"owner": {"tasks_in_queue", "steps_waiting"}}
 
-SERVERS_ON_IT: LiteralString = (
-    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-    "AND application_name LIKE %s AND pid <> pg_backend_pid()"
-)
 COLUMNS: LiteralString = (
     "SELECT column_name, data_type FROM information_schema.columns "
     "WHERE table_schema = current_schema() AND table_name = %s"

@@ -1,9 +1,19 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
+from starlette.requests import Request
 
+from tasks_server.api.auth import Authenticator
+from tasks_server.api.keys import new_owner_key
+from tasks_server.errors import Unauthenticated, WrongKey
+from tasks_server.sealing import Sealer, key_digest
+from tasks_server.store.postgres import PostgresStore
+from tasks_server.store.sqlite import SqliteStore
 from tests.conftest import OwnerAuth
+from tests.support.clock import FakeClock
 
 FORBIDDEN = {
     "action": "The request should not be repeated",
@@ -79,8 +89,6 @@ async def test_auth_is_checked_before_the_path(client: httpx.AsyncClient) -> Non
 async def test_key_is_never_stored_in_clear(
     client: httpx.AsyncClient, owner: OwnerAuth, settings: object
 ) -> None:
-    from pathlib import Path
-
     db = Path(settings.path_sqlite)  # type: ignore[attr-defined]
     raw = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
     assert owner.key.encode() not in raw
@@ -105,3 +113,68 @@ async def test_unknown_route_and_method_are_json_404(client: httpx.AsyncClient) 
         response = await client.request(method, path)
         assert response.status_code == 404
         assert response.json()["message"] == "The requested resource was not found"
+
+
+def _request(owner_id: str, key: str) -> Request:
+    headers = [
+        (b"authorization", f"Bearer {key}".encode()),
+        (b"x-tasks-owner-id", owner_id.encode()),
+    ]
+    return Request({"type": "http", "method": "GET", "path": "/v1/queues", "headers": headers})
+
+
+async def test_an_owner_changed_through_another_node_is_seen_within_max_age(
+    database_url: str,
+) -> None:
+    """Two nodes on one PostgreSQL database: what one node's Authenticator cached of an
+    owner gives way, after ``max_age_s``, to a key rotated or an owner disabled through
+    the other node's store (which never calls this node's ``forget``)."""
+    clock = FakeClock()
+    here = PostgresStore(database_url, Sealer("test-key"), lease_ms=10_000, pool_size=2)
+    there = PostgresStore(database_url, Sealer("test-key"), lease_ms=10_000, pool_size=2)
+    await here.open()
+    await there.open()
+    try:
+        old, new = new_owner_key(), new_owner_key()
+        owner = await there.create_owner("rotated", key_digest(old), clock.now_ms(), 0)
+        auth = Authenticator(here, clock, max_age_s=2.0)
+        assert await auth.owner_id(_request(owner.id, old)) == owner.id  # now cached
+
+        await there.set_owner_key(owner.id, key_digest(new))
+        clock.advance(1.0)
+        assert await auth.owner_id(_request(owner.id, old)) == owner.id  # not yet re-read
+        clock.advance(1.0)
+        with pytest.raises(WrongKey):
+            await auth.owner_id(_request(owner.id, old))
+        assert await auth.owner_id(_request(owner.id, new)) == owner.id
+
+        await there.update_owner(
+            owner.id, disabled=True, tasks_in_queue_limit=0, request_budget=None
+        )
+        clock.advance(2.0)
+        with pytest.raises(Unauthenticated):
+            await auth.owner_id(_request(owner.id, new))
+    finally:
+        await here.close()
+        await there.close()
+
+
+async def test_without_max_age_the_cache_lasts_until_forget(tmp_path: Path) -> None:
+    """One process owns an SQLite database: every change goes through it and calls
+    ``forget``, so nothing is read again on time alone."""
+    clock = FakeClock()
+    store = SqliteStore(tmp_path / "auth.db", Sealer("test-key"))
+    await store.open()
+    try:
+        old, new = new_owner_key(), new_owner_key()
+        owner = await store.create_owner("kept", key_digest(old), clock.now_ms(), 0)
+        auth = Authenticator(store, clock)
+        assert await auth.owner_id(_request(owner.id, old)) == owner.id
+        await store.set_owner_key(owner.id, key_digest(new))
+        clock.advance(3600)
+        assert await auth.owner_id(_request(owner.id, old)) == owner.id
+        auth.forget(owner.id)
+        with pytest.raises(WrongKey):
+            await auth.owner_id(_request(owner.id, old))
+    finally:
+        await store.close()

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import psycopg
 import pytest
 
-from tasks_server.models import Outcome, Result, TaskState
+from tasks_server.models import FlowControl, FlowSetting, Outcome, Result, TaskState
 from tasks_server.sealing import Sealer
 from tasks_server.store.postgres import PostgresStore
 from tasks_server.store.postgres.migrate import migrate, migrations
@@ -174,3 +174,36 @@ async def test_pruned_attempts_are_counted_on_the_task(database_url: str) -> Non
             assert await cur.fetchone() == (3,)  # 2, 3 and 4; 1, 5 and 6 are kept
     finally:
         await store.close()
+
+
+async def test_a_keys_shared_bucket_starts_full_when_its_rate_changes(node: NodeFactory) -> None:
+    """The key's bucket lives in its row: a new rate (by a registration naming the key,
+    or saved through the API) starts with its own full burst, as a node's own bucket does
+    (engine/limits.py); other changes leave what was spent spent."""
+    store = await node()
+    owner = await make_owner(store, limit=0)
+
+    async def register(count: int, flow: FlowControl) -> list[str]:
+        tasks = [await store.create_task(owner.id, new_task(T0, flow_control=flow), T0)]
+        tasks += [
+            await store.create_task(owner.id, new_task(T0, flow_control=flow), T0)
+            for _ in range(count - 1)
+        ]
+        return [task.id for task in tasks]
+
+    two = FlowControl("shared", rate=2)
+    waiting = await register(4, two)
+    assert len(await store.claim_due(waiting, T0)) == 2  # a burst of 2, then empty
+    fewer_calls = FlowControl("shared", rate=2, parallelism=50)
+    waiting += await register(1, fewer_calls)  # the same rate: nothing earned
+    assert await store.claim_due(waiting, T0) == []
+
+    three = FlowControl("shared", rate=3)
+    waiting += await register(1, three)  # a new rate: a full burst of 3
+    assert len(await store.claim_due(waiting, T0)) == 3
+    waiting += await register(3, three)
+    assert await store.claim_due(waiting, T0) == []
+
+    faster = FlowSetting(FlowControl("shared", rate=5))
+    await store.save_flow_control(owner.id, faster, T0)  # the API's PATCH, the same way
+    assert len(await store.claim_due(waiting, T0)) == 4  # all that was left

@@ -197,3 +197,47 @@ async def test_rotate_key_reseals_everything(tmp_path: Path) -> None:
                 attempts = await http.get(f"{path}/attempts", headers=planted["headers"])
         assert PLANTED["basic"] in config.text and PLANTED["body"] in config.text
         assert attempts.json()[0]["statusCode"] == 200
+
+
+async def test_rotate_key_reseals_everything_on_postgresql(
+    tmp_path: Path, database_url: str
+) -> None:
+    old_key, new_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    key_file = tmp_path / "new.key"
+    key_file.write_text(new_key + "\n")
+    shared = {"DATABASE_URL": database_url}
+    async with TargetServer() as target:
+        target.route("/hook", Reply(200, PLANTED["response-body"].encode()))
+        server = ServerProcess(tmp_path, CIPHER_KEY=old_key, **shared)
+        with server:
+            planted = await _plant(server, target)
+            # a node on the database: rotating now would leave it sealing with the old key
+            busy = _cli(tmp_path, "rotate-key", "--new-key-file", str(key_file), **shared)
+            assert busy.returncode == 1 and "in use" in busy.stderr, busy.stderr
+            assert server.terminate() == 0
+
+        # nodes read their key from CIPHER_KEY: the new one must be given, not generated
+        unnamed = _cli(tmp_path, "rotate-key", CIPHER_KEY=old_key, **shared)
+        assert unnamed.returncode == 2 and "--new-key-file" in unnamed.stderr
+        wrong = _cli(
+            tmp_path, "rotate-key", "--new-key-file", str(key_file), CIPHER_KEY=new_key, **shared
+        )
+        assert wrong.returncode == 2 and "not the key this database" in wrong.stderr
+        rotated = _cli(
+            tmp_path, "rotate-key", "--new-key-file", str(key_file), CIPHER_KEY=old_key, **shared
+        )
+        assert rotated.returncode == 0, rotated.stderr
+        assert "re-sealed" in rotated.stdout and "every node" in rotated.stdout
+        assert "Traceback" not in rotated.stderr + wrong.stderr + unnamed.stderr
+
+        stale = _serve(tmp_path, CIPHER_KEY=old_key, **shared)
+        assert stale.returncode != 0 and "not the key this database" in stale.stderr
+        server.env["CIPHER_KEY"] = new_key
+        with server:
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                path = f"/v1/queues/{planted['task_id']}"
+                config = await http.get(f"{path}/config?reveal=true", headers=planted["headers"])
+                attempts = await http.get(f"{path}/attempts", headers=planted["headers"])
+    assert PLANTED["basic"] in config.text and PLANTED["body"] in config.text
+    assert PLANTED["metadata"] in config.text and PLANTED["header"] in config.text
+    assert attempts.json()[0]["statusCode"] == 200

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import secrets
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -244,6 +245,46 @@ async def _in_flight(database_url: str, count: int) -> bool:
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         row = await (await conn.execute("SELECT count(*) FROM task WHERE in_flight")).fetchone()
     return row is not None and row[0] == count
+
+
+async def test_a_key_rotated_or_an_owner_disabled_on_one_node_stops_working_on_another(
+    tmp_path: Path, database_url: str
+) -> None:
+    admin_key = secrets.token_urlsafe(32)
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    cluster = Nodes(tmp_path, database_url, 2, ADMIN_KEY=admin_key)
+    try:
+        await cluster.start()
+        async with (
+            httpx.AsyncClient(base_url=cluster[0].url) as first,
+            httpx.AsyncClient(base_url=cluster[1].url) as second,
+        ):
+            created = await first.post("/v1/admin/owners", json={"name": "moved"}, headers=admin)
+            assert created.status_code == 201, created.text
+            owner = created.json()
+
+            def auth(key: str) -> dict[str, str]:
+                return {"Authorization": f"Bearer {key}", "X-Tasks-Owner-Id": owner["id"]}
+
+            old = auth(owner["key"])
+            assert (await second.get("/v1/queues", headers=old)).status_code == 200  # cached
+
+            rotated = await first.post(f"/v1/admin/owners/{owner['id']}/key", headers=admin)
+            assert rotated.status_code == 200, rotated.text
+            new = auth(rotated.json()["key"])
+
+            async def status_on_second(headers: dict[str, str], status: int) -> bool:
+                return (await second.get("/v1/queues", headers=headers)).status_code == status
+
+            await wait_until(lambda: status_on_second(old, 401), timeout=10, interval=0.2)
+            assert (await second.get("/v1/queues", headers=new)).status_code == 200
+
+            path = f"/v1/admin/owners/{owner['id']}"
+            disabled = await first.patch(path, json={"disabled": True}, headers=admin)
+            assert disabled.status_code == 200, disabled.text
+            await wait_until(lambda: status_on_second(new, 403), timeout=10, interval=0.2)
+    finally:
+        cluster.stop_all()
 
 
 def flow_hooks(url: str, flow: dict[str, Any]) -> Callable[[int], dict[str, Any]]:

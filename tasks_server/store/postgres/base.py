@@ -30,6 +30,11 @@ METADATA = TypeAdapter(tuple[tuple[str, str], ...])
 
 # every connection says who it is: `migrate-data` refuses a database a server is using
 APPLICATION_NAME = "tasks-server"
+# the connections of running servers (tools name theirs "tasks-server-<tool>")
+SERVERS_ON_IT: LiteralString = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name LIKE %s AND pid <> pg_backend_pid()"
+)
 # the channel on which a node tells the others that tasks became due (see listen)
 DUE_CHANNEL: LiteralString = "tasks_due"
 SCHEDULE_CHANNEL: LiteralString = "tasks_schedules"

@@ -8,7 +8,8 @@ flight on the tasks themselves (a call stops counting when its outcome is commit
 its lease is reclaimed), spends the key's shared token bucket, and claims only what both
 allow. A task refused is armed again for when the key may allow it.
 
-The API's view of the keys (their limits, what waits behind them) lives here too.
+The API's view of the keys (their limits, what waits behind them) is shared with SQLite
+(store/flow_keys.py); saving a key here also resets its bucket when its rate changes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any, LiteralString
 
 from psycopg import AsyncCursor
 
-from ...models import FlowControl, FlowPeriod, FlowSetting, FlowStatus
+from ...models import FlowSetting, FlowStatus
+from ..flow_keys import FlowKeySql, save_params
 from .base import PgBase
 
 # a refused task of a key at its parallelism cap (or paused) is tried again this soon: the
@@ -117,14 +119,6 @@ def allowance(
     return KeyAllowance(now_ms, rate, period_ms, credit, allowed, retry)
 
 
-FLOW_LIST: LiteralString = (
-    "SELECT f.key, f.rate, f.period_ms, f.parallelism, f.paused, "
-    "(SELECT count(*) FROM task t WHERE t.owner_id = f.owner_id AND t.flow_key = f.key "
-    "AND t.next_at IS NOT NULL), "
-    "(SELECT min(t.next_at) FROM task t WHERE t.owner_id = f.owner_id AND t.flow_key = f.key "
-    "AND t.next_at IS NOT NULL) "
-    "FROM flow_control f WHERE f.owner_id = %s ORDER BY f.key"
-)
 FLOW_SAVE: LiteralString = (
     "INSERT INTO flow_control (owner_id, key, rate, period_ms, parallelism, paused, "
     "updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (owner_id, key) DO UPDATE SET "
@@ -135,40 +129,20 @@ FLOW_SAVE: LiteralString = (
     "parallelism = excluded.parallelism, paused = excluded.paused, "
     "updated_at = excluded.updated_at"
 )
-FLOW_GET: LiteralString = (
-    "SELECT rate, period_ms, parallelism, paused FROM flow_control WHERE owner_id = %s AND key = %s"
-)
+_FLOW_KEYS = FlowKeySql("%s")
 
 
 class PgFlowOps(PgBase):
     """Flow-control keys as the API sees them: their limits and what waits behind them."""
 
     async def get_flow_control(self, owner_id: str, key: str) -> FlowSetting | None:
-        rows = await self._read(FLOW_GET, (owner_id, key))
-        if not rows:
-            return None
-        row = rows[0]
-        period = {p.ms: p for p in FlowPeriod}[row[1]]
-        return FlowSetting(FlowControl(key, row[0], period, row[2]), bool(row[3]))
+        return await _FLOW_KEYS.get(owner_id, key, self._read)
 
     async def list_flow_controls(self, owner_id: str) -> list[FlowStatus]:
-        rows = await self._read(FLOW_LIST, (owner_id,))
-        periods = {p.ms: p for p in FlowPeriod}
-        return [
-            FlowStatus(
-                FlowSetting(FlowControl(row[0], row[1], periods[row[2]], row[3]), bool(row[4])),
-                int(row[5]),
-                row[6],
-            )
-            for row in rows
-        ]
+        return await _FLOW_KEYS.list(owner_id, self._read)
 
     async def save_flow_control(self, owner_id: str, setting: FlowSetting, now_ms: int) -> None:
-        flow = setting.flow
-        params = (
-            *(owner_id, flow.key, flow.rate, flow.period.ms, flow.parallelism),
-            *(setting.paused, now_ms),
-        )
+        params = save_params(owner_id, setting, now_ms)
 
         async def op(cur: AsyncCursor[tuple[Any, ...]]) -> None:
             await cur.execute(FLOW_SAVE, params)

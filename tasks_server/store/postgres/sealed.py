@@ -11,10 +11,11 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import AsyncCursor
 
-from ...errors import ConfigError
+from ...errors import ConfigError, PreconditionFailed
 from ...sealing import Sealer
 from ..details import seal_detail
-from .base import PgBase
+from .base import APPLICATION_NAME, SERVERS_ON_IT, PgBase
+from .migrate import migrate
 
 CHECK_TEXT = b"tasks-server key check v1"
 CHECK_READ: LiteralString = "SELECT value FROM seal_check WHERE id = 1"
@@ -123,6 +124,62 @@ def _wrong_key() -> ConfigError:
     )
 
 
+async def reseal_rows(cur: AsyncCursor[Any], old: Sealer, new: Sealer) -> int:
+    """Re-seal every sealed value (and seal what an older version kept in the clear) with
+    ``new``, and replace the key check value, in the caller's transaction; returns the
+    number of values written. Raises ValueError when ``old`` does not open a value."""
+    written = 0
+    for select, update, keys in SEALED:
+        await cur.execute(select)
+        for row in await cur.fetchall():
+            values = row[keys:]
+            fresh = [None if v is None else new.seal(old.open(bytes(v))) for v in values]
+            await cur.execute(update, (*fresh, *row[:keys]))
+            written += sum(v is not None for v in values)
+    await cur.execute(LEGACY_DETAIL)
+    for task_id, number, error, headers in await cur.fetchall():
+        detail = seal_detail(new, error, json.loads(headers or "[]"))
+        await cur.execute(LEGACY_SEAL, (detail, task_id, number))
+        written += 1
+    await cur.execute(CHECK_WRITE, (new.seal(CHECK_TEXT),))
+    return written
+
+
+# A node starting during a rotation reads the check value: it waits for the rotation to
+# commit, then finds the new check value and stops if it still has the old key.
+LOCK_CHECK: LiteralString = "LOCK TABLE seal_check IN ACCESS EXCLUSIVE MODE"
+
+
+async def rotate_key(url: str, old: Sealer, new: Sealer) -> int:
+    """Re-seal the database at ``url`` from ``old`` to ``new`` in one transaction (after
+    applying any pending migration); returns the number of values written.
+
+    Raises PreconditionFailed, changing nothing, while any node is connected to the
+    database (a running node would go on sealing with the old key), and ConfigError
+    naming CIPHER_KEY when ``old`` is not the database's key."""
+    async with await psycopg.AsyncConnection.connect(
+        url, application_name=f"{APPLICATION_NAME}-rotate-key"
+    ) as conn:
+        await migrate(conn)
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.execute(LOCK_CHECK)
+            await cur.execute(SERVERS_ON_IT, (f"{APPLICATION_NAME} %",))
+            row = await cur.fetchone()
+            if row and row[0]:
+                raise PreconditionFailed(
+                    f"the database is in use by {row[0]} tasks-server connection(s): stop "
+                    "every node first (a running node would go on sealing with the old key)"
+                )
+            await cur.execute(CHECK_READ)
+            check = await cur.fetchone()
+            await cur.execute(SAMPLE_READ)
+            _verify(old, check, await cur.fetchone())
+            try:
+                return await reseal_rows(cur, old, new)
+            except ValueError as exc:  # a value sealed with yet another key
+                raise _wrong_key() from exc
+
+
 class PgSealOps(PgBase):
     async def _verify_key(self) -> None:
         sealer = self._sealer
@@ -143,21 +200,7 @@ class PgSealOps(PgBase):
         old = self._sealer
 
         async def op(cur: AsyncCursor[tuple[Any, ...]]) -> int:
-            written = 0
-            for select, update, keys in SEALED:
-                await cur.execute(select)
-                for row in await cur.fetchall():
-                    values = row[keys:]
-                    fresh = [None if v is None else sealer.seal(old.open(bytes(v))) for v in values]
-                    await cur.execute(update, (*fresh, *row[:keys]))
-                    written += sum(v is not None for v in values)
-            await cur.execute(LEGACY_DETAIL)
-            for task_id, number, error, headers in await cur.fetchall():
-                detail = seal_detail(sealer, error, json.loads(headers or "[]"))
-                await cur.execute(LEGACY_SEAL, (detail, task_id, number))
-                written += 1
-            await cur.execute(CHECK_WRITE, (sealer.seal(CHECK_TEXT),))
-            return written
+            return await reseal_rows(cur, old, sealer)
 
         written = await self._tx(op)
         self._sealer = sealer

@@ -6,16 +6,9 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, LiteralString
 
-from ...models import (
-    Attempt,
-    DueTask,
-    FlowControl,
-    FlowPeriod,
-    FlowSetting,
-    FlowStatus,
-    Result,
-)
+from ...models import Attempt, DueTask, FlowSetting, FlowStatus, Result
 from ..details import seal_detail
+from ..flow_keys import FlowKeySql, save_params
 from ..listing import host_of
 from .base import METADATA, StoreBase
 
@@ -68,14 +61,6 @@ ATTEMPT_INTERRUPT: LiteralString = (
 )
 
 
-FLOW_LIST: LiteralString = (
-    "SELECT f.key, f.rate, f.period_ms, f.parallelism, f.paused, "
-    "(SELECT count(*) FROM task t WHERE t.owner_id = f.owner_id AND t.flow_key = f.key "
-    "AND t.next_at IS NOT NULL), "
-    "(SELECT min(t.next_at) FROM task t WHERE t.owner_id = f.owner_id AND t.flow_key = f.key "
-    "AND t.next_at IS NOT NULL) "
-    "FROM flow_control f WHERE f.owner_id = ? ORDER BY f.key"
-)
 FLOW_SAVE: LiteralString = (
     "INSERT INTO flow_control (owner_id, key, rate, period_ms, parallelism, paused, "
     "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner_id, key) DO UPDATE SET "
@@ -83,9 +68,7 @@ FLOW_SAVE: LiteralString = (
     "parallelism = excluded.parallelism, paused = excluded.paused, "
     "updated_at = excluded.updated_at"
 )
-FLOW_GET: LiteralString = (
-    "SELECT rate, period_ms, parallelism, paused FROM flow_control WHERE owner_id = ? AND key = ?"
-)
+_FLOW_KEYS = FlowKeySql("?")
 
 
 class ClaimOps(StoreBase):
@@ -225,31 +208,13 @@ class ClaimOps(StoreBase):
         return await self._write(op, savepoint=True)
 
     async def get_flow_control(self, owner_id: str, key: str) -> FlowSetting | None:
-        rows = await self._read(FLOW_GET, (owner_id, key))
-        if not rows:
-            return None
-        row = rows[0]
-        period = {p.ms: p for p in FlowPeriod}[row[1]]
-        return FlowSetting(FlowControl(key, row[0], period, row[2]), row[3] == 1)
+        return await _FLOW_KEYS.get(owner_id, key, self._read)
 
     async def list_flow_controls(self, owner_id: str) -> list[FlowStatus]:
-        rows = await self._read(FLOW_LIST, (owner_id,))
-        periods = {p.ms: p for p in FlowPeriod}
-        return [
-            FlowStatus(
-                FlowSetting(FlowControl(row[0], row[1], periods[row[2]], row[3]), bool(row[4])),
-                int(row[5]),
-                row[6],
-            )
-            for row in rows
-        ]
+        return await _FLOW_KEYS.list(owner_id, self._read)
 
     async def save_flow_control(self, owner_id: str, setting: FlowSetting, now_ms: int) -> None:
-        flow = setting.flow
-        params = (
-            *(owner_id, flow.key, flow.rate, flow.period.ms, flow.parallelism),
-            *(1 if setting.paused else 0, now_ms),
-        )
+        params = save_params(owner_id, setting, now_ms)
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(FLOW_SAVE, params)
