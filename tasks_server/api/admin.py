@@ -125,6 +125,15 @@ async def replace_owner_key(app: Services, owner_id: str) -> str:
     return key
 
 
+async def remove_owner(app: Services, owner_id: str) -> None:
+    """Delete an owner with no unfinished task, and its finished tasks; its key and
+    sessions stop working at once. Raises OwnerNotFound (a NotFound) for an unknown owner and
+    PreconditionFailed while it still has tasks in queue."""
+    await app.store.delete_owner(owner_id)
+    app.auth.forget(owner_id)
+    app.destinations.forget(owner_id)
+
+
 # -- the endpoints ----------------------------------------------------------------------------
 
 
@@ -148,10 +157,7 @@ async def change_owner(request: Request) -> Response:
 async def delete_owner(request: Request) -> Response:
     """Delete an owner with no unfinished task (422 otherwise), and its finished tasks."""
     app = admin_services(request)
-    owner_id = _owner_id(request)
-    await app.store.delete_owner(owner_id)
-    app.auth.forget(owner_id)
-    app.destinations.forget(owner_id)
+    await remove_owner(app, _owner_id(request))
     return answer(request, DONE)
 
 

@@ -81,12 +81,46 @@ def host_record(view: HostView) -> dict[str, Any]:
     }
 
 
-def _host(request: Request) -> str:
-    host = str(request.path_params["host"]).lower()
+def parse_host(raw: str) -> str:
+    """A host as overrides name it (lower case, optional port). Raises ValidationFailed."""
+    host = raw.strip().lower()
     match = _HOST.match(host)
     if match is None or (match.group(1) is not None and not 0 < int(match.group(1)) < 65536):
         raise field_error(("host",), "Invalid host: a name or IPv4 address, optionally :port")
     return host
+
+
+def _host(request: Request) -> str:
+    return parse_host(str(request.path_params["host"]))
+
+
+async def set_host_override(app: Services, host: str, patch: HostLimitPatch) -> HostView:
+    """Store the host's override and apply it at once; fields not given in ``patch`` keep
+    their value, a field given as None returns that limit to the default. The API and the
+    dashboard both change overrides through here."""
+    governor = _governor(app)
+    given = patch.model_fields_set
+    current = next((h for h in await app.store.list_host_limits() if h.host == host), None)
+    current = current or HostLimit(host)
+    limit = HostLimit(
+        host,
+        patch.maxConcurrency if "maxConcurrency" in given else current.max_concurrency,
+        patch.maxRate if "maxRate" in given else current.max_rate,
+        app.clock.now_ms(),
+    )
+    await app.store.save_host_limit(limit)
+    governor.set_override(limit)
+    return governor.view(host, app.clock.now_ms())
+
+
+async def clear_host_override(app: Services, host: str) -> HostView:
+    """Remove the host's override (NotFound when it has none): the host returns to the
+    server-wide defaults at once."""
+    governor = _governor(app)
+    if not await app.store.delete_host_limit(host):
+        raise NotFound()
+    governor.drop_override(host)
+    return governor.view(host, app.clock.now_ms())
 
 
 async def list_hosts(request: Request) -> Response:
@@ -105,32 +139,16 @@ async def patch_host(request: Request) -> Response:
     """Set the host's override (stored, applied at once); fields left out keep theirs."""
     app = admin_services(request)
     host = _host(request)
-    governor = _governor(app)
+    _governor(app)
     data = await read_json(request, app.settings.max_size_body_request)
     try:
         patch = HostLimitPatch.model_validate(data)
     except ValidationError as exc:
         raise validation_failed(exc, data) from exc
-    given = patch.model_fields_set
-    current = next((h for h in await app.store.list_host_limits() if h.host == host), None)
-    current = current or HostLimit(host)
-    limit = HostLimit(
-        host,
-        patch.maxConcurrency if "maxConcurrency" in given else current.max_concurrency,
-        patch.maxRate if "maxRate" in given else current.max_rate,
-        app.clock.now_ms(),
-    )
-    await app.store.save_host_limit(limit)
-    governor.set_override(limit)
-    return answer(request, host_record(governor.view(host, app.clock.now_ms())))
+    return answer(request, host_record(await set_host_override(app, host, patch)))
 
 
 async def delete_host(request: Request) -> Response:
     """Remove the host's override: it returns to the server-wide defaults."""
     app = admin_services(request)
-    host = _host(request)
-    governor = _governor(app)
-    if not await app.store.delete_host_limit(host):
-        raise NotFound()
-    governor.drop_override(host)
-    return answer(request, host_record(governor.view(host, app.clock.now_ms())))
+    return answer(request, host_record(await clear_host_override(app, _host(request))))

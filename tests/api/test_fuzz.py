@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import resource
 import time
 from collections.abc import Iterator
@@ -68,7 +69,7 @@ def _auth(path: str, security: list[Any], target: Target) -> dict[str, str]:
 def fuzz_operation(target: Target, label: str, examples: int) -> Outcome:
     """Run schemathesis's cases for one operation (in a worker process); collect, do not
     raise, so that no time goes to shrinking and every operation gets its run."""
-    schema = schemathesis.openapi.from_dict(spec())
+    schema = schemathesis.openapi.from_dict(spec())  # fresh: the same cases every run
     operation = next(
         result.ok()
         for result in schema.get_all_operations()
@@ -77,6 +78,7 @@ def fuzz_operation(target: Target, label: str, examples: int) -> Outcome:
     has_input = any(True for _ in operation.iter_parameters()) or bool(operation.body)
     outcome = Outcome(label, has_input=has_input)
     session = requests.Session()
+    session.trust_env = False  # no proxy or netrc lookup in the environment per request
     auth = _auth(operation.path, operation.definition.raw.get("security", []), target)
 
     def check(case: Any) -> None:
@@ -123,6 +125,12 @@ def labels_heaviest_first() -> list[str]:
     return [f"{op.method.upper()} {op.path}" for op in operations]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a running process has used (Linux's /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Target, ServerProcess]]:
     directory: Path = tmp_path_factory.mktemp("fuzz")
@@ -153,16 +161,19 @@ def test_no_server_errors(api: tuple[Target, ServerProcess]) -> None:
         outcomes = [future.result() for future in futures]
     elapsed = time.monotonic() - started
     workers_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert server.process is not None
     cases = sum(outcome.cases for outcome in outcomes)
+    # on an idle two-core machine the run takes about (workers' + server's CPU) / 2
     logger.info(
         "schemathesis: %d operations, %d cases (%d to %d per operation) in %.1f s, "
-        "workers' CPU %.0f s",
+        "workers' CPU %.0f s, server's CPU %.0f s",
         len(outcomes),
         cases,
         min(o.cases for o in outcomes if o.has_input),
         max(o.cases for o in outcomes),
         elapsed,
         workers_cpu.ru_utime + workers_cpu.ru_stime,
+        cpu_seconds(server.process.pid),
     )
     for outcome in sorted(outcomes, key=lambda o: o.cases):
         logger.info("%5d %s %s", outcome.cases, outcome.label, outcome.statuses)

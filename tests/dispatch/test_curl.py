@@ -680,6 +680,47 @@ async def test_https_with_ca_and_client_cert_files_inside_the_cert_dir(
     assert len(server.arrivals) == 1
 
 
+async def test_unreadable_certificate_files_are_named_by_option_not_by_path(
+    tls: TlsMaterial, tmp_path: Path
+) -> None:
+    """libcurl's own text names the file it failed to read, a path on this server; the
+    attempt's error names the task's option instead."""
+    own = tmp_path / OWNER
+    own.mkdir()
+    (own / "ca.pem").write_bytes(b"not a certificate")
+    (own / "client.pem").write_bytes(b"not a certificate either")
+    (own / "client.key").write_bytes(b"nor a key")
+    dispatcher = CurlDispatcher(
+        CurlSettings(cert_dir=str(tmp_path), egress=LOOPBACK), close_grace_s=0.5
+    )
+    await dispatcher.start()
+    try:
+        async with TargetServer(tls.server_context(require_client_cert=True)) as server:
+            bad_ca = TaskConfig(ca=Pem(path="missing-ca.pem"))
+            no_ca = await send(dispatcher, make_call(server.url("/hook"), config=bad_ca))
+            client = TaskConfig(
+                ca=Pem(content=tls.ca_pem),
+                cert=ClientCert(Pem(path="client.pem")),
+                key=Pem(path="client.key"),
+            )
+            no_client = await send(dispatcher, make_call(server.url("/hook"), config=client))
+    finally:
+        await dispatcher.close()
+    assert no_ca.curl_code == pycurl.E_SSL_CACERT_BADFILE
+    assert no_ca.error == (
+        f"config.ca: the CA certificates could not be read "
+        f"(libcurl error {pycurl.E_SSL_CACERT_BADFILE})"
+    )
+    assert no_client.curl_code == pycurl.E_SSL_CERTPROBLEM
+    assert no_client.error is not None and no_client.error.startswith(
+        "config.cert / config.key: the client certificate or key could not be used"
+    )
+    for outcome in (no_ca, no_client):
+        error = outcome.error or ""
+        assert str(tmp_path) not in error and ".pem" not in error and "client.key" not in error
+    assert server.arrivals == []
+
+
 async def test_https_insecure_accepts_an_untrusted_certificate(
     dispatcher: CurlDispatcher, tls_target: TargetServer
 ) -> None:

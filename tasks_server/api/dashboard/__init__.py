@@ -74,6 +74,8 @@ def _routes() -> list[Any]:
         Route("/admin", admin.admin),
         Route("/admin/owners", admin.create, methods=["POST"]),
         Route("/admin/owners/{owner_id}/{action}", admin.owner_action, methods=["POST"]),
+        Route("/admin/hosts", admin.set_host, methods=["POST"]),
+        Route("/admin/hosts/clear", admin.clear_host, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
 

@@ -1,7 +1,8 @@
-"""The admin view: owners (create, disable, enable, new key), destination hosts and their
-backpressure, server health and settings with secrets masked. Owners change through the
-functions behind the admin API (``api/admin.py``) and hosts are read through
-``api/hosts.py``'s ``host_views``, so both paths check and show the same things."""
+"""The admin view: owners (create, disable, enable, new key, delete), destination hosts
+with their backpressure and per-host overrides (set, clear), server health and settings
+with secrets masked. Owners and overrides change through the functions behind the admin
+API (``api/admin.py``, ``api/hosts.py``) and hosts are read through ``host_views``, so
+both paths check and show the same things."""
 
 from __future__ import annotations
 
@@ -14,11 +15,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...config import describe
-from ...errors import NotFound, TasksServerError, ValidationFailed
+from ...errors import NotFound, PreconditionFailed, TasksServerError, ValidationFailed
 from ...models import Owner
-from ..admin import add_owner, change_owner_settings, replace_owner_key
+from ..admin import add_owner, change_owner_settings, remove_owner, replace_owner_key
 from ..admin_schemas import OwnerChangeIn, OwnerCreateIn
-from ..hosts import host_views
+from ..hosts import (
+    HostLimitPatch,
+    clear_host_override,
+    host_views,
+    parse_host,
+    set_host_override,
+)
 from ..services import services
 from . import charts
 from .session import NotSignedIn, Viewer, checked_form, flash, redirect, render, require
@@ -74,6 +81,7 @@ async def _page(request: Request, who: Viewer, status: int = 200, **extra: Any) 
         readiness=await app.readiness(),
         settings=masked_settings(app.settings),
         form=extra.pop("form", {}),
+        host_form=extra.pop("host_form", {}),
         **extra,
     )
 
@@ -127,7 +135,7 @@ def _new_key(owner: Owner | str, key: str, what: str) -> dict[str, str]:
 
 
 async def owner_action(request: Request) -> Response:
-    """Disable, enable or give a new key to an owner."""
+    """Disable, enable, delete or give a new key to an owner."""
     who = await require_admin(request)
     await checked_form(request)
     app = services(request)
@@ -143,4 +151,71 @@ async def owner_action(request: Request) -> Response:
         owner = await app.store.get_owner(owner_id)
         key = await replace_owner_key(app, owner_id)
         return await _page(request, who, new_key=_new_key(owner, key, "given a new key"))
+    if action == "delete":
+        owner = await app.store.get_owner(owner_id)
+        try:
+            await remove_owner(app, owner_id)
+        except PreconditionFailed as exc:
+            return await _page(request, who, 422, owner_error=f"{owner.name}: {exc.message}")
+        flash(request, f"Owner {owner.name} ({owner.id}) is deleted, with its finished tasks.")
+        return redirect("/ui/admin")
     raise NotFound()
+
+
+_HOST_FIELDS = ("host", "maxConcurrency", "maxRate")
+
+
+def host_limits_from_form(form: dict[str, str]) -> tuple[str, HostLimitPatch]:
+    """The set-limits form as the host and the admin API's patch: a blank limit returns
+    to the server's default. Raises ValidationFailed with a message naming the field."""
+    host = _form_host(form)
+    body: dict[str, Any] = {}
+    for name, cast, kind in (
+        ("maxConcurrency", int, "a whole number"),
+        ("maxRate", float, "a number"),
+    ):
+        raw = form.get(name, "").strip()
+        try:
+            body[name] = cast(raw) if raw else None
+        except ValueError as exc:
+            raise ValidationFailed(message=f"{name} must be {kind}") from exc
+    try:
+        return host, HostLimitPatch.model_validate(body)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "form"
+        raise ValidationFailed(message=f"{where}: {problem['msg']}") from exc
+
+
+def _form_host(form: dict[str, str]) -> str:
+    try:
+        return parse_host(form.get("host", ""))
+    except ValidationFailed as exc:
+        raise ValidationFailed(message="host: a name or IPv4 address, optionally :port") from exc
+
+
+async def set_host(request: Request) -> Response:
+    """Set (or replace) a host's override from the form."""
+    who = await require_admin(request)
+    form = await checked_form(request)
+    app = services(request)
+    try:
+        host, patch = host_limits_from_form(form)
+        view = await set_host_override(app, host, patch)
+    except ValidationFailed as exc:
+        shown = {k: form.get(k, "") for k in _HOST_FIELDS}
+        return await _page(request, who, 400, host_error=exc.message, host_form=shown)
+    rate = f"{view.max_rate:g}/s" if view.max_rate else "no rate limit"
+    flash(request, f"Host {host}: at most {view.max_concurrency} at once, {rate}.")
+    return redirect("/ui/admin#hosts-title")
+
+
+async def clear_host(request: Request) -> Response:
+    """Remove a host's override: it returns to the server-wide defaults."""
+    await require_admin(request)
+    form = await checked_form(request)
+    app = services(request)
+    host = _form_host(form)
+    await clear_host_override(app, host)
+    flash(request, f"Host {host} is back to the server's defaults.")
+    return redirect("/ui/admin#hosts-title")

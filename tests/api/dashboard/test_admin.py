@@ -155,13 +155,52 @@ async def test_a_new_key_replaces_the_old_one(
 
 @pytest.mark.parametrize(
     "action",
-    ["/ui/admin/owners/01AAAAAAAAAAAAAAAAAAAAAAAA/disable", "/ui/admin/owners/short/rotate"],
+    [
+        "/ui/admin/owners/01AAAAAAAAAAAAAAAAAAAAAAAA/disable",
+        "/ui/admin/owners/short/rotate",
+        "/ui/admin/owners/01AAAAAAAAAAAAAAAAAAAAAAAA/delete",
+    ],
 )
 async def test_actions_on_an_unknown_owner_are_a_404_page(
     admin_ui: httpx.AsyncClient, action: str
 ) -> None:
     page = await post_form(admin_ui, "/ui/admin", action)
     assert page.status_code == 404 and "Not found" in page.text
+
+
+async def test_delete_an_owner(
+    admin_server: Server, admin_ui: httpx.AsyncClient, api: httpx.AsyncClient
+) -> None:
+    owner = await register_owner(api, "owner-to-go", {"Authorization": f"Bearer {ADMIN_KEY}"})
+    kept = await register_owner(api, "owner-to-keep", {"Authorization": f"Bearer {ADMIN_KEY}"})
+    async with client_for(admin_server) as owner_ui:
+        assert (await sign_in(owner_ui, owner.id, owner.key)).status_code == 303
+        page = await admin_ui.get("/ui/admin")
+        assert 'aria-label="Delete owner-to-go"' in page.text
+        done = await post_form(admin_ui, "/ui/admin", f"/ui/admin/owners/{owner.id}/delete")
+        assert done.status_code == 303
+        after = await admin_ui.get("/ui/admin")
+        assert "Owner owner-to-go" in after.text and "is deleted" in after.text
+        assert f'id="owner-{owner.id}"' not in after.text
+        assert [record["name"] for record in await admin_owners(api)] == ["owner-to-keep"]
+        assert not await key_works(api, owner.id, owner.key)
+        assert (await owner_ui.get("/ui/")).status_code == 303  # its session ended too
+        assert await key_works(api, kept.id, kept.key)
+
+
+async def test_an_owner_with_unfinished_tasks_is_not_deleted(
+    admin_ui: httpx.AsyncClient, api: httpx.AsyncClient
+) -> None:
+    owner = await register_owner(api, "owner-busy", {"Authorization": f"Bearer {ADMIN_KEY}"})
+    request = {"url": "https://later.example/hook", "method": "POST"}
+    body = {"httpRequest": request, "config": {"executionDelay": 3_600_000}}
+    registered = await api.post("/v1/queues/register", json=body, headers=owner.headers)
+    assert registered.status_code == 201, registered.text
+    page = await post_form(admin_ui, "/ui/admin", f"/ui/admin/owners/{owner.id}/delete")
+    assert page.status_code == 422 and 'role="alert"' in page.text
+    assert "owner-busy: The owner still has tasks in queue" in page.text
+    assert await key_works(api, owner.id, owner.key)
+    assert len(await admin_owners(api)) == 1
 
 
 async def test_an_unknown_action_is_a_404_page(
@@ -202,6 +241,13 @@ async def test_admin_page_when_the_database_fails(
         await admin_server.store.open()
 
 
+async def hosts_api(api: httpx.AsyncClient, host: str) -> dict[str, object]:
+    response = await api.get(f"/v1/hosts/{host}", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert response.status_code == 200, response.text
+    found: dict[str, object] = response.json()
+    return found
+
+
 # -- hosts ----------------------------------------------------------------------------------
 
 
@@ -239,3 +285,73 @@ async def test_hosts_section_shows_a_host_that_answered_429(
             return "429 at" in page.text.split('id="hosts-title"', 1)[1]
 
         await wait_until(shown, message="the host's 429 on the admin page")
+
+
+async def test_set_and_clear_a_host_override(
+    admin_ui: httpx.AsyncClient, api: httpx.AsyncClient
+) -> None:
+    page = await admin_ui.get("/ui/admin")
+    assert 'for="h-host"' in page.text and 'for="h-rate"' in page.text
+    fields = {"host": "Slow.Example.com:8443", "maxConcurrency": "4", "maxRate": "2.5"}
+    done = await post_form(admin_ui, "/ui/admin", "/ui/admin/hosts", **fields)
+    assert done.status_code == 303
+    shown = await admin_ui.get("/ui/admin")
+    assert "Host slow.example.com:8443: at most 4 at once, 2.5/s." in shown.text
+    hosts = shown.text.split('id="hosts-title"', 1)[1]
+    assert "<code>slow.example.com:8443</code>" in hosts and "2.5/s" in hosts
+    assert 'aria-label="Clear the override of slow.example.com:8443"' in hosts
+    override = (await hosts_api(api, "slow.example.com:8443"))["override"]
+    assert isinstance(override, dict)
+    assert override["maxConcurrency"] == 4 and override["maxRate"] == 2.5
+    # a blank limit returns that limit to the default; the other is replaced
+    again = {"host": "slow.example.com:8443", "maxConcurrency": "", "maxRate": "1"}
+    assert (await post_form(admin_ui, "/ui/admin", "/ui/admin/hosts", **again)).status_code == 303
+    override = (await hosts_api(api, "slow.example.com:8443"))["override"]
+    assert isinstance(override, dict)
+    assert override["maxConcurrency"] is None and override["maxRate"] == 1.0
+    host = {"host": "slow.example.com:8443"}
+    cleared = await post_form(admin_ui, "/ui/admin", "/ui/admin/hosts/clear", **host)
+    assert cleared.status_code == 303
+    after = await admin_ui.get("/ui/admin")
+    assert "Host slow.example.com:8443 is back to the server&#39;s defaults." in after.text
+    assert (await hosts_api(api, "slow.example.com:8443"))["override"] is None
+    assert "No host is busy, throttled, failing or has an override." in after.text
+    missing = await post_form(admin_ui, "/ui/admin", "/ui/admin/hosts/clear", **host)
+    assert missing.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"host": "not a host", "maxRate": "2"}, "host: a name or IPv4 address"),
+        ({"host": "x.example:70000", "maxRate": "2"}, "host: a name or IPv4 address"),
+        ({"host": "x.example", "maxConcurrency": "many"}, "maxConcurrency must be a whole"),
+        ({"host": "x.example", "maxConcurrency": "0"}, "maxConcurrency: Input should be"),
+        ({"host": "x.example", "maxRate": "-1"}, "maxRate: Input should be greater than 0"),
+        ({"host": "x.example", "maxRate": "fast"}, "maxRate must be a number"),
+    ],
+)
+async def test_set_host_limits_with_bad_fields_changes_nothing(
+    admin_ui: httpx.AsyncClient, api: httpx.AsyncClient, fields: dict[str, str], message: str
+) -> None:
+    page = await post_form(admin_ui, "/ui/admin", "/ui/admin/hosts", **fields)
+    assert page.status_code == 400 and message in page.text, page.text
+    assert f'value="{fields["host"]}"' in page.text  # the form keeps what was typed
+    listed = await api.get("/v1/hosts", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert listed.json() == []
+
+
+async def test_host_forms_need_the_csrf_token_and_the_admin(
+    admin_server: Server, admin_ui: httpx.AsyncClient, api: httpx.AsyncClient
+) -> None:
+    fields = {"host": "x.example", "maxRate": "2"}
+    refused = await admin_ui.post("/ui/admin/hosts", data=fields)
+    assert refused.status_code == 403
+    owner = await register_owner(api, "owner-no-hosts", {"Authorization": f"Bearer {ADMIN_KEY}"})
+    async with client_for(admin_server) as owner_ui:
+        await sign_in(owner_ui, owner.id, owner.key)
+        page = await owner_ui.get("/ui/")
+        response = await owner_ui.post("/ui/admin/hosts", data={"csrf": csrf_of(page), **fields})
+        assert response.status_code == 303 and "/ui/login" in response.headers["location"]
+    listed = await api.get("/v1/hosts", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert listed.json() == []

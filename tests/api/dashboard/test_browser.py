@@ -154,17 +154,84 @@ def test_another_owners_task_is_a_not_found_page(browser: Any, site: tuple[str, 
     assert "Not found" in browser.title and "not yours" in text(browser)
 
 
-def test_phone_width_keeps_the_navigation_usable(tmp_path: Path, site: tuple[str, str]) -> None:
-    base, _ = site
+def test_phone_width_keeps_every_page_usable(tmp_path: Path, site: tuple[str, str]) -> None:
+    base, target_url = site
     owner = Owner(base, "browser-six")
+    task_id = owner.register(f"{target_url}/fail", executionDelay=0)
+    wait_for(lambda: owner.state(task_id) == "ERROR", timeout=15, message="the failure")
     with chromium(tmp_path / "profile", width=390, height=844, phone=True) as phone:
         sign_in(phone, base, owner.id, owner.key)
         shows(phone, "Sign out")
-        width = phone.execute_script("return document.documentElement.scrollWidth")
-        assert width <= 390  # nothing wider than the screen
+        pages = ("/ui/", "/ui/tasks", f"/ui/tasks/{task_id}", "/ui/failures", "/ui/schedules")
+        for path in (*pages, "/ui/workflows", "/ui/test"):
+            phone.get(f"{base}{path}")
+            shows(phone, "Sign out")
+            width = phone.execute_script("return document.documentElement.scrollWidth")
+            assert width <= 390, path  # nothing wider than the screen (tables scroll inside)
         phone.find_element(by("LINK_TEXT"), "Test a task").click()
         shows(phone, "Show the JSON")
         phone.save_screenshot(str(tmp_path / "screenshot.png"))
+
+
+def test_numbers_refresh_in_place_without_a_reload(browser: Any, site: tuple[str, str]) -> None:
+    base, _ = site
+    owner = Owner(base, "browser-eight")
+    first = owner.register("https://later.example/a", executionDelay=3_600_000)
+    sign_in(browser, base, owner.id, owner.key)
+    shows(browser, "Sign out")
+    browser.get(f"{base}/ui/tasks")
+    shows(browser, first)
+    browser.execute_script("window.loadedOnce = true")  # gone if the page reloads
+    second = owner.register("https://later.example/b", executionDelay=3_600_000)
+    wait_for(lambda: second in text(browser), timeout=20, message="the new task, in place")
+    assert browser.execute_script("return window.loadedOnce") is True
+
+
+def focused(driver: Any) -> Any:
+    return driver.switch_to.active_element
+
+
+def tab_to(driver: Any, check: Callable[[Any], bool], what: str) -> Any:
+    """Press Tab until the focused element passes ``check`` (at most 40 presses)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    for _ in range(40):
+        ActionChains(driver).send_keys(Keys.TAB).perform()
+        element = focused(driver)
+        if check(element):
+            return element
+    raise AssertionError(f"Tab never reached {what}")
+
+
+def outline_of(driver: Any, element: Any) -> str:
+    return str(driver.execute_script("return getComputedStyle(arguments[0]).outlineStyle", element))
+
+
+def test_keyboard_alone_signs_in_and_acts(browser: Any, site: tuple[str, str]) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    base, _ = site
+    owner = Owner(base, "browser-seven")
+    task_id = owner.register("https://later.example/x", executionDelay=3_600_000)
+    browser.get(f"{base}/ui/login")
+    skip = tab_to(browser, lambda e: e.get_attribute("href") or "", "the first link")
+    assert skip.text == "Skip to content"
+    left = browser.execute_script("return arguments[0].getBoundingClientRect().left", skip)
+    assert left >= 0  # off screen until focused, then shown
+    assert outline_of(browser, skip) != "none"
+    owner_field = tab_to(browser, lambda e: e.get_attribute("id") == "ownerId", "the owner id")
+    owner_field.send_keys(owner.id)
+    key_field = tab_to(browser, lambda e: e.get_attribute("id") == "key", "the key")
+    key_field.send_keys(owner.key, Keys.ENTER)
+    shows(browser, "Sign out")
+    browser.get(f"{base}/ui/tasks/{task_id}")
+    shows(browser, "No attempt yet.")
+    pause = tab_to(browser, lambda e: e.text == "Pause", "the Pause button")
+    assert outline_of(browser, pause) != "none"  # the focus is visible
+    pause.send_keys(Keys.ENTER)
+    shows(browser, "The task is paused.")
+    assert owner.state(task_id) == "PAUSED"
 
 
 ADMIN_KEY = "browser-admin-key-0123456789abcdef"
@@ -219,3 +286,27 @@ def test_admin_creates_an_owner_gives_it_a_new_key_and_disables_it(
     browser.find_element(by("XPATH"), "//button[@aria-label='Enable browser-made']").click()
     shows(browser, "enabled again")
     assert key_answer(base, owner_id, second_key) == 200
+
+
+def test_admin_sets_and_clears_a_host_limit_and_deletes_an_owner(
+    browser: Any, admin_site: str
+) -> None:
+    base = admin_site
+    owner = Owner(base, "browser-gone", admin_key=ADMIN_KEY)
+    sign_in(browser, base, "", ADMIN_KEY)
+    shows(browser, "every owner")
+    browser.get(f"{base}/ui/admin")
+    browser.find_element(by("ID"), "h-host").send_keys("slow.example.com")
+    browser.find_element(by("ID"), "h-rate").send_keys("2")
+    press(browser, "Set limits")
+    shows(browser, "Host slow.example.com: at most", "2/s")
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    override = call("GET", f"{base}/v1/hosts/slow.example.com", None, admin)["override"]
+    assert override["maxRate"] == 2
+    clear = "//button[@aria-label='Clear the override of slow.example.com']"
+    browser.find_element(by("XPATH"), clear).click()
+    shows(browser, "back to the server's defaults")
+    assert call("GET", f"{base}/v1/hosts/slow.example.com", None, admin)["override"] is None
+    browser.find_element(by("XPATH"), "//button[@aria-label='Delete browser-gone']").click()
+    shows(browser, "Owner browser-gone", "is deleted")
+    assert key_answer(base, owner.id, owner.key) in (401, 403)
