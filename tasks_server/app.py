@@ -109,6 +109,7 @@ def build(
         step_arming(scheduler),
         runs.wake,
         scheduler.free_claims,
+        alerts.observe_run,
     )
     services = Services(
         settings=settings,

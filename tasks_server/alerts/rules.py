@@ -1,4 +1,4 @@
-"""What a rule makes of one observed attempt; pure.
+"""What a rule makes of one observed attempt (or a scheduled workflow run's end); pure.
 
 ``judge`` turns an observation into a verdict for a rule: a failure, a sign of health
 (which resolves an open incident), or nothing to say (None).
@@ -33,6 +33,9 @@ class Observation:
     error: str | None
     body: bytes
     at_ms: int
+    # set when the observation is a workflow run a schedule started, not an attempt
+    # (``task_id`` is then its failed step's task, or the run when none failed)
+    run_id: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -64,9 +67,15 @@ def subject_of(rule: AlertRule, observation: Observation) -> str:
     return ""
 
 
+def _concerns(rule: AlertRule, observation: Observation) -> bool:
+    """A run's end concerns schedule rules only: it says nothing of single attempts or
+    responses."""
+    return observation.run_id is None or rule.on is AlertEvent.SCHEDULE_FAILED
+
+
 def judge(rule: AlertRule, observation: Observation) -> Verdict | None:
     """The rule's verdict on one observation, or None when it says nothing about it."""
-    if not in_scope(rule.scope, observation):
+    if not in_scope(rule.scope, observation) or not _concerns(rule, observation):
         return None
     ok = observation.state is TaskState.SUCCESS
     match rule.on:

@@ -20,9 +20,10 @@ from typing import Protocol
 from ..alerting import AlertDelivery, AlertRule, DeliveryStatus, Incident
 from ..clock import Clock
 from ..engine.callbacks import CALLBACK_CONFIG
-from ..models import Attempt, NewTask, Result, TaskSpec
+from ..models import Attempt, NewTask, Result, TaskSpec, TaskState
 from ..store import Store
 from ..store.ids import new_task_id
+from ..workflows.model import RunEnd, RunState
 from .incidents import Step, step
 from .messages import Message, compose
 from .rules import Observation, Verdict, judge, subject_of, threshold
@@ -77,6 +78,24 @@ def observation(attempt: Attempt, result: Result) -> Observation:
     )
 
 
+def run_observation(end: RunEnd) -> Observation:
+    """A scheduled run's end as a final outcome of its schedule: SUCCESS or ERROR, with
+    the failed step's task and status (the run itself after a timeout)."""
+    return Observation(
+        owner_id=end.owner_id,
+        task_id=end.task_id or end.run_id,
+        schedule_id=end.schedule_id,
+        metadata=end.metadata,
+        attempt=1,
+        state=TaskState.SUCCESS if end.state is RunState.SUCCESS else TaskState.ERROR,
+        status_code=end.status_code,
+        error=end.error,
+        body=b"",
+        at_ms=end.finished_at_ms,
+        run_id=end.run_id,
+    )
+
+
 def _is_alert_webhook(attempt: Attempt) -> bool:
     """An alert's own webhook call is not judged by alert rules: a failing webhook would
     otherwise raise alerts about itself."""
@@ -110,13 +129,19 @@ class AlertService:
         for attempt, result in pairs:
             if not attempt.owner_id or _is_alert_webhook(attempt):
                 continue
-            try:
-                self._queue.put_nowait(observation(attempt, result))
-            except asyncio.QueueFull:
-                self.stats.dropped += 1
-                logger.error(
-                    "alerts: queue full, an outcome of task %s was not judged", attempt.task_id
-                )
+            self._put(observation(attempt, result))
+
+    def observe_run(self, end: RunEnd) -> None:
+        """A committed end of a workflow run a schedule started: its schedule's rules
+        judge it as they judge a scheduled task's final outcome."""
+        self._put(run_observation(end))
+
+    def _put(self, seen: Observation) -> None:
+        try:
+            self._queue.put_nowait(seen)
+        except asyncio.QueueFull:
+            self.stats.dropped += 1
+            logger.error("alerts: queue full, an outcome of task %s was not judged", seen.task_id)
 
     @property
     def public_url(self) -> str:

@@ -41,7 +41,13 @@ from ..workflows.model import (
     WorkflowDefinition,
     WorkflowRun,
 )
-from ..workflows.steps import ClaimBudget, RunFinished, StepBuilder, StepStarted
+from ..workflows.steps import (
+    ClaimBudget,
+    RunFinished,
+    ScheduledRunEnded,
+    StepBuilder,
+    StepStarted,
+)
 from .listing import TaskOverview, TaskPage, TaskQuery
 
 LIST_ORDERS = ("createdAt", "estimateEndAt", "estimateExecutionAt")
@@ -509,10 +515,13 @@ class Store(Protocol):
         step_started: StepStarted,
         run_finished: RunFinished,
         claim_budget: ClaimBudget | None = None,
+        scheduled_run_ended: ScheduledRunEnded | None = None,
     ) -> None:
         """How a rendered step becomes a task (``builder``, raising ValueError for a step
         that cannot be registered), and who to tell once a transaction that created a step's
-        task or ended a run is committed (the scheduler, the waiters).
+        task or ended a run is committed (the scheduler, the waiters, and for a run a
+        schedule started that ended in SUCCESS or ERROR, ``scheduled_run_ended``: the
+        alert rules).
 
         ``claim_budget`` (read before an outcome transaction) bounds how many of the step
         tasks that transaction releases may be created already claimed: due now, no

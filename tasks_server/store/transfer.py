@@ -35,8 +35,8 @@ TABLES = (
     "alert_incident",
     "alert_delivery",
 )
-# kept in a counter column on SQLite, counted from the tasks on PostgreSQL
-DERIVED = {"owner": {"tasks_in_queue"}}
+# kept in counter columns on SQLite, counted from the tasks and workflow steps on PostgreSQL
+DERIVED = {"owner": {"tasks_in_queue", "steps_waiting"}}
 
 COLUMNS: LiteralString = (
     "SELECT column_name, data_type FROM information_schema.columns "

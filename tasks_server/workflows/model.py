@@ -136,3 +136,20 @@ class StepStart:
     # set when the store created the task already claimed (its first attempt durably
     # running, in the outcome's transaction): the scheduler starts it without a claim
     attempt: Attempt | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """A run a schedule started that ended in SUCCESS or ERROR, as alert rules see it:
+    the task of the step that failed and its status (None and 0 after a success or a
+    timeout)."""
+
+    run_id: str
+    owner_id: str
+    schedule_id: str
+    state: RunState
+    error: str | None
+    metadata: tuple[tuple[str, str], ...] | None
+    task_id: str | None
+    status_code: int
+    finished_at_ms: int

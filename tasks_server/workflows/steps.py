@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..models import NewTask, Result
-from .model import StepStart, StepTemplate, WorkflowDefinition
+from .model import RunEnd, RunState, StepStart, StepTemplate, WorkflowDefinition
 from .template import TemplateError, references, render, response_context
 
 # how a rendered step becomes a task: the registration's own validation and egress
@@ -19,6 +19,8 @@ StepStarted = Callable[[StepStart], None]
 # how many released step tasks the store may create already claimed (free call slots)
 ClaimBudget = Callable[[], int]
 RunFinished = Callable[[str], None]
+# who is told that a run a schedule started ended in SUCCESS or ERROR (alert rules)
+ScheduledRunEnded = Callable[[RunEnd], None]
 
 TIMED_OUT = "the run timed out"
 CANCELLED = "cancelled"
@@ -137,6 +139,23 @@ def labelled(new: NewTask, run_id: str, step_id: str) -> NewTask:
     spec = new.spec
     metadata = (spec.metadata or ()) + labels
     return NewTask(type(spec)(spec.request, spec.config, metadata), new.due_at_ms)
+
+
+def scheduled_end(
+    run: tuple[str, str, str | None],
+    state: RunState,
+    error: str | None,
+    metadata: tuple[tuple[str, str], ...] | None,
+    failed: tuple[str | None, int] | None,
+    now_ms: int,
+) -> RunEnd | None:
+    """What alert rules are told about a run (id, owner, schedule) that just ended: only
+    a schedule's run that ended in SUCCESS or ERROR, with the failed step's (task, status)."""
+    run_id, owner_id, schedule_id = run
+    if schedule_id is None or state is RunState.CANCELLED:
+        return None
+    task_id, status = failed or (None, 0)
+    return RunEnd(run_id, owner_id, schedule_id, state, error, metadata, task_id, status, now_ms)
 
 
 # a callback is retried like this, and never has callbacks of its own

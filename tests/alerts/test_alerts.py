@@ -152,6 +152,69 @@ async def test_a_schedule_failing_three_times_then_succeeding(
     assert "Resolved at 2026-01-01T00:00:40.000+00:00" in resolved.text
 
 
+async def test_a_scheduled_workflow_run_that_fails_raises_the_schedules_alert(
+    mailing: Server,
+    mail_client: httpx.AsyncClient,
+    clock: FakeClock,
+    smtp: SmtpServer,
+    target: TargetServer,
+) -> None:
+    """A schedule that starts workflow runs is judged by its runs: a run ending in ERROR
+    is a failure of the schedule (the failed step's task and status in the message), the
+    next run that succeeds resolves it."""
+    client = mail_client
+    owner = await register_owner(client, "owner-one")
+    loads = 0
+
+    def flaky(arrival: Arrival) -> Reply:
+        nonlocal loads
+        loads += 1
+        return Reply(503, b"warehouse down") if loads == 1 else Reply(200, b"{}")
+
+    target.route("/load", flaky)
+    steps = [
+        {"id": "export", "httpRequest": {"url": target.url("/ok"), "method": "POST"}},
+        {
+            "id": "load",
+            "dependsOn": ["export"],
+            "httpRequest": {"url": target.url("/load"), "method": "POST"},
+            "config": {"retry": 0},
+        },
+    ]
+    schedule = await client.post(
+        "/v1/schedules",
+        json={"name": "etl", "schedule": "@every 10s", "workflow": {"name": "etl", "steps": steps}},
+        headers=owner.headers,
+    )
+    assert schedule.status_code == 201, schedule.text
+    rule = await create_rule(
+        client,
+        owner,
+        name="etl down",
+        on="schedule.failed",
+        scope={"schedule": "etl"},
+        channel={"email": {"to": [OPS]}},
+    )
+    clock.advance(10)
+    await wait_until(lambda: loads == 1, message="the first run's load step")
+    await judged(mailing)
+    await wait_until(lambda: len(smtp.messages) == 1, message="the alert")
+    runs = (await client.get("/v1/schedules/etl/runs", headers=owner.headers)).json()
+    failed = (await client.get(f"/v1/workflows/{runs[0]['id']}", headers=owner.headers)).json()
+    assert failed["state"] == "ERROR"
+    load_task = failed["steps"][1]["taskId"]
+    text = smtp.messages[0].text
+    assert "schedule.failed in schedule" in text and "Last status: 503" in text
+    assert f"Last failed task: {load_task}" in text and "step 'load' failed" in text
+    clock.advance(10)
+    await wait_until(lambda: loads == 2, message="the second run's load step")
+    await judged(mailing)
+    await wait_until(lambda: len(smtp.messages) == 2, message="the recovery")
+    assert smtp.messages[1].message["Subject"] == "[tasks-server] etl down: resolved"
+    kinds = [d["kind"] for d in reversed(await deliveries(client, owner, rule["id"]))]
+    assert kinds == ["alert", "resolved"]
+
+
 async def test_mail_over_starttls_with_login(make_server: ServerFactory, tmp_path: Any) -> None:
     authority = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

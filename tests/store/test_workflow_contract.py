@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from tasks_server.errors import NotFound, OwnerNotFound, PreconditionFailed, WorkflowNotFound
+from tasks_server.errors import (
+    NotFound,
+    OwnerNotFound,
+    PreconditionFailed,
+    QueueLimitReached,
+    WorkflowNotFound,
+)
 from tasks_server.models import (
     DueTask,
     FlowControl,
@@ -33,6 +39,7 @@ from tasks_server.store import Store
 from tasks_server.workflows.model import (
     NewRun,
     NewWorkflowSchedule,
+    RunEnd,
     RunState,
     StepStart,
     StepState,
@@ -82,8 +89,8 @@ def watcher(store: Store) -> Watcher:
     return found
 
 
-async def make_owner(store: Store, name: str = "owner-one") -> Owner:
-    return await store.create_owner(name, key_digest(name * 8), T0, 1000)
+async def make_owner(store: Store, name: str = "owner-one", limit: int = 1000) -> Owner:
+    return await store.create_owner(name, key_digest(name * 8), T0, limit)
 
 
 def step(step_id: str, *deps: str, data: Any = None, **extra: Any) -> StepTemplate:
@@ -442,6 +449,59 @@ async def test_a_workflow_schedule_starts_one_run_per_slot_exactly_once(
     assert await store.list_schedule_runs(other.id, schedule.id, 10, 0) == []
 
 
+async def test_a_scheduled_run_that_would_pass_the_queue_limit_is_refused(
+    store: Store, watcher: Watcher
+) -> None:
+    """As a task schedule's slot is when the owner's queue is full: the slot passes with
+    no run, and the schedule moves on."""
+    owner = await make_owner(store, limit=4)
+    schedule = await add_workflow_schedule(store, owner.id)  # three steps a run
+    created = await store.fire_schedule(plan(schedule, SLOT, SLOT + 60_000), SLOT)
+    assert created is not None and [c.due_at_ms for c in created] == [SLOT]
+    after = await store.get_schedule(owner.id, schedule.id)
+    assert (after.cursor_ms, after.runs, after.last_task_id) == (
+        SLOT + 60_000,
+        2,
+        created[0].task_id,
+    )
+    assert len(await store.list_schedule_runs(owner.id, schedule.id, 10, 0)) == 1
+
+
+async def test_a_scheduled_run_that_ends_is_told_with_its_failed_step(store: Store) -> None:
+    """Alert rules hear of a schedule's run that ends in ERROR (with the task and status of
+    the step that failed) or SUCCESS, after the commit; not of a run started by hand."""
+    found = Watcher()
+    ends: list[RunEnd] = []
+    store.watch_workflows(found.build, found.step_started, found.finished.append, None, ends.append)
+    owner = await make_owner(store)
+    schedule = await add_workflow_schedule(store, owner.id)
+    created = await store.fire_schedule(plan(schedule, SLOT, SLOT + 60_000), SLOT)
+    assert created is not None
+    first, second = [await store.get_run(owner.id, c.task_id) for c in created]
+    await finish(store, first.steps[0].task_id or "", SLOT + 10, status=502)
+    assert ends == [
+        RunEnd(
+            *(first.id, owner.id, schedule.id, RunState.ERROR),
+            "step 'export' failed: the call answered 502",
+            (("team", "data"),),
+            *(first.steps[0].task_id, 502, SLOT + 10),
+        )
+    ]
+    for index in range(3):
+        running = await store.get_run(owner.id, second.id)
+        await finish(store, running.steps[index].task_id or "", SLOT + 60_010 + index)
+    assert ends[1:] == [
+        RunEnd(
+            *(second.id, owner.id, schedule.id, RunState.SUCCESS, None),
+            (("team", "data"),),
+            *(None, 0, SLOT + 60_012),
+        )
+    ]
+    by_hand = await store.create_run(owner.id, run_of(step("a")), T0)
+    await finish(store, by_hand.steps[0].task_id or "", T0 + 10, status=500)
+    assert len(ends) == 2 and by_hand.id in found.finished
+
+
 async def test_overlap_policies_read_a_workflow_schedules_last_run(
     store: Store, watcher: Watcher
 ) -> None:
@@ -491,3 +551,46 @@ async def test_released_steps_may_be_created_already_claimed_and_a_crash_requeue
     await finish(store, start.task_id, T0 + 40 + (store.lease_ms or 0))
     done = await store.get_run(owner.id, run.id)
     assert done.state is RunState.SUCCESS and done.steps[1].attempts == 2
+
+
+def a_task() -> NewTask:
+    return NewTask(TaskSpec(HttpRequest("https://example.com/t", "POST"), TaskConfig()), T0)
+
+
+async def test_steps_count_against_the_owners_queue_limit(store: Store, watcher: Watcher) -> None:
+    """A run's steps count as tasks from the moment it is created: a run, a retry or a
+    registration that would take the owner past its limit is refused and writes nothing;
+    steps of a run that ended count no more."""
+    owner = await make_owner(store, limit=5)
+    chain = run_of(step("a"), step("b", "a"), step("c", "b"))
+    first = await store.create_run(owner.id, chain, T0)  # a task and two steps waiting
+    with pytest.raises(QueueLimitReached):
+        await store.create_run(owner.id, chain, T0)
+    await store.create_task(owner.id, a_task(), T0)
+    await store.create_task(owner.id, a_task(), T0)
+    with pytest.raises(QueueLimitReached):
+        await store.create_task(owner.id, a_task(), T0)
+    with pytest.raises(QueueLimitReached):
+        await store.create_run(owner.id, run_of(step("one")), T0)
+    assert [run.id for run in await store.list_runs(owner.id, None, None, 10)] == [first.id]
+    assert (await store.get_owner(owner.id)).tasks_in_queue == 3
+    # a's task ends and leaves the queue; b's starts: it moves from waiting to the queue
+    await finish(store, first.steps[0].task_id or "", T0 + 10)
+    await store.create_run(owner.id, run_of(step("one")), T0 + 10)
+    with pytest.raises(QueueLimitReached):
+        await store.create_run(owner.id, run_of(step("one")), T0 + 10)
+    # the run fails: its step still waiting will not start and no longer counts
+    running = await store.get_run(owner.id, first.id)
+    await finish(store, running.steps[1].task_id or "", T0 + 20, status=500)
+    failed = await store.get_run(owner.id, first.id)
+    assert failed.state is RunState.ERROR and failed.steps[2].state is StepState.WAITING
+    small = await store.create_run(owner.id, run_of(step("one"), step("two", "one")), T0 + 30)
+    # retrying the failed run brings back two steps: no room for them now
+    with pytest.raises(QueueLimitReached):
+        await store.retry_run(owner.id, first.id, T0 + 40)
+    assert (await store.get_run(owner.id, first.id)).state is RunState.ERROR
+    await store.cancel_run(owner.id, small.id, T0 + 50)
+    retried = await store.retry_run(owner.id, first.id, T0 + 60)
+    assert retried.state is RunState.RUNNING
+    with pytest.raises(QueueLimitReached):
+        await store.create_task(owner.id, a_task(), T0 + 60)

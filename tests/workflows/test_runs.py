@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tasks_server.app import Server
-from tests.conftest import OwnerAuth
+from tests.conftest import OwnerAuth, ServerFactory, client_for, register_owner, register_task
 from tests.support.clock import FakeClock
 from tests.support.targets import Arrival, Reply, TargetServer
 from tests.support.waiting import wait_until
@@ -547,3 +547,36 @@ async def test_a_bad_callback_is_refused_at_once(
     response = await client.post("/v1/workflows", json=body, headers=owner.headers)
     assert response.status_code == 400 and message in response.text
     assert "onFailure" in response.text
+
+
+async def test_a_runs_steps_count_against_the_owners_queue_limit(
+    make_server: ServerFactory, target: TargetServer
+) -> None:
+    target.route("/hang", Reply(hang=True))
+    server = await make_server(tasks_in_queue_limit=4)
+    async with client_for(server) as client:
+        owner = await register_owner(client, "limited")
+        chain = {
+            "name": "chain",
+            "steps": [
+                {"id": "a", **post(target, "/hang", timeout=30_000)},
+                {"id": "b", "dependsOn": ["a"], **post(target, "/hang")},
+                {"id": "c", "dependsOn": ["b"], **post(target, "/hang")},
+            ],
+        }
+        run = await start(client, owner, chain)
+        refused = await client.post("/v1/workflows", json=chain, headers=owner.headers)
+        assert refused.status_code == 422
+        assert refused.json()["message"] == (
+            "Tasks in queue has reached its limit of 4 (the owner's tasksInQueueLimit)"
+        )
+        assert (await register_task(client, owner)).status_code == 201
+        assert (await register_task(client, owner)).status_code == 422
+        listed = await client.get("/v1/workflows", headers=owner.headers)
+        assert [found["id"] for found in listed.json()["runs"]] == [run["id"]]
+        cancelled = await client.post(f"/v1/workflows/{run['id']}/cancel", headers=owner.headers)
+        assert cancelled.status_code == 200
+        assert (
+            await client.post("/v1/workflows", json=chain, headers=owner.headers)
+        ).status_code == 201
+        target.release()

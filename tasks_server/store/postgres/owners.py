@@ -39,6 +39,14 @@ OWNER_LOCK: LiteralString = "SELECT tasks_in_queue_limit FROM owner WHERE id = %
 OWNER_PENDING: LiteralString = (
     "SELECT count(*) FROM task WHERE owner_id = %s AND state IN ('RUNNING', 'PAUSED')"
 )
+# the owner's queue: its RUNNING and PAUSED tasks and the steps its unfinished workflow
+# runs have not started yet (each will be a task), on the indexes of migration 0013
+OWNER_QUEUED: LiteralString = (
+    "SELECT (SELECT count(*) FROM task WHERE owner_id = %(owner)s "
+    "AND state IN ('RUNNING', 'PAUSED')) + (SELECT count(*) FROM workflow_run r "
+    "JOIN workflow_step s ON s.run_id = r.id AND s.state = 'WAITING' "
+    "WHERE r.owner_id = %(owner)s AND r.state IN ('PENDING', 'RUNNING'))"
+)
 OWNER_DELETE: LiteralString = "DELETE FROM owner WHERE id = %s"
 
 
@@ -57,7 +65,7 @@ async def lock_capacity(cur: AsyncCursor[tuple[Any, ...]], owner_id: str) -> int
     if row is None:
         raise OwnerNotFound()
     limit: int = row[0]
-    await cur.execute(OWNER_PENDING, (owner_id,))
+    await cur.execute(OWNER_QUEUED, {"owner": owner_id})
     used = await cur.fetchone()
     return limit - (used[0] if used else 0)
 

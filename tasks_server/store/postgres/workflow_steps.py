@@ -16,6 +16,7 @@ from psycopg import AsyncCursor
 
 from ...models import Result, TaskState
 from ...workflows.model import (
+    RunEnd,
     RunState,
     StepStart,
     StepState,
@@ -23,6 +24,7 @@ from ...workflows.model import (
 from ...workflows.steps import (
     ClaimBudget,
     RunFinished,
+    ScheduledRunEnded,
     StepBuilder,
     StepStarted,
     callback_for,
@@ -33,6 +35,7 @@ from ...workflows.steps import (
     labelled,
     referenced_steps,
     run_error,
+    scheduled_end,
     step_error,
     step_response,
     step_result,
@@ -117,7 +120,14 @@ STEP_TASK_INSERT: LiteralString = (
 OWNER_ALLOWED_HOSTS: LiteralString = "SELECT allowed_hosts FROM owner_security WHERE owner_id = %s"
 
 RUN_ENDED: LiteralString = (
-    "SELECT owner_id, name, created_at, metadata, callbacks FROM workflow_run WHERE id = %s"
+    "SELECT owner_id, name, created_at, metadata, callbacks, schedule_id FROM workflow_run "
+    "WHERE id = %s"
+)
+# the step whose failure ended a run (none after a timeout): its task and status
+STEP_FAILED: LiteralString = (
+    "SELECT s.task_id, coalesce(t.status_code, 0) FROM workflow_step s "
+    "LEFT JOIN task t ON t.id = s.task_id WHERE s.run_id = %s AND s.state = 'ERROR' "
+    "ORDER BY s.finished_at DESC LIMIT 1"
 )
 STEP_SUMMARY: LiteralString = (
     "SELECT s.step_id, s.state, s.task_id, coalesce(t.attempts, 0), "
@@ -132,12 +142,14 @@ class Advance:
 
     started: list[StepStart] = field(default_factory=list)
     finished_runs: list[str] = field(default_factory=list)
+    scheduled_ends: list[RunEnd] = field(default_factory=list)
 
 
 class PgStepOps(PgBase):
     _step_builder: StepBuilder | None = None
     _step_started: StepStarted | None = None
     _run_finished: RunFinished | None = None
+    _scheduled_run_ended: ScheduledRunEnded | None = None
 
     def _unseal(self, blob: bytes) -> bytes:
         return self._sealer.open(bytes(blob))
@@ -148,12 +160,14 @@ class PgStepOps(PgBase):
         step_started: StepStarted,
         run_finished: RunFinished,
         claim_budget: ClaimBudget | None = None,
+        scheduled_run_ended: ScheduledRunEnded | None = None,
     ) -> None:
         # claim_budget is not used here: a claim on PostgreSQL is a lease of this node,
         # taken by claim_due, so released steps are left for the scheduler to claim
         self._step_builder = builder
         self._step_started = step_started
         self._run_finished = run_finished
+        self._scheduled_run_ended = scheduled_run_ended
 
     # -- inside the outcome transaction ---------------------------------------------------
 
@@ -375,6 +389,13 @@ class PgStepOps(PgBase):
         if self._run_finished is not None:
             for run_id in advance.finished_runs:
                 self._run_finished(run_id)
+        if self._scheduled_run_ended is not None:
+            for end in advance.scheduled_ends:
+                self._scheduled_run_ended(end)
+
+    def _labels(self, metadata: bytes | None) -> tuple[tuple[str, str], ...] | None:
+        opened = self._open(metadata)
+        return None if opened is None else METADATA.validate_json(opened)
 
     async def _run_ended(
         self,
@@ -390,7 +411,15 @@ class PgStepOps(PgBase):
         transaction (so the callback is neither lost nor made for an end that did not
         count)."""
         advance.finished_runs.append(run_id)
-        owner_id, name, created_at, metadata, callbacks = await _one(cur, RUN_ENDED, (run_id,))
+        owner_id, name, created_at, metadata, callbacks, schedule_id = await _one(
+            cur, RUN_ENDED, (run_id,)
+        )
+        if schedule_id is not None:
+            failed = await _one(cur, STEP_FAILED, (run_id,))
+            run_of = (run_id, owner_id, schedule_id)
+            end = scheduled_end(run_of, state, error, self._labels(metadata), failed, now)
+            if end is not None:
+                advance.scheduled_ends.append(end)
         callback = callback_for(
             None if callbacks is None else json.loads(self._unseal(callbacks)), state.value
         )

@@ -4,11 +4,12 @@ and expire, and their SQL. Steps advance in ``workflow_steps``."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, LiteralString
 
-from ...errors import PreconditionFailed, WorkflowNotFound
+from ...errors import PreconditionFailed, QueueLimitReached, WorkflowNotFound
 from ...models import DueTask, ScheduleFire
 from ...workflows.model import (
     NewRun,
@@ -125,13 +126,29 @@ class RunRows:
     templates: list[bytes]
 
 
+logger = logging.getLogger(__name__)
+
+STEP_WAITING_COUNT: LiteralString = (
+    "SELECT count(*) FROM workflow_step WHERE run_id = %s AND state = 'WAITING'"
+)
+
+
+async def _check_room(cur: Cursor, owner_id: str, steps: int) -> None:
+    """Refuse a run whose ``steps`` not started yet would take the owner's queue past its
+    limit: every step counts as a task (docs/workflows.md#the-owners-queue-limit). Raises
+    OwnerNotFound or QueueLimitReached."""
+    free = await lock_capacity(cur, owner_id)
+    if free is not None and steps > free:
+        raise QueueLimitReached()
+
+
 class PgWorkflowOps(PgStepOps):
     async def create_run(self, owner_id: str, run: NewRun, now_ms: int) -> WorkflowRun:
         run_id = new_task_id(now_ms)
         rows = self._run_rows(run)
 
         async def op(cur: Cursor) -> tuple[Advance, WorkflowRun]:
-            await lock_capacity(cur, owner_id)  # raises OwnerNotFound
+            await _check_room(cur, owner_id, len(run.steps))
             advance = Advance()
             await self._insert_run(cur, run_id, owner_id, run, rows, now_ms, None, advance)
             await self._tell_nodes(cur, advance, now_ms)
@@ -190,7 +207,16 @@ class PgWorkflowOps(PgStepOps):
         workflow = decode_definition(self._unseal(definition))
         advance = Advance()
         created: list[DueTask] = []
+        free = await lock_capacity(cur, owner_id)
         for due in fire.due_at_ms:
+            if free is not None and free < len(workflow.steps):
+                logger.warning(
+                    "schedule %s: run for %d refused, the owner's task limit is reached",
+                    fire.schedule_id,
+                    due,
+                )
+                continue
+            free = None if free is None else free - len(workflow.steps)
             run = workflow.at(due)
             run_id = new_task_id(now_ms)
             rows = self._run_rows(run)
@@ -260,6 +286,8 @@ class PgWorkflowOps(PgStepOps):
                     f"only a run in ERROR or CANCELLED can be retried, not {row[3]}"
                 )
             retryable = await _all(cur, STEP_RETRYABLE, (run_id,))
+            waiting = await _one(cur, STEP_WAITING_COUNT, (run_id,))
+            await _check_room(cur, owner_id, waiting[0] + len(retryable))
             for step_id, _ in retryable:
                 await cur.execute(STEP_RESET, (run_id, step_id))
             await cur.execute(RUN_RESTART, {"run": run_id})

@@ -36,8 +36,10 @@ OWNER_UPDATE: LiteralString = (
 OWNER_SET_KEY: LiteralString = "UPDATE owner SET key_digest = ? WHERE id = ?"
 OWNER_DELETE: LiteralString = "DELETE FROM owner WHERE id = ? AND tasks_in_queue = 0"
 OWNER_EXISTS: LiteralString = "SELECT 1 FROM owner WHERE id = ?"
+# the owner's queue: its RUNNING and PAUSED tasks and the steps its unfinished workflow
+# runs have not started yet (each will be a task), against its limit
 OWNER_CAPACITY: LiteralString = (
-    "SELECT tasks_in_queue, tasks_in_queue_limit FROM owner WHERE id = ?"
+    "SELECT tasks_in_queue + steps_waiting, tasks_in_queue_limit FROM owner WHERE id = ?"
 )
 
 

@@ -16,6 +16,7 @@ from typing import Any, LiteralString
 
 from ...models import Attempt, Result, TaskState
 from ...workflows.model import (
+    RunEnd,
     RunState,
     StepStart,
     StepState,
@@ -23,6 +24,7 @@ from ...workflows.model import (
 from ...workflows.steps import (
     ClaimBudget,
     RunFinished,
+    ScheduledRunEnded,
     StepBuilder,
     StepStarted,
     callback_for,
@@ -33,6 +35,7 @@ from ...workflows.steps import (
     labelled,
     referenced_steps,
     run_error,
+    scheduled_end,
     step_error,
     step_response,
     step_result,
@@ -103,7 +106,14 @@ STEP_TASK_INSERT: LiteralString = (
 OWNER_ALLOWED_HOSTS: LiteralString = "SELECT allowed_hosts FROM owner_security WHERE owner_id = ?"
 
 RUN_ENDED: LiteralString = (
-    "SELECT owner_id, name, created_at, metadata, callbacks FROM workflow_run WHERE id = ?"
+    "SELECT owner_id, name, created_at, metadata, callbacks, schedule_id FROM workflow_run "
+    "WHERE id = ?"
+)
+# the step whose failure ended a run (none after a timeout): its task and status
+STEP_FAILED: LiteralString = (
+    "SELECT s.task_id, coalesce(t.status_code, 0) FROM workflow_step s "
+    "LEFT JOIN task t ON t.id = s.task_id WHERE s.run_id = ? AND s.state = 'ERROR' "
+    "ORDER BY s.finished_at DESC LIMIT 1"
 )
 STEP_SUMMARY: LiteralString = (
     "SELECT s.step_id, s.state, s.task_id, coalesce(t.attempts, 0), "
@@ -120,6 +130,7 @@ class Advance:
     started: list[StepStart] = field(default_factory=list)
     finished_runs: list[str] = field(default_factory=list)
     claims: int = 0
+    scheduled_ends: list[RunEnd] = field(default_factory=list)
 
 
 class StepOps(StoreBase):
@@ -127,6 +138,7 @@ class StepOps(StoreBase):
     _step_started: StepStarted | None = None
     _run_finished: RunFinished | None = None
     _claim_budget: ClaimBudget | None = None
+    _scheduled_run_ended: ScheduledRunEnded | None = None
 
     def watch_workflows(
         self,
@@ -134,11 +146,13 @@ class StepOps(StoreBase):
         step_started: StepStarted,
         run_finished: RunFinished,
         claim_budget: ClaimBudget | None = None,
+        scheduled_run_ended: ScheduledRunEnded | None = None,
     ) -> None:
         self._step_builder = builder
         self._step_started = step_started
         self._run_finished = run_finished
         self._claim_budget = claim_budget
+        self._scheduled_run_ended = scheduled_run_ended
 
     def _followup_claims(self) -> int:
         return 0 if self._claim_budget is None else max(self._claim_budget(), 0)
@@ -378,6 +392,13 @@ class StepOps(StoreBase):
         if self._run_finished is not None:
             for run_id in advance.finished_runs:
                 self._run_finished(run_id)
+        if self._scheduled_run_ended is not None:
+            for end in advance.scheduled_ends:
+                self._scheduled_run_ended(end)
+
+    def _labels(self, metadata: bytes | None) -> tuple[tuple[str, str], ...] | None:
+        opened = self._open(metadata)
+        return None if opened is None else METADATA.validate_json(opened)
 
     def _run_ended(
         self,
@@ -393,9 +414,15 @@ class StepOps(StoreBase):
         transaction (so the callback is neither lost nor made for an end that did not
         count)."""
         advance.finished_runs.append(run_id)
-        owner_id, name, created_at, metadata, callbacks = conn.execute(
+        owner_id, name, created_at, metadata, callbacks, schedule_id = conn.execute(
             RUN_ENDED, (run_id,)
         ).fetchone()
+        if schedule_id is not None:
+            failed = conn.execute(STEP_FAILED, (run_id,)).fetchone()
+            run_of = (run_id, owner_id, schedule_id)
+            end = scheduled_end(run_of, state, error, self._labels(metadata), failed, now)
+            if end is not None:
+                advance.scheduled_ends.append(end)
         callback = callback_for(
             None if callbacks is None else json.loads(self._sealer.open(callbacks)), state.value
         )

@@ -4,12 +4,13 @@ and expire, and their SQL. Steps advance in ``workflow_steps``."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, LiteralString
 
-from ...errors import OwnerNotFound, PreconditionFailed, WorkflowNotFound
+from ...errors import OwnerNotFound, PreconditionFailed, QueueLimitReached, WorkflowNotFound
 from ...models import DueTask, ScheduleFire
 from ...workflows.model import (
     NewRun,
@@ -27,10 +28,12 @@ from ...workflows.steps import (
 )
 from ..ids import new_task_id
 from .base import METADATA
-from .owners import OWNER_EXISTS
+from .owners import OWNER_CAPACITY
 from .schedules import advance_schedule
 from .tasks import TASK_REVOKE
 from .workflow_steps import RUN_SET_STATE, RUN_STATE, Advance, StepOps
+
+logger = logging.getLogger(__name__)
 
 RUN_INSERT: LiteralString = (
     "INSERT INTO workflow_run (id, owner_id, name, state, created_at, due_at, deadline_at, "
@@ -108,6 +111,31 @@ STEP_RESET: LiteralString = (
 )
 
 
+STEP_WAITING_COUNT: LiteralString = (
+    "SELECT count(*) FROM workflow_step WHERE run_id = ? AND state = 'WAITING'"
+)
+
+
+def _check_room(conn: sqlite3.Connection, owner_id: str, steps: int) -> None:
+    """Refuse a run whose ``steps`` not started yet would take the owner's queue past its
+    limit: every step counts as a task (docs/workflows.md#the-owners-queue-limit). Raises
+    OwnerNotFound or QueueLimitReached."""
+    row = conn.execute(OWNER_CAPACITY, (owner_id,)).fetchone()
+    if row is None:
+        raise OwnerNotFound()
+    queued, limit = row
+    if limit and queued + steps > limit:
+        raise QueueLimitReached(limit)
+
+
+def _has_room(conn: sqlite3.Connection, owner_id: str, steps: int) -> bool:
+    try:
+        _check_room(conn, owner_id, steps)
+    except QueueLimitReached:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class RunRows:
     """A run's sealed values: input, metadata, callbacks and each step's template."""
@@ -124,8 +152,7 @@ class WorkflowOps(StepOps):
         rows = self._run_rows(run)
 
         def op(conn: sqlite3.Connection) -> tuple[Advance, WorkflowRun]:
-            if conn.execute(OWNER_EXISTS, (owner_id,)).fetchone() is None:
-                raise OwnerNotFound()
+            _check_room(conn, owner_id, len(run.steps))
             advance = Advance()
             self._insert_run(conn, run_id, owner_id, run, rows, now_ms, None, advance)
             # read in the transaction: the run as created, before any step can have moved
@@ -189,6 +216,13 @@ class WorkflowOps(StepOps):
         advance = Advance()
         created: list[DueTask] = []
         for due in fire.due_at_ms:
+            if not _has_room(conn, owner_id, len(workflow.steps)):
+                logger.warning(
+                    "schedule %s: run for %d refused, the owner's task limit is reached",
+                    fire.schedule_id,
+                    due,
+                )
+                continue
             run = workflow.at(due)
             run_id = new_task_id(now_ms)
             rows = self._run_rows(run)
@@ -255,6 +289,8 @@ class WorkflowOps(StepOps):
                     f"only a run in ERROR or CANCELLED can be retried, not {row[3]}"
                 )
             retryable = conn.execute(STEP_RETRYABLE, (run_id,)).fetchall()
+            waiting = conn.execute(STEP_WAITING_COUNT, (run_id,)).fetchone()[0]
+            _check_room(conn, owner_id, waiting + len(retryable))
             for step_id, _ in retryable:
                 conn.execute(STEP_RESET, (run_id, step_id))
             conn.execute(RUN_RESTART, (run_id,))
