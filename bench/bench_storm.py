@@ -13,12 +13,12 @@ request. Prints every figure beside its target; asserts nothing about speed.
 
 "Limits hold exactly" is checked at the sink: each key's starts are replayed through the
 key's own token bucket (capacity = rate, refilled at rate per second), and a start that
-finds no token is a violation. The engine takes a key's token when it claims the task, a
-claim transaction before the call leaves, so arrivals can bunch by the spread of those
-transactions: the bench also prints the lateness (ms) the sink must allow for the bucket
-to hold with no violation. The calls in flight per key are counted from the sink's start
-and end times, and the rate after the burst is each key's starts beyond the burst over
-its drain time.
+finds no token is a violation. The engine paces a key's claims and, with a second bucket,
+its sends (a call leaves only with a send token), so what is left between its bucket and
+the sink's is the time from the send to the sink reading the request: the bench also
+prints the lateness (ms) the sink must allow for the bucket to hold with no violation.
+The calls in flight per key are counted from the sink's start and end times, and the rate
+after the burst is each key's starts beyond the burst over its drain time.
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ def report(
     )
     print(
         f"  token bucket replayed at sink:  {sum(violations.values()):8} starts without a token "
-        f"(target 0); 0 once arrivals may be {slack} ms late (admission to arrival)"
+        f"(target 0); 0 once arrivals may be {slack} ms late (send to arrival)"
     )
     print(
         f"  most starts per key in any 1 s: {max(per_second.values(), default=0):8}   "

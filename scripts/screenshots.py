@@ -15,8 +15,8 @@ ADMIN_KEY = "screenshots-admin-key-0123456789"
 
 def sample(base: str, target_url: str) -> tuple[Owner, str]:
     """An owner with finished, failed and pending tasks, flow-control keys with tasks
-    waiting, an alert rule with an open incident and a schedule; returns the owner and a
-    finished task's id."""
+    waiting, an alert rule with an open incident, a schedule and a host with limits of
+    its own; returns the owner and a finished task's id."""
     owner = Owner(base, "acme-billing", ADMIN_KEY)
     Owner(base, "acme-shipping", ADMIN_KEY)
     rule = {
@@ -39,6 +39,9 @@ def sample(base: str, target_url: str) -> tuple[Owner, str]:
         "httpRequest": {"url": f"{target_url}/report", "method": "POST"},
     }
     call("POST", f"{base}/v1/schedules", schedule, owner.headers)
+    limits = {"maxConcurrency": 8, "maxRate": 5}
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    call("PATCH", f"{base}/v1/hosts/api.stripe.example", limits, admin)
     for task_id in done + failed:
         wait_for(lambda t=task_id: owner.state(t) in ("SUCCESS", "ERROR"), timeout=20)
     return owner, done[0]

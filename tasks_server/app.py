@@ -258,12 +258,7 @@ def _scheduler_options(settings: Settings) -> SchedulerOptions:
 
 
 def _unsupported_fields() -> Callable[[HttpRequest, TaskConfig], list[str]]:
-    capabilities = dispatch.curl_capabilities()
-
-    def unsupported(request: HttpRequest, config: TaskConfig) -> list[str]:
-        return dispatch.unsupported_fields(request, config, capabilities)
-
-    return unsupported
+    return dispatch.fields_checker(dispatch.curl_capabilities())
 
 
 # how long a node trusts what it read of an owner (key, disabled, budget) when other

@@ -186,6 +186,9 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=registry,
         )
+        # labelled children, looked up once each: labels() costs more than observe()
+        self._request_children: dict[tuple[str, str, str], Histogram] = {}
+        self._dispatch_children: dict[str, Histogram] = {}
         self.pending = Gauge(
             "tasks_pending",
             "Tasks not yet finished (RUNNING or PAUSED), read from the store at scrape time",
@@ -210,14 +213,22 @@ class Metrics:
 
     def on_request(self, method: str, route: str, status: int, elapsed_ms: float) -> None:
         """The edge's per-request callback; unmatched paths share one ``route`` label."""
-        self.requests.labels(method, route or "unmatched", str(status)).observe(elapsed_ms / 1000)
+        key = (method, route or "unmatched", str(status))
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(*key)
+        child.observe(elapsed_ms / 1000)
         if (method, route, status) == REGISTER_ROUTE:
             self.registered.inc()
 
     def on_attempt(self, attempt: Attempt, result: Result) -> None:
         """The scheduler's observe hook: dispatch latency."""
         outcome = result.outcome
-        self.dispatch.labels(status_class(outcome.status)).observe(outcome.total_ms / 1000)
+        status = status_class(outcome.status)
+        child = self._dispatch_children.get(status)
+        if child is None:
+            child = self._dispatch_children[status] = self.dispatch.labels(status)
+        child.observe(outcome.total_ms / 1000)
 
     def on_start(self, lateness_ms: float) -> None:
         """The scheduler's start hook: how late after its due time an attempt started."""

@@ -127,14 +127,27 @@ def to_request(wire: HttpRequestIn) -> HttpRequest:
 # usually one for all its items): its result is remembered by the validated
 # configuration's JSON. Building a TaskConfig (60 fields) costs several times more than
 # that JSON (pydantic writes it in Rust).
-_CONFIGS: dict[tuple[str | None, bytes], TaskConfig] = {}
+_CONFIGS: dict[tuple[str | None, object], TaskConfig] = {}
 _CONFIGS_KEPT = 1024
+
+
+def _config_key(wire: ConfigIn) -> object:
+    """What identifies a validated configuration: the fields it gives, with their types
+    (so ``1`` and ``True`` differ) and values; its JSON when a value is unhashable (a list,
+    a dict). The set of given fields is several times cheaper than the JSON."""
+    values = wire.__dict__
+    try:  # a frozenset hashes its items as it is built
+        return frozenset(
+            (name, type(values[name]), values[name]) for name in wire.__pydantic_fields_set__
+        )
+    except TypeError:
+        return wire.__pydantic_serializer__.to_json(wire, exclude_unset=True)
 
 
 def remembered_config(wire: ConfigIn, transport: str | None) -> TaskConfig:
     """``to_config(wire, transport)``, from memory when the same configuration was
     converted before (the result is frozen, so it can be shared)."""
-    key = (transport, wire.__pydantic_serializer__.to_json(wire, exclude_unset=True))
+    key = (transport, _config_key(wire))
     config = _CONFIGS.get(key)
     if config is None:
         if len(_CONFIGS) >= _CONFIGS_KEPT:

@@ -144,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+SWITCH_INTERVAL_S = 0.0005  # see _run_server
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     _check_files(settings)
     if settings.uses_postgres:
@@ -239,6 +242,12 @@ def _run_server(settings: Settings) -> int:
     # allocates many short-lived objects; the default threshold of 700 runs it constantly).
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
+    # The SQLite writer thread lets go of the GIL at every statement and must take it
+    # back from the event loop, which keeps it for up to the switch interval when busy
+    # (5 ms by default): a transaction of a few hundred statements could take seconds
+    # while the API is busy. A shorter interval bounds each wait, at the cost of more
+    # forced switches.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     for warning in startup_warnings(settings):
         logger.warning("%s", warning)
     scheme = "https" if settings.path_tls_cert else "http"

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from tasks_server.models import Call, Outcome
 
-from .capabilities import curl_capabilities, unsupported_fields
+from .capabilities import curl_capabilities, fields_checker, unsupported_fields
 from .curl import CurlDispatcher
 from .options import (
     DOH_SSL_VERIFYHOST,
@@ -51,6 +51,7 @@ __all__ = [
     "cookie_file_lines",
     "curl_capabilities",
     "curl_options",
+    "fields_checker",
     "parse_hsts_cache",
     "request_url",
     "unsupported_fields",

@@ -92,8 +92,23 @@ def unsupported_fields(
     The API answers 422 for them instead of silently sending a different request. Each name
     appears once, in a stable order.
     """
-    names: list[str] = []
-    for name, needed, is_used in _FIELD_NEEDS:
-        if needed not in capabilities and name not in names and is_used(request, config):
-            names.append(name)
-    return names
+    return fields_checker(capabilities)(request, config)
+
+
+def fields_checker(
+    capabilities: frozenset[str],
+) -> Callable[[HttpRequest, TaskConfig], list[str]]:
+    """``unsupported_fields`` for one build, checking only the fields it lacks something
+    for (with a full libcurl, none: every registration is checked against this)."""
+    checks = [
+        (name, is_used) for name, needed, is_used in _FIELD_NEEDS if needed not in capabilities
+    ]
+
+    def unsupported(request: HttpRequest, config: TaskConfig) -> list[str]:
+        names: list[str] = []
+        for name, is_used in checks:
+            if name not in names and is_used(request, config):
+                names.append(name)
+        return names
+
+    return unsupported

@@ -59,7 +59,7 @@ class _Plan:
     ``CurlDispatcher.prepare``: plain data, no libcurl object."""
 
     url: str  # the first request's URL, query included
-    host: str  # host_key: the unit of the per-host queue
+    host: str  # "host:port" (the port defaulting by scheme): the unit of the per-host queue
     refusal: str | None  # why the egress policy refuses the first hop, or None
     failure: Outcome | None = None  # options that cannot be applied
     # None while a DoH server must be pinned first (the pin is one of the options)
@@ -69,19 +69,19 @@ class _Plan:
     live: bool = False  # some values describe per-handle objects (forms, HSTS, shares)
 
 
-def _live(value: object) -> bool:
-    return isinstance(value, MimeForm | HstsPreload | PrivateDnsCache)
+# option values that describe per-handle objects, built when the call starts
+_LIVE_VALUES = (MimeForm, HstsPreload, PrivateDnsCache)
 
 
 def _options_plan(call: Call, settings: CurlSettings) -> dict[str, Any]:
     """The options part of a plan (raises what curl_options raises)."""
     options = tuple(curl_options(call, settings))
-    own_share = any(option == pycurl.SHARE for option, _ in options)
+    names = {option for option, _ in options}
     return {
         "options": options,
-        "pool": None if own_share else pool_key(call),
-        "keeps_state": any(option in _STATEFUL_OPTIONS for option, _ in options),
-        "live": any(_live(value) for _, value in options),
+        "pool": None if pycurl.SHARE in names else pool_key(call),
+        "keeps_state": not names.isdisjoint(_STATEFUL_OPTIONS),
+        "live": any(isinstance(value, _LIVE_VALUES) for _, value in options),
     }
 
 
@@ -387,20 +387,24 @@ class CurlDispatcher:
 
     def _plan(self, call: Call) -> _Plan:
         url = request_url(call.request)
+        host, port = _host_port(url)  # the query added to the URL leaves these as they are
+        host_name = f"{host}:{port}"
         # Checked before any socket: a proxied call never opens one to its target. The
         # owner's domains are read when the call is prepared, a moment before it starts.
-        refusal = self._first_hop_refusal(call, url) or _doh_refusal(call, self._settings.egress)
-        plan = _Plan(url, host_key(call.request.url), refusal)
-        if plan.refusal is not None or _doh_needs_pin(call):
-            return plan  # the pinned DoH server's address is one of the options
+        refusal = self._first_hop_refusal(call, url, host, port) or _doh_refusal(
+            call, self._settings.egress
+        )
+        if refusal is not None or _doh_needs_pin(call):
+            # the pinned DoH server's address is one of the options
+            return _Plan(url, host_name, refusal)
         try:
-            return replace(plan, **_options_plan(call, self._settings))
+            return _Plan(url, host_name, None, **_options_plan(call, self._settings))
         except (pycurl.error, ValueError, TypeError) as exc:
-            return replace(plan, failure=_setup_failure(exc))
+            return _Plan(url, host_name, None, failure=_setup_failure(exc))
 
-    def _first_hop_refusal(self, call: Call, url: str) -> str | None:
-        """``_Transfer.hop_refusal`` for the first request, remembered per host."""
-        host, port = _host_port(url)
+    def _first_hop_refusal(self, call: Call, url: str, host: str, port: int | None) -> str | None:
+        """``_Transfer.hop_refusal`` for the first request to ``url`` (whose host and port
+        are given), remembered per host."""
         if port is None:
             return hop_refusal(self._settings.egress, call.allowed_hosts, url)
         key = (host, port, call.allowed_hosts)

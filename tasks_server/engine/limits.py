@@ -1,6 +1,11 @@
 """Flow-control keys: a token bucket (burst = rate) and a parallelism cap per owner and
 key; pure, with ``now`` passed in. The scheduler asks before it claims a task of a key and
-tells it when the call ends; the tasks that wait stay durable rows in the store."""
+tells it when the call ends; the tasks that wait stay durable rows in the store.
+
+A key has two buckets of the same rate: one paces the claims, the other the sends. A claim
+is a transaction that takes a varying time, so calls claimed at the rate would leave
+bunched; the send bucket is asked when the call is about to leave (``try_send``) and
+holds it back the few milliseconds needed for the starts themselves to keep the rate."""
 
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ class Bucket:
     credit: int = 0
     updated_ms: int | None = None
     in_flight: int = 0
+    send_credit: int = 0  # the send bucket, in the same units
+    send_updated_ms: int | None = None
 
     @property
     def capacity(self) -> int:
@@ -40,6 +47,21 @@ class Bucket:
             earned = max(now_ms - self.updated_ms, 0) * self.rate
             self.credit = min(self.capacity, self.credit + earned)
         self.updated_ms = now_ms
+
+    def send_wait_ms(self, now_ms: int) -> int:
+        """Take a send token if there is one (0), else how long until there is (ms)."""
+        if self.rate is None:
+            return 0
+        if self.send_updated_ms is None:
+            self.send_credit = self.capacity  # a new key starts with a full burst
+        else:
+            earned = max(now_ms - self.send_updated_ms, 0) * self.rate
+            self.send_credit = min(self.capacity, self.send_credit + earned)
+        self.send_updated_ms = now_ms
+        if self.send_credit >= self.period_ms:
+            self.send_credit -= self.period_ms
+            return 0
+        return -(-(self.period_ms - self.send_credit) // self.rate)
 
     def can_start(self, now_ms: int) -> bool:
         self.refill(now_ms)
@@ -85,6 +107,7 @@ class FlowLimits:
             return
         if (bucket.rate, bucket.period_ms) != (flow.rate, flow.period.ms):
             bucket.updated_ms = None  # a new rate starts with its own full burst
+            bucket.send_updated_ms = None
         bucket.rate, bucket.period_ms = flow.rate, flow.period.ms
         bucket.parallelism = flow.parallelism
         if paused is not None:
@@ -97,6 +120,12 @@ class FlowLimits:
             return False
         bucket.take()
         return True
+
+    def try_send(self, ref: FlowRef, now_ms: int) -> int:
+        """A claimed call of the key is about to leave: 0 when it may (a send token is
+        taken), else the ms to wait for one."""
+        bucket = self._buckets.get(ref)
+        return 0 if bucket is None else bucket.send_wait_ms(now_ms)
 
     def finish(self, ref: FlowRef) -> None:
         """A call of the key ended (or a start was not claimed after all)."""
@@ -182,6 +211,13 @@ class FlowGate:
 
     def started_flow(self, task_id: str) -> FlowRef | None:
         return self._started.get(task_id)
+
+    def send_at_ms(self, task_id: str, now_ms: int) -> int | None:
+        """None when the admitted task's call may leave now (free of any key, or its key
+        gave a send token); else when to ask again."""
+        ref = self._started.get(task_id)
+        wait_ms = 0 if ref is None else self.limits.try_send(ref, now_ms)
+        return None if wait_ms == 0 else now_ms + wait_ms
 
     def release(self, task_id: str) -> bool:
         """The admitted task's call ended (or it was not claimed): free its slot."""

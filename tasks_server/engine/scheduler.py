@@ -421,8 +421,13 @@ class Scheduler:
         ones; callers yield between chunks so the first calls get going."""
         started = 0
         while self._held and self._held[0][0] <= now_ms and started < limit:
-            *_, attempt, prepared = heapq.heappop(self._held)
+            _, priority, sequence, attempt, prepared = heapq.heappop(self._held)
             if self._held_ids.get(attempt.task_id) is attempt:
+                send_at_ms = self.flows.send_at_ms(attempt.task_id, now_ms)
+                if send_at_ms is not None:  # its key's rate holds at the send as well
+                    entry = (send_at_ms, priority, sequence, attempt, prepared)
+                    heapq.heappush(self._held, entry)
+                    continue
                 del self._held_ids[attempt.task_id]
                 claimed_at = self._claimed_at_ms.pop(attempt.task_id, now_ms)
                 if self.leases.holds(attempt.task_id, claimed_at, now_ms):

@@ -27,3 +27,14 @@ def new_task_id(now_ms: int) -> str:
     # 13 random base32 characters (A-Z, 2-7) carry 65 random bits; one translate of 13
     # random bytes (base64.b32encode is pure Python: several times slower)
     return f"{now_ms:011X}"[-11:] + os.urandom(13).translate(_BASE32_OF_BYTE).decode()
+
+
+def new_task_ids(now_ms: int, count: int) -> list[str]:
+    """``count`` ids of ``new_task_id``'s form from one read of the random source.
+
+    os.urandom lets go of the GIL; under a busy writer thread, taking it back costs up to
+    a switch interval (5 ms), so a batch reads its random bytes once, not once per id.
+    """
+    prefix = f"{now_ms:011X}"[-11:]
+    text = os.urandom(13 * count).translate(_BASE32_OF_BYTE).decode()
+    return [prefix + text[start : start + 13] for start in range(0, 13 * count, 13)]

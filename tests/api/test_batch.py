@@ -129,3 +129,17 @@ async def test_bad_batch_actions(client: httpx.AsyncClient, owner: OwnerAuth) ->
         assert response.status_code == 400, body
     unknown = await client.post("/v1/queues/batch/explode", json={"ids": []}, headers=owner.headers)
     assert unknown.status_code == 404
+
+
+async def test_the_answer_is_json_in_utf8_and_pretty_on_request(
+    client: httpx.AsyncClient, owner: OwnerAuth
+) -> None:
+    items = [{**item(1), "metadata": {"name": "café ✓"}}, {"httpRequest": {"url": "ftp://x"}}]
+    response = await client.post(BATCH, json=items, headers=owner.headers)
+    assert response.headers["content-type"] == "application/json"
+    assert "café ✓".encode() in response.content  # UTF-8, not \u escapes
+    first, bad = response.json()
+    assert first["task"]["metadata"] == {"name": "café ✓"} and first["status"] == 201
+    assert bad["status"] == 400
+    pretty = await client.post(BATCH, params={"pretty": ""}, json=items, headers=owner.headers)
+    assert pretty.text.startswith("[\n    {")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tasks_server.engine.limits import FlowLimits
+from tasks_server.engine.limits import FlowGate, FlowLimits
 from tasks_server.models import FlowControl, FlowPeriod
 
 REF = ("owner", "key")
@@ -53,3 +53,29 @@ def test_a_paused_key_starts_nothing_and_the_last_configuration_wins() -> None:
     assert starts(limits, T0) == 0
     limits.configure(REF, FlowControl("key", rate=2), paused=False)
     assert starts(limits, T0) == 2
+
+
+def test_calls_leave_at_the_rate_however_long_their_claims_took() -> None:
+    """Tasks admitted at the rate may leave bunched when their claim transactions took
+    different times; the send bucket holds a call back until the starts keep the rate."""
+    gate = FlowGate()
+    gate.limits.configure(REF, FlowControl("key", rate=10))
+    for n in range(11):
+        gate.note(f"t{n}", REF)
+    assert gate.sort([(T0, 0, f"t{n}") for n in range(11)]) == []
+    burst = gate.admit(T0, 100)
+    assert burst == [f"t{n}" for n in range(10)]
+    assert gate.admit(T0 + 100, 100) == ["t10"]  # one token earned in 100 ms
+    # the burst's claim took 50 ms, the eleventh's only 20 ms
+    assert [gate.send_at_ms(task_id, T0 + 50) for task_id in burst] == [None] * 10
+    assert gate.send_at_ms("t10", T0 + 120) == T0 + 150  # 70 ms after the burst: 0.7 token
+    assert gate.send_at_ms("t10", T0 + 150) is None
+    assert gate.send_at_ms("free", T0) is None  # a task of no key never waits
+
+
+def test_a_new_rate_refills_the_send_bucket_too() -> None:
+    limits = FlowLimits()
+    limits.configure(REF, FlowControl("key", rate=2))
+    assert [limits.try_send(REF, T0) for _ in range(3)] == [0, 0, 500]
+    limits.configure(REF, FlowControl("key", rate=3))
+    assert [limits.try_send(REF, T0) for _ in range(4)] == [0, 0, 0, 334]

@@ -7,10 +7,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tasks_server.models import TaskState
+from tasks_server.models import HttpRequest, TaskConfig, TaskSpec, TaskState
 from tasks_server.sealing import Sealer
 from tasks_server.store.migrate import migrate
 from tasks_server.store.sqlite import SqliteStore
+from tasks_server.store.sqlite.base import SPEC
 from tasks_server.store.sqlite.sealed import NOT_SEALED, SEALED
 from tests.store.test_contract import T0, make_owner, new_task
 
@@ -62,3 +63,25 @@ async def test_clear_attempt_details_of_older_versions_are_read_then_sealed(
     wal = tmp_path / "tasks.db-wal"
     raw += wal.read_bytes() if wal.exists() else b""
     assert b"old-planted" not in raw
+
+
+def test_a_spec_is_written_as_its_full_json_whatever_the_configuration_memory(
+    tmp_path: Path,
+) -> None:
+    """The spec's JSON reuses a remembered configuration part; it is byte for byte the
+    adapter's, and a new configuration (or one with more fields) is not taken for it."""
+    store = SqliteStore(tmp_path / "tasks.db", Sealer("a-key-0123456789"))
+    shared = TaskConfig(execution_delay_ms=5000, retry=3)
+    request = HttpRequest("https://example.com/hook", "POST", data_json='{"n":1}')
+    specs = [
+        TaskSpec(request, shared),
+        TaskSpec(HttpRequest("https://example.com/other", "GET"), shared),
+        TaskSpec(request, TaskConfig()),
+        TaskSpec(request, TaskConfig(priority=7, timeout_ms=1234)),
+        TaskSpec(request, shared, metadata=(("a", "b"),)),
+        TaskSpec(request, shared, on_success=HttpRequest("https://example.com/done", "POST")),
+    ]
+    for spec in [*specs, *specs]:  # the second round finds the remembered parts
+        written = store._spec_json(spec)
+        assert written == SPEC.dump_json(spec, exclude_defaults=True)
+        assert SPEC.validate_json(written) == spec

@@ -14,7 +14,9 @@ from pydantic import TypeAdapter
 
 from ...errors import StorageUnavailable
 from ...models import (
+    HttpRequest,
     Task,
+    TaskConfig,
     TaskSpec,
     TaskState,
 )
@@ -27,6 +29,9 @@ from .writer import CommitObserver, Outcome, Together, Writer, transient_reason
 T = TypeVar("T")
 
 SPEC = TypeAdapter(TaskSpec)
+_REQUEST = TypeAdapter(HttpRequest)
+_CONFIG = TypeAdapter(TaskConfig)
+_CONFIG_JSON_KEPT = 1024
 METADATA = TypeAdapter(tuple[tuple[str, str], ...])
 
 # the task columns every query that returns tasks selects; StoreBase._task reads them by name
@@ -73,6 +78,8 @@ class StoreBase:
         # own: the short reads of the API and the scheduler never queue behind them, and
         # WAL lets both connections read at once
         self._scanner: aiosqlite.Connection | None = None
+        # id(config) → (config, its JSON): see spec_json
+        self._config_json: dict[int, tuple[TaskConfig, bytes]] = {}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -184,7 +191,25 @@ class StoreBase:
     # -- codecs -----------------------------------------------------------------------
 
     def _seal_spec(self, spec: TaskSpec) -> bytes:
-        return self._sealer.seal(SPEC.dump_json(spec, exclude_defaults=True))
+        return self._sealer.seal(self._spec_json(spec))
+
+    def _spec_json(self, spec: TaskSpec) -> bytes:
+        """``SPEC.dump_json(spec, exclude_defaults=True)``, with the configuration's part
+        remembered by identity: registrations mostly share one TaskConfig object
+        (api/convert.remembered_config), and its 60 fields are most of the work."""
+        if spec.metadata is not None or spec.on_success is not None or spec.on_failure:
+            return SPEC.dump_json(spec, exclude_defaults=True)
+        config = spec.config
+        seen = self._config_json.get(id(config))
+        if seen is None or seen[0] is not config:
+            if len(self._config_json) >= _CONFIG_JSON_KEPT:
+                self._config_json.clear()
+            seen = self._config_json[id(config)] = (
+                config,
+                _CONFIG.dump_json(config, exclude_defaults=True),
+            )
+        request = _REQUEST.dump_json(spec.request, exclude_defaults=True)
+        return b'{"request":' + request + b',"config":' + seen[1] + b"}"
 
     def _open_spec(self, blob: bytes) -> TaskSpec:
         return SPEC.validate_json(self._sealer.open(blob))

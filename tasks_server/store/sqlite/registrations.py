@@ -11,7 +11,7 @@ from typing import Any, LiteralString
 
 from ...errors import OwnerNotFound, QueueLimitReached, TasksServerError
 from ...models import FlowControl, NewTask, Task, TaskState
-from ..ids import new_task_id
+from ..ids import new_task_ids
 from ..listing import host_of
 from .base import METADATA, TASK_COLUMNS, StoreBase
 from .owners import OWNER_CAPACITY
@@ -120,7 +120,7 @@ class RegistrationOps(StoreBase):
     async def create_tasks(
         self, owner_id: str, news: Sequence[NewTask], now_ms: int
     ) -> list[Task | TasksServerError]:
-        items = [self._registration(owner_id, new, now_ms) for new in news]
+        items = self._registrations(owner_id, news, now_ms)
 
         def op(conn: sqlite3.Connection) -> list[Task | TasksServerError]:
             return self._register_all(conn, owner_id, items, now_ms)
@@ -193,36 +193,24 @@ class RegistrationOps(StoreBase):
         return row[0], row[1]
 
     def _registration(self, owner_id: str, new: NewTask, now_ms: int) -> _Registration:
-        """The row of one registration (the sealing is done here, outside the writer)."""
-        task_id = new_task_id(now_ms)
-        spec_blob = self._seal_spec(new.spec)
-        metadata = new.spec.metadata
-        metadata_blob = self._seal(None if metadata is None else METADATA.dump_json(metadata))
-        config = new.spec.config
-        dedup_key = config.deduplication_id if new.dedup_until_ms is not None else None
-        flow = config.flow_control
-        due = new.due_at_ms
-        params = (
-            *(task_id, owner_id, now_ms, due, due, due, metadata_blob, spec_blob),
-            config.priority,
-            dedup_key,
-            new.dedup_until_ms if dedup_key is not None else None,
-            None if flow is None else flow.key,
-            host_of(new.spec.request.url),
-        )
-        task = Task(
-            id=task_id,
-            owner_id=owner_id,
-            state=TaskState.RUNNING,
-            created_at_ms=now_ms,
-            status_code=0,
-            estimate_end_at_ms=0,
-            estimate_execution_at_ms=due,
-            response=None,
-            metadata=metadata,
-            due_at_ms=due,
-        )
-        return _Registration(params, task, dedup_key, flow)
+        return self._registrations(owner_id, [new], now_ms)[0]
+
+    def _registrations(
+        self, owner_id: str, news: Sequence[NewTask], now_ms: int
+    ) -> list[_Registration]:
+        """The rows of registrations (sealed here, outside the writer; the ids and nonces
+        of the batch come from one read of the random source each: ``new_task_ids``)."""
+        ids = new_task_ids(now_ms, len(news))
+        plains: list[bytes | None] = [self._spec_json(new.spec) for new in news]
+        plains += [
+            None if n.spec.metadata is None else METADATA.dump_json(n.spec.metadata) for n in news
+        ]
+        sealed = self._sealer.seal_many(plains)
+        count = len(news)
+        return [
+            _row(owner_id, new, now_ms, task_id, sealed[index], sealed[count + index])
+            for index, (new, task_id) in enumerate(zip(news, ids, strict=True))
+        ]
 
     def _deduplicated(
         self, conn: sqlite3.Connection, owner_id: str, key: str, now_ms: int
@@ -235,3 +223,38 @@ class RegistrationOps(StoreBase):
             conn.execute(TASK_DEDUP_EXPIRE, (owner_id, key))
             return None
         return dataclasses.replace(self._task(row[:-1]), deduplicated=True)
+
+
+def _row(
+    owner_id: str,
+    new: NewTask,
+    now_ms: int,
+    task_id: str,
+    spec_blob: bytes | None,
+    metadata_blob: bytes | None,
+) -> _Registration:
+    config = new.spec.config
+    dedup_key = config.deduplication_id if new.dedup_until_ms is not None else None
+    flow = config.flow_control
+    due = new.due_at_ms
+    params = (
+        *(task_id, owner_id, now_ms, due, due, due, metadata_blob, spec_blob),
+        config.priority,
+        dedup_key,
+        new.dedup_until_ms if dedup_key is not None else None,
+        None if flow is None else flow.key,
+        host_of(new.spec.request.url),
+    )
+    task = Task(
+        id=task_id,
+        owner_id=owner_id,
+        state=TaskState.RUNNING,
+        created_at_ms=now_ms,
+        status_code=0,
+        estimate_end_at_ms=0,
+        estimate_execution_at_ms=due,
+        response=None,
+        metadata=new.spec.metadata,
+        due_at_ms=due,
+    )
+    return _Registration(params, task, dedup_key, flow)

@@ -59,20 +59,23 @@ RUN_SET_STATE: LiteralString = (
     "UPDATE workflow_run SET state = ?, finished_at = ?, error = ? WHERE id = ?"
 )
 
-RUN_START: LiteralString = (
-    "UPDATE workflow_run SET state = 'RUNNING' WHERE id = ? AND state = 'PENDING'"
-)
 
+# a step succeeded or was skipped: one fewer to go, and a PENDING run is RUNNING now
 RUN_DONE_ONE: LiteralString = (
-    "UPDATE workflow_run SET remaining = remaining - 1 WHERE id = ? RETURNING remaining, state"
+    "UPDATE workflow_run SET remaining = remaining - 1, "
+    "state = CASE state WHEN 'PENDING' THEN 'RUNNING' ELSE state END "
+    "WHERE id = ? RETURNING remaining, state"
 )
 
+# the step a task ran, with its run's owner, state and input
 STEP_BY_TASK: LiteralString = (
-    "SELECT run_id, step_id, template FROM workflow_step WHERE task_id = ? AND state = 'RUNNING'"
+    "SELECT s.run_id, s.step_id, s.template, r.owner_id, r.state, r.input "
+    "FROM workflow_step s JOIN workflow_run r ON r.id = s.run_id "
+    "WHERE s.task_id = ? AND s.state = 'RUNNING'"
 )
 
 STEP_TEMPLATE: LiteralString = (
-    "SELECT template, state, dep_skipped FROM workflow_step WHERE run_id = ? AND step_id = ?"
+    "SELECT step_id, template, dep_skipped FROM workflow_step WHERE run_id = ? AND step_id = ?"
 )
 
 STEP_RESULT: LiteralString = (
@@ -89,11 +92,13 @@ STEP_FINISHED: LiteralString = (
     "WHERE run_id = ? AND step_id = ?"
 )
 
+# the dependants of a step one dependency closer to ready; those left with none come with
+# what starting them needs
 STEP_RELEASE: LiteralString = (
     "UPDATE workflow_step SET unmet = unmet - 1, dep_skipped = max(dep_skipped, ?) "
     "WHERE run_id = ? AND step_id IN "
     "(SELECT dependant FROM workflow_edge WHERE run_id = ? AND step_id = ?) "
-    "RETURNING step_id, unmet, state"
+    "RETURNING step_id, unmet, state, template, dep_skipped"
 )
 
 # a step's task: like a registration, with its priority and flow-control key
@@ -122,15 +127,22 @@ STEP_SUMMARY: LiteralString = (
 )
 
 
+# a ready step: its id, sealed template, and whether a dependency was skipped
+Ready = tuple[str, bytes, int]
+
+
 @dataclass(slots=True)
 class Advance:
     """What one transaction did to runs: step tasks to arm, runs that ended, and how many
-    more step tasks it may create already claimed."""
+    more step tasks it may create already claimed. It also keeps what the transaction
+    read once for many steps: runs' inputs (opened) and owners' validated domains."""
 
     started: list[StepStart] = field(default_factory=list)
     finished_runs: list[str] = field(default_factory=list)
     claims: int = 0
     scheduled_ends: list[RunEnd] = field(default_factory=list)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    allowed_hosts: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
 
 
 class StepOps(StoreBase):
@@ -180,20 +192,25 @@ class StepOps(StoreBase):
                 continue
             row = conn.execute(STEP_BY_TASK, (result.task_id,)).fetchone()
             if row is not None:
-                self._finish_step(conn, row[0], row[1], row[2], result, advance)
+                run_id, step_id, template_blob, owner_id, run_state, input_blob = row
+                if run_id not in advance.inputs:
+                    advance.inputs[run_id] = json.loads(self._sealer.open(input_blob))
+                step = (run_id, step_id, owner_id, run_state)
+                self._finish_step(conn, step, template_blob, result, advance)
         return advance
 
     def _finish_step(
         self,
         conn: sqlite3.Connection,
-        run_id: str,
-        step_id: str,
+        step: tuple[str, str, str, str],
         template_blob: bytes,
         result: Result,
         advance: Advance,
     ) -> None:
+        """Finish the step (run, step, owner, run state) whose task ended with
+        ``result``."""
+        run_id, step_id, owner_id, run_state = step
         now = result.finished_at_ms
-        owner_id, run_state, _ = conn.execute(RUN_STATE, (run_id,)).fetchone()
         response = step_response(result)
         if result.state is TaskState.ERROR:
             error = step_error(result)
@@ -201,7 +218,7 @@ class StepOps(StoreBase):
             return
         template = json.loads(self._sealer.open(template_blob))
         try:
-            context = self._context(conn, run_id, referenced_steps(template, "output"))
+            context = self._context(conn, run_id, referenced_steps(template, "output"), advance)
             blob = self._sealer.seal(step_result(template, context, response))
         except TemplateError as exc:
             error = f"output: {exc}"
@@ -240,9 +257,8 @@ class StepOps(StoreBase):
         advance: Advance,
     ) -> None:
         """Start steps with nothing unmet, and count the ones that are skipped."""
-        for step_id in self._start_steps(
-            conn, run_id, owner_id, step_ids, now, due_floor_ms, advance
-        ):
+        ready = [conn.execute(STEP_TEMPLATE, (run_id, step_id)).fetchone() for step_id in step_ids]
+        for step_id in self._start_steps(conn, run_id, owner_id, ready, now, due_floor_ms, advance):
             self._step_done(conn, run_id, owner_id, step_id, True, now, advance)
 
     def _step_done(
@@ -263,7 +279,6 @@ class StepOps(StoreBase):
             remaining, run_state = conn.execute(RUN_DONE_ONE, (run_id,)).fetchone()
             if RunState(run_state).is_final:
                 return  # a failed or cancelled run starts nothing new
-            conn.execute(RUN_START, (run_id,))
             if remaining == 0:
                 conn.execute(RUN_SET_STATE, (RunState.SUCCESS.value, now, None, run_id))
                 self._run_ended(conn, run_id, RunState.SUCCESS, None, now, advance)
@@ -271,7 +286,11 @@ class StepOps(StoreBase):
             released = conn.execute(
                 STEP_RELEASE, (int(done_skipped), run_id, run_id, done_id)
             ).fetchall()
-            ready = [dep for dep, unmet, state in released if unmet == 0 and state == "WAITING"]
+            ready = [
+                (dep, template, skipped)
+                for dep, unmet, state, template, skipped in released
+                if unmet == 0 and state == "WAITING"
+            ]
             skipped_now = self._start_steps(conn, run_id, owner_id, ready, now, now, advance)
             work.extend((dep, True) for dep in skipped_now)
 
@@ -280,7 +299,7 @@ class StepOps(StoreBase):
         conn: sqlite3.Connection,
         run_id: str,
         owner_id: str,
-        step_ids: Sequence[str],
+        ready: Sequence[Ready],
         now: int,
         due_floor_ms: int,
         advance: Advance,
@@ -288,10 +307,7 @@ class StepOps(StoreBase):
         """Turn ready steps into tasks; returns the ones skipped (their dependants are
         released by the caller). A step whose request cannot be built fails the run."""
         skipped = []
-        for step_id in step_ids:
-            template_blob, _, dep_skipped = conn.execute(
-                STEP_TEMPLATE, (run_id, step_id)
-            ).fetchone()
+        for step_id, template_blob, dep_skipped in ready:
             template = json.loads(self._sealer.open(template_blob))
             try:
                 start = self._start_step(
@@ -333,17 +349,15 @@ class StepOps(StoreBase):
         if dep_skipped and not template["runIfSkipped"]:
             return None
         refs = referenced_steps(template, "request") | referenced_steps(template, "when")
-        context = self._context(conn, run_id, refs)
+        context = self._context(conn, run_id, refs, advance)
         if template["when"] is not None and not holds(template["when"], context):
             return None
         assert self._step_builder is not None, "the store was given no step builder"
-        new = labelled(
-            self._step_builder(
-                render(template["request"], context), now, self._allowed_hosts(conn, owner_id)
-            ),
-            run_id,
-            step_id,
-        )
+        if owner_id not in advance.allowed_hosts:
+            advance.allowed_hosts[owner_id] = self._allowed_hosts(conn, owner_id)
+        allowed = advance.allowed_hosts[owner_id]
+        built = self._step_builder(render(template["request"], context), now, allowed)
+        new = labelled(built, run_id, step_id)
         due = max(new.due_at_ms, due_floor_ms)
         metadata = self._seal(METADATA.dump_json(new.spec.metadata or ()))
         task_id = new_task_id(now)
@@ -374,15 +388,20 @@ class StepOps(StoreBase):
         row = conn.execute(OWNER_ALLOWED_HOSTS, (owner_id,)).fetchone()
         return None if row is None or row[0] is None else tuple(json.loads(row[0]))
 
-    def _context(self, conn: sqlite3.Connection, run_id: str, step_ids: set[str]) -> dict[str, Any]:
-        """The run's input and the results of the steps named."""
+    def _context(
+        self, conn: sqlite3.Connection, run_id: str, step_ids: set[str], advance: Advance
+    ) -> dict[str, Any]:
+        """The run's input (read once per transaction) and the results of the steps
+        named."""
         steps: dict[str, Any] = {}
         for step_id in step_ids:
             row = conn.execute(STEP_RESULT, (run_id, step_id)).fetchone()
             if row is not None and row[0] is not None:
                 steps[step_id] = json.loads(self._sealer.open(row[0]))
-        input_blob = conn.execute(RUN_STATE, (run_id,)).fetchone()[2]
-        return {"input": json.loads(self._sealer.open(input_blob)), "steps": steps}
+        if run_id not in advance.inputs:
+            input_blob = conn.execute(RUN_STATE, (run_id,)).fetchone()[2]
+            advance.inputs[run_id] = json.loads(self._sealer.open(input_blob))
+        return {"input": advance.inputs[run_id], "steps": steps}
 
     def _announce(self, advance: Advance) -> None:
         """Tell the scheduler and the waiters, after the commit."""
