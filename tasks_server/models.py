@@ -298,6 +298,21 @@ class NewTask:
     # a registration with the spec's deduplication id returns the existing task until then
     dedup_until_ms: int | None = None
 
+    def registered(self, task_id: str, owner_id: str, now_ms: int) -> Task:
+        """The task as its owner sees it the moment this registration is stored."""
+        return Task(
+            id=task_id,
+            owner_id=owner_id,
+            state=TaskState.RUNNING,
+            created_at_ms=now_ms,
+            status_code=0,
+            estimate_end_at_ms=0,
+            estimate_execution_at_ms=self.due_at_ms,
+            response=None,
+            metadata=self.spec.metadata,
+            due_at_ms=self.due_at_ms,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Task:

@@ -200,18 +200,7 @@ class PgTaskOps(PgBase):
         }
         if not await self._write_one(TASK_INSERT_UNLIMITED, params):
             return None
-        return Task(
-            id=task_id,
-            owner_id=owner_id,
-            state=TaskState.RUNNING,
-            created_at_ms=now_ms,
-            status_code=0,
-            estimate_end_at_ms=0,
-            estimate_execution_at_ms=due,
-            response=None,
-            metadata=new.spec.metadata,
-            due_at_ms=due,
-        )
+        return new.registered(task_id, owner_id, now_ms)
 
     def _task_insert(
         self, owner_id: str, new: NewTask, now_ms: int
@@ -247,18 +236,7 @@ class PgTaskOps(PgBase):
                     FLOW_UPSERT,
                     (owner_id, flow.key, flow.rate, flow.period.ms, flow.parallelism, now_ms),
                 )
-            return Task(
-                id=task_id,
-                owner_id=owner_id,
-                state=TaskState.RUNNING,
-                created_at_ms=now_ms,
-                status_code=0,
-                estimate_end_at_ms=0,
-                estimate_execution_at_ms=due,
-                response=None,
-                metadata=new.spec.metadata,
-                due_at_ms=due,
-            )
+            return new.registered(task_id, owner_id, now_ms)
 
         return insert
 

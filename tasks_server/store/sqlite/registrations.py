@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, LiteralString
 
 from ...errors import OwnerNotFound, QueueLimitReached, TasksServerError
-from ...models import FlowControl, NewTask, Task, TaskState
+from ...models import FlowControl, NewTask, Task
 from ..ids import new_task_ids
 from ..listing import host_of
 from .base import METADATA, TASK_COLUMNS, StoreBase
@@ -245,16 +245,5 @@ def _row(
         None if flow is None else flow.key,
         host_of(new.spec.request.url),
     )
-    task = Task(
-        id=task_id,
-        owner_id=owner_id,
-        state=TaskState.RUNNING,
-        created_at_ms=now_ms,
-        status_code=0,
-        estimate_end_at_ms=0,
-        estimate_execution_at_ms=due,
-        response=None,
-        metadata=new.spec.metadata,
-        due_at_ms=due,
-    )
+    task = new.registered(task_id, owner_id, now_ms)
     return _Registration(params, task, dedup_key, flow)
