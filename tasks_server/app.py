@@ -40,6 +40,7 @@ from .sealing import Sealer
 from .store import Store
 from .store.postgres import PostgresStore
 from .store.sqlite import DatabaseLock, SqliteStore
+from .workflows.pacing import StepPacer
 
 logger = logging.getLogger(__name__)
 
@@ -104,9 +105,14 @@ def build(
     metrics.watch_alerts(alerts)
     runs = FinalWaiters()
     unsupported = _unsupported_fields()
+    # new workflow runs wait while the steps in progress have no room (a step released
+    # by its dependencies never does); PostgreSQL releases steps without saying so
+    pacer = StepPacer()
+    if not settings.uses_postgres:
+        scheduler.start_gate = pacer
     store.watch_workflows(
         step_builder(settings, unsupported, egress_policy(settings)),
-        step_arming(scheduler),
+        step_arming(scheduler, pacer),
         runs.wake,
         scheduler.free_claims,
         alerts.observe_run,

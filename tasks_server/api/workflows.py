@@ -24,6 +24,7 @@ from ..workflows.model import (
     WorkflowRun,
     WorkflowStep,
 )
+from ..workflows.pacing import StepPacer
 from ..workflows.steps import StepBuilder, callback_request, envelope
 from ..workflows.template import TemplateError, references, render
 from . import results
@@ -104,12 +105,17 @@ class StepArmer(Notifier, Protocol):
     def adopt(self, attempt: Attempt) -> None: ...
 
 
-def step_arming(scheduler: StepArmer) -> Callable[[StepStart], None]:
+def step_arming(
+    scheduler: StepArmer, pacer: StepPacer | None = None
+) -> Callable[[StepStart], None]:
     """How a step's task the store created is armed: like a registered task, with its
     priority and flow-control key, whose limits the step sets (the last one wins); a
-    task the store created already claimed is handed over with its attempt."""
+    task the store created already claimed is handed over with its attempt. A step its
+    dependencies released is never paced behind new runs (workflows/pacing.py)."""
 
     def arm(start: StepStart) -> None:
+        if pacer is not None and start.released:
+            pacer.released(start.task_id, start.due_at_ms)
         if start.attempt is not None:
             scheduler.adopt(start.attempt)
             return

@@ -16,7 +16,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..clock import Backoff, Clock, sleep_or_wake
 from ..dispatch import Dispatcher, Prepared
@@ -105,6 +105,24 @@ def claim_window(
     return min(window, MAX_CLAIM_AHEAD_MS), claim_at_ms
 
 
+class StartGate(Protocol):
+    """Decides whether a held attempt's call may start now (workflow runs are paced by
+    one: workflows/pacing.py). An attempt it turns away stays held, claimed, until the
+    gate lets it go."""
+
+    def admit(self, attempt: Attempt, now_ms: int) -> bool:
+        """Whether the call may start now; True also counts it as started."""
+
+    def answered(self, task_id: str) -> None:
+        """The attempt's call ended (its outcome is not committed yet)."""
+
+    def recorded(self, task_ids: list[str]) -> None:
+        """These attempts' outcomes are committed."""
+
+    def reopens_at_ms(self) -> int | None:
+        """When the gate may let a held attempt go without an outcome committed."""
+
+
 def attempt_headers(attempt: Attempt) -> tuple[tuple[str, str], ...]:
     """Headers the server adds (docs/compatibility.md#added-headers), plus the attempt
     number for deduplication."""
@@ -149,6 +167,8 @@ class Scheduler:
         self._priorities: dict[str, tuple[int, FlowRef | None]] = {}
         self.flows = FlowGate()  # flow-control keys: limits and the tasks held back
         self._held_ids: dict[str, Attempt] = {}
+        self.start_gate: StartGate | None = None
+        self._gated: list[tuple[int, int, int, Attempt, Prepared]] = []  # turned away by it
         self._held_changed = asyncio.Event()  # wakes the starter: an earlier attempt is held
         self._claimed_at_ms: dict[str, int] = {}  # held attempts: when they were claimed
         self.leases = LeaseKeeper(
@@ -297,7 +317,9 @@ class Scheduler:
         cap hold no slot, so a slow host never holds up the others; they are bounded
         apart, at WAITING_FACTOR times max_in_flight, so memory stays bounded."""
         claimed = len(self._in_flight) + len(self._held_ids)
-        running = claimed - self._dispatcher.waiting_for_host
+        # attempts the start gate holds back hold no slot either, so the steps released
+        # meanwhile are claimed beside them
+        running = claimed - self._dispatcher.waiting_for_host - len(self._gated)
         limit = self._options.max_in_flight
         return min(limit - running, WAITING_FACTOR * limit - claimed)
 
@@ -414,19 +436,27 @@ class Scheduler:
                 continue
             self._held_changed.clear()
             delay_s = (self._held[0][0] - now_ms) / 1000 if self._held else MAX_NAP_S
+            reopens_at = self._gate_reopens_at_ms()
+            if reopens_at is not None:
+                delay_s = min(delay_s, max(reopens_at - now_ms, 0) / 1000)
             await sleep_or_wake(self._clock, min(delay_s, MAX_NAP_S), self._held_changed)
 
     def _start_held(self, now_ms: int, limit: int = CLAIM_CHUNK) -> int:
         """Start up to ``limit`` held attempts whose due time has come, skipping forgotten
         ones; callers yield between chunks so the first calls get going."""
-        started = 0
+        started = self._start_gated(now_ms, limit)
+        gate = self.start_gate
         while self._held and self._held[0][0] <= now_ms and started < limit:
-            _, priority, sequence, attempt, prepared = heapq.heappop(self._held)
+            entry = heapq.heappop(self._held)
+            _, priority, sequence, attempt, prepared = entry
             if self._held_ids.get(attempt.task_id) is attempt:
                 send_at_ms = self.flows.send_at_ms(attempt.task_id, now_ms)
                 if send_at_ms is not None:  # its key's rate holds at the send as well
                     entry = (send_at_ms, priority, sequence, attempt, prepared)
                     heapq.heappush(self._held, entry)
+                    continue
+                if gate is not None and not gate.admit(attempt, now_ms):
+                    heapq.heappush(self._gated, entry)
                     continue
                 del self._held_ids[attempt.task_id]
                 claimed_at = self._claimed_at_ms.pop(attempt.task_id, now_ms)
@@ -439,6 +469,33 @@ class Scheduler:
             # calls just started may wait behind their host's cap, which frees slots
             self._wake.set()
         return started
+
+    def _start_gated(self, now_ms: int, limit: int) -> int:
+        """Start the attempts the start gate held back, in their order, while it lets
+        them go; forgotten ones are dropped."""
+        started = 0
+        while self._gated and started < limit:
+            attempt, prepared = self._gated[0][3], self._gated[0][4]
+            if self._held_ids.get(attempt.task_id) is not attempt:
+                heapq.heappop(self._gated)
+                continue
+            assert self.start_gate is not None
+            if not self.start_gate.admit(attempt, now_ms):
+                break
+            heapq.heappop(self._gated)
+            del self._held_ids[attempt.task_id]
+            claimed_at = self._claimed_at_ms.pop(attempt.task_id, now_ms)
+            if self.leases.holds(attempt.task_id, claimed_at, now_ms):
+                self._start(attempt, prepared, now_ms)
+                started += 1
+            else:
+                self._drop_lost(attempt)
+        return started
+
+    def _gate_reopens_at_ms(self) -> int | None:
+        if not self._gated or self.start_gate is None:
+            return None
+        return self.start_gate.reopens_at_ms()
 
     def _drop_lost(self, attempt: Attempt) -> None:
         """The claim's lease ended (the database was out of reach): another node may own
@@ -519,6 +576,8 @@ class Scheduler:
         outcome = cap_headers(outcome, self._options.max_header_bytes)
         if self.flows.release(attempt.task_id):
             self._wake.set()  # a slot of its key is free: a waiting task may start
+        if self.start_gate is not None:
+            self.start_gate.answered(attempt.task_id)
         options = self._options
         result = decide(
             attempt,
@@ -587,8 +646,16 @@ class Scheduler:
                 self.notify(result.follow_up.task_id, result.follow_up.due_at_ms)
         if recorded and self.on_recorded is not None:
             self.on_recorded(recorded)
+        self._tell_gate(batch)
         self._wake.set()
         return True
+
+    def _tell_gate(self, batch: list[Result]) -> None:
+        """Outcomes committed: the start gate may let a held attempt go now."""
+        if self.start_gate is not None:
+            self.start_gate.recorded([result.task_id for result in batch])
+            if self._gated:
+                self._held_changed.set()
 
     def _count(self, result: Result) -> None:
         stats = self.stats

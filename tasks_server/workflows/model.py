@@ -136,6 +136,9 @@ class StepStart:
     # set when the store created the task already claimed (its first attempt durably
     # running, in the outcome's transaction): the scheduler starts it without a claim
     attempt: Attempt | None = None
+    # released by its dependencies' outcomes (not a run's first step): its run is under
+    # way, so it is never paced behind new runs (workflows/pacing.py)
+    released: bool = False
 
 
 @dataclass(frozen=True, slots=True)

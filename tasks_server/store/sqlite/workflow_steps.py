@@ -291,7 +291,9 @@ class StepOps(StoreBase):
                 for dep, unmet, state, template, skipped in released
                 if unmet == 0 and state == "WAITING"
             ]
-            skipped_now = self._start_steps(conn, run_id, owner_id, ready, now, now, advance)
+            skipped_now = self._start_steps(
+                conn, run_id, owner_id, ready, now, now, advance, released=True
+            )
             work.extend((dep, True) for dep in skipped_now)
 
     def _start_steps(
@@ -303,9 +305,12 @@ class StepOps(StoreBase):
         now: int,
         due_floor_ms: int,
         advance: Advance,
+        released: bool = False,
     ) -> list[str]:
         """Turn ready steps into tasks; returns the ones skipped (their dependants are
-        released by the caller). A step whose request cannot be built fails the run."""
+        released by the caller). A step whose request cannot be built fails the run.
+        ``released``: the steps' dependencies just succeeded (else they are a run's
+        first steps, or steps retried)."""
         skipped = []
         for step_id, template_blob, dep_skipped in ready:
             template = json.loads(self._sealer.open(template_blob))
@@ -331,7 +336,9 @@ class StepOps(StoreBase):
                 )
                 skipped.append(step_id)
             else:
-                advance.started.append(start)
+                advance.started.append(
+                    dataclasses.replace(start, released=True) if released else start
+                )
         return skipped
 
     def _start_step(
