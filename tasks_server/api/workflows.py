@@ -179,8 +179,13 @@ def to_new_run(
     except DefinitionError as exc:
         raise _field_error(exc.path, exc.message) from exc
     validate = step_validator(app.settings, app.unsupported)
+    built = {}
     for position, step in enumerate(steps):
-        _check_early(app.destinations.policy, allowed, validate, position, step, body.input, now_ms)
+        new = _check_early(
+            app.destinations.policy, allowed, validate, position, step, body.input, now_ms
+        )
+        if new is not None and _is_reusable(new, now_ms):
+            built[step.id] = new
     config = body.config
     if config.executeAt is not None and config.executionDelay is not None:
         raise field_error(("config", "executeAt"), "Give executeAt or executionDelay, not both")
@@ -200,7 +205,17 @@ def to_new_run(
         metadata,
         body.onSuccess,
         body.onFailure,
+        built,
+        allowed,
     )
+
+
+def _is_reusable(new: NewTask, now_ms: int) -> bool:
+    """Whether a step's task built now is the one it would be built as later: due as
+    soon as its dependencies allow, and with no dates of its own, which are checked
+    against the time of the build."""
+    config = new.spec.config
+    return new.due_at_ms == now_ms and config.retry_at_ms is None and config.timeout_at_ms is None
 
 
 Validate = Callable[[dict[str, Any], int], NewTask]
@@ -237,18 +252,19 @@ def _check_early(
     step: StepTemplate,
     run_input: Any,
     now_ms: int,
-) -> None:
+) -> NewTask | None:
     """A step that refers to nothing but the input can be rendered and checked now, as a
-    registration; of the others, the destinations written out literally are checked now
-    and the rest when the step is created."""
+    registration (its task is returned); of the others, the destinations written out
+    literally are checked now and the rest when the step is created."""
     if any(ref.root != "input" for ref in references(step.request)):
         _check_literal_urls(egress, allowed, position, step)
-        return
+        return None
     try:
         new = validate(render(step.request, {"input": run_input}), now_ms)
     except (TemplateError, ValueError) as exc:
         raise _field_error(("steps", position), str(exc)) from exc
     refuse_outgoing(egress, new.spec, allowed, ("steps", str(position)))
+    return new
 
 
 def _check_literal_urls(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from ..models import Attempt, FlowControl, FlowRef, ScheduleTiming
+from ..models import Attempt, FlowControl, FlowRef, NewTask, ScheduleTiming
 
 
 class RunState(StrEnum):
@@ -54,6 +55,11 @@ class NewRun:
     # the wire httpRequest (no body) called with the run's envelope when it ends
     on_success: dict[str, Any] | None = None
     on_failure: dict[str, Any] | None = None
+    # the steps already rendered and checked as tasks when the run was created (those
+    # that use nothing but the input), by step id, and the owner's validated domains
+    # they were checked against: the store uses them rather than building them again
+    built: Mapping[str, NewTask] = field(default_factory=dict)
+    built_for: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,11 @@ from __future__ import annotations
 from ..models import Attempt
 
 # workflow calls in progress (started, outcome not yet committed) beyond which no new
-# run starts. Each answer costs the server about a millisecond before its dependants'
-# calls leave, and a run's first call releases several: a few in progress keep the
-# server busy, more only make each step wait for the others (bench_workflows.py)
-WINDOW = 8
+# run starts. Each answer costs the server a few tenths of a millisecond before its
+# dependants' calls leave, and a run's first call releases several: a few in progress
+# keep the server busy, more only make each step wait for the others' outcomes
+# (measured with bench/bench_workflows.py: 5 gave the lowest latency at full rate)
+WINDOW = 5
 # a call that has not answered within this long stops counting: a slow target then
 # never holds new runs back, only a backlog of answers to record does
 YOUNG_MS = 25

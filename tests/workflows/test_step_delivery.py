@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tasks_server.app import Server
-from tests.conftest import OwnerAuth
+from tests.conftest import OwnerAuth, ServerFactory, client_for, register_owner
 from tests.support.clock import FakeClock
 from tests.support.targets import Reply, TargetServer
 from tests.support.waiting import wait_until
@@ -139,3 +139,41 @@ async def test_a_rendered_refused_address_fails_the_step_with_the_reason(
     assert follow["state"] == "ERROR" and follow["taskId"] is None
     assert follow["error"] == "httpRequest.url: egress denied: 10.1.2.3 is private (RFC 1918)"
     assert done["error"] == f"step 'follow' failed: {follow['error']}"
+
+
+async def test_a_step_checked_at_creation_is_checked_again_if_the_owners_domains_changed(
+    make_server: ServerFactory, clock: FakeClock, target: TargetServer
+) -> None:
+    """A step that uses only the input is built and checked when its run is created and
+    kept for when it starts; the owner's validated domains narrowed meanwhile refuse it
+    then, as they would a step built at that moment."""
+    admin_key = "admin-key-0123456789"
+    server = await make_server(
+        admin_key=admin_key, egress_allow="127.0.0.1/32, localhost", owner_registration="open"
+    )
+    target.route("/first", Reply(200, b"{}", JSON_HEADERS))
+    target.route("/second", Reply(200, b"{}", JSON_HEADERS))
+    async with client_for(server) as client:
+        owner = await register_owner(client, "narrowed")
+        second = {"url": target.url("/second", "localhost"), "method": "POST"}
+        body = {
+            "name": "narrowed",
+            "config": {"executeAt": clock.now_ms() + 1_000},
+            "steps": [
+                {"id": "first", **post(target, "/first")},
+                {"id": "second", "dependsOn": ["first"], "httpRequest": second},
+            ],
+        }
+        run = await start(client, owner, body)
+        domains = await client.put(
+            f"/v1/admin/owners/{owner.id}/domains",
+            json={"domains": ["127.0.0.1"]},
+            headers={"Authorization": f"Bearer {admin_key}"},
+        )
+        assert domains.status_code == 200, domains.text
+        clock.advance(2)
+        done = await until_state(client, owner, run["id"], "ERROR")
+    step = {step["id"]: step for step in done["steps"]}["second"]
+    assert step["state"] == "ERROR" and step["taskId"] is None
+    assert "localhost is not a validated domain" in step["error"]
+    assert [arrival.path for arrival in target.arrivals] == ["/first"]

@@ -10,12 +10,14 @@ import dataclasses
 import json
 import logging
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
-from ...models import Attempt, Result, TaskState
+from ...models import Attempt, NewTask, Result, TaskState
 from ...workflows.model import (
+    NewRun,
     RunEnd,
     RunState,
     StepStart,
@@ -145,8 +147,17 @@ class Advance:
     allowed_hosts: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
 
 
+# steps' tasks built when their run was created, kept for when they start
+BUILT_KEPT = 10_000
+
+
 class StepOps(StoreBase):
     _step_builder: StepBuilder | None = None
+    # (run, step) → the step's task as built and checked when the run was created, and
+    # the owner's validated domains then: starting the step takes it rather than
+    # rendering and validating the request again (the writer thread's largest part of a
+    # step). Only the writer thread uses it; what it forgets is built again.
+    _built: OrderedDict[tuple[str, str], tuple[NewTask, tuple[str, ...] | None]] | None = None
     _step_started: StepStarted | None = None
     _run_finished: RunFinished | None = None
     _claim_budget: ClaimBudget | None = None
@@ -161,6 +172,7 @@ class StepOps(StoreBase):
         scheduled_run_ended: ScheduledRunEnded | None = None,
     ) -> None:
         self._step_builder = builder
+        self._built = OrderedDict()
         self._step_started = step_started
         self._run_finished = run_finished
         self._claim_budget = claim_budget
@@ -363,7 +375,11 @@ class StepOps(StoreBase):
         if owner_id not in advance.allowed_hosts:
             advance.allowed_hosts[owner_id] = self._allowed_hosts(conn, owner_id)
         allowed = advance.allowed_hosts[owner_id]
-        built = self._step_builder(render(template["request"], context), now, allowed)
+        kept = None if self._built is None else self._built.pop((run_id, step_id), None)
+        if kept is not None and kept[1] == allowed:  # else its owner's domains changed
+            built = kept[0]
+        else:
+            built = self._step_builder(render(template["request"], context), now, allowed)
         new = labelled(built, run_id, step_id)
         due = max(new.due_at_ms, due_floor_ms)
         metadata = self._seal(METADATA.dump_json(new.spec.metadata or ()))
@@ -389,6 +405,15 @@ class StepOps(StoreBase):
         conn.execute(ATTEMPT_INSERT, (task_id, 1, now, 1))
         attempt = Attempt(task_id, 1, new.spec, 0, due, now, owner_id, None, now)
         return dataclasses.replace(start, attempt=attempt)
+
+    def _keep_built(self, run_id: str, run: NewRun) -> None:
+        """Keep the steps' tasks built when the run was created, for when they start."""
+        if self._built is None:
+            return  # no step builder: nothing starts
+        for step_id, new in run.built.items():
+            self._built[(run_id, step_id)] = (new, run.built_for)
+        while len(self._built) > BUILT_KEPT:
+            self._built.popitem(last=False)
 
     @staticmethod
     def _allowed_hosts(conn: sqlite3.Connection, owner_id: str) -> tuple[str, ...] | None:

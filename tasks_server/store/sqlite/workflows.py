@@ -202,6 +202,7 @@ class WorkflowOps(StepOps):
             for dep in deps:
                 conn.execute(EDGE_INSERT, (run_id, dep, step.id))
         roots = [step.id for step in run.steps if not step.depends_on]
+        self._keep_built(run_id, run)
         self._start_ready(conn, run_id, owner_id, roots, now_ms, run.due_at_ms, advance)
 
     def _fire_runs(
