@@ -24,7 +24,7 @@ from .api.edge import Edge, Throttle
 from .api.outgoing import Destinations
 from .api.overview import OverviewCache, overview_figures
 from .api.services import Services
-from .api.workflows import step_arming, step_builder
+from .api.step_tasks import step_arming, step_builder
 from .backup.job import BackupJob
 from .clock import Clock, SystemClock
 from .config import Settings
