@@ -166,6 +166,10 @@ def _pem(value: str | None) -> Pem | None:
         return Pem(path=value)
 
 
+# a request giving no more than these fields takes the defaults of all others
+_PLAIN_REQUEST_FIELDS = frozenset({"url", "method", "data", "json_body", "transport"})
+
+
 def to_request(wire: HttpRequestIn) -> HttpRequest:
     data = None if wire.method in ("GET", "DELETE") else wire.data
     json_text = None
@@ -173,6 +177,22 @@ def to_request(wire: HttpRequestIn) -> HttpRequest:
         json_text = _compact_json(data)
     elif wire.json_body is not None and wire.method not in ("GET", "DELETE"):
         json_text = _compact_json(wire.json_body)
+    if wire.__pydantic_fields_set__ <= _PLAIN_REQUEST_FIELDS and not isinstance(data, list):
+        # most requests, built with the few arguments they need: a frozen dataclass
+        # sets its fields one call each, and every keyword argument costs a lookup
+        text = data if isinstance(data, str) else None
+        return HttpRequest(
+            wire.url,
+            wire.method,
+            (),
+            (),
+            text,
+            json_text,
+            None,
+            None,
+            None,
+            transport=wire.transport,
+        )
     aws = wire.authAwsSigv4
     return HttpRequest(
         url=wire.url,
