@@ -16,14 +16,14 @@ from starlette.responses import Response
 from ..errors import TaskNotFound, TasksServerError, ValidationFailed
 from ..models import NewTask, Task, TaskState
 from ..store import Store
-from .convert import to_new_task
+from .convert import ConfigPlan, new_task, plan_config, to_new_task
 from .errors import error_body, validation_failed
 from .queues import arm, check_supported, rearm, record, validation_context
-from .schemas import TaskIn
+from .schemas import BatchItemIn, ConfigIn, TaskIn
 from .services import Services, services
 from .wire import answer, parse_json, read_body
 
-_BATCH = TypeAdapter(list[TaskIn])
+_BATCH = TypeAdapter(list[BatchItemIn])
 Item = NewTask | TasksServerError
 MAX_FILTER_MATCHES = 100_000  # tasks one filtered batch action may touch
 _PAGE = 1000
@@ -32,20 +32,52 @@ _PAGE = 1000
 def parse_items(app: Services, body: bytes | None, now_ms: int, owner_id: str) -> list[Item]:
     """Validate every registration of the array; an item's failure is its answer.
 
-    The whole array is validated in one pydantic pass when every item is valid (the fast
-    path); otherwise item by item, to name each bad item's fields.
+    When every item is valid (the fast path), the array is validated in one pydantic pass
+    with each configuration left as JSON, and each distinct configuration is validated
+    and converted once (``_Plans``). Otherwise item by item, to name each bad item's
+    fields.
     """
     if body is None:
         raise ValidationFailed({"_errors": ["Expected a JSON array of registrations"]})
     limit = app.settings.max_batch_items
     context = validation_context(app, owner_id)
     try:
-        wires: list[TaskIn | TasksServerError] = list(_BATCH.validate_json(body, context=context))
+        wires = _BATCH.validate_json(body, context=context)
+        if not 1 <= len(wires) <= limit:
+            raise ValidationFailed({"_errors": [f"Expected 1 to {limit} registrations"]})
+        plans = _Plans(context, now_ms)
+        planned = [(wire, plans.plan(wire)) for wire in wires]
     except ValidationError:
-        wires = _validate_each(parse_json(body), limit, context)
-    if not 1 <= len(wires) <= limit:
-        raise ValidationFailed({"_errors": [f"Expected 1 to {limit} registrations"]})
-    return [_to_new(app, wire, now_ms) for wire in wires]
+        items = _validate_each(parse_json(body), limit, context)
+        return [_to_new(app, item, now_ms) for item in items]
+    return [_planned_new(app, wire, plan, now_ms) for wire, plan in planned]
+
+
+class _Plans:
+    """Each distinct configuration of a batch validated and planned once (with this
+    request's validation context and time). Raises pydantic's ValidationError for an
+    invalid one: the batch is then validated item by item, naming each bad field."""
+
+    def __init__(self, context: dict[str, Any], now_ms: int) -> None:
+        self._context = context
+        self._now_ms = now_ms
+        self._plans: dict[tuple[bytes, str | None], ConfigPlan] = {}
+
+    def plan(self, wire: BatchItemIn) -> ConfigPlan:
+        # the JSON text tells 1, 1.0 and true apart, which equal Python values do not
+        key = (to_json(wire.config, inf_nan_mode="constants"), wire.httpRequest.transport)
+        plan = self._plans.get(key)
+        if plan is None:
+            config = ConfigIn.model_validate(wire.config, context=self._context)
+            plan = self._plans[key] = plan_config(config, key[1], self._now_ms)
+        return plan
+
+
+def _planned_new(app: Services, wire: BatchItemIn, plan: ConfigPlan, now_ms: int) -> Item:
+    new = new_task(wire, plan)
+    if isinstance(new, TasksServerError):
+        return new
+    return _supported_new(app, new, now_ms)
 
 
 def _validate_each(
@@ -68,7 +100,16 @@ def _to_new(app: Services, wire: TaskIn | TasksServerError, now_ms: int) -> Item
     if isinstance(wire, TasksServerError):
         return wire
     try:
-        new = check_supported(app, to_new_task(wire, now_ms))
+        new = to_new_task(wire, now_ms)
+    except TasksServerError as exc:
+        return exc
+    return _supported_new(app, new, now_ms)
+
+
+def _supported_new(app: Services, new: NewTask, now_ms: int) -> Item:
+    """``new`` if this server can make its calls, with its deduplication window set."""
+    try:
+        check_supported(app, new)
     except TasksServerError as exc:
         return exc
     if new.spec.config.deduplication_id is None:
@@ -76,14 +117,29 @@ def _to_new(app: Services, wire: TaskIn | TasksServerError, now_ms: int) -> Item
     return NewTask(new.spec, new.due_at_ms, now_ms + app.settings.dedup_window_s * 1000)
 
 
-def _allowed(app: Services, domains: tuple[str, ...] | None, item: Item) -> Item:
-    """The item, or the egress policy's refusal of where its calls would go."""
-    if isinstance(item, NewTask):
-        try:
-            app.destinations.refuse(item.spec, domains)
-        except TasksServerError as exc:
-            return exc
-    return item
+class _Refusals:
+    """The egress policy's refusal (or None) of each item's destinations: they depend only
+    on the URL and the configuration, which the items of a batch mostly share."""
+
+    def __init__(self, app: Services, domains: tuple[str, ...] | None) -> None:
+        self._app = app
+        self._domains = domains
+        # keyed by the configuration's identity: the items hold their configurations, so
+        # no other configuration takes an id while this lives
+        self._seen: dict[tuple[str, int], TasksServerError | None] = {}
+
+    def allowed(self, item: Item) -> Item:
+        """The item, or the egress policy's refusal of where its calls would go."""
+        if not isinstance(item, NewTask):
+            return item
+        key = (item.spec.request.url, id(item.spec.config))
+        if key not in self._seen:
+            try:
+                self._app.destinations.refuse(item.spec, self._domains)
+                self._seen[key] = None
+            except TasksServerError as exc:
+                self._seen[key] = exc
+        return self._seen[key] or item
 
 
 async def register_batch(request: Request) -> Response:
@@ -94,7 +150,8 @@ async def register_batch(request: Request) -> Response:
     body = await read_body(request, app.settings.max_size_body_batch)
     now = app.clock.now_ms()
     domains = await app.destinations.domains(owner_id)
-    items = [_allowed(app, domains, item) for item in parse_items(app, body, now, owner_id)]
+    refusals = _Refusals(app, domains)
+    items = [refusals.allowed(item) for item in parse_items(app, body, now, owner_id)]
     news = [item for item in items if isinstance(item, NewTask)]
     stored = iter(await app.store.create_tasks(owner_id, news, now) if news else [])
     results = []

@@ -572,6 +572,19 @@ class TaskIn(Strict):
     onFailure: CallbackIn | None = None
 
 
+class BatchItemIn(Strict):
+    """``TaskIn`` with its configuration as parsed JSON, not yet validated: the items of a
+    batch mostly repeat a few configurations, and each distinct one is validated once
+    (api/batch.py). A value this accepts is a ``TaskIn`` once its configuration is valid.
+    """
+
+    httpRequest: HttpRequestIn
+    config: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata | None = None
+    onSuccess: CallbackIn | None = None
+    onFailure: CallbackIn | None = None
+
+
 # -- owners and queries -----------------------------------------------------------------
 
 OwnerName = Annotated[

@@ -72,6 +72,7 @@ class TaskOverview:
 
 
 @functools.lru_cache(maxsize=4096)  # registrations repeat a few URLs many times
+@functools.lru_cache(maxsize=4096)  # pure, and registrations repeat a few URLs many times
 def host_of(url: str) -> str | None:
     """The URL's host name, lower case, without port or credentials; None if it has none.
 

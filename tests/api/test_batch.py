@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import TARGET, OwnerAuth, ServerFactory, client_for, register_owner
+from tests.support.clock import START_MS
 
 BATCH = "/v1/queues/register/batch"
 
@@ -143,3 +144,140 @@ async def test_the_answer_is_json_in_utf8_and_pretty_on_request(
     assert bad["status"] == 400
     pretty = await client.post(BATCH, params={"pretty": ""}, json=items, headers=owner.headers)
     assert pretty.text.startswith("[\n    {")
+
+
+# -- a batch answers each item as a registration of its own would ----------------------
+
+NOW_MS = START_MS  # the fake clock's time, which these tests do not move
+
+
+def varied_items() -> list[dict[str, Any]]:
+    """Valid registrations that exercise every rule checked after validation: each
+    configuration (and several items sharing one) with its transport, body and
+    destination."""
+    get = {"url": TARGET, "method": "GET"}
+    post = {"url": TARGET, "method": "POST", "data": {"n": 1, "text": "é"}}
+    curl = {**get, "transport": "curl"}
+    shared = {"executionDelay": 60_000, "priority": 5}
+    both_bodies = {**post, "json": [1, 2]}
+    return [
+        {"httpRequest": get},
+        {"httpRequest": post, "config": {}},
+        {"httpRequest": post, "config": shared},
+        {"httpRequest": curl, "config": shared},  # the same configuration, another transport
+        {"httpRequest": get, "config": shared, "metadata": {"team": "mail"}},
+        {"httpRequest": {**get, "url": "http://10.1.2.3/x"}, "config": shared},  # egress
+        {"httpRequest": get, "config": {"executeAt": NOW_MS - 1}},
+        {"httpRequest": both_bodies, "config": {"executeAt": NOW_MS - 1}},  # executeAt first
+        {"httpRequest": both_bodies, "config": shared},
+        {"httpRequest": get, "config": {"retry": 3, "retryPolicy": {"maxAttempts": 5}}},
+        {"httpRequest": get, "config": {"retryPolicy": {"maxAttempts": 5}}},
+        {"httpRequest": curl, "config": {"referrerPolicy": "origin"}},
+        {"httpRequest": get, "config": {"referrerPolicy": "origin"}},
+        {"httpRequest": get, "config": {"retryAt": NOW_MS + 500}},
+        {"httpRequest": get, "config": {"timeoutAt": NOW_MS + 500}},
+        {"httpRequest": get, "config": {"timeoutAt": NOW_MS + 5_000, "priority": -3}},
+        {"httpRequest": get, "config": {"deduplicationId": "once"}},
+        {"httpRequest": post, "config": {"deduplicationId": "once"}},  # the same task again
+        {"httpRequest": get, "config": {"flowControl": {"key": "mail", "rate": 5}}},
+        {"httpRequest": get, "config": {"flowControl": {"key": "mail", "rate": 7}}},
+        {"httpRequest": get, "config": {"priority": 1}, "onSuccess": {"url": TARGET}},
+        {"httpRequest": get, "config": {"ignoreStatusCode": [404], "retry": 2}},
+    ]
+
+
+async def answers_of_one_by_one(
+    client: httpx.AsyncClient, owner: OwnerAuth, items: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each item registered with POST /v1/queues/register, answered in the batch's shape."""
+    answers = []
+    for body in items:
+        response = await client.post("/v1/queues/register", json=body, headers=owner.headers)
+        if response.status_code in (200, 201):
+            answer: dict[str, Any] = {"status": response.status_code, "task": response.json()}
+            if response.headers.get("X-Tasks-Deduplicated") == "true":
+                answer["deduplicated"] = True
+        else:
+            answer = {"status": response.status_code, **response.json()}
+        answers.append(answer)
+    return answers
+
+
+async def comparable(
+    client: httpx.AsyncClient, owner: OwnerAuth, answers: list[dict[str, Any]]
+) -> list[Any]:
+    """The answers without what differs between two registrations of the same body (the
+    task ids), each created task with its stored registration."""
+    shown = []
+    for answer in answers:
+        if "task" not in answer:
+            shown.append(answer)
+            continue
+        task_id = answer["task"]["id"]
+        config = await client.get(f"/v1/queues/{task_id}/config", headers=owner.headers)
+        assert config.status_code == 200
+        task = {key: value for key, value in answer["task"].items() if key != "id"}
+        shown.append({**answer, "task": task, "stored": config.json()})
+    return shown
+
+
+async def test_each_item_is_answered_as_its_own_registration_would_be(
+    client: httpx.AsyncClient, owner: OwnerAuth, other_owner: OwnerAuth
+) -> None:
+    items = varied_items()
+    alone = await answers_of_one_by_one(client, owner, items)
+    response = await client.post(BATCH, json=items, headers=other_owner.headers)
+    assert response.status_code == 200, response.text
+    together = response.json()
+    assert [a["status"] for a in together] == [a["status"] for a in alone]
+    assert {a["status"] for a in together} == {200, 201, 400}  # each kind of answer is here
+    assert await comparable(client, other_owner, together) == await comparable(client, owner, alone)
+    assert together[17]["task"]["id"] == together[16]["task"]["id"]  # deduplicated
+    assert "10.1.2.3" in json.dumps(together[5]["message"])  # the egress policy's refusal
+    keys = [
+        (await client.get("/v1/flow-control/mail", headers=someone.headers)).json()
+        for someone in (owner, other_owner)
+    ]
+    assert keys[0]["rate"] == keys[1]["rate"] == 7  # the last registration set the limits
+
+
+async def test_items_sharing_a_refused_configuration_are_each_refused(
+    client: httpx.AsyncClient, owner: OwnerAuth
+) -> None:
+    past = {"executeAt": NOW_MS - 1}
+    items = [item(n, **(past if n % 2 else {})) for n in range(100)]
+    response = await client.post(BATCH, json=items, headers=owner.headers)
+    results = response.json()
+    assert [r["status"] for r in results] == [400 if n % 2 else 201 for n in range(100)]
+    for result in results[1::2]:
+        assert result["message"]["config"]["executeAt"]["_errors"] == [
+            "Execution date must be greater than today"
+        ]
+    assert len(await listed(client, owner)) == 50
+
+
+async def test_configurations_equal_in_python_but_not_in_json_are_told_apart(
+    client: httpx.AsyncClient, owner: OwnerAuth
+) -> None:
+    """1 == True in Python, but a priority must be a JSON number: the second item is
+    refused however the first was answered."""
+    items = [item(0, priority=1), item(1, priority=True), item(2, retry=1), item(3, retry=True)]
+    response = await client.post(BATCH, json=items, headers=owner.headers)
+    results = response.json()
+    assert [r["status"] for r in results] == [201, 400, 201, 400]
+    assert results[1]["message"]["config"]["priority"]["_errors"]
+    assert results[3]["message"]["config"]["retry"]["_errors"]
+
+
+async def test_one_invalid_configuration_names_its_fields_and_spares_the_rest(
+    client: httpx.AsyncClient, owner: OwnerAuth
+) -> None:
+    items = [item(n) for n in range(20)]
+    items[7]["config"]["httpVersion"] = "4"
+    items[12]["config"] = "fast"
+    response = await client.post(BATCH, json=items, headers=owner.headers)
+    results = response.json()
+    assert {n for n, r in enumerate(results) if r["status"] != 201} == {7, 12}
+    assert results[7]["message"]["config"]["httpVersion"]["_errors"]
+    assert results[12]["message"]["config"]["_errors"]
+    assert len(await listed(client, owner)) == 18

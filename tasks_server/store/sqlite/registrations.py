@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, LiteralString
+from itertools import chain
+from typing import Any, LiteralString, NamedTuple
 
 from ...errors import OwnerNotFound, QueueLimitReached, TasksServerError
 from ...models import FlowControl, NewTask, Task
@@ -57,15 +57,15 @@ def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     start = 0
     while start < len(rows):
         size = min(_MANY_ROWS, 1 << ((len(rows) - start).bit_length() - 1))
-        chunk = rows[start : start + size]
-        conn.execute(REGISTER_ROWS[size], [value for row in chunk for value in row])
+        chunk = rows[start : start + size]  # flattened in C: this thread holds the GIL
+        conn.execute(REGISTER_ROWS[size], list(chain.from_iterable(chunk)))
         start += size
 
 
-@dataclass(frozen=True, slots=True)
-class _Registration:
+class _Registration(NamedTuple):
     """One registration ready for the writer: its row (sealed outside the writer thread)
-    and what the writer does besides inserting it."""
+    and what the writer does besides inserting it. (A named tuple: made once per item of
+    a batch, several times faster than a frozen dataclass.)"""
 
     params: tuple[Any, ...]  # TASK_REGISTER's
     task: Task  # what the caller gets once the row is written
@@ -238,7 +238,14 @@ def _row(
     flow = config.flow_control
     due = new.due_at_ms
     params = (
-        *(task_id, owner_id, now_ms, due, due, due, metadata_blob, spec_blob),
+        task_id,
+        owner_id,
+        now_ms,
+        due,
+        due,
+        due,
+        metadata_blob,
+        spec_blob,
         config.priority,
         dedup_key,
         new.dedup_until_ms if dedup_key is not None else None,
