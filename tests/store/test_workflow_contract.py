@@ -353,8 +353,9 @@ async def test_a_step_task_carries_its_priority_and_flow_control_key(
     await finish(store, run.steps[0].task_id or "", T0 + 10)
     sync_task = (await store.get_run(owner.id, run.id)).steps[1].task_id
     assert sync_task is not None
+    # released by its dependency (not a run's first step): never paced behind new runs
     assert watcher.starts[-1] == StepStart(
-        sync_task, T0 + 10, 7, (owner.id, "warehouse"), FlowControl("warehouse", 2)
+        sync_task, T0 + 10, 7, (owner.id, "warehouse"), FlowControl("warehouse", 2), released=True
     )
     # the key and priority are stored with the task, as for a registration, and the
     # step's limits are the key's limits

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, LiteralString
 
 from psycopg import AsyncCursor
@@ -289,7 +289,9 @@ class PgStepOps(PgBase):
                 return
             released = await _all(cur, STEP_RELEASE, (int(done_skipped), run_id, run_id, done_id))
             ready = [dep for dep, unmet, state in released if unmet == 0 and state == "WAITING"]
-            skipped_now = await self._start_steps(cur, run_id, owner_id, ready, now, now, advance)
+            skipped_now = await self._start_steps(
+                cur, run_id, owner_id, ready, now, now, advance, released=True
+            )
             work.extend((dep, True) for dep in skipped_now)
 
     async def _start_steps(
@@ -301,9 +303,11 @@ class PgStepOps(PgBase):
         now: int,
         due_floor_ms: int,
         advance: Advance,
+        released: bool = False,
     ) -> list[str]:
         """Turn ready steps into tasks; returns the ones skipped (their dependants are
-        released by the caller). A step whose request cannot be built fails the run."""
+        released by the caller). A step whose request cannot be built fails the run.
+        ``released``: the steps' dependencies just succeeded."""
         skipped = []
         for step_id in step_ids:
             template_blob, _, dep_skipped = await _one(cur, STEP_TEMPLATE, (run_id, step_id))
@@ -322,7 +326,7 @@ class PgStepOps(PgBase):
                 )
                 skipped.append(step_id)
             else:
-                advance.started.append(start)
+                advance.started.append(replace(start, released=True) if released else start)
         return skipped
 
     async def _start_step(
