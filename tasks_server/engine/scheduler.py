@@ -241,6 +241,10 @@ class Scheduler:
         self._held_ids[attempt.task_id] = attempt
         self._claimed_at_ms[attempt.task_id] = now_ms
         self._hold(attempt, now_ms)
+        if not self._stopping:
+            # a released step is due now: its call leaves here, not on the starter's
+            # next pass behind whatever else the loop has to do first
+            self._start_held(now_ms, START_CHUNK)
         self._held_changed.set()
 
     async def _adopt_after_load(self, attempt: Attempt) -> None:
