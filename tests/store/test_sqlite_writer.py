@@ -11,11 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter
 
 from tasks_server.errors import QueueLimitReached
-from tasks_server.models import HttpRequest, NewTask, TaskConfig, TaskSpec
+from tasks_server.models import (
+    AwsSigv4,
+    Cookie,
+    Credentials,
+    FormField,
+    HttpRequest,
+    NewTask,
+    TaskConfig,
+    TaskSpec,
+)
 from tasks_server.sealing import Sealer, key_digest
 from tasks_server.store.sqlite import SqliteStore
+from tasks_server.store.sqlite.base import request_json
 from tasks_server.store.sqlite.registrations import insert_owner_rows, insert_rows
 from tasks_server.store.sqlite.writer import Outcome, Together, Writer
 
@@ -149,3 +160,29 @@ def test_owner_rows_write_the_same_rows_as_insert_rows(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM task").fetchone()[0] == count
         conn.execute("DELETE FROM task")
         conn.execute("DELETE FROM expected")
+
+
+REQUESTS = [
+    HttpRequest("https://example.com/hook", "GET"),
+    HttpRequest('https://example.com/ü?q="x"', "POST", data_text="line\nnext \u2028 é \x01"),
+    HttpRequest("https://example.com/", "PUT", data_json='{"n":1,"s":"\\u00e9"}'),
+    HttpRequest("https://example.com/", "POST", data_text="x", transport="curl"),
+    HttpRequest("https://example.com/", "GET", query=(("a", "1"),)),
+    HttpRequest("https://example.com/", "GET", headers=(("X-A", "1"),)),
+    HttpRequest("https://example.com/", "POST", form=(FormField("f", "v"),)),
+    HttpRequest("https://example.com/", "GET", cookies=(Cookie("c", "v"),)),
+    HttpRequest("https://example.com/", "GET", cookie_file="# Netscape"),
+    HttpRequest("https://example.com/", "GET", auth_basic=Credentials("u", "p")),
+    HttpRequest("https://example.com/", "GET", auth_digest=Credentials("u", "p")),
+    HttpRequest("https://example.com/", "GET", auth_ntlm=Credentials("u", "p")),
+    HttpRequest(
+        "https://example.com/", "GET", auth_aws_sigv4=AwsSigv4("aws", "amz", "r", "s", "k", "z")
+    ),
+]
+
+
+def test_a_request_is_stored_as_pydantic_writes_it() -> None:
+    adapter = TypeAdapter(HttpRequest)
+    for request in REQUESTS:
+        assert request_json(request) == adapter.dump_json(request, exclude_defaults=True)
+        assert adapter.validate_json(request_json(request)) == request
