@@ -203,6 +203,7 @@ def make_store(settings: Settings, metrics: Metrics | None = None) -> Store:
             pool_size=settings.pg_pool_size,
             wake_horizon_ms=settings.horizon_ms,
             keep_attempts=settings.attempts_kept,
+            claim_lookahead_ms=settings.lookahead_ms,
         )
     return SqliteStore(
         settings.database_path,

@@ -95,7 +95,10 @@ async def test_renewals_do_not_wait_for_a_busy_pool(node: NodeFactory) -> None:
         assert await cur.fetchone() == (T0 + 1000 + LEASE_MS,)
 
 
-async def test_new_tasks_wake_the_other_nodes(node: NodeFactory) -> None:
+async def test_new_tasks_wake_the_other_nodes_for_a_backup_claim(node: NodeFactory) -> None:
+    """The other nodes hear of a task a node registered and arm it for a claim after its
+    due time, the claim lookahead (250 ms) plus a margin (250 ms) rounded up to a 250 ms
+    grid: the registering node, which armed it at its due time, claims it first."""
     writer, listener = await node(), await node()
     heard: list[tuple[str, int]] = []
     own: list[tuple[str, int]] = []
@@ -110,17 +113,24 @@ async def test_new_tasks_wake_the_other_nodes(node: NodeFactory) -> None:
         async def listening() -> bool:
             # LISTEN starts asynchronously: register until the listener hears one
             task = await writer.create_task(owner.id, new_task(due=T0 + 5), T0)
-            created.append((task.id, T0 + 5))
+            created.append((task.id, T0 + 750))
             await asyncio.sleep(0.05)
             return bool(heard)
 
         await wait_until(listening, timeout=10)
         far = await writer.create_task(owner.id, new_task(due=T0 + 10**8), T0)
         near = await writer.create_task(owner.id, new_task(due=T0 + 7), T0)
-        await wait_until(lambda: (near.id, T0 + 7) in heard, timeout=5)
-        assert (far.id, T0 + 10**8) not in heard  # beyond the near future: left to refills
-        assert set(heard) <= {*created, (near.id, T0 + 7)}
+        later = await writer.create_task(owner.id, new_task(due=T0 + 1001), T0)
+        await wait_until(lambda: (later.id, T0 + 1750) in heard, timeout=5)
+        assert (near.id, T0 + 750) in heard
+        assert far.id not in {task_id for task_id, _ in heard}  # left to refills
+        assert set(heard) <= {*created, (near.id, T0 + 750), (later.id, T0 + 1750)}
         assert own == []  # a node hears its own changes directly, not through the database
+        # a refill arms them at the same times there, and at their due time on the writer
+        refilled = {d.task_id: d.due_at_ms for d in await listener.due_before(T0 + 60_000, 99)}
+        assert (refilled[near.id], refilled[later.id]) == (T0 + 750, T0 + 1750)
+        refilled = {d.task_id: d.due_at_ms for d in await writer.due_before(T0 + 60_000, 99)}
+        assert (refilled[near.id], refilled[later.id]) == (T0 + 7, T0 + 1001)
     finally:
         for task in tasks:
             task.cancel()

@@ -40,6 +40,16 @@ DUE_CHANNEL: LiteralString = "tasks_due"
 SCHEDULE_CHANNEL: LiteralString = "tasks_schedules"
 NOTIFY: LiteralString = "SELECT pg_notify(%s, %s)"
 _NOTIFY_BYTES = 7000  # PostgreSQL refuses payloads of 8000 bytes or more
+# A task is claimed first by the node that made it claimable (registered it, scheduled its
+# retry, reclaimed it, ...): that node armed it itself at its due time. The other nodes,
+# woken through NOTIFY, arm it for a backup claim a little after its due time instead, so
+# that while that node is alive its claim comes first and theirs finds nothing to take, and
+# when it died they take the task late by at most the backup delay. Backup times are
+# rounded up to a grid: one claim statement covers the tasks of a grid step. (Every node
+# claiming every task at its due time made N claim statements per task on N nodes, all
+# but one finding the rows locked or taken.)
+BACKUP_MARGIN_MS = 250  # after the claim lookahead: the first node's claim is late by this
+BACKUP_GRID_MS = 250
 _RETRIES = 5
 # The lease renewal's connection: its commits do not wait for the disk (a renewal lost to
 # a database crash only ends a lease early: the task is sent again, at least once, and a
@@ -52,6 +62,12 @@ _RENEWAL_KEEPALIVES = {
     "keepalives_interval": 1,
     "keepalives_count": 3,
 }
+
+
+def backup_at(due_ms: int, after_ms: int) -> int:
+    """When a node that did not make a task claimable first tries to claim it."""
+    at = due_ms + after_ms
+    return -(-at // BACKUP_GRID_MS) * BACKUP_GRID_MS
 
 
 def new_node_id() -> str:
@@ -88,6 +104,7 @@ class PgBase:
         wake_horizon_ms: int = 60_000,
         node_id: str | None = None,
         keep_attempts: int = 0,
+        claim_lookahead_ms: int = 250,
     ) -> None:
         self.url = url
         self.node_id = node_id or new_node_id()
@@ -96,6 +113,10 @@ class PgBase:
         self._pool_size = pool_size
         self._wake_horizon_ms = wake_horizon_ms
         self._keep_attempts = keep_attempts  # the first and the last N per task (0: all)
+        # tasks other nodes made claimable, and when this node backs their claim up (see
+        # BACKUP_MARGIN_MS): the refill arms them at that time too
+        self._backup_after_ms = claim_lookahead_ms + BACKUP_MARGIN_MS
+        self._backups: dict[str, int] = {}
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
         # lease renewals never wait for a pooled connection that claims, outcomes and the
         # API compete for: a busy node must not lose its leases (see renew_leases)

@@ -24,7 +24,7 @@ from ...models import Attempt, DueTask, Result
 from ..details import seal_detail
 from ..listing import host_of
 from .base import PgBase
-from .flow import FLOW_IN_FLIGHT, FLOW_LIMITED, FLOW_LOCK, FLOW_SPEND, allowance
+from .flow import FLOW_IN_FLIGHT, FLOW_LOCK, FLOW_SPEND, allowance
 
 logger = logging.getLogger(__name__)
 Cursor = AsyncCursor[tuple[Any, ...]]
@@ -54,8 +54,16 @@ TASK_CLAIM: LiteralString = (
     "), opened AS ("
     " INSERT INTO attempt (task_id, number, started_at, cycle)"
     " SELECT id, attempts, greatest(%(now)s::bigint, due_at), cycle FROM claimed"
+    # and, in the same round trip, whether a candidate left out waits for its key's
+    # limits (a row without an attempt number): then those are admitted under the key's
+    # lock (_claim_flow_limited)
+    "), limited AS ("
+    " SELECT t.id FROM task t JOIN flow_control f ON f.owner_id = t.owner_id"
+    " AND f.key = t.flow_key WHERE t.id = ANY(%(ids)s) AND t.flow_key IS NOT NULL"
+    " AND NOT t.in_flight AND NOT t.id = ANY(%(admitted)s)"
+    " AND (f.rate IS NOT NULL OR f.parallelism IS NOT NULL OR f.paused) LIMIT 1"
     ") SELECT id, attempts, retry_count, due_at, spec, owner_id, schedule_id, first_attempt_at"
-    " FROM claimed"
+    " FROM claimed UNION ALL SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM limited"
 )
 # the error and response headers are sealed together in ``detail`` (they may carry secrets)
 ATTEMPT_FINISH: LiteralString = (
@@ -84,6 +92,9 @@ TASK_FINISH: LiteralString = (
     "WHERE t.id = r.id AND t.state = 'RUNNING' AND t.in_flight AND t.attempts = r.number "
     "AND t.lease_owner = %s RETURNING t.id"
 )
+# both in one round trip: the attempt's update sees the task as it was before the task's
+# (one snapshot), as when run first on its own
+OUTCOME_FINISH: LiteralString = "WITH attempt_finished AS (" + ATTEMPT_FINISH + ") " + TASK_FINISH
 # history bounds (ATTEMPTS_KEPT): the first attempt stays, and the last N; the attempts
 # deleted between them are counted on the task
 ATTEMPT_PRUNE: LiteralString = (
@@ -130,14 +141,27 @@ LEASE_EXPIRED: LiteralString = (
     " AND a.finished_at IS NULL"
     ") SELECT id, due_at FROM freed"
 )
+LEASE_ANY_EXPIRED: LiteralString = "SELECT 1 FROM task WHERE in_flight AND lease_until < %s LIMIT 1"
 _EXPIRED_BATCH = 1000
 
 
 class PgClaimOps(PgBase):
     async def due_before(self, until_ms: int, limit: int) -> list[DueTask]:
+        """Due tasks, those another node made claimable at this node's backup time for
+        them (see BACKUP_MARGIN_MS)."""
+        rows = await self._read(TASK_DUE, (until_ms, limit))
+        # backups whose time has passed are done with: the task was claimed, or this
+        # node's timers hold it already
+        now_ms = until_ms - self._wake_horizon_ms
+        backups = self._backups = {k: at for k, at in self._backups.items() if at >= now_ms}
         return [
-            DueTask(row[0], row[1], row[2], None if row[4] is None else (row[3], row[4]))
-            for row in await self._read(TASK_DUE, (until_ms, limit))
+            DueTask(
+                row[0],
+                max(row[1], backups.get(row[0], 0)),
+                row[2],
+                None if row[4] is None else (row[3], row[4]),
+            )
+            for row in rows
         ]
 
     async def claim_due(
@@ -155,11 +179,12 @@ class PgClaimOps(PgBase):
         }
 
         # one statement, one round trip (no BEGIN and COMMIT) for what needs no key's lock
-        rows = await self._claim_once(params)
-        if len(rows) < len(task_ids):
+        answer = await self._claim_once(params)
+        rows = [row for row in answer if row[1] is not None]
+        if len(rows) < len(answer):  # some candidates wait for their key's limits
             got = {row[0] for row in rows}
             rest = [task_id for task_id in task_ids if task_id not in got]
-            if await self._read(FLOW_LIMITED, (rest,)):
+            if rest:
 
                 async def op(cur: Cursor) -> tuple[list[tuple[Any, ...]], list[tuple[str, int]]]:
                     return await self._claim_flow_limited(cur, rest, params)
@@ -235,7 +260,7 @@ class PgClaimOps(PgBase):
         rows: list[tuple[Any, ...]] = []
         if admitted:
             await cur.execute(TASK_CLAIM, {**params, "ids": admitted, "admitted": admitted})
-            rows = await cur.fetchall()
+            rows = [row for row in await cur.fetchall() if row[1] is not None]
         started = Counter(key_of[row[0]] for row in rows)
         spent = [(ref, key) for ref, key in keys_now.items() if key.rate is not None]
         if spent:
@@ -268,8 +293,7 @@ class PgClaimOps(PgBase):
         prune = ([r.task_id for r in pruning], [r.attempt_number - keep for r in pruning])
 
         async def op(cur: Cursor) -> tuple[list[str], Callable[[], None]]:
-            await cur.execute(ATTEMPT_FINISH, (*attempts, self.node_id))
-            await cur.execute(TASK_FINISH, (*tasks, self.node_id))
+            await cur.execute(OUTCOME_FINISH, (*attempts, self.node_id, *tasks, self.node_id))
             updated = {row[0] for row in await cur.fetchall()}
             if prune[0]:
                 await cur.execute(ATTEMPT_PRUNE, prune)
@@ -344,6 +368,10 @@ class PgClaimOps(PgBase):
         await self._renew_on_own_connection(LEASE_RENEW, params)
 
     async def requeue_expired(self, now_ms: int) -> list[tuple[str, int]]:
+        # every node looks twice a second or more: one round trip when no lease ran out,
+        # a transaction (to free them and tell the other nodes at its commit) when some did
+        if not await self._read(LEASE_ANY_EXPIRED, (now_ms,)):
+            return []
         freed: list[tuple[str, int]] = []
         params = {"now": now_ms, "limit": _EXPIRED_BATCH}
         while True:

@@ -28,12 +28,6 @@ from .base import PgBase
 RETRY_FULL_MS = 100
 RETRY_PAUSED_MS = 1000
 
-# whether any candidate left by the first claim waits for a key's limits (no lock taken)
-FLOW_LIMITED: LiteralString = (
-    "SELECT 1 FROM task t JOIN flow_control f ON f.owner_id = t.owner_id AND f.key = t.flow_key "
-    "WHERE t.id = ANY(%s) AND t.flow_key IS NOT NULL AND NOT t.in_flight "
-    "AND (f.rate IS NOT NULL OR f.parallelism IS NOT NULL OR f.paused) LIMIT 1"
-)
 # Claimable tasks among the candidates whose key has a limit, with the key's row locked
 # (returned as it is once the lock is granted).
 FLOW_LOCK: LiteralString = (

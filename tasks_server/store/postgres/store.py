@@ -17,7 +17,7 @@ import psycopg
 from psycopg import AsyncConnection
 
 from .alerts import PgAlertOps
-from .base import DUE_CHANNEL, SCHEDULE_CHANNEL, connection_options
+from .base import DUE_CHANNEL, SCHEDULE_CHANNEL, backup_at, connection_options
 from .claims import PgClaimOps
 from .dead_letters import PgDeadLetterOps
 from .flow import PgFlowOps
@@ -105,7 +105,9 @@ class PostgresStore(
             return  # this node's scheduler heard of its own changes directly
         for item in items.split(","):
             task_id, _, due = item.partition(":")
-            on_due(task_id, int(due))
+            at = backup_at(int(due), self._backup_after_ms)
+            self._backups[task_id] = at
+            on_due(task_id, at)
 
     # -- schedule leadership ------------------------------------------------------------------
 
