@@ -23,7 +23,7 @@ from ...errors import StorageUnavailable
 from ...models import Attempt, DueTask, Result
 from ..details import seal_detail
 from ..listing import host_of
-from .base import PgBase
+from .base import APPLICATION_NAME, LIVE_NODES, PgBase, backup_at, first_node
 from .flow import FLOW_IN_FLIGHT, FLOW_LOCK, FLOW_SPEND, allowance
 
 logger = logging.getLogger(__name__)
@@ -143,26 +143,35 @@ LEASE_EXPIRED: LiteralString = (
 )
 LEASE_ANY_EXPIRED: LiteralString = "SELECT 1 FROM task WHERE in_flight AND lease_until < %s LIMIT 1"
 _EXPIRED_BATCH = 1000
+_LIVE_NODES_PARAMS = (len(APPLICATION_NAME) + 2, f"{APPLICATION_NAME} %")
 
 
 class PgClaimOps(PgBase):
     async def due_before(self, until_ms: int, limit: int) -> list[DueTask]:
-        """Due tasks, those another node made claimable at this node's backup time for
-        them (see BACKUP_MARGIN_MS)."""
+        """Due tasks, each at the time this node first tries to claim it: its due time
+        if this node made it claimable or, for a task no node told of, if it is the
+        task's first node among the nodes serving now (first_node); else the backup
+        time (see BACKUP_MARGIN_MS)."""
         rows = await self._read(TASK_DUE, (until_ms, limit))
-        # backups whose time has passed are done with: the task was claimed, or this
-        # node's timers hold it already
+        nodes = [row[0] for row in await self._read(LIVE_NODES, _LIVE_NODES_PARAMS)]
+        if self.node_id not in nodes:
+            nodes.append(self.node_id)
+        # what was told of before now is done with: claimed, or in the timers already
         now_ms = until_ms - self._wake_horizon_ms
         backups = self._backups = {k: at for k, at in self._backups.items() if at >= now_ms}
-        return [
-            DueTask(
-                row[0],
-                max(row[1], backups.get(row[0], 0)),
-                row[2],
-                None if row[4] is None else (row[3], row[4]),
-            )
-            for row in rows
-        ]
+        firsts = self._firsts = {k: due for k, due in self._firsts.items() if due >= now_ms}
+        after_ms = self._backup_after_ms
+        due: list[DueTask] = []
+        for task_id, due_ms, priority, owner_id, flow_key in rows:
+            if task_id in firsts or (
+                task_id not in backups and first_node(task_id, nodes) == self.node_id
+            ):
+                at = due_ms
+            else:
+                at = max(backups.get(task_id, 0), backup_at(due_ms, after_ms))
+            flow = None if flow_key is None else (owner_id, flow_key)
+            due.append(DueTask(task_id, at, priority, flow))
+        return due
 
     async def claim_due(
         self, task_ids: Sequence[str], now_ms: int, lookahead_ms: int = 0
