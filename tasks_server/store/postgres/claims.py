@@ -90,7 +90,9 @@ TASK_FINISH: LiteralString = (
     "%s::bigint[], %s::int[], %s::boolean[]) "
     "AS r(id, number, state, status_code, response, end_at, next_due, retried, truncated) "
     "WHERE t.id = r.id AND t.state = 'RUNNING' AND t.in_flight AND t.attempts = r.number "
-    "AND t.lease_owner = %s RETURNING t.id"
+    "AND t.lease_owner = %s "
+    # and which of them are workflow steps (their run advances in the same transaction)
+    "RETURNING t.id, EXISTS (SELECT 1 FROM workflow_step w WHERE w.task_id = t.id)"
 )
 # both in one round trip: the attempt's update sees the task as it was before the task's
 # (one snapshot), as when run first on its own
@@ -303,7 +305,9 @@ class PgClaimOps(PgBase):
 
         async def op(cur: Cursor) -> tuple[list[str], Callable[[], None]]:
             await cur.execute(OUTCOME_FINISH, (*attempts, self.node_id, *tasks, self.node_id))
-            updated = {row[0] for row in await cur.fetchall()}
+            rows = await cur.fetchall()
+            updated = {row[0] for row in rows}
+            steps = {row[0] for row in rows if row[1]}
             if prune[0]:
                 await cur.execute(ATTEMPT_PRUNE, prune)
             created = [r.follow_up for r in results if r.follow_up and r.task_id in updated]
@@ -314,7 +318,7 @@ class PgClaimOps(PgBase):
             due += [(f.task_id, f.due_at_ms) for f in created]
             await self._notify_due(cur, due, now)
             recorded = [r for r in results if r.task_id in updated]
-            announce = await self._outcome_followups(cur, recorded)
+            announce = await self._outcome_followups(cur, recorded, steps)
             return [r.task_id for r in recorded], announce
 
         updated, announce = await self._tx(op)
@@ -322,10 +326,11 @@ class PgClaimOps(PgBase):
         return updated
 
     async def _outcome_followups(
-        self, cur: Cursor, results: Sequence[Result]
+        self, cur: Cursor, results: Sequence[Result], steps: Collection[str]
     ) -> Callable[[], None]:
-        """Writes that follow recorded outcomes in the same transaction (workflow steps);
-        returns what to announce once it is committed. Nothing here."""
+        """Writes that follow recorded outcomes in the same transaction (the workflow
+        steps among them: ``steps``); returns what to announce once it is committed.
+        Nothing here."""
         return lambda: None
 
     def _follow_up_params(self, result: Result) -> tuple[Any, ...]:
