@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench.limits [--seconds 10] [--burst 3000] [--only NAME ...]
 
+NAME is registrations, burst, restart or spread (all of them when none is given).
+
 Each figure is printed beside its ceiling, measured the same way in the same run:
 
 * registrations: ``wrk -t2 -c32`` posting one task body to ``POST /v1/queues/register``
@@ -13,7 +15,13 @@ Each figure is printed beside its ceiling, measured the same way in the same run
   (both open their connections then); and the CPU time each spends per call (the
   server's from the end of the registrations to a second after the last arrival: claims,
   starts, outcomes), which a loaded machine distorts far less than elapsed time;
-* restart: the same burst due well after a kill -9 and restart.
+* restart: the same burst due well after a kill -9 and restart;
+* spread: tasks due one every 10 ms, each call's lateness at the sink.
+
+Beside CurlMulti alone, the burst prints the server's own dispatcher alone
+(``CurlDispatcher`` in this process, on uvloop as in the server, the same calls started
+8 at a time): how much of the gap the dispatcher's Python around libcurl makes, and how
+much the rest of the server (claims, outcomes, the scheduler) adds.
 
 The load average is printed beside each figure: on a shared machine the elapsed-time
 ratios move with it.
@@ -39,6 +47,7 @@ from pathlib import Path
 
 import pycurl
 
+from bench.bench_engine import register_many
 from bench.common import (
     ROOT,
     Proc,
@@ -46,10 +55,14 @@ from bench.common import (
     Server,
     Sink,
     free_port,
+    percentile,
     register_owner,
     task_body,
     wait_http,
 )
+from tasks_server.dispatch import CurlDispatcher, CurlSettings
+from tasks_server.dispatch.egress import EgressPolicy
+from tasks_server.models import Call, HttpRequest, TaskConfig
 
 CONNECTIONS = 32
 # The burst is due this long after its registration starts: registering 3,000 tasks takes
@@ -58,6 +71,8 @@ CONNECTIONS = 32
 BURST_LEAD_MS = 10_000
 RESTART_LEAD_MS = 20_000
 CURL_PARALLEL = 128
+START_CHUNK = 8  # calls the dispatcher alone starts per pass, as the scheduler does
+SPREAD_TASKS, SPREAD_STEP_MS = 2000, 10
 SERVER_ENV = {"SQLITE_SYNCHRONOUS": "FULL", "EGRESS_ALLOW": "127.0.0.1/32"}
 
 
@@ -187,6 +202,43 @@ def curl_alone(url: str, count: int) -> Ceiling:
     return ceiling
 
 
+async def dispatcher_burst(url: str, count: int) -> Ceiling:
+    """``count`` calls like the server's (JSON body, task id and attempt headers) through a
+    ``CurlDispatcher``, started START_CHUNK at a time with the loop running between."""
+    dispatcher = CurlDispatcher(CurlSettings(egress=EgressPolicy.parse(allow="127.0.0.1/32")))
+    await dispatcher.start()
+    request = HttpRequest(url=url, method="POST", data_json=json.dumps({"n": 1}))
+    prepared = [
+        dispatcher.prepare(
+            Call(
+                request=request,
+                config=TaskConfig(),
+                headers=(("X-Tasks-Queue-Id", f"call-{n}"), ("X-Tasks-Attempt", "1")),
+                timeout_ms=30_000,
+                max_body_bytes=32_768,
+                owner_id="bench",
+            )
+        )
+        for n in range(count)
+    ]
+    started_ms = time.time() * 1000
+    started, cpu_started = time.perf_counter(), time.process_time()
+    futures = []
+    for index in range(0, count, START_CHUNK):
+        futures += [dispatcher.submit(call) for call in prepared[index : index + START_CHUNK]]
+        await asyncio.sleep(0)
+    await asyncio.gather(*futures)
+    ceiling = Ceiling(time.perf_counter() - started, time.process_time() - cpu_started, started_ms)
+    await dispatcher.close()
+    return ceiling
+
+
+def dispatcher_alone(url: str, count: int) -> Ceiling:
+    import uvloop
+
+    return uvloop.run(dispatcher_burst(url, count))
+
+
 async def register_all(port: int, headers: dict[str, str], bodies: list[bytes]) -> int:
     queue = list(bodies)
     errors = 0
@@ -226,6 +278,8 @@ def burst(count: int, restart: bool) -> None:
         curl_first = min(a[0] for a in sink.arrivals()) * 1000 - ceiling.started_ms
         ceiling_load = load()
         sink.reset()
+        floor = dispatcher_alone(sink.url(), count)
+        sink.reset()
         server = Server(**SERVER_ENV).start()
         try:
             headers = asyncio.run(register_owner(server.port, "limits"))
@@ -255,7 +309,35 @@ def burst(count: int, restart: bool) -> None:
         f"+{curl_first:.1f} ms), drained +{last:.0f} ms | CurlMulti alone {ceiling_ms:.0f} ms "
         f"({ceiling_load}) | ratio {last / ceiling_ms:.2f} (target <= 2) | CPU per call: "
         f"server {server_cpu / count * 1e6:.0f} us, CurlMulti alone "
-        f"{ceiling.cpu_s / count * 1e6:.0f} us ({load()})"
+        f"{ceiling.cpu_s / count * 1e6:.0f} us ({load()}) | the server's dispatcher alone "
+        f"{floor.elapsed_s * 1000:.0f} ms (ratio {floor.elapsed_s / ceiling.elapsed_s:.2f}), "
+        f"CPU per call {floor.cpu_s / count * 1e6:.0f} us"
+    )
+
+
+def spread() -> None:
+    """SPREAD_TASKS due one every SPREAD_STEP_MS: each call's lateness at the sink."""
+    sink = Sink()
+    server = Server(**SERVER_ENV).start()
+    try:
+        headers = asyncio.run(register_owner(server.port, "limits"))
+        start = now_ms() + BURST_LEAD_MS
+        planned = [start + n * SPREAD_STEP_MS for n in range(SPREAD_TASKS)]
+        bodies = [task_body(sink.url(), executeAt=at) for at in planned]
+        ids, _, errors, _ = asyncio.run(register_many(server.port, headers, bodies))
+        due = dict(zip(ids, planned, strict=True))
+        wait_arrivals(sink, SPREAD_TASKS, 60 + (planned[-1] - now_ms()) / 1000)
+        arrivals = sink.arrivals()
+    finally:
+        assert server.proc is not None
+        server.proc.kill()
+        sink.proc.kill()
+    lateness = [at * 1000 - due[task_id] for at, task_id, _ in arrivals if task_id in due]
+    print(
+        f"spread: {SPREAD_TASKS} due one every {SPREAD_STEP_MS} ms (registration errors "
+        f"{errors}), arrived {len(arrivals)}; lateness p50 {percentile(lateness, 50):.1f} ms, "
+        f"p99 {percentile(lateness, 99):.1f} ms (target <= 3 ms), max {max(lateness):.1f} ms "
+        f"({load()})"
     )
 
 
@@ -264,7 +346,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per run")
     parser.add_argument("--burst", type=int, default=3000, help="tasks in the burst")
     parser.add_argument(
-        "--only", nargs="*", default=[], choices=["registrations", "burst", "restart"]
+        "--only", nargs="*", default=[], choices=["registrations", "burst", "restart", "spread"]
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -277,6 +359,8 @@ def main() -> None:
         burst(args.burst, restart=False)
     if not args.only or "restart" in args.only:
         burst(args.burst, restart=True)
+    if not args.only or "spread" in args.only:
+        spread()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,18 @@ TARGET = "http://127.0.0.1:9/hook"
 # The targets these tests call run on loopback, which the egress policy refuses by default:
 # allowed here explicitly, so the default everywhere else stays deny.
 LOOPBACK_ALLOWED = "127.0.0.1/32"
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """The root logger's handlers and level as they were before the test: a test that runs
+    the CLI in-process configures logging onto the stream pytest captured for that test,
+    which is closed once the test ends, and every later record would fail on it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -127,9 +127,19 @@ class AlertService:
     def observe(self, pairs: Sequence[tuple[Attempt, Result]]) -> None:
         """Committed outcomes; dropped (and counted) only if the queue is full."""
         for attempt, result in pairs:
-            if not attempt.owner_id or _is_alert_webhook(attempt):
+            owner_id = attempt.owner_id
+            if not owner_id or self._has_no_rules(owner_id) or _is_alert_webhook(attempt):
                 continue
             self._put(observation(attempt, result))
+
+    def _has_no_rules(self, owner_id: str) -> bool:
+        """Whether the owner had no rule when last read (within the cache's lifetime), so
+        that its outcomes are not queued to be judged by none: a burst's thousands of
+        outcomes cost a lookup each, not an observation and a pass of the loop."""
+        cached = self._rules.get(owner_id)
+        if cached is None or cached[1]:
+            return False
+        return self._clock.monotonic() - cached[0] < _RULES_TTL_S
 
     def observe_run(self, end: RunEnd) -> None:
         """A committed end of a workflow run a schedule started: its schedule's rules

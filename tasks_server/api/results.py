@@ -29,6 +29,8 @@ _SECONDS = re.compile(r"\d{1,2}(\.\d{1,3})?")
 
 def wait_seconds(request: Request) -> float | None:
     """The ``wait`` query parameter: None when absent, else 0-60 seconds (400 otherwise)."""
+    if not request.scope["query_string"]:
+        return None  # most registrations: no query to parse
     raw = request.query_params.get("wait")
     if raw is None:
         return None

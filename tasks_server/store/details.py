@@ -9,12 +9,18 @@ from typing import Any
 from ..sealing import Sealer
 
 
-def seal_detail(sealer: Sealer, error: str | None, headers: Any) -> bytes | None:
-    """An attempt's error and response headers as one sealed JSON value (None when there
-    is neither)."""
+def detail_json(error: str | None, headers: Any) -> bytes | None:
+    """An attempt's error and response headers as one JSON value, before sealing (None
+    when there is neither)."""
     if error is None and not headers:
         return None
-    return sealer.seal(json.dumps({"error": error, "headers": headers}).encode())
+    return json.dumps({"error": error, "headers": headers}).encode()
+
+
+def seal_detail(sealer: Sealer, error: str | None, headers: Any) -> bytes | None:
+    """``detail_json`` sealed."""
+    detail = detail_json(error, headers)
+    return None if detail is None else sealer.seal(detail)
 
 
 def open_detail(sealer: Sealer, blob: bytes) -> tuple[str | None, list[list[str]]]:

@@ -1,6 +1,8 @@
 """Moving from SQLite to PostgreSQL: copy a stopped server's database into an empty
-PostgreSQL one (owners, schedules, tasks with their attempt history, alert rules with
-incidents and deliveries), then check the counts.
+PostgreSQL one (owners with their signing secrets and allowed hosts, flow-control keys,
+the administrator's host limits, schedules, tasks with their attempt history, workflow
+runs with their steps, alert rules with incidents and deliveries, and the key check),
+then check the counts.
 
 Values are copied as stored: sealed specs, responses and metadata stay sealed, so the
 nodes need the same CIPHER_KEY as the old server. Columns are matched by name; a column
@@ -25,16 +27,28 @@ from .sqlite import DatabaseLock, connect
 
 logger = logging.getLogger(__name__)
 
-# parents first: schedules before the tasks that point at them, rules before incidents
+# parents first: schedules before the tasks and runs that point at them, runs before
+# their steps, rules before incidents. Every table of the schema is here
+# (tests/cli/test_migrate_data.py checks), so nothing is left behind silently.
 TABLES = (
+    "seal_check",
     "owner",
+    "owner_security",
+    "flow_control",
+    "host_limit",
     "schedule",
     "task",
     "attempt",
+    "workflow_run",
+    "workflow_step",
+    "workflow_edge",
     "alert_rule",
     "alert_incident",
     "alert_delivery",
 )
+# written by a node that opened the target before (owner- and task-free): the source's
+# check replaces it, since the source's key sealed what is copied
+REPLACED = {"seal_check"}
 # kept in counter columns on SQLite, counted from the tasks and workflow steps on PostgreSQL
 DERIVED = {"owner": {"tasks_in_queue", "steps_waiting"}}
 
@@ -114,6 +128,8 @@ async def _table_exists(conn: AsyncConnection[Any], table: str) -> bool:
 async def _copy_all(lite: sqlite3.Connection, cur: AsyncCursor[Any], now_ms: int) -> dict[str, int]:
     counts = {}
     for table in TABLES:
+        if table in REPLACED:
+            await cur.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
         counts[table] = await _copy_table(lite, cur, table)
     await cur.execute(INTERRUPT, (now_ms,))
     await cur.execute(REQUEUE)

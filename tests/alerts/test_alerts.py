@@ -377,6 +377,33 @@ async def test_attempt_failed_after_n_in_a_row_and_unexpected_responses(
     ]
 
 
+async def test_a_rule_created_after_outcomes_judged_by_none_judges_the_next_ones(
+    server: Server, client: httpx.AsyncClient, owner: OwnerAuth, target: TargetServer
+) -> None:
+    """Outcomes of an owner known to have no rule are not queued to be judged; creating
+    a rule ends that at once, so the next failure raises its alert."""
+    failing = {
+        "httpRequest": {"url": target.url("/fail"), "method": "GET"},
+        "config": {"executionDelay": 0, "retry": 0},
+    }
+    for expected in (1, 2):
+        await client.post("/v1/queues/register", json=failing, headers=owner.headers)
+        await wait_until(lambda n=expected: len(target.arrivals_at("/fail")) == n, message="call")
+        await judged(server)
+    rule = await create_rule(
+        client,
+        owner,
+        name="any failure",
+        on="attempt.failed",
+        consecutive=1,
+        channel={"webhook": {"url": target.url("/alerts")}},
+    )
+    await client.post("/v1/queues/register", json=failing, headers=owner.headers)
+    await wait_until(lambda: len(target.arrivals_at("/fail")) == 3, message="third call")
+    await judged(server)
+    assert [d["kind"] for d in await deliveries(client, owner, rule["id"])] == ["alert"]
+
+
 async def test_the_hourly_cap_suppresses_and_shows_it(
     make_server: ServerFactory, smtp: SmtpServer, target: TargetServer, clock: FakeClock
 ) -> None:

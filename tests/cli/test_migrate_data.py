@@ -13,11 +13,21 @@ import pytest
 
 from tasks_server.alerting import AlertDelivery, DeliveryStatus, Incident
 from tasks_server.cli.main import main
-from tasks_server.models import Schedule
+from tasks_server.models import (
+    FlowControl,
+    FlowPeriod,
+    FlowSetting,
+    HostLimit,
+    OwnerSecurity,
+    Schedule,
+)
 from tasks_server.sealing import Sealer
 from tasks_server.store import Store
+from tasks_server.store.migrate import migrate as migrate_sqlite
 from tasks_server.store.postgres import PostgresStore
-from tasks_server.store.sqlite import DatabaseLock, SqliteStore
+from tasks_server.store.sqlite import DatabaseLock, SqliteStore, connect
+from tasks_server.store.transfer import TABLES
+from tasks_server.workflows.model import StepState
 from tests.store.test_contract import (
     T0,
     add_schedule,
@@ -27,6 +37,7 @@ from tests.store.test_contract import (
     new_task,
     success,
 )
+from tests.store.test_workflow_contract import Watcher, finish, run_of, step
 
 KEY = "migrate-data-key"
 
@@ -36,9 +47,16 @@ async def cli(argv: list[str]) -> int:
     return await asyncio.to_thread(main, argv)
 
 
+def watch(store: Store) -> None:
+    """Build workflow steps as the engine would (the store calls back for each)."""
+    found = Watcher()
+    store.watch_workflows(found.build, found.step_started, found.finished.append)
+
+
 async def fill(store: Store) -> dict[str, object]:
-    """Owners, tasks in every state (one with history, one in flight), a schedule that
-    fired once."""
+    """Owners (one with signing secrets and allowed hosts), tasks in every state (one
+    with history, one in flight), a schedule that fired once, a paused flow-control key, a
+    host limit, a workflow run halfway, an alert rule with an incident and a delivery."""
     owner = await make_owner(store)
     other = await make_owner(store, "owner-two", limit=0)
     done = await store.create_task(owner.id, new_task(due=T0), T0)
@@ -55,8 +73,19 @@ async def fill(store: Store) -> dict[str, object]:
     await store.add_alert_delivery(
         AlertDelivery("D1", owner.id, rule.id, "alert", "email", DeliveryStatus.SENT, "s", T0)
     )
+    security = OwnerSecurity(b"secret-now", b"secret-before", T0 + 1, True, ("example.com",))
+    await store.save_owner_security(owner.id, security)
+    flow = FlowSetting(FlowControl("emails", 10, FlowPeriod.MINUTE, 2), paused=True)
+    await store.save_flow_control(owner.id, flow, T0)
+    await store.save_host_limit(HostLimit("api.example.com", 4, 2.5, T0))
+    watch(store)
+    run = await store.create_run(owner.id, run_of(step("a"), step("b", "a")), T0)
+    await finish(store, run.steps[0].task_id or "", T0 + 1)
     return {
         "rule": rule,
+        "security": security,
+        "flow": flow,
+        "run": run.id,
         "owner": owner.id,
         "other": other.id,
         "done": done.id,
@@ -72,8 +101,10 @@ async def sqlite_db(tmp_path: Path) -> tuple[Path, dict[str, object]]:
     path = tmp_path / "old.db"
     store = SqliteStore(path, Sealer(KEY))
     await store.open()
-    ids = await fill(store)
-    await store.close()
+    try:
+        ids = await fill(store)
+    finally:
+        await store.close()
     return path, ids
 
 
@@ -90,10 +121,17 @@ async def test_everything_arrives_counted(
     report = json.loads(capsys.readouterr().out)
     assert report == {
         "copied": {
+            "seal_check": 1,
             "owner": 2,
+            "owner_security": 1,
+            "flow_control": 1,
+            "host_limit": 1,
             "schedule": 1,
-            "task": 4,
-            "attempt": 2,
+            "task": 6,  # 4 + the run's two steps
+            "attempt": 3,
+            "workflow_run": 1,
+            "workflow_step": 2,
+            "workflow_edge": 1,
             "alert_rule": 1,
             "alert_incident": 1,
             "alert_delivery": 1,
@@ -105,7 +143,15 @@ async def test_everything_arrives_counted(
     try:
         owner, other = str(ids["owner"]), str(ids["other"])
         queues = {o.id: o.tasks_in_queue for o in await store.list_owners()}
-        assert queues == {owner: 2, other: 1}
+        assert queues == {owner: 3, other: 1}  # in flight, fired, and the run's next step
+        assert await store.owner_security(owner) == ids["security"]
+        assert await store.get_flow_control(owner, "emails") == ids["flow"]
+        assert await store.list_host_limits() == [HostLimit("api.example.com", 4, 2.5, T0)]
+        run = await store.get_run(owner, str(ids["run"]))
+        assert [s.state for s in run.steps] == [StepState.SUCCESS, StepState.RUNNING]
+        watch(store)
+        await finish(store, run.steps[1].task_id or "", T0 + 2)  # the run goes on there
+        assert (await store.get_run(owner, run.id)).state.value == "SUCCESS"
         done = await store.get_task(owner, str(ids["done"]))
         assert (done.state.value, done.status_code, done.response) == ("SUCCESS", 200, b"done")
         [record] = await store.list_attempts(owner, str(ids["done"]))
@@ -160,3 +206,16 @@ async def test_a_database_in_use_is_refused(
     capsys.readouterr()
     assert await cli(command) == 1  # a second copy would mix two databases
     assert "already holds" in capsys.readouterr().err
+
+
+def test_every_table_of_the_schema_is_copied(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "schema.db", "FULL")
+    migrate_sqlite(conn)
+    tables = {
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+    }
+    conn.close()
+    assert tables == set(TABLES)

@@ -637,6 +637,37 @@ async def test_sequential_calls_reuse_the_connection(
     assert len({a.peer_port for a in target.arrivals}) == 1
 
 
+async def test_a_reused_handle_sends_its_own_call_and_nothing_of_the_last(
+    dispatcher: CurlDispatcher, target: TargetServer
+) -> None:
+    """Calls one after another run on the same handle, which keeps the options of the
+    last call: a call with the same options sends its own values, and one with other
+    options sends none of the last call's."""
+    url = target.url("/hook")
+    auth = Credentials("ann", "one")
+    calls = [
+        make_call(url, "POST", headers=(("X-N", "1"),), data_json='{"n":1}', auth_basic=auth),
+        make_call(url, "POST", headers=(("X-N", "2"),), data_json='{"n":2}', auth_basic=auth),
+        make_call(url, "PUT", data_text="put"),
+        make_call(url, "POST", data_json='{"n":3}'),
+        make_call(url),
+    ]
+    for call in calls:
+        await send(dispatcher, call)
+    seen = [
+        (a.method, a.body, a.header("x-n"), a.header("authorization") is not None)
+        for a in target.arrivals
+    ]
+    assert seen == [
+        ("POST", b'{"n":1}', "1", True),
+        ("POST", b'{"n":2}', "2", True),
+        ("PUT", b"put", None, False),
+        ("POST", b'{"n":3}', None, False),
+        ("GET", b"", None, False),
+    ]
+    assert len({a.peer_port for a in target.arrivals}) == 1  # one connection, one handle
+
+
 async def test_https_with_an_inline_ca(
     dispatcher: CurlDispatcher, tls_target: TargetServer, tls: TlsMaterial
 ) -> None:

@@ -56,7 +56,7 @@ from tasks_server.models import (
 )
 from tasks_server.sealing import Sealer, key_digest
 from tasks_server.store import DeadLetterFilter, Store
-from tasks_server.store.ids import new_owner_id, new_task_id
+from tasks_server.store.ids import new_owner_id, new_task_id, new_task_ids
 from tasks_server.store.listing import TaskQuery
 from tasks_server.store.postgres import PostgresStore
 from tasks_server.store.sqlite import SqliteStore
@@ -87,6 +87,8 @@ def success(task_id: str, number: int, at: int) -> Result:
 def test_ids_have_the_wire_format() -> None:
     task_ids = {new_task_id(T0) for _ in range(1000)}
     assert len(task_ids) == 1000
+    task_ids |= set(new_task_ids(T0, 3000))  # more than one refill of the random text
+    assert len(task_ids) == 4000
     assert all(len(i) == 24 and i.isalnum() and i.upper() == i for i in task_ids)
     owner_id = new_owner_id(T0)
     assert len(owner_id) == 26 and owner_id < new_owner_id(T0 + 1)

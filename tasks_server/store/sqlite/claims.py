@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, LiteralString
 
 from ...models import Attempt, DueTask, FlowSetting, FlowStatus, Result
-from ..details import seal_detail
+from ..details import detail_json
 from ..flow_keys import FlowKeySql, save_params
 from ..listing import host_of
 from .base import METADATA, StoreBase
@@ -111,10 +111,12 @@ class ClaimOps(StoreBase):
         ]
 
     async def record_outcomes(self, results: Sequence[Result]) -> list[str]:
-        rows = [self._outcome_params(result) for result in results]
         follow_ups = {r.task_id: self._follow_up_params(r) for r in results if r.follow_up}
 
         def op(conn: sqlite3.Connection) -> tuple[list[str], Callable[[], None]]:
+            # Sealed here, on the writer's thread: the event loop sends the next calls
+            # meanwhile (libcurl lets go of the GIL while it works).
+            rows = self._outcome_params(results)
             updated = []
             for result, (attempt_params, task_params) in zip(results, rows, strict=True):
                 conn.execute(ATTEMPT_FINISH, attempt_params)
@@ -171,32 +173,50 @@ class ClaimOps(StoreBase):
         if pruned:
             conn.execute(TASK_PRUNED, (pruned, task_id))
 
-    def _outcome_params(self, result: Result) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-        outcome = result.outcome
-        attempt_params = (
-            result.finished_at_ms,
-            outcome.status,
-            seal_detail(self._sealer, outcome.error, outcome.headers),
-            self._seal(outcome.body or None),
-            int(outcome.truncated),
-            outcome.total_ms,
-            result.task_id,
-            result.attempt_number,
-        )
-        retrying = result.next_due_at_ms is not None
-        task_params = (
-            result.state.value,
-            result.status_code,
-            self._seal(result.response),
-            int(outcome.truncated),
-            0 if retrying else result.finished_at_ms,
-            result.next_due_at_ms,
-            result.next_due_at_ms,
-            1 if retrying else 0,
-            result.task_id,
-            result.attempt_number,
-        )
-        return attempt_params, task_params
+    def _outcome_params(
+        self, results: Sequence[Result]
+    ) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        """The parameters of each result's attempt and task updates. The values are sealed
+        in one go (``Sealer.seal_many``: one read of the random source, which lets go of the
+        GIL, for the whole batch rather than three per result)."""
+        plains: list[bytes | None] = []
+        for result in results:
+            outcome = result.outcome
+            plains += [
+                detail_json(outcome.error, outcome.headers),
+                outcome.body or None,
+                result.response,
+            ]
+        sealed = iter(self._sealer.seal_many(plains))
+        rows = []
+        for result in results:
+            outcome = result.outcome
+            detail, body, response = next(sealed), next(sealed), next(sealed)
+            retrying = result.next_due_at_ms is not None
+            attempt_params = (
+                result.finished_at_ms,
+                outcome.status,
+                detail,
+                body,
+                int(outcome.truncated),
+                outcome.total_ms,
+                result.task_id,
+                result.attempt_number,
+            )
+            task_params = (
+                result.state.value,
+                result.status_code,
+                response,
+                int(outcome.truncated),
+                0 if retrying else result.finished_at_ms,
+                result.next_due_at_ms,
+                result.next_due_at_ms,
+                1 if retrying else 0,
+                result.task_id,
+                result.attempt_number,
+            )
+            rows.append((attempt_params, task_params))
+        return rows
 
     async def requeue_interrupted(self, now_ms: int) -> int:
         def op(conn: sqlite3.Connection) -> int:
