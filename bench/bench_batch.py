@@ -2,7 +2,9 @@
 
     .venv/bin/python -m bench.bench_batch [--tasks 200000] [--clients 4]
 
-Prints tasks/s, request latencies and errors; asserts nothing about speed.
+Prints tasks/s, request latencies, errors, the server's CPU time per task and the load
+average (the machine is shared: a figure means little without it); asserts nothing about
+speed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 
 from bench.common import RawClient, Server, percentile, register_owner
@@ -52,6 +55,7 @@ async def run(total: int, clients: int) -> None:
                     counts["created" if item["status"] == 201 else "errors"] += 1
             client.close()
 
+        load_before = os.getloadavg()[0]
         cpu_before = server.cpu_s()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
@@ -64,7 +68,11 @@ async def run(total: int, clients: int) -> None:
             f"  request latency p50 {percentile(latencies, 50) * 1000:.1f} ms, "
             f"p99 {percentile(latencies, 99) * 1000:.1f} ms"
         )
-        print(f"  server CPU      {cpu:.1f} s for {wall:.1f} s wall")
+        print(
+            f"  server CPU      {cpu:.1f} s for {wall:.1f} s wall "
+            f"({cpu / max(counts['created'], 1) * 1e6:.0f} us per task)"
+        )
+        print(f"  load average    {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     finally:
         server.proc and server.proc.terminate()
 

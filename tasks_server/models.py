@@ -300,17 +300,13 @@ class NewTask:
 
     def registered(self, task_id: str, owner_id: str, now_ms: int) -> Task:
         """The task as its owner sees it the moment this registration is stored."""
+        due = self.due_at_ms
+        # by position (a batch makes one per item, and each keyword argument costs a
+        # lookup): id, owner_id, state, created_at_ms, status_code, estimate_end_at_ms,
+        # estimate_execution_at_ms, response, metadata, attempts, retry_count, due_at_ms
+        running = TaskState.RUNNING
         return Task(
-            id=task_id,
-            owner_id=owner_id,
-            state=TaskState.RUNNING,
-            created_at_ms=now_ms,
-            status_code=0,
-            estimate_end_at_ms=0,
-            estimate_execution_at_ms=self.due_at_ms,
-            response=None,
-            metadata=self.spec.metadata,
-            due_at_ms=self.due_at_ms,
+            task_id, owner_id, running, now_ms, 0, 0, due, None, self.spec.metadata, 0, 0, due
         )
 
 

@@ -7,7 +7,10 @@ import json
 from typing import Any
 
 import httpx
+import pytest
+from pydantic import ValidationError
 
+from tasks_server.api.schemas import BatchHttpRequestIn, HttpRequestIn
 from tests.conftest import TARGET, OwnerAuth, ServerFactory, client_for, register_owner
 from tests.support.clock import START_MS
 
@@ -183,6 +186,9 @@ def varied_items() -> list[dict[str, Any]]:
         {"httpRequest": get, "config": {"flowControl": {"key": "mail", "rate": 7}}},
         {"httpRequest": get, "config": {"priority": 1}, "onSuccess": {"url": TARGET}},
         {"httpRequest": get, "config": {"ignoreStatusCode": [404], "retry": 2}},
+        {"httpRequest": {**post, "data": "plain text"}, "config": shared},
+        {"httpRequest": {**post, "data": [{"name": "f", "value": "v"}]}, "config": shared},
+        {"httpRequest": {**post, "data": None, "json": ["a", 1]}, "config": shared},
     ]
 
 
@@ -281,3 +287,45 @@ async def test_one_invalid_configuration_names_its_fields_and_spares_the_rest(
     assert results[7]["message"]["config"]["httpVersion"]["_errors"]
     assert results[12]["message"]["config"]["_errors"]
     assert len(await listed(client, owner)) == 18
+
+
+BODIES = [
+    "text",
+    "",
+    [{"name": "a", "value": "b"}],
+    [{"name": "a", "value": "b"}] * 65,
+    [],
+    [{"name": "a"}],
+    [1],
+    {"n": 1, "deep": [1, {"x": None}]},
+    {},
+    None,
+    0,
+    1.5,
+    True,
+]
+
+
+@pytest.mark.parametrize("data", BODIES, ids=[json.dumps(body)[:20] for body in BODIES])
+def test_a_batch_item_takes_the_bodies_a_registration_takes(data: Any) -> None:
+    text = json.dumps({"url": TARGET, "method": "POST", "data": data})
+    try:
+        expected: dict[str, Any] | None = HttpRequestIn.model_validate_json(text).model_dump()
+    except ValidationError:
+        expected = None
+    try:
+        got: dict[str, Any] | None = BatchHttpRequestIn.model_validate_json(text).model_dump()
+    except ValidationError:
+        got = None
+    assert got == expected
+
+
+async def test_items_with_bad_bodies_are_answered_as_alone(
+    client: httpx.AsyncClient, owner: OwnerAuth, other_owner: OwnerAuth
+) -> None:
+    items = [{"httpRequest": {"url": TARGET, "method": "POST", "data": body}} for body in BODIES]
+    alone = await answers_of_one_by_one(client, owner, items)
+    response = await client.post(BATCH, json=items, headers=other_owner.headers)
+    together = response.json()
+    assert {a["status"] for a in together} == {201, 400}
+    assert await comparable(client, other_owner, together) == await comparable(client, owner, alone)

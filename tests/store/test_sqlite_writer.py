@@ -11,12 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter
 
 from tasks_server.errors import QueueLimitReached
-from tasks_server.models import HttpRequest, NewTask, TaskConfig, TaskSpec
+from tasks_server.models import (
+    AwsSigv4,
+    Cookie,
+    Credentials,
+    FormField,
+    HttpRequest,
+    NewTask,
+    TaskConfig,
+    TaskSpec,
+)
 from tasks_server.sealing import Sealer, key_digest
 from tasks_server.store.sqlite import SqliteStore
-from tasks_server.store.sqlite.registrations import insert_rows
+from tasks_server.store.sqlite.base import request_json
+from tasks_server.store.sqlite.registrations import insert_owner_rows, insert_rows
 from tasks_server.store.sqlite.writer import Outcome, Together, Writer
 
 T0 = 1_767_225_600_000
@@ -109,3 +120,69 @@ async def test_a_failing_group_leaves_nothing_and_its_batch_commits(tmp_path: Pa
     names = {row[0] for row in conn.execute("SELECT name FROM item")}
     assert names == {"first", "middle", "b", "c"}
     assert writer.commits == 2  # the one batch, and close()'s empty one
+
+
+def test_owner_rows_write_the_same_rows_as_insert_rows(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "rows.db", isolation_level=None)
+    columns = (
+        "id, owner_id, state, created_at, estimate_execution_at, due_at, next_at, "
+        "metadata, spec, priority, dedup_key, dedup_until, flow_key, host"
+    )
+    for table in ("task", "expected"):
+        conn.execute(f"CREATE TABLE {table} ({columns})")
+    for count in (1, 3, 511, 1000, 1300):
+        rows = [
+            (
+                f"{n:04}",
+                "o",
+                7,
+                100 + n,
+                100 + n,
+                100 + n,
+                None if n % 2 else b"m",
+                b"s",
+                n % 5,
+                None,
+                None,
+                None,
+                f"h{n % 3}",
+            )
+            for n in range(count)
+        ]
+        insert_rows(conn, rows)
+        conn.execute(f"INSERT INTO expected SELECT {columns} FROM task")
+        conn.execute("DELETE FROM task")
+        insert_owner_rows(conn, "o", 7, rows)
+        ordered = f"SELECT {columns} FROM {{}} ORDER BY rowid"
+        assert conn.execute(ordered.format("task")).fetchall() == (
+            conn.execute(ordered.format("expected")).fetchall()
+        )
+        assert conn.execute("SELECT count(*) FROM task").fetchone()[0] == count
+        conn.execute("DELETE FROM task")
+        conn.execute("DELETE FROM expected")
+
+
+REQUESTS = [
+    HttpRequest("https://example.com/hook", "GET"),
+    HttpRequest('https://example.com/ü?q="x"', "POST", data_text="line\nnext \u2028 é \x01"),
+    HttpRequest("https://example.com/", "PUT", data_json='{"n":1,"s":"\\u00e9"}'),
+    HttpRequest("https://example.com/", "POST", data_text="x", transport="curl"),
+    HttpRequest("https://example.com/", "GET", query=(("a", "1"),)),
+    HttpRequest("https://example.com/", "GET", headers=(("X-A", "1"),)),
+    HttpRequest("https://example.com/", "POST", form=(FormField("f", "v"),)),
+    HttpRequest("https://example.com/", "GET", cookies=(Cookie("c", "v"),)),
+    HttpRequest("https://example.com/", "GET", cookie_file="# Netscape"),
+    HttpRequest("https://example.com/", "GET", auth_basic=Credentials("u", "p")),
+    HttpRequest("https://example.com/", "GET", auth_digest=Credentials("u", "p")),
+    HttpRequest("https://example.com/", "GET", auth_ntlm=Credentials("u", "p")),
+    HttpRequest(
+        "https://example.com/", "GET", auth_aws_sigv4=AwsSigv4("aws", "amz", "r", "s", "k", "z")
+    ),
+]
+
+
+def test_a_request_is_stored_as_pydantic_writes_it() -> None:
+    adapter = TypeAdapter(HttpRequest)
+    for request in REQUESTS:
+        assert request_json(request) == adapter.dump_json(request, exclude_defaults=True)
+        assert adapter.validate_json(request_json(request)) == request

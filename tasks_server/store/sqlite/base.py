@@ -11,6 +11,7 @@ from typing import Any, LiteralString, TypeVar
 
 import aiosqlite
 from pydantic import TypeAdapter
+from pydantic_core import to_json
 
 from ...errors import StorageUnavailable
 from ...models import (
@@ -33,6 +34,34 @@ _REQUEST = TypeAdapter(HttpRequest)
 _CONFIG = TypeAdapter(TaskConfig)
 _CONFIG_JSON_KEPT = 1024
 METADATA = TypeAdapter(tuple[tuple[str, str], ...])
+
+
+def request_json(request: HttpRequest) -> bytes:
+    """``_REQUEST.dump_json(request, exclude_defaults=True)``. Most requests give only a
+    URL, a method, a body and a transport: theirs is written from a dict of those, five
+    times faster than pydantic's walk over all 14 fields and their defaults."""
+    r = request
+    if (
+        r.query
+        or r.headers
+        or r.form is not None
+        or r.cookie_file is not None
+        or r.cookies is not None
+        or r.auth_basic is not None
+        or r.auth_digest is not None
+        or r.auth_ntlm is not None
+        or r.auth_aws_sigv4 is not None
+    ):
+        return _REQUEST.dump_json(r, exclude_defaults=True)
+    given: dict[str, str] = {"url": r.url, "method": r.method}  # in the fields' order
+    if r.data_text is not None:
+        given["data_text"] = r.data_text
+    if r.data_json is not None:
+        given["data_json"] = r.data_json
+    if r.transport is not None:
+        given["transport"] = r.transport
+    return to_json(given)
+
 
 # the task columns every query that returns tasks selects; StoreBase._task reads them by name
 TASK_FIELDS: tuple[LiteralString, ...] = (
@@ -208,7 +237,7 @@ class StoreBase:
                 config,
                 _CONFIG.dump_json(config, exclude_defaults=True),
             )
-        request = _REQUEST.dump_json(spec.request, exclude_defaults=True)
+        request = request_json(spec.request)
         return b'{"request":' + request + b',"config":' + seen[1] + b"}"
 
     def _open_spec(self, blob: bytes) -> TaskSpec:
