@@ -137,6 +137,30 @@ async def test_new_tasks_wake_the_other_nodes_for_a_backup_claim(node: NodeFacto
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def test_a_refill_gives_each_task_no_node_told_of_a_first_node(node: NodeFactory) -> None:
+    """Tasks no node told the others of (due beyond the wake-up horizon when registered)
+    are armed at their due time by one node, the same whichever node refills, and for a
+    backup claim by the others."""
+    first, second = await node(), await node()
+    owner = await make_owner(first)
+    due = T0 + 10**8 + 7
+    ids = [(await first.create_task(owner.id, new_task(due=due), T0)).id for _ in range(40)]
+    armed = [
+        {d.task_id: d.due_at_ms for d in await store.due_before(due + 60_000, 99)}
+        for store in (first, second)
+    ]
+    for task_id in ids:
+        assert sorted((armed[0][task_id], armed[1][task_id])) == [due, T0 + 10**8 + 750]
+    assert 0 < sum(armed[0][task_id] == due for task_id in ids) < len(ids)  # shared out
+    await second.close()  # gone (once its sessions have ended): its tasks are the first's
+
+    async def all_first() -> bool:
+        armed_alone = {d.task_id: d.due_at_ms for d in await first.due_before(due + 60_000, 99)}
+        return all(armed_alone[task_id] == due for task_id in ids)
+
+    await wait_until(all_first, timeout=10)
+
+
 async def test_one_leader_and_a_takeover_when_its_session_ends(node: NodeFactory) -> None:
     first, second, third = await node(), await node(), await node()
     assert await first.lead_schedules()

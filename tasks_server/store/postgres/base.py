@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import socket
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, LiteralString, TypeVar
 
@@ -64,10 +65,25 @@ _RENEWAL_KEEPALIVES = {
 }
 
 
+# the nodes serving now: every pooled connection names its node (connection_options)
+LIVE_NODES: LiteralString = (
+    "SELECT DISTINCT substr(application_name, %s) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND application_name LIKE %s"
+)
+
+
 def backup_at(due_ms: int, after_ms: int) -> int:
     """When a node that did not make a task claimable first tries to claim it."""
     at = due_ms + after_ms
     return -(-at // BACKUP_GRID_MS) * BACKUP_GRID_MS
+
+
+def first_node(task_id: str, nodes: Sequence[str]) -> str:
+    """The node that claims a task first when none made it claimable lately (a task a
+    refill loads): the highest hash of node and task (rendezvous hashing), so every node
+    that sees the same live nodes picks the same one, and a node's death or arrival moves
+    only the tasks it had or gets."""
+    return max(nodes, key=lambda node: zlib.crc32(f"{node}|{task_id}".encode()))
 
 
 def new_node_id() -> str:
@@ -117,6 +133,9 @@ class PgBase:
         # BACKUP_MARGIN_MS): the refill arms them at that time too
         self._backup_after_ms = claim_lookahead_ms + BACKUP_MARGIN_MS
         self._backups: dict[str, int] = {}
+        # tasks this node made claimable (and told the others of), by due time: it claims
+        # them first, whatever the hash of a refill says
+        self._firsts: dict[str, int] = {}
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
         # lease renewals never wait for a pooled connection that claims, outcomes and the
         # API compete for: a busy node must not lose its leases (see renew_leases)
@@ -259,6 +278,7 @@ class PgBase:
         near future (later ones reach them through their periodic refill)."""
         horizon = now_ms + self._wake_horizon_ms
         near = [f"{task_id}:{due_ms}" for task_id, due_ms in due if due_ms < horizon]
+        self._firsts.update((task_id, due_ms) for task_id, due_ms in due if due_ms < horizon)
         # payload: "<sending node>|<id>:<due ms>,<id>:<due ms>,..."
         chunk: list[str] = []
         size = len(self.node_id) + 1

@@ -1,5 +1,5 @@
-"""The engine's operations on PostgreSQL: due tasks, claims as leases, fenced outcomes,
-lease renewal and the reclaiming of leases whose node died.
+"""The engine's operations on PostgreSQL: due tasks, claims as leases, and fenced
+outcomes (their renewal and reclaiming: leases.py).
 
 A claim locks the task rows with ``FOR UPDATE SKIP LOCKED``: nodes claiming at the same
 instant take disjoint tasks and never wait for each other. A claim is a lease held by this
@@ -23,7 +23,7 @@ from ...errors import StorageUnavailable
 from ...models import Attempt, DueTask, Result
 from ..details import seal_detail
 from ..listing import host_of
-from .base import PgBase
+from .base import APPLICATION_NAME, LIVE_NODES, PgBase, backup_at, first_node
 from .flow import FLOW_IN_FLIGHT, FLOW_LOCK, FLOW_SPEND, allowance
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,9 @@ TASK_FINISH: LiteralString = (
     "%s::bigint[], %s::int[], %s::boolean[]) "
     "AS r(id, number, state, status_code, response, end_at, next_due, retried, truncated) "
     "WHERE t.id = r.id AND t.state = 'RUNNING' AND t.in_flight AND t.attempts = r.number "
-    "AND t.lease_owner = %s RETURNING t.id"
+    "AND t.lease_owner = %s "
+    # and which of them are workflow steps (their run advances in the same transaction)
+    "RETURNING t.id, EXISTS (SELECT 1 FROM workflow_step w WHERE w.task_id = t.id)"
 )
 # both in one round trip: the attempt's update sees the task as it was before the task's
 # (one snapshot), as when run first on its own
@@ -112,57 +114,35 @@ TASK_FOLLOW_UP: LiteralString = (
     "next_at, metadata, spec, host) SELECT %s, owner_id, 'RUNNING', %s, %s, %s, %s, %s, %s, %s "
     "FROM task WHERE id = %s"
 )
-# greatest(): a renewal never shortens the lease of a claim made after it was sent. Only
-# the claims the node still works on are renewed: one it dropped (its lease was thought
-# lost) or never heard of (a claim whose commit it did not see) runs out and is reclaimed.
-# A renewal never waits for a row lock: a row locked now is being finished by this node's
-# outcome write (or reclaimed, its lease over), and a wait there would hold back the
-# renewal of every other lease.
-LEASE_RENEW: LiteralString = (
-    "UPDATE task SET lease_until = greatest(lease_until, %s) WHERE id IN ("
-    "SELECT id FROM task WHERE id = ANY(%s) AND lease_owner = %s AND in_flight "
-    "FOR UPDATE SKIP LOCKED)"
-)
-# leases that ran out: their attempts end as interrupted and the tasks are claimable again
-# at their planned time (at once when that has passed)
-LEASE_EXPIRED: LiteralString = (
-    "WITH expired AS ("
-    # any node's, this one's included: a claim its node no longer renews is not worked on
-    " SELECT id FROM task WHERE in_flight AND lease_until < %(now)s"
-    " ORDER BY lease_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
-    "), freed AS ("
-    " UPDATE task t SET in_flight = false, lease_owner = NULL, lease_until = NULL,"
-    " next_at = t.due_at FROM expired WHERE t.id = expired.id"
-    " RETURNING t.id, t.attempts, t.due_at"
-    "), closed AS ("
-    " UPDATE attempt a SET finished_at = %(now)s,"
-    " error = 'interrupted: the node running it stopped renewing its lease'"
-    " FROM freed WHERE a.task_id = freed.id AND a.number = freed.attempts"
-    " AND a.finished_at IS NULL"
-    ") SELECT id, due_at FROM freed"
-)
-LEASE_ANY_EXPIRED: LiteralString = "SELECT 1 FROM task WHERE in_flight AND lease_until < %s LIMIT 1"
-_EXPIRED_BATCH = 1000
+_LIVE_NODES_PARAMS = (len(APPLICATION_NAME) + 2, f"{APPLICATION_NAME} %")
 
 
 class PgClaimOps(PgBase):
     async def due_before(self, until_ms: int, limit: int) -> list[DueTask]:
-        """Due tasks, those another node made claimable at this node's backup time for
-        them (see BACKUP_MARGIN_MS)."""
+        """Due tasks, each at the time this node first tries to claim it: its due time
+        if this node made it claimable or, for a task no node told of, if it is the
+        task's first node among the nodes serving now (first_node); else the backup
+        time (see BACKUP_MARGIN_MS)."""
         rows = await self._read(TASK_DUE, (until_ms, limit))
-        # backups whose time has passed are done with: the task was claimed, or this
-        # node's timers hold it already
+        nodes = [row[0] for row in await self._read(LIVE_NODES, _LIVE_NODES_PARAMS)]
+        if self.node_id not in nodes:
+            nodes.append(self.node_id)
+        # what was told of before now is done with: claimed, or in the timers already
         now_ms = until_ms - self._wake_horizon_ms
         backups = self._backups = {k: at for k, at in self._backups.items() if at >= now_ms}
-        return [
-            DueTask(
-                row[0],
-                max(row[1], backups.get(row[0], 0)),
-                row[2],
-                None if row[4] is None else (row[3], row[4]),
-            )
-            for row in rows
-        ]
+        firsts = self._firsts = {k: due for k, due in self._firsts.items() if due >= now_ms}
+        after_ms = self._backup_after_ms
+        due: list[DueTask] = []
+        for task_id, due_ms, priority, owner_id, flow_key in rows:
+            if task_id in firsts or (
+                task_id not in backups and first_node(task_id, nodes) == self.node_id
+            ):
+                at = due_ms
+            else:
+                at = max(backups.get(task_id, 0), backup_at(due_ms, after_ms))
+            flow = None if flow_key is None else (owner_id, flow_key)
+            due.append(DueTask(task_id, at, priority, flow))
+        return due
 
     async def claim_due(
         self, task_ids: Sequence[str], now_ms: int, lookahead_ms: int = 0
@@ -294,7 +274,9 @@ class PgClaimOps(PgBase):
 
         async def op(cur: Cursor) -> tuple[list[str], Callable[[], None]]:
             await cur.execute(OUTCOME_FINISH, (*attempts, self.node_id, *tasks, self.node_id))
-            updated = {row[0] for row in await cur.fetchall()}
+            rows = await cur.fetchall()
+            updated = {row[0] for row in rows}
+            steps = {row[0] for row in rows if row[1]}
             if prune[0]:
                 await cur.execute(ATTEMPT_PRUNE, prune)
             created = [r.follow_up for r in results if r.follow_up and r.task_id in updated]
@@ -305,7 +287,7 @@ class PgClaimOps(PgBase):
             due += [(f.task_id, f.due_at_ms) for f in created]
             await self._notify_due(cur, due, now)
             recorded = [r for r in results if r.task_id in updated]
-            announce = await self._outcome_followups(cur, recorded)
+            announce = await self._outcome_followups(cur, recorded, steps)
             return [r.task_id for r in recorded], announce
 
         updated, announce = await self._tx(op)
@@ -313,10 +295,11 @@ class PgClaimOps(PgBase):
         return updated
 
     async def _outcome_followups(
-        self, cur: Cursor, results: Sequence[Result]
+        self, cur: Cursor, results: Sequence[Result], steps: Collection[str]
     ) -> Callable[[], None]:
-        """Writes that follow recorded outcomes in the same transaction (workflow steps);
-        returns what to announce once it is committed. Nothing here."""
+        """Writes that follow recorded outcomes in the same transaction (the workflow
+        steps among them: ``steps``); returns what to announce once it is committed.
+        Nothing here."""
         return lambda: None
 
     def _follow_up_params(self, result: Result) -> tuple[Any, ...]:
@@ -360,37 +343,3 @@ class PgClaimOps(PgBase):
             [1 if again else 0 for again in retrying],
             [r.outcome.truncated for r in results],
         )
-
-    async def renew_leases(self, now_ms: int, task_ids: Collection[str]) -> None:
-        if not task_ids:
-            return
-        params = (now_ms + self._lease_ms, list(task_ids), self.node_id)
-        await self._renew_on_own_connection(LEASE_RENEW, params)
-
-    async def requeue_expired(self, now_ms: int) -> list[tuple[str, int]]:
-        # every node looks twice a second or more: one round trip when no lease ran out,
-        # a transaction (to free them and tell the other nodes at its commit) when some did
-        if not await self._read(LEASE_ANY_EXPIRED, (now_ms,)):
-            return []
-        freed: list[tuple[str, int]] = []
-        params = {"now": now_ms, "limit": _EXPIRED_BATCH}
-        while True:
-
-            async def op(cur: Cursor) -> list[tuple[str, int]]:
-                await cur.execute(LEASE_EXPIRED, params)
-                rows = [(row[0], row[1]) for row in await cur.fetchall()]
-                await self._notify_due(cur, rows, now_ms)
-                return rows
-
-            batch = await self._tx(op)
-            freed += batch
-            if len(batch) < _EXPIRED_BATCH:
-                break
-        if freed:
-            logger.warning("reclaimed %d tasks whose lease ran out", len(freed))
-        return freed
-
-    async def requeue_interrupted(self, now_ms: int) -> int:
-        # Other nodes may be serving: only claims whose lease ran out are this start's to
-        # requeue. A crashed node's claims follow once their lease ends.
-        return len(await self.requeue_expired(now_ms))

@@ -3,7 +3,7 @@
 Each operation is one transaction on a pooled connection (PostgreSQL groups concurrent
 commits itself). Beside the pool, a node keeps two connections of its own: one LISTENs for
 other nodes' wake-ups, the other holds the schedule leader's advisory lock. The operations
-live in one module per group (owners, tasks, claims, schedules), each beside its SQL."""
+live in one module per group (owners, tasks, claims, leases, schedules), each beside its SQL."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from .claims import PgClaimOps
 from .dead_letters import PgDeadLetterOps
 from .flow import PgFlowOps
 from .hosts import PgHostLimitOps
+from .leases import PgLeaseOps
 from .owners import PgOwnerOps
 from .schedules import PgScheduleOps
 from .sealed import PgSealOps
@@ -50,6 +51,7 @@ class PostgresStore(
     PgTaskOps,
     PgWorkflowOps,
     PgClaimOps,
+    PgLeaseOps,
     PgFlowOps,
     PgScheduleOps,
     PgDeadLetterOps,

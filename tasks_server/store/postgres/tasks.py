@@ -200,6 +200,8 @@ class PgTaskOps(PgBase):
         }
         if not await self._write_one(TASK_INSERT_UNLIMITED, params):
             return None
+        if params["wake"]:
+            self._firsts[task_id] = due
         return new.registered(task_id, owner_id, now_ms)
 
     def _task_insert(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
@@ -83,8 +83,6 @@ STEP_BY_TASK: LiteralString = (
     "SELECT run_id, step_id, template FROM workflow_step WHERE task_id = %s AND state = 'RUNNING'"
 )
 # which of the tasks that just ended are workflow steps (one round trip for the batch)
-STEP_TASKS: LiteralString = "SELECT task_id FROM workflow_step WHERE task_id = ANY(%s)"
-
 STEP_TEMPLATE: LiteralString = (
     "SELECT template, state, dep_skipped FROM workflow_step WHERE run_id = %s AND step_id = %s"
 )
@@ -172,20 +170,22 @@ class PgStepOps(PgBase):
     # -- inside the outcome transaction ---------------------------------------------------
 
     async def _outcome_followups(
-        self, cur: Cursor, results: Sequence[Result]
+        self, cur: Cursor, results: Sequence[Result], steps: Collection[str]
     ) -> Callable[[], None]:
-        advance = await self.advance_steps(cur, results)
+        advance = await self.advance_steps(cur, results, steps)
         return lambda: self._announce(advance)
 
-    async def advance_steps(self, cur: Cursor, results: Sequence[Result]) -> Advance:
+    async def advance_steps(
+        self, cur: Cursor, results: Sequence[Result], steps: Collection[str]
+    ) -> Advance:
         """Finish the workflow steps whose task just ended (called inside the transaction
-        that records the outcomes) and start what they release."""
+        that records the outcomes, which found which tasks are ``steps``) and start what
+        they release."""
         advance = Advance()
-        ended = [r.task_id for r in results if r.state in (TaskState.SUCCESS, TaskState.ERROR)]
-        await cur.execute(STEP_TASKS, (ended,))
-        steps = {row[0] for row in await cur.fetchall()}
         for result in results:
             if result.task_id not in steps:
+                continue
+            if result.state not in (TaskState.SUCCESS, TaskState.ERROR):
                 continue
             row = await _one(cur, STEP_BY_TASK, (result.task_id,))
             if row is not None:
