@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ...errors import StorageUnavailable
@@ -129,6 +131,18 @@ def _run_together(conn: sqlite3.Connection, op: Together, payloads: list[Any]) -
     return outcomes
 
 
+class _Outside:
+    """An operation the writer thread runs alone, between batches, outside a transaction."""
+
+    __slots__ = ("op",)
+
+    def __init__(self, op: Op) -> None:
+        self.op = op
+
+
+_STOP = _Outside(lambda conn: None)  # the thread closes the connection and ends (see _work)
+
+
 class Writer:
     """Runs queued write operations in batches, one transaction per batch.
 
@@ -137,46 +151,101 @@ class Writer:
     writes ask for a savepoint, so a failure halfway rolls back the whole operation. A
     passing storage fault (see ``transient_reason``) fails the whole batch: every caller
     gets StorageUnavailable, nothing of the batch is written, and the writer goes on.
+
+    The writer is a thread of its own that takes the next batch as soon as it has
+    committed one: it never waits for the event loop, which under load is busy answering
+    the callers of the batch just committed. Operations submitted during one step of the
+    event loop reach the thread together, at the end of that step, so concurrent callers
+    share a batch even when the thread is idle.
     """
 
     def __init__(self, conn: sqlite3.Connection, on_commit: CommitObserver | None = None) -> None:
         self._conn = conn
         self._on_commit = on_commit  # called in the writer thread after each commit
-        self._queue: asyncio.Queue[Queued] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[Queued | tuple[_Outside, asyncio.Future[Any]]] = []
+        self._queue: deque[Queued | tuple[_Outside, asyncio.Future[Any]]] = deque()
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
         self.commits = 0
         self.health = WriteHealth()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="sqlite-writer")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._work, name="sqlite-writer", daemon=True)
+        self._thread.start()
 
     async def submit(self, op: Op | Together, savepoint: bool = False) -> Any:
         """Run ``op`` in the next batch; its result, or its exception raised. A Together
         operation runs inside a savepoint of its own run (``savepoint`` is ignored)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((op, savepoint, future))
+        self._enqueue((op, savepoint, future))
         return await future
 
     async def run_outside_batch(self, op: Op) -> Any:
         """Run ``op`` on the writer's connection between batches, outside a transaction
         (connection settings such as pragmas)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, op, self._conn)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue((_Outside(op), future))
+        return await future
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _enqueue(self, item: Queued | tuple[_Outside, asyncio.Future[Any]]) -> None:
+        if not self._pending:
+            assert self._loop is not None, "writer not started"
+            self._loop.call_soon(self._hand_over)
+        self._pending.append(item)
+
+    def _hand_over(self) -> None:
+        """Give the thread what this step of the event loop submitted."""
+        pending, self._pending = self._pending, []
+        with self._ready:
+            self._queue.extend(pending)
+            self._ready.notify()
+
+    def _take(self) -> list[Queued] | tuple[_Outside, asyncio.Future[Any]]:
+        """The next batch (consecutive operations, up to _MAX_BATCH), or one operation to
+        run outside a batch; waits for work."""
+        with self._ready:
+            while not self._queue:
+                self._ready.wait()
+            queue = self._queue
+            if isinstance(queue[0][0], _Outside):
+                return queue.popleft()  # type: ignore[return-value]
+            batch: list[Queued] = []
+            while queue and len(batch) < _MAX_BATCH and not isinstance(queue[0][0], _Outside):
+                batch.append(queue.popleft())  # type: ignore[arg-type]
+            return batch
+
+    def _work(self) -> None:
+        """The writer thread: batches back to back until told to stop."""
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < _MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            outcomes = await loop.run_in_executor(self._executor, self._run_batch, batch)
-            for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
-                if future.done():
-                    continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
+            taken = self._take()
+            if isinstance(taken, tuple):
+                outside, future = taken
+                op = self._conn.close if outside is _STOP else partial(outside.op, self._conn)
+                try:
+                    outcome: Outcome = (True, op())
+                except Exception as exc:
+                    outcome = (False, exc)
+                self._deliver([future], [outcome])
+                if outside is _STOP:
+                    return
+                continue
+            try:
+                outcomes = self._run_batch(taken)
+            except Exception as exc:  # not the database's: a defect, told to each caller
+                logger.exception("write batch of %d failed", len(taken))
+                if self._conn.in_transaction:
+                    self._conn.rollback()
+                outcomes = [(False, exc)] * len(taken)
+            self._deliver([future for _, _, future in taken], outcomes)
+
+    def _deliver(self, futures: list[asyncio.Future[Any]], outcomes: list[Outcome]) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(_settle, futures, outcomes)
+        except RuntimeError:
+            pass  # the event loop is closed: nobody waits for these any more
 
     def _run_batch(self, batch: list[Queued]) -> list[Outcome]:
         conn = self._conn
@@ -224,16 +293,23 @@ class Writer:
         return [(False, StorageUnavailable(f"{reason}: {exc}")) for _ in batch]
 
     async def close(self) -> None:
-        if self._task is not None:
-            try:
-                await self.submit(lambda conn: None)  # everything queued before it has run
-            except StorageUnavailable:
-                pass  # their callers were told; nothing more can be written now
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._conn.close)
-        self._executor.shutdown()
+        """Run what is queued, then close the connection and end the thread."""
+        if self._thread is None:
+            self._conn.close()
+            return
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue((_STOP, future))
+        await future
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+
+def _settle(futures: list[asyncio.Future[Any]], outcomes: list[Outcome]) -> None:
+    """In the event loop: each caller gets its result or its exception."""
+    for future, (ok, value) in zip(futures, outcomes, strict=True):
+        if future.done():
+            continue  # the caller gave up waiting
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
