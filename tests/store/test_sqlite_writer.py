@@ -186,3 +186,28 @@ def test_a_request_is_stored_as_pydantic_writes_it() -> None:
     for request in REQUESTS:
         assert request_json(request) == adapter.dump_json(request, exclude_defaults=True)
         assert adapter.validate_json(request_json(request)) == request
+
+
+async def test_a_batch_that_fails_outside_the_database_fails_its_callers_and_the_writer_goes_on(
+    tmp_path: Path,
+) -> None:
+    conn = sqlite3.connect(tmp_path / "defect.db", isolation_level=None, check_same_thread=False)
+    conn.execute("CREATE TABLE item (name TEXT PRIMARY KEY)")
+    writer = Writer(conn)
+
+    def ends_the_transaction_and_breaks(conn: sqlite3.Connection) -> None:
+        conn.execute("ROLLBACK")  # the batch cannot go on: a defect, not a database fault
+        raise RuntimeError("a bug")
+
+    writer.start()
+    try:
+        with pytest.raises(RuntimeError, match="a bug"):
+            await writer.submit(ends_the_transaction_and_breaks)
+        inserted = await writer.submit(
+            lambda conn: conn.execute("INSERT INTO item VALUES ('after')").rowcount
+        )
+    finally:
+        await writer.close()
+    assert inserted == 1
+    conn = sqlite3.connect(tmp_path / "defect.db")
+    assert [row[0] for row in conn.execute("SELECT name FROM item")] == ["after"]

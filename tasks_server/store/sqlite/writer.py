@@ -235,8 +235,11 @@ class Writer:
                 outcomes = self._run_batch(taken)
             except Exception as exc:  # not the database's: a defect, told to each caller
                 logger.exception("write batch of %d failed", len(taken))
-                if self._conn.in_transaction:
-                    self._conn.rollback()
+                try:
+                    if self._conn.in_transaction:
+                        self._conn.rollback()
+                except sqlite3.Error:
+                    logger.warning("rollback after a failed write batch failed too", exc_info=True)
                 outcomes = [(False, exc)] * len(taken)
             self._deliver([future for _, _, future in taken], outcomes)
 
