@@ -462,13 +462,7 @@ class Scheduler:
                 if gate is not None and not gate.admit(attempt, now_ms):
                     heapq.heappush(self._gated, entry)
                     continue
-                del self._held_ids[attempt.task_id]
-                claimed_at = self._claimed_at_ms.pop(attempt.task_id, now_ms)
-                if self.leases.holds(attempt.task_id, claimed_at, now_ms):
-                    self._start(attempt, prepared, now_ms)
-                    started += 1
-                else:
-                    self._drop_lost(attempt)
+                started += self._release(attempt, prepared, now_ms)
         if started and self._starved:
             # calls just started may wait behind their host's cap, which frees slots
             self._wake.set()
@@ -487,14 +481,18 @@ class Scheduler:
             if not self.start_gate.admit(attempt, now_ms):
                 break
             heapq.heappop(self._gated)
-            del self._held_ids[attempt.task_id]
-            claimed_at = self._claimed_at_ms.pop(attempt.task_id, now_ms)
-            if self.leases.holds(attempt.task_id, claimed_at, now_ms):
-                self._start(attempt, prepared, now_ms)
-                started += 1
-            else:
-                self._drop_lost(attempt)
+            started += self._release(attempt, prepared, now_ms)
         return started
+
+    def _release(self, attempt: Attempt, prepared: Prepared, now_ms: int) -> int:
+        """Start a held attempt whose lease still holds (1), or drop it (0)."""
+        del self._held_ids[attempt.task_id]
+        claimed_at = self._claimed_at_ms.pop(attempt.task_id, now_ms)
+        if not self.leases.holds(attempt.task_id, claimed_at, now_ms):
+            self._drop_lost(attempt)
+            return 0
+        self._start(attempt, prepared, now_ms)
+        return 1
 
     def _gate_reopens_at_ms(self) -> int | None:
         if not self._gated or self.start_gate is None:
