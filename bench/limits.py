@@ -8,7 +8,10 @@ Each figure is printed beside its ceiling, measured the same way in the same run
 
 * registrations: ``wrk -t2 -c32`` posting one task body to ``POST /v1/queues/register``
   of the real server (``SQLITE_SYNCHRONOUS=FULL``), against the same load on a bare
-  Starlette + uvicorn route that only parses the JSON (``bench/bare_app.py``);
+  Starlette + uvicorn route that only parses the JSON (``bench/bare_app.py``), and on
+  that route committing each body to SQLite the way the server's writer does before it
+  answers (``--durable``): what the commit alone costs, and the server's CPU per
+  registration;
 * burst: the server draining N tasks due at one instant into the local sink, against
   pycurl's ``CurlMulti`` alone sending the same N calls to the same sink (128 at a time,
   connections reused); the first arrival's lateness beside CurlMulti's first arrival
@@ -120,27 +123,34 @@ def run_wrk(url: str, script: Path, seconds: int) -> dict[str, float]:
     return figures
 
 
+def bare_route(script: Path, seconds: int, durable: bool) -> tuple[dict[str, float], str]:
+    """wrk against ``bench/bare_app.py`` (with ``--durable``, the route that commits)."""
+    port = free_port()
+    args = [sys.executable, "-m", "bench.bare_app", str(port), *(["--durable"] * durable)]
+    bare = Proc(args, cwd=ROOT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        run_wrk(f"http://127.0.0.1:{port}/v1/queues/register", script, 2)  # warm-up
+        return run_wrk(f"http://127.0.0.1:{port}/v1/queues/register", script, seconds), load()
+    finally:
+        bare.kill()
+
+
 def registrations(seconds: int) -> None:
     sink_url = "http://127.0.0.1:9/hook"  # never called: the tasks are due in an hour
     body = task_body(sink_url, executionDelay=3_600_000)
-
-    bare_port = free_port()
-    bare = Proc([sys.executable, "-m", "bench.bare_app", str(bare_port)], cwd=ROOT)
-    try:
-        wait_http(f"http://127.0.0.1:{bare_port}/healthz")
-        script = wrk_script(body, {})
-        run_wrk(f"http://127.0.0.1:{bare_port}/v1/queues/register", script, 2)  # warm-up
-        ceiling = run_wrk(f"http://127.0.0.1:{bare_port}/v1/queues/register", script, seconds)
-        ceiling_load = load()
-    finally:
-        bare.kill()
+    script = wrk_script(body, {})
+    ceiling, ceiling_load = bare_route(script, seconds, durable=False)
+    durable, durable_load = bare_route(script, seconds, durable=True)
 
     server = Server(**SERVER_ENV).start()
     try:
         headers = asyncio.run(register_owner(server.port, "limits"))
         script = wrk_script(body, headers)
         run_wrk(f"{server.url}/v1/queues/register", script, 2)
+        cpu_before = server.cpu_s()
         measured = run_wrk(f"{server.url}/v1/queues/register", script, seconds)
+        cpu_per_request = (server.cpu_s() - cpu_before) / (measured["rps"] * seconds)
         measured_load = load()
     finally:
         assert server.proc is not None
@@ -148,9 +158,14 @@ def registrations(seconds: int) -> None:
     print(
         f"registrations (wrk -t2 -c{CONNECTIONS}, {seconds} s): server "
         f"{measured['rps']:,.0f}/s p50 {measured['p50']:.2f} ms p99 {measured['p99']:.2f} ms "
-        f"errors {measured['errors']:.0f} ({measured_load}) | bare route "
+        f"errors {measured['errors']:.0f}, CPU per registration "
+        f"{cpu_per_request * 1e6:.0f} us ({measured_load}) | bare route "
         f"{ceiling['rps']:,.0f}/s p99 {ceiling['p99']:.2f} ms ({ceiling_load}) | ratio "
-        f"{measured['rps'] / ceiling['rps']:.2f} (target >= 0.6, p99 <= 10 ms)"
+        f"{measured['rps'] / ceiling['rps']:.2f} (target >= 0.6, p99 <= 10 ms) | the bare "
+        f"route committing each body (synchronous=FULL) {durable['rps']:,.0f}/s p99 "
+        f"{durable['p99']:.2f} ms ({durable_load}), its ratio to the bare route "
+        f"{durable['rps'] / ceiling['rps']:.2f}, the server's to it "
+        f"{measured['rps'] / durable['rps']:.2f}"
     )
 
 
