@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
+import re
 import resource
+import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 from bench.common import ROOT, Proc, Server, free_port, register_owner, task_body, wait_http
 from bench.limits import run_wrk, wrk_script
@@ -51,6 +56,18 @@ def wrk_timed(url: str, script: Path, seconds: int) -> dict[str, float]:
     return figures
 
 
+def connections_per_process(port: int) -> list[int]:
+    """How many of the load's connections each process holds (the kernel does not spread
+    them evenly over processes sharing one socket: read the figures beside this)."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return sorted(collections.Counter(re.findall(r"pid=(\d+)", out)).values(), reverse=True)
+
+
 def bare(seconds: int) -> dict[str, float]:
     port = free_port()
     proc = Proc([sys.executable, "-m", "bench.bare_app", str(port)], cwd=ROOT)
@@ -64,7 +81,7 @@ def bare(seconds: int) -> dict[str, float]:
         proc.kill()
 
 
-def server(processes: int, seconds: int) -> dict[str, float]:
+def server(processes: int, seconds: int) -> dict[str, Any]:
     started = Server(API_PROCESSES=str(processes), **SERVER_ENV).start()
     assert started.proc is not None
     try:
@@ -74,7 +91,14 @@ def server(processes: int, seconds: int) -> dict[str, float]:
         url = f"{started.url}/v1/queues/register"
         run_wrk(url, script, 2)  # warm-up
         cpu_before = cpu_s(started.proc.pid)
+        spread: list[list[int]] = []
+        sample = threading.Timer(
+            seconds / 2, lambda: spread.append(connections_per_process(started.port))
+        )
+        sample.start()
         figures = wrk_timed(url, script, seconds)
+        sample.join()
+        figures["spread"] = spread[0] if spread else []
         registered = figures["rps"] * seconds
         figures["server_us"] = (cpu_s(started.proc.pid) - cpu_before) / registered * 1e6
         return figures
@@ -82,7 +106,7 @@ def server(processes: int, seconds: int) -> dict[str, float]:
         started.proc.terminate()
 
 
-def line(label: str, m: dict[str, float], seconds: int, ceiling: float) -> str:
+def line(label: str, m: dict[str, Any], seconds: int, ceiling: float) -> str:
     text = (
         f"{label}: {m['rps']:,.0f}/s p50 {m['p50']:.2f} ms p99 {m['p99']:.2f} ms "
         f"errors {m['errors']:.0f} | ratio {m['rps'] / ceiling:.2f} | "
@@ -90,6 +114,7 @@ def line(label: str, m: dict[str, float], seconds: int, ceiling: float) -> str:
     )
     if "server_us" in m:
         text += f" | server CPU {m['server_us']:.0f} µs per registration"
+        text += f" | connections per process {m['spread']}"
     return f"{text} (load {os.getloadavg()[0]:.1f})"
 
 
