@@ -97,3 +97,19 @@ async def test_a_callback_outside_the_owners_domains_is_refused(make_server: Ser
             client, owner, target, onFailure={"url": "https://a.example.com/failed"}
         )
         assert allowed.status_code == 201
+
+
+async def test_a_schedules_callback_the_policy_refuses_is_refused(server: Server) -> None:
+    async with client_for(server) as client:
+        owner = await register_owner(client, "schedule-callback")
+        body = {
+            "name": "nightly",
+            "schedule": "*/5 * * * *",
+            "httpRequest": {"url": TARGET, "method": "GET"},
+            "onFailure": {"url": "http://10.1.2.3/failed"},
+        }
+        refused = await client.post("/v1/schedules", json=body, headers=owner.headers)
+        assert refused.status_code == 400, refused.text
+        assert "egress denied" in refused.json()["message"]["onFailure"]["url"]["_errors"][0]
+        listed = await client.get("/v1/schedules", headers=owner.headers)
+        assert listed.json() == []
