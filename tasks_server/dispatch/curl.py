@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import select
 import socket
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -36,15 +37,6 @@ from .pools import ConnectionPools, new_share, pool_key
 from .prepared import Prepared
 
 logger = logging.getLogger(__name__)
-
-_TIMINGS = (
-    ("namelookup", pycurl.NAMELOOKUP_TIME_T),
-    ("connect", pycurl.CONNECT_TIME_T),
-    ("appconnect", pycurl.APPCONNECT_TIME_T),
-    ("starttransfer", pycurl.STARTTRANSFER_TIME_T),
-    ("total", pycurl.TOTAL_TIME_T),
-)
-
 
 # Options whose effect outlives curl_easy_reset (cookie jar, HSTS cache, attached share):
 # a handle that used one is closed instead of going back to the pool.
@@ -101,6 +93,8 @@ class _Transfer:
     host_epoch: int = 0  # the governor's epoch when the call got its host slot
     body: bytearray = field(default_factory=bytearray)
     headers: list[tuple[str, str]] = field(default_factory=list)
+    # a call that follows no redirect: the raw header lines, read once it ends
+    header_lines: list[bytes] | None = None
     truncated: bool = False
     received: int = 0  # body bytes read, kept or not
     keeps_state: bool = False
@@ -125,8 +119,10 @@ class _Transfer:
         return None
 
     def write_header(self, line: bytes) -> int | None:
-        """HEADERFUNCTION: keep only the last response's headers (redirects, 100, CONNECT),
-        and check where a redirect leads before libcurl follows it (returning 0 aborts)."""
+        """HEADERFUNCTION of a call that follows redirects: keep only the last response's
+        headers (redirects, 100, CONNECT), and check where a redirect leads before libcurl
+        follows it (returning 0 aborts). Other calls collect the lines (``header_lines``)
+        and read them once, when the call ends (``response_headers``)."""
         text = line.decode("latin-1").rstrip("\r\n")
         if text.startswith("HTTP/"):
             self.headers.clear()
@@ -139,6 +135,22 @@ class _Transfer:
             if name.strip().lower() == "location" and self._follows_redirect():
                 return self._next_hop(value.strip())
         return None
+
+    def response_headers(self) -> tuple[tuple[str, str], ...]:
+        """The last response's headers, read as ``write_header`` reads them."""
+        lines = self.header_lines
+        if lines is None:
+            return tuple(self.headers)
+        headers: list[tuple[str, str]] = []
+        for line in lines:
+            text = line.decode("latin-1").rstrip("\r\n")
+            if text.startswith("HTTP/"):
+                headers.clear()
+                continue
+            name, colon, value = text.partition(":")
+            if colon and name and not name[0].isspace():
+                headers.append((name.strip(), value.strip()))
+        return tuple(headers)
 
     def _follows_redirect(self) -> bool:
         return self.call.config.location and 300 <= self.hop_status < 400 and self.hop_status != 304
@@ -247,8 +259,14 @@ def _setup_failure(exc: Exception) -> Outcome:
 
 
 def _outcome(transfer: _Transfer, curl_code: int, message: str | None) -> Outcome:
-    curl = transfer.curl
-    timings = {name: int(curl.getinfo(info)) / 1000 for name, info in _TIMINGS}
+    getinfo = transfer.curl.getinfo
+    timings = {
+        "namelookup": getinfo(pycurl.NAMELOOKUP_TIME_T) / 1000,
+        "connect": getinfo(pycurl.CONNECT_TIME_T) / 1000,
+        "appconnect": getinfo(pycurl.APPCONNECT_TIME_T) / 1000,
+        "starttransfer": getinfo(pycurl.STARTTRANSFER_TIME_T) / 1000,
+        "total": getinfo(pycurl.TOTAL_TIME_T) / 1000,
+    }
     if transfer.truncated and curl_code == pycurl.E_WRITE_ERROR:
         curl_code = 0  # we stopped it at the cap: the answer came, cut short
     denied = bool(curl_code and transfer.denied)
@@ -259,9 +277,9 @@ def _outcome(transfer: _Transfer, curl_code: int, message: str | None) -> Outcom
         # libcurl's text names the file it read, a path on this server
         error = f"{_CERTIFICATE_ERRORS[curl_code]} (libcurl error {curl_code})"
     return Outcome(
-        status=int(curl.getinfo(pycurl.RESPONSE_CODE)),
+        status=getinfo(pycurl.RESPONSE_CODE),
         body=bytes(transfer.body) if curl_code == 0 else b"",
-        headers=tuple(transfer.headers),
+        headers=transfer.response_headers(),
         error=error,
         curl_code=curl_code,
         timed_out=curl_code == pycurl.E_OPERATION_TIMEDOUT,
@@ -272,6 +290,18 @@ def _outcome(transfer: _Transfer, curl_code: int, message: str | None) -> Outcom
     )
 
 
+def _set_callbacks(transfer: _Transfer) -> None:
+    curl = transfer.curl
+    curl.setopt(pycurl.WRITEFUNCTION, transfer.write_body)
+    if transfer.call.config.location:
+        curl.setopt(pycurl.HEADERFUNCTION, transfer.write_header)
+    else:
+        # a C method, no Python frame per line: the lines are read once, at the end
+        transfer.header_lines = []
+        curl.setopt(pycurl.HEADERFUNCTION, transfer.header_lines.append)
+    curl.setopt(pycurl.OPENSOCKETFUNCTION, transfer.open_socket)
+
+
 def _doh_needs_pin(call: Call) -> bool:
     doh_url = call.config.doh_url
     if doh_url is None:
@@ -280,6 +310,8 @@ def _doh_needs_pin(call: Call) -> bool:
     pinned = any(entry.host == host for entry in call.config.resolve or ())
     return host_address(host) is None and not pinned
 
+
+_FAILED = select.EPOLLERR | select.EPOLLHUP
 
 _VERDICTS_KEPT = 4096  # first-hop verdicts remembered; all forgotten at once beyond this
 
@@ -351,7 +383,10 @@ class CurlDispatcher:
         self._multi: Any = None
         self._timer: asyncio.Handle | None = None
         self._timer_at = 0.0  # loop time the timer is due at
-        self._watched: set[int] = set()
+        # libcurl's sockets are watched by an epoll set of the dispatcher's own, which the
+        # loop watches as one reader (see _on_socket)
+        self._epoll: select.epoll | None = None
+        self._interest: dict[int, int] = {}  # fd → the epoll events libcurl waits for
         self._idle: list[Any] = []
         # Idle handles are not reset: each keeps the options of its last call (and that
         # call's callbacks, a few kB) until it is used again. A call setting the same
@@ -389,6 +424,8 @@ class CurlDispatcher:
         multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, self._max_connections)
         multi.setopt(pycurl.M_MAXCONNECTS, self._max_connections)
         self._multi = multi
+        self._epoll = select.epoll()
+        self._loop.add_reader(self._epoll.fileno(), self._on_events)
 
     def prepare(self, call: Call) -> Prepared:
         return Prepared(call, self._plan(call))
@@ -569,9 +606,7 @@ class CurlDispatcher:
             for option, value in plan.options:
                 setopt(option, value)
         transfer.keeps_state = plan.keeps_state
-        curl.setopt(pycurl.WRITEFUNCTION, transfer.write_body)
-        curl.setopt(pycurl.HEADERFUNCTION, transfer.write_header)
-        curl.setopt(pycurl.OPENSOCKETFUNCTION, transfer.open_socket)
+        _set_callbacks(transfer)
         if not plan.live:  # per-handle objects (forms, HSTS, shares) are never reused
             self._applied[curl] = plan
 
@@ -768,31 +803,44 @@ class CurlDispatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for fd in list(self._watched):
-            self._unwatch(fd)
+        if self._epoll is not None and self._loop is not None:
+            self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._epoll = None
+        self._interest.clear()
 
     # -- libcurl ↔ event loop --------------------------------------------------------------
 
     def _on_socket(self, event: int, fd: int, multi: Any, data: Any) -> None:
-        """M_SOCKETFUNCTION: mirror libcurl's interest in ``fd`` onto the loop."""
-        assert self._loop is not None
-        # Always remove before adding: libcurl can close a socket and get the same fd number
-        # back without a POLL_REMOVE in between, which would confuse epoll (tornado's note).
-        self._unwatch(fd)
-        if event == pycurl.POLL_REMOVE:
-            return
-        if event & pycurl.POLL_IN:
-            self._loop.add_reader(fd, self._on_ready, fd, pycurl.CSELECT_IN)
-        if event & pycurl.POLL_OUT:
-            self._loop.add_writer(fd, self._on_ready, fd, pycurl.CSELECT_OUT)
-        if event & pycurl.POLL_INOUT:
-            self._watched.add(fd)
+        """M_SOCKETFUNCTION: mirror libcurl's interest in ``fd`` onto the dispatcher's epoll
+        set.
 
-    def _unwatch(self, fd: int) -> None:
-        if fd in self._watched and self._loop is not None:
-            self._watched.discard(fd)
-            self._loop.remove_reader(fd)
-            self._loop.remove_writer(fd)
+        The set is changed in place (one ``epoll_ctl``), not through the loop's reader and
+        writer registrations: libcurl changes a socket's interest three or four times per
+        call (send, receive, idle), and each loop registration builds handles in Python.
+        ``modify`` goes by the open socket, not the number: libcurl can close a socket and
+        get the same fd number back without a POLL_REMOVE in between; the new socket is
+        then not in the set (ENOENT) and is added. A closed socket's entry that outlives it
+        (the dispatcher still holds the original of libcurl's dup) only causes a spurious
+        ``socket_action``, which libcurl ignores."""
+        epoll = self._epoll
+        if epoll is None:
+            return
+        if event == pycurl.POLL_REMOVE:
+            self._interest.pop(fd, None)
+            try:
+                epoll.unregister(fd)
+            except OSError:  # closed already, which took it out of the set
+                pass
+            return
+        mask = (select.EPOLLIN if event & pycurl.POLL_IN else 0) | (
+            select.EPOLLOUT if event & pycurl.POLL_OUT else 0
+        )
+        self._interest[fd] = mask
+        try:
+            epoll.modify(fd, mask)
+        except FileNotFoundError:
+            epoll.register(fd, mask)
 
     def _on_timer(self, timeout_ms: int) -> None:
         """M_TIMERFUNCTION: libcurl wants ``socket_action(SOCKET_TIMEOUT)`` in ``timeout_ms``
@@ -829,17 +877,35 @@ class CurlDispatcher:
         if pending_ms >= 0 and self._timer is None:
             self._on_timer(pending_ms)
 
-    def _on_ready(self, fd: int, action: int) -> None:
-        self._drive(fd, action)
+    def _on_events(self) -> None:
+        """The epoll set has sockets ready: one ``socket_action`` each, then the finished
+        transfers once for them all."""
+        if self._epoll is None or self._multi is None:
+            return
+        for fd, events in self._epoll.poll(0):
+            if events & _FAILED:
+                # as the loop reports them: readable and writable for whatever was awaited,
+                # so that libcurl reads the error or the end of the stream itself
+                events |= self._interest.get(fd, 0)
+            action = pycurl.CSELECT_IN if events & select.EPOLLIN else 0
+            if events & select.EPOLLOUT:
+                action |= pycurl.CSELECT_OUT
+            self._act(fd, action)
+            if self._multi is None:
+                return
+        self._collect_finished()
 
     def _drive(self, fd: int, action: int) -> None:
         if self._multi is None:
             return
+        self._act(fd, action)
+        self._collect_finished()
+
+    def _act(self, fd: int, action: int) -> None:
         try:
             self._multi.socket_action(fd, action)
         except pycurl.error:
             logger.exception("curl socket_action failed for fd %s", fd)
-        self._collect_finished()
 
     def _collect_finished(self) -> None:
         while True:

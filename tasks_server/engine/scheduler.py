@@ -14,6 +14,7 @@ import heapq
 import itertools
 import logging
 import random
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -48,6 +49,12 @@ WAITING_FACTOR = 4  # calls claimed, running or waiting for their host, per in-f
 # held attempts started per pass: the loop's I/O (connecting, sending) runs between passes,
 # so the first calls of a burst are on the wire while the rest are being configured
 START_CHUNK = 8
+# Outcomes of calls that end while others are still being started wait, decided later:
+# starting goes first. They are looked at again every ANSWER_POLL_S, decided at the
+# latest ANSWER_DEFER_MAX_S after the first of them, ANSWER_CHUNK per pass.
+ANSWER_POLL_S = 0.005
+ANSWER_DEFER_MAX_S = 1.0
+ANSWER_CHUNK = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +166,10 @@ class Scheduler:
         self._claim_ms = CLAIM_MS_PRIOR
         self._results: list[Result] = []
         self._results_ready = asyncio.Event()
+        # calls that ended, their outcomes not decided yet (see _answered)
+        self._answers: deque[tuple[Attempt, asyncio.Future[Outcome]]] = deque()
+        self._answers_since = 0.0  # loop time the oldest of them was put off
+        self._answers_check: asyncio.Handle | None = None
         self._in_flight: dict[str, asyncio.Future[Outcome]] = {}
         self._rng = random.Random(self._options.seed)
         # claimed ahead: (due, -priority, seq, attempt, its call prepared for the due time)
@@ -568,18 +579,58 @@ class Scheduler:
             attempt.spec.config.priority,
             self.flows.started_flow(attempt.task_id),
         )
-        future.add_done_callback(lambda done: self._finished(attempt, done))
+        future.add_done_callback(lambda done: self._answered(attempt, done))
 
-    def _finished(self, attempt: Attempt, future: asyncio.Future[Outcome]) -> None:
+    def _answered(self, attempt: Attempt, future: asyncio.Future[Outcome]) -> None:
+        """A call ended. Its key's slot and the start gate are told at once; deciding
+        the outcome and writing it wait while calls are still being started (a burst:
+        attempts due and not started, or calls queued behind their host's cap), so that
+        the last calls of a burst leave as early as the first. Nothing is lost by the
+        wait: the attempt is claimed durably, and an outcome recorded later changes no
+        guarantee (docs/architecture.md)."""
         if future.cancelled():
             return  # shutting down: the claim stays durable and is retried at start-up
-        exc = future.exception()
-        outcome = future.result() if exc is None else Outcome(status=0, error=repr(exc))
-        outcome = cap_headers(outcome, self._options.max_header_bytes)
         if self.flows.release(attempt.task_id):
             self._wake.set()  # a slot of its key is free: a waiting task may start
         if self.start_gate is not None:
             self.start_gate.answered(attempt.task_id)
+        self._answers.append((attempt, future))
+        if self._answers_check is None:
+            loop = asyncio.get_running_loop()
+            if len(self._answers) == 1:
+                self._answers_since = loop.time()
+            if self._starting():
+                self._answers_check = loop.call_later(ANSWER_POLL_S, self._decide_answers)
+            else:
+                self._decide_answers()
+
+    def _starting(self) -> bool:
+        """Whether calls are being started: attempts due and not started yet, or calls
+        waiting for a slot to their host."""
+        if self._stopping:
+            return False
+        held_due = bool(self._held) and self._held[0][0] <= self._clock.now_ms()
+        return held_due or self._dispatcher.waiting_for_host > 0
+
+    def _decide_answers(self) -> None:
+        """Decide the outcomes put off, ANSWER_CHUNK per pass, once no call is being
+        started or the oldest has waited ANSWER_DEFER_MAX_S."""
+        self._answers_check = None
+        if not self._answers:
+            return
+        loop = asyncio.get_running_loop()
+        if self._starting() and loop.time() - self._answers_since < ANSWER_DEFER_MAX_S:
+            self._answers_check = loop.call_later(ANSWER_POLL_S, self._decide_answers)
+            return
+        for _ in range(min(ANSWER_CHUNK, len(self._answers))):
+            self._finished(*self._answers.popleft())
+        if self._answers:  # the rest after the loop's I/O, in order
+            self._answers_check = loop.call_soon(self._decide_answers)
+
+    def _finished(self, attempt: Attempt, future: asyncio.Future[Outcome]) -> None:
+        exc = future.exception()
+        outcome = future.result() if exc is None else Outcome(status=0, error=repr(exc))
+        outcome = cap_headers(outcome, self._options.max_header_bytes)
         options = self._options
         result = decide(
             attempt,

@@ -31,6 +31,7 @@ from tasks_server.dispatch import (
     request_url,
     unsupported_fields,
 )
+from tasks_server.dispatch import curl as curl_module
 from tasks_server.dispatch.egress import EgressPolicy
 from tasks_server.models import (
     DEFAULT_USER_AGENT,
@@ -1082,6 +1083,73 @@ async def test_a_body_over_the_cap_is_kept_up_to_it_and_the_rest_is_not_download
     assert (outcome.status, outcome.body) == (200, b"x" * 32_768)
     await wait_until(lambda: target.sent_bytes.get("/huge", 0) > 0)
     assert target.sent_bytes["/huge"] < total  # the rest was never downloaded
+
+
+async def test_without_redirects_a_body_over_the_cap_is_cut_the_same_way(
+    dispatcher: CurlDispatcher, target: TargetServer
+) -> None:
+    """A call that follows no redirect reads its headers at the end (no Python callback
+    per line); its body is still kept up to the cap and the rest not downloaded."""
+    total = 64 * 1024 * 1024
+    target.route("/huge", Reply(stream_bytes=total, headers=(("X-Size", "huge"),)))
+    call = make_call(target.url("/huge"), max_body_bytes=32_768, config=TaskConfig(location=False))
+    outcome = await send(dispatcher, call)
+    assert outcome.truncated and (outcome.curl_code, outcome.error) == (0, None)
+    assert (outcome.status, outcome.body) == (200, b"x" * 32_768)
+    assert ("X-Size", "huge") in outcome.headers
+    await wait_until(lambda: target.sent_bytes.get("/huge", 0) > 0)
+    assert target.sent_bytes["/huge"] < total
+
+
+async def test_headers_read_at_the_end_are_those_read_line_by_line(
+    dispatcher: CurlDispatcher, target: TargetServer
+) -> None:
+    reply = Reply(203, b"same", (("X-One", "1"), ("X-Two", " spaced "), ("Set-Cookie", "a=b")))
+    target.route("/same", reply)
+    outcomes = [
+        await send(dispatcher, make_call(target.url("/same"), config=TaskConfig(location=follow)))
+        for follow in (True, False)
+    ]
+    kept = [replace(outcome, timings={}, total_ms=0.0) for outcome in outcomes]
+    assert kept[0] == kept[1]
+    assert ("X-Two", "spaced") in kept[1].headers and kept[1].status == 203
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [b"HTTP/1.1 200 OK\r\n", b"A: 1\r\n", b"B:2\r\n", b"\r\n"],
+        # an interim answer, then the real one: only the last answer's headers stay
+        [b"HTTP/1.1 100 Continue\r\n", b"\r\n", b"HTTP/1.1 201 Created\r\n", b"X: y\r\n"],
+        # a redirect not followed, a folded line, a line without a colon, an empty value
+        [
+            *(b"HTTP/1.1 302 Found\r\n", b"Location: /next\r\n", b" folded\r\n"),
+            *(b"junk\r\n", b"Empty:\r\n", b"HTTP/2 200\n", b"last: one\n", b"\r\n"),
+        ],
+        # trailers of a chunked body come after the blank line
+        [b"HTTP/1.1 200 OK\r\n", b"T: 1\r\n", b"\r\n", b"Trailer: x\r\n"],
+        [],
+    ],
+)
+def test_collected_header_lines_read_as_the_line_callback_reads_them(lines: list[bytes]) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        transfers = [
+            curl_module._Transfer(
+                make_call(config=TaskConfig(location=False)),
+                loop.create_future(),
+                curl_module._Host("h:80"),
+                curl_module._Plan("http://h/", "h:80", None),
+            )
+            for _ in range(2)
+        ]
+    finally:
+        loop.close()
+    by_line, at_end = transfers
+    for line in lines:
+        assert by_line.write_header(line) is None
+    at_end.header_lines = list(lines)
+    assert at_end.response_headers() == by_line.response_headers()
 
 
 async def test_an_exact_fit_body_is_kept(dispatcher: CurlDispatcher, target: TargetServer) -> None:

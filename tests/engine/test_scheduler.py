@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tasks_server.dispatch import Prepared
+from tasks_server.engine import scheduler as scheduler_module
 from tasks_server.engine.scheduler import (
     MAX_CLAIM_AHEAD_MS,
     Scheduler,
@@ -297,3 +298,60 @@ def test_claim_window_opens_early_enough_to_claim_a_burst_before_it_is_due() -> 
     # a burst too large to claim in time is in the window at once, up to the cap
     assert claim_window([(T0 + 4_000, 1_000_000)], T0, 250, 0.1) == (4_100, None)
     assert claim_window([(T0 + 9_000, 1_000_000)], T0, 250, 0.1) == (MAX_CLAIM_AHEAD_MS, None)
+
+
+class QueueingDispatcher(RecordingDispatcher):
+    """Holds every call and reports ``queued`` calls waiting for their host's cap, as
+    CurlDispatcher does while it starts a burst."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = True
+        self.queued = 0
+
+    @property
+    def waiting_for_host(self) -> int:
+        return self.queued
+
+
+async def test_outcomes_wait_while_calls_are_started_and_are_all_recorded_after(
+    store: Store, owner_id: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls that end while others still wait to be started are decided and written only
+    once the starting is done; none of them is lost."""
+    monkeypatch.setattr(scheduler_module, "ANSWER_DEFER_MAX_S", 3600.0)
+    dispatcher = QueueingDispatcher()
+    scheduler = Scheduler(store, dispatcher, clock, SchedulerOptions(horizon_ms=60_000))
+    decided: list[str] = []
+    scheduler.stats.observe = lambda attempt, result: decided.append(result.task_id)
+    recorder = asyncio.create_task(scheduler.run_recorder())
+    await scheduler.tick(T0)
+    ids = [await add(store, owner_id, scheduler, T0) for _ in range(70)]
+    assert await scheduler.tick(T0) == 70
+    dispatcher.queued = 5
+    dispatcher.release()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert decided == [] and scheduler.in_flight == 70
+    dispatcher.queued = 0
+    await settle(scheduler)
+    assert sorted(decided) == sorted(ids)
+    assert {(await store.get_task(owner_id, i)).state for i in ids} == {TaskState.SUCCESS}
+    await scheduler.stop(0.1)
+    await recorder
+
+
+async def test_outcomes_are_decided_at_once_when_nothing_waits_to_start(
+    store: Store, owner_id: str, scheduler: Scheduler, dispatcher: RecordingDispatcher
+) -> None:
+    dispatcher.hold = True
+    await scheduler.tick(T0)
+    task_id = await add(store, owner_id, scheduler, T0)
+    assert await scheduler.tick(T0) == 1
+    decided: list[str] = []
+    scheduler.stats.observe = lambda attempt, result: decided.append(result.task_id)
+    dispatcher.release()
+    await asyncio.sleep(0)  # the future's callback runs
+    assert decided == [task_id]
+    await settle(scheduler)
+    assert (await store.get_task(owner_id, task_id)).state is TaskState.SUCCESS
