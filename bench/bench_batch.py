@@ -1,6 +1,9 @@
 """Batch registration throughput: the real server over HTTP, 1,000 tasks per request.
 
-    .venv/bin/python -m bench.bench_batch [--tasks 200000] [--clients 4]
+    .venv/bin/python -m bench.bench_batch [--tasks 200000] [--clients 4] [--postgres]
+
+With ``--postgres`` the server runs on PostgreSQL: DATABASE_URL's server (a new database
+in it), or a throwaway cluster started here (``initdb``/``pg_ctl``, fsync on).
 
 Prints tasks/s, request latencies, errors, the server's CPU time per task and the load
 average (the machine is shared: a figure means little without it); asserts nothing about
@@ -15,6 +18,7 @@ import json
 import os
 import time
 
+from bench.bench_nodes import postgres
 from bench.common import RawClient, Server, percentile, register_owner
 
 BATCH = 1000
@@ -31,8 +35,11 @@ def batch_body(start: int) -> bytes:
     return json.dumps(items).encode()
 
 
-async def run(total: int, clients: int) -> None:
-    server = Server(MAX_SIZE_BODY_BATCH=str(16 * 1024 * 1024)).start()
+async def run(total: int, clients: int, database_url: str | None = None) -> None:
+    env = {"MAX_SIZE_BODY_BATCH": str(16 * 1024 * 1024)}
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    server = Server(**env).start()
     try:
         headers = await register_owner(server.port, "bench-batch")
         bodies = [batch_body(start) for start in range(0, total, BATCH)]
@@ -61,7 +68,11 @@ async def run(total: int, clients: int) -> None:
         await asyncio.gather(*(worker() for _ in range(clients)))
         wall = time.perf_counter() - started
         cpu = server.cpu_s() - cpu_before
-        print(f"batch registration: {total} tasks in {total // BATCH} requests, {clients} clients")
+        store = "PostgreSQL" if database_url else "SQLite"
+        print(
+            f"batch registration ({store}): {total} tasks in {total // BATCH} requests, "
+            f"{clients} clients"
+        )
         print(f"  throughput      {counts['created'] / wall:,.0f} tasks/s (target >= 30,000)")
         print(f"  errors          {counts['errors']} (target 0)")
         print(
@@ -81,8 +92,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=200_000)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--postgres", action="store_true", help="run the server on PostgreSQL")
     args = parser.parse_args()
-    asyncio.run(run(args.tasks, args.clients))
+    if not args.postgres:
+        asyncio.run(run(args.tasks, args.clients))
+        return
+    with postgres() as pg:
+        asyncio.run(run(args.tasks, args.clients, pg.create_database()))
 
 
 if __name__ == "__main__":

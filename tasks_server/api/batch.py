@@ -119,23 +119,31 @@ def _supported_new(app: Services, new: NewTask, now_ms: int) -> Item:
 
 class _Refusals:
     """The egress policy's refusal (or None) of each item's destinations: they depend only
-    on the URL and the configuration, which the items of a batch mostly share."""
+    on the URLs (the task's and its callbacks') and the configuration, which the items of
+    a batch mostly share."""
 
     def __init__(self, app: Services, domains: tuple[str, ...] | None) -> None:
         self._app = app
         self._domains = domains
         # keyed by the configuration's identity: the items hold their configurations, so
         # no other configuration takes an id while this lives
-        self._seen: dict[tuple[str, int], TasksServerError | None] = {}
+        self._seen: dict[tuple[str, int, str | None, str | None], TasksServerError | None] = {}
 
     def allowed(self, item: Item) -> Item:
         """The item, or the egress policy's refusal of where its calls would go."""
         if not isinstance(item, NewTask):
             return item
-        key = (item.spec.request.url, id(item.spec.config))
+        spec = item.spec
+        on_success, on_failure = spec.on_success, spec.on_failure
+        key = (
+            spec.request.url,
+            id(spec.config),
+            None if on_success is None else on_success.url,
+            None if on_failure is None else on_failure.url,
+        )
         if key not in self._seen:
             try:
-                self._app.destinations.refuse(item.spec, self._domains)
+                self._app.destinations.refuse(spec, self._domains)
                 self._seen[key] = None
             except TasksServerError as exc:
                 self._seen[key] = exc

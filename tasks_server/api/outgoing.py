@@ -130,6 +130,22 @@ def refuse_outgoing(
         reason = policy.connection(server, 53, None)
         if reason is not None:
             raise field_error((*prefix, "config", "dnsServer", str(index)), reason)
+    _refuse_callbacks(verdict, spec, allowed_hosts, prefix)
+
+
+def _refuse_callbacks(
+    verdict: Verdict,
+    spec: TaskSpec,
+    allowed_hosts: tuple[str, ...] | None,
+    prefix: tuple[str, ...],
+) -> None:
+    """A callback is a call to the owner's URL as well, made later with the server's body:
+    refused now rather than when the task ends."""
+    for name, callback in (("onSuccess", spec.on_success), ("onFailure", spec.on_failure)):
+        if callback is not None:
+            reason = _url_refusal(verdict, callback.url, allowed_hosts)
+            if reason is not None:
+                raise field_error((*prefix, name, "url"), reason)
 
 
 class _WithDestinations(Protocol):  # the API's Services (services.py imports this module)

@@ -185,6 +185,7 @@ def varied_items() -> list[dict[str, Any]]:
         {"httpRequest": get, "config": {"flowControl": {"key": "mail", "rate": 5}}},
         {"httpRequest": get, "config": {"flowControl": {"key": "mail", "rate": 7}}},
         {"httpRequest": get, "config": {"priority": 1}, "onSuccess": {"url": TARGET}},
+        {"httpRequest": get, "onFailure": {"url": "http://10.1.2.3/cb"}},  # egress, later
         {"httpRequest": get, "config": {"ignoreStatusCode": [404], "retry": 2}},
         {"httpRequest": {**post, "data": "plain text"}, "config": shared},
         {"httpRequest": {**post, "data": [{"name": "f", "value": "v"}]}, "config": shared},

@@ -560,6 +560,35 @@ async def test_batch_registers_in_order_with_per_item_errors(store: Store) -> No
         await store.create_tasks("0" * 26, news, T0)
 
 
+async def test_a_batch_mixing_plain_and_keyed_items_stores_each_in_its_place(
+    store: Store,
+) -> None:
+    """Plain items around deduplicated and flow-controlled ones, and the owner's limit
+    reached inside a run of plain ones: each answer is its own, each stored task its own."""
+    owner = await make_owner(store, limit=9)
+    flow = FlowControl("mixed", rate=4)
+    news = [new_task(T0 + i) for i in range(3)]
+    news += [new_task(T0 + 10, flow_control=flow), deduplicated(T0 + 11)]
+    news += [new_task(T0 + 20 + i) for i in range(2)]
+    news += [deduplicated(T0 + 12)]  # the same key: the stored task answers
+    news += [new_task(T0 + 30 + i) for i in range(4)]  # two fit, two do not
+    results = await store.create_tasks(owner.id, news, T0)
+    created = [r for r in results if isinstance(r, Task) and not r.deduplicated]
+    assert len(created) == 9
+    assert [isinstance(r, QueueLimitReached) for r in results] == [False] * 10 + [True] * 2
+    keyed, same = results[4], results[7]
+    assert isinstance(keyed, Task) and isinstance(same, Task)
+    assert same.deduplicated and same.id == keyed.id
+    for new, result in zip(news, results, strict=True):
+        if isinstance(result, Task) and not result.deduplicated:
+            stored = await store.get_task(owner.id, result.id)
+            assert stored.due_at_ms == new.due_at_ms == result.due_at_ms
+            spec = await store.get_spec(owner.id, result.id)
+            assert spec.config.flow_control == new.spec.config.flow_control
+    assert (await store.get_owner(owner.id)).tasks_in_queue == 9
+    assert await store.get_flow_control(owner.id, "mixed") == FlowSetting(flow)
+
+
 async def test_a_wrong_cipher_key_stops_open(make_store: StoreMaker) -> None:
     first = make_store(Sealer("one"))
     await first.open()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, LiteralString
+from typing import Any, LiteralString, NamedTuple
 
 from psycopg import AsyncCursor
 
@@ -26,6 +26,22 @@ from .base import DUE_CHANNEL, PgBase
 from .owners import lock_capacity
 
 Cursor = AsyncCursor[tuple[Any, ...]]
+
+
+class _Insert(NamedTuple):
+    """One registration ready to be written: TASK_REGISTER's parameters, the task when
+    that INSERT is all it takes (no deduplication id, no flow-control key), and the write
+    that does the rest (given the owner's free slots, None: no limit)."""
+
+    params: tuple[Any, ...]
+    plain: Task | None
+    write: Callable[[Cursor, int | None], Awaitable[Task]]
+
+
+async def _write_run(cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        await cur.executemany(TASK_REGISTER, rows)
+
 
 TASK_COLUMNS: LiteralString = (
     "id, owner_id, state, created_at, status_code, estimate_end_at, estimate_execution_at, "
@@ -150,7 +166,7 @@ class PgTaskOps(PgBase):
 
         async def op(cur: Cursor) -> Task:
             free = await lock_capacity(cur, owner_id)
-            task = await insert(cur, free)
+            task = await insert.write(cur, free)
             if not task.deduplicated:
                 await self._notify_due(cur, [(task.id, new.due_at_ms)], now_ms)
             return task
@@ -165,15 +181,29 @@ class PgTaskOps(PgBase):
         async def op(cur: Cursor) -> list[Task | TasksServerError]:
             free = await lock_capacity(cur, owner_id)
             results: list[Task | TasksServerError] = []
+            # plain registrations (one INSERT each, nothing to look up) go in one
+            # executemany, a pipeline of one round trip, where one execute each waited
+            # for a round trip per item
+            run: list[tuple[Any, ...]] = []
             for insert in inserts:
-                try:
-                    task = await insert(cur, free)
-                except TasksServerError as exc:  # checked before any write of the item
-                    results.append(exc)
-                    continue
+                if insert.plain is not None:
+                    if free is not None and free <= 0:
+                        results.append(QueueLimitReached())
+                        continue
+                    run.append(insert.params)
+                    task: Task = insert.plain
+                else:
+                    await _write_run(cur, run)
+                    run = []
+                    try:
+                        task = await insert.write(cur, free)
+                    except TasksServerError as exc:  # checked before any write of the item
+                        results.append(exc)
+                        continue
                 if free is not None and not task.deduplicated:
                     free -= 1
                 results.append(task)
+            await _write_run(cur, run)
             created = [(t.id, t.estimate_execution_at_ms) for t in results if isinstance(t, Task)]
             await self._notify_due(cur, created, now_ms)
             return results
@@ -204,9 +234,7 @@ class PgTaskOps(PgBase):
             self._firsts[task_id] = due
         return new.registered(task_id, owner_id, now_ms)
 
-    def _task_insert(
-        self, owner_id: str, new: NewTask, now_ms: int
-    ) -> Callable[[Cursor, int | None], Awaitable[Task]]:
+    def _task_insert(self, owner_id: str, new: NewTask, now_ms: int) -> _Insert:
         """The write of one registration, given the owner's free slots (None: no limit);
         sealing is done here, before the transaction."""
         task_id = new_task_id(now_ms)
@@ -224,8 +252,9 @@ class PgTaskOps(PgBase):
             None if flow is None else flow.key,
             host_of(new.spec.request.url),
         )
+        registered = new.registered(task_id, owner_id, now_ms)
 
-        async def insert(cur: Cursor, free: int | None) -> Task:
+        async def write(cur: Cursor, free: int | None) -> Task:
             if dedup_key is not None:
                 existing = await self._deduplicated(cur, owner_id, dedup_key, now_ms)
                 if existing is not None:
@@ -238,9 +267,10 @@ class PgTaskOps(PgBase):
                     FLOW_UPSERT,
                     (owner_id, flow.key, flow.rate, flow.period.ms, flow.parallelism, now_ms),
                 )
-            return new.registered(task_id, owner_id, now_ms)
+            return registered
 
-        return insert
+        plain = registered if dedup_key is None and flow is None else None
+        return _Insert(params, plain, write)
 
     async def _deduplicated(self, cur: Cursor, owner_id: str, key: str, now_ms: int) -> Task | None:
         """The live task registered with ``key``; an expired one gives the key up."""
