@@ -250,3 +250,31 @@ async def test_sigterm_ends_every_process(tmp_path: Path) -> None:
     finally:
         if server.process is not None and server.process.poll() is None:
             server.process.kill()
+
+
+async def test_processes_that_keep_dying_stop_the_whole_server(tmp_path: Path) -> None:
+    server = two_processes(tmp_path).start()
+    try:
+        killed: set[int] = set()
+
+        def kill_the_next() -> bool:
+            assert server.process is not None
+            if server.process.poll() is not None:
+                return True
+            for pid in processes(server):
+                if pid not in killed:
+                    killed.add(pid)
+                    os.kill(pid, 9)
+            return False
+
+        # every death is answered by a restart until five came within a minute; the
+        # sixth stops the other process too, and the server with it
+        await wait_until(kill_the_next, timeout=30, interval=0.01)
+        assert server.process is not None and server.process.wait(10) == 1
+        assert len(killed) >= 6
+        for pid in killed:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.process.kill()
