@@ -35,6 +35,7 @@ from .engine.scheduler import Scheduler, SchedulerOptions
 from .engine.waiters import FinalWaiters
 from .metrics import Metrics
 from .models import HttpRequest, TaskConfig
+from .processes import Channels, Election, Relay
 from .schedules.runner import ScheduleRunner
 from .sealing import Sealer
 from .store import Store
@@ -84,13 +85,18 @@ class Server:
     retention: RetentionJob | None = None  # RETENTION_FINISHED_DAYS: old finished tasks go
     hosts: HostGovernor | None = None  # destination backpressure, per host
     overview: OverviewCache | None = None  # the dashboard overview's figures, kept fresh
+    # API_PROCESSES > 1: the wake-ups between the processes, and who runs the engine
+    relay: Relay | None = None
+    election: Election | None = None
 
 
 def build(
     settings: Settings,
     clock: Clock | None = None,
     dispatcher: dispatch.Dispatcher | None = None,
+    channels: Channels | None = None,
 ) -> Server:
+    """``channels``: this process is one of API_PROCESSES (processes.py)."""
     clock = clock or SystemClock()
     metrics = Metrics()
     store = make_store(settings, metrics)
@@ -99,11 +105,15 @@ def build(
     scheduler = Scheduler(store, dispatcher, clock, _scheduler_options(settings))
     metrics.watch_scheduler(scheduler)
     metrics.watch_hosts(hosts, clock)
-    schedules = ScheduleRunner(store, scheduler, clock)
-    alerts = _alert_service(settings, store, clock, scheduler)
+    runs = FinalWaiters()
+    relay = (
+        None if channels is None else Relay(scheduler, runs, channels, clock, settings.horizon_ms)
+    )
+    tasks: Scheduler | Relay = scheduler if relay is None else relay  # what wakes the engine
+    schedules = ScheduleRunner(store, tasks, clock)
+    alerts = _alert_service(settings, store, clock, tasks)
     scheduler.on_recorded = alerts.observe
     metrics.watch_alerts(alerts)
-    runs = FinalWaiters()
     unsupported = _unsupported_fields()
     # new workflow runs wait while the steps in progress have no room (a step released
     # by its dependencies never does); PostgreSQL releases steps without saying so
@@ -112,21 +122,21 @@ def build(
         scheduler.start_gate = pacer
     store.watch_workflows(
         step_builder(settings, unsupported, egress_policy(settings)),
-        step_arming(scheduler, pacer),
+        step_arming(tasks, pacer),
         runs.wake,
-        scheduler.free_claims,
+        tasks.free_claims,
         alerts.observe_run,
     )
     services = Services(
         settings=settings,
         store=store,
         clock=clock,
-        scheduler=scheduler,
-        auth=Authenticator(store, clock, settings.request_budget, _owner_cache_s(store)),
+        scheduler=tasks,
+        auth=Authenticator(store, clock, settings.request_budget, _owner_cache_s(settings, store)),
         unsupported=unsupported,
-        readiness=lambda: _readiness(settings, store, scheduler),
+        readiness=lambda: _readiness(settings, store, scheduler, relay),
         metrics_text=lambda: metrics.render(lambda: _count_pending(store)),
-        schedules=schedules,
+        schedules=schedules if relay is None else relay.schedule_wakeups,
         runs=runs,
         destinations=Destinations(egress_policy(settings), store, clock),
         engine_figures=lambda: _engine_figures(scheduler, metrics),
@@ -134,6 +144,8 @@ def build(
         hosts=hosts,
         overview=_overview_cache(settings, store, clock),
     )
+    if relay is not None:
+        relay.schedules = schedules
     server: Server  # the lifespan runs after build has returned, when `server` exists
     app = create_app(services, lifespan=lambda _app: _lifespan(server))
     server = Server(
@@ -169,12 +181,14 @@ def build(
         ),
         alerts=alerts,
         hosts=hosts,
+        relay=relay,
+        election=None if channels is None else Election(settings.database_path),
     )
     return server
 
 
 def _alert_service(
-    settings: Settings, store: Store, clock: Clock, scheduler: Scheduler
+    settings: Settings, store: Store, clock: Clock, tasks: Scheduler | Relay
 ) -> AlertService:
     mailer = None
     if settings.smtp_host:
@@ -194,7 +208,7 @@ def _alert_service(
         max_per_hour=settings.alerts_max_per_hour,
         digest_interval_ms=settings.alert_digest_interval_s * 1000,
     )
-    return AlertService(store, clock, scheduler, options, mailer)
+    return AlertService(store, clock, tasks, options, mailer)
 
 
 def make_store(settings: Settings, metrics: Metrics | None = None) -> Store:
@@ -218,6 +232,7 @@ def make_store(settings: Settings, metrics: Metrics | None = None) -> Store:
         on_commit=None if metrics is None else metrics.on_commit,
         busy_timeout_ms=settings.sqlite_busy_timeout_ms,
         keep_attempts=settings.attempts_kept,
+        shared=settings.api_processes > 1,
     )
 
 
@@ -274,10 +289,11 @@ def _unsupported_fields() -> Callable[[HttpRequest, TaskConfig], list[str]]:
 OWNER_CACHE_S = 2.0
 
 
-def _owner_cache_s(store: Store) -> float | None:
+def _owner_cache_s(settings: Settings, store: Store) -> float | None:
     """None (kept until this server changes the owner) where one process owns the
-    database; OWNER_CACHE_S where other nodes write to it (leases exist only there)."""
-    return None if store.lease_ms is None else OWNER_CACHE_S
+    database; OWNER_CACHE_S where other nodes (leases exist only there) or other
+    processes of this server write to it."""
+    return None if store.lease_ms is None and settings.api_processes == 1 else OWNER_CACHE_S
 
 
 def _throttle(settings: Settings) -> Throttle | None:
@@ -287,7 +303,7 @@ def _throttle(settings: Settings) -> Throttle | None:
 
 
 async def _readiness(
-    settings: Settings, store: Store, scheduler: Scheduler
+    settings: Settings, store: Store, scheduler: Scheduler, relay: Relay | None = None
 ) -> dict[str, str | None]:
     """Checks for /readyz: each is None or says what is wrong."""
     path = settings.database_path
@@ -300,9 +316,13 @@ async def _readiness(
         except Exception as exc:
             logger.warning("readiness: reading the database failed: %s", exc)
             problem = f"reading the database failed: {exc}"
+    # a process that does not run the engine answers for the API only
+    engine_here = relay is None or relay.leading
     return {
         "database": problem,
-        "scheduler": None if scheduler.alive else "the scheduler loop is not running",
+        "scheduler": (
+            None if scheduler.alive or not engine_here else "the scheduler loop is not running"
+        ),
     }
 
 
@@ -346,24 +366,58 @@ async def _lifespan(server: Server) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         await _hold_database_lock(server, stack)
         await _open_store(server, stack)
-        await _requeue_interrupted(server)
         await _load_host_limits(server)
-        await _start_dispatcher(server, stack)
-        if server.alerts is not None:  # started first, so it stops after the scheduler
-            _start_loop(server, stack, "alerts", server.alerts.run, _stop_alerts)
-        _start_loop(server, stack, "scheduler", server.scheduler.run, _stop_scheduler)
-        if server.settings.uses_postgres:
-            _start_loop(server, stack, "wake-ups", lambda: _listen(server), _stop_listening)
+        if server.relay is None:
+            await _start_engine(server, stack)
+        else:  # one of API_PROCESSES: the engine starts here if this one is elected
+            server.relay.start()
+            stack.callback(server.relay.close)
+            _start_loop(server, stack, "election", lambda: _engine_once_elected(server), _resign)
             _start_loop(server, stack, "host-limits", lambda: _follow_host_limits(server), _cancel)
-        _start_loop(server, stack, "schedules", server.schedules.run, _stop_schedules)
-        if server.backup is not None:
-            _start_loop(server, stack, "backup", server.backup.run, _stop_backup)
-        if server.retention is not None:
-            _start_loop(server, stack, "retention", server.retention.run, _stop_retention)
         if server.overview is not None:
             _start_loop(server, stack, "overview", server.overview.run, _stop_overview)
         yield
         logger.info("shutting down")
+
+
+async def _start_engine(server: Server, stack: contextlib.AsyncExitStack) -> None:
+    """What one process of a server runs: the scheduler and its dispatcher, and the
+    loops that must run once (alerts, schedules, backups, retention)."""
+    await _requeue_interrupted(server)
+    await _start_dispatcher(server, stack)
+    if server.alerts is not None:  # started first, so it stops after the scheduler
+        _start_loop(server, stack, "alerts", server.alerts.run, _stop_alerts)
+    _start_loop(server, stack, "scheduler", server.scheduler.run, _stop_scheduler)
+    if server.settings.uses_postgres:
+        _start_loop(server, stack, "wake-ups", lambda: _listen(server), _stop_listening)
+        _start_loop(server, stack, "host-limits", lambda: _follow_host_limits(server), _cancel)
+    _start_loop(server, stack, "schedules", server.schedules.run, _stop_schedules)
+    if server.backup is not None:
+        _start_loop(server, stack, "backup", server.backup.run, _stop_backup)
+    if server.retention is not None:
+        _start_loop(server, stack, "retention", server.retention.run, _stop_retention)
+
+
+async def _engine_once_elected(server: Server) -> None:
+    """Wait to be elected, then run the engine until the server stops. The process that
+    held the lock before has ended: its claimed attempts are requeued as at a restart."""
+    assert server.election is not None and server.relay is not None
+    await server.election.won()
+    logger.info("process %d now runs the scheduler", os.getpid())
+    async with contextlib.AsyncExitStack() as stack:
+        await _start_engine(server, stack)
+        server.relay.lead()
+        await server.election.resigned.wait()
+
+
+async def _resign(server: Server, task: asyncio.Task[None]) -> None:
+    """Stop the engine if it runs here (each loop with its own grace), else stop waiting."""
+    assert server.election is not None and server.relay is not None
+    if not server.relay.leading:
+        task.cancel()
+        return
+    server.election.resigned.set()
+    await asyncio.wait([task])
 
 
 async def _hold_database_lock(server: Server, stack: contextlib.AsyncExitStack) -> None:

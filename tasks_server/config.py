@@ -26,6 +26,8 @@ class Settings:
 
     host: str = "127.0.0.1"  # HOST
     port: int = 9420  # PORT
+    # API_PROCESSES: processes serving the one socket (SQLite; one of them runs the engine)
+    api_processes: int = 1
     path_sqlite: str = ".database/tasks.db"  # PATH_SQLITE
     # DATABASE_URL=postgresql://…: several nodes share that database instead of a file
     database_url: str | None = field(default=None, repr=False)
@@ -234,6 +236,7 @@ def _ports(raw: str) -> str:
 _SOURCES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "host": (("HOST",), _text),
     "port": (("PORT",), _int(0, 65535)),
+    "api_processes": (("API_PROCESSES",), _int(1, 64)),
     "path_sqlite": (("PATH_SQLITE",), _text),
     "database_url": (("DATABASE_URL",), _postgres_url),
     "lease_ms": (("LEASE_MS",), _int(200, 3_600_000)),
@@ -378,6 +381,13 @@ def validate(settings: Settings) -> Settings:
     if bool(settings.path_tls_cert) != bool(settings.path_tls_key):
         raise ConfigError("PATH_TLS_CERT", settings.path_tls_cert, "needs PATH_TLS_KEY too")
     _validate_backups(settings)
+    if settings.uses_postgres and settings.api_processes > 1:
+        raise ConfigError(
+            "API_PROCESSES",
+            settings.api_processes,
+            "is for SQLite; on PostgreSQL run several nodes instead (README, 'Running "
+            "several nodes')",
+        )
     if settings.registration_mode == "admin" and not settings.admin_key:
         raise ConfigError("OWNER_REGISTRATION", "admin", "needs ADMIN_KEY")
     for key, secret in (("METRICS_KEY", settings.metrics_key), ("ADMIN_KEY", settings.admin_key)):

@@ -40,6 +40,7 @@ def test_flags_override_environment(tmp_path: Path) -> None:
         ("DATABASE_URL", "mysql://db/tasks"),
         ("LEASE_MS", "50"),
         ("PG_POOL_SIZE", "1"),
+        ("API_PROCESSES", "0"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, key: str, value: str) -> None:
@@ -60,6 +61,14 @@ def test_scheduled_backups_are_refused_on_postgres(tmp_path: Path) -> None:
     environ = {"DATABASE_URL": "postgresql://db/tasks", "BACKUP_INTERVAL_S": "60"}
     with pytest.raises(ConfigError, match="pg_dump"):
         load(environ, env_file=_empty(tmp_path))
+
+
+def test_several_api_processes_are_refused_on_postgres(tmp_path: Path) -> None:
+    environ = {"DATABASE_URL": "postgresql://db/tasks", "API_PROCESSES": "2"}
+    with pytest.raises(ConfigError, match="several nodes") as info:
+        load(environ, env_file=_empty(tmp_path))
+    assert info.value.key == "API_PROCESSES"
+    assert load({"API_PROCESSES": "2"}, env_file=_empty(tmp_path)).api_processes == 2
 
 
 def test_tls_needs_both_files(tmp_path: Path) -> None:

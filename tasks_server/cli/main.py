@@ -13,9 +13,11 @@ import gc
 import json
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from .. import log as log_setup
@@ -25,6 +27,9 @@ from . import cron as cron_commands
 from . import dlq as dlq_commands
 from . import tasks as task_commands
 from . import workflows as workflow_commands
+
+if TYPE_CHECKING:
+    from ..processes import Channels
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +159,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from ..store.sqlite.lock import ServeLock
 
     with ServeLock(settings.database_path):  # ConfigError when another server holds it
+        if settings.api_processes > 1:
+            from .processes import serve_processes
+
+            return serve_processes(settings, _run_server)
         return _run_server(settings)
 
 
@@ -178,7 +187,11 @@ def _check_files(settings: Settings) -> None:
             raise ConfigError("PATH_SQLITE", str(database), "is not an SQLite database file")
 
 
-def _run_server(settings: Settings) -> int:
+def _run_server(
+    settings: Settings, sock: socket.socket | None = None, channels: Channels | None = None
+) -> int:
+    """Serve until stopped. ``sock`` and ``channels``: one of API_PROCESSES, serving the
+    socket the parent bound (cli/processes.py)."""
     import uvicorn
 
     from ..api.transport import (
@@ -199,7 +212,7 @@ def _run_server(settings: Settings) -> int:
     else:
         key = resolve(settings.cipher_key, settings.database_path)
         check_key(settings.database_path, Sealer(key))
-    server = build(settings)
+    server = build(settings, channels=channels)
     descriptors = raise_descriptor_limit()
     limits = ConnectionLimits(
         header_timeout_s=settings.http_header_timeout_s,
@@ -252,7 +265,7 @@ def _run_server(settings: Settings) -> int:
         logger.warning("%s", warning)
     scheme = "https" if settings.path_tls_cert else "http"
     logger.info("tasks-server %s on %s://%s:%d", __version__, scheme, settings.host, settings.port)
-    uv.run()
+    uv.run(sockets=None if sock is None else [sock])
     if server.fatal.error is not None:
         logger.critical("exiting: %s", server.fatal.error)
         return 1

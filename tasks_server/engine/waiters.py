@@ -4,14 +4,18 @@ outcome that ended a task is committed, so waiting for a result never polls the 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 
 class FinalWaiters:
     """Futures keyed by task id. ``wake`` resolves (and drops) every future of a task;
-    a future that is abandoned (its waiter timed out) is dropped by ``release``."""
+    a future that is abandoned (its waiter timed out) is dropped by ``release``.
+    ``on_wake``, when set, hears of every ``wake``: with API_PROCESSES > 1 it passes the
+    wake to the server's other processes, whose waiters are woken by ``wake_here``."""
 
     def __init__(self) -> None:
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}
+        self.on_wake: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
         return sum(len(futures) for futures in self._waiting.values())
@@ -33,6 +37,11 @@ class FinalWaiters:
             del self._waiting[task_id]
 
     def wake(self, task_id: str) -> None:
+        self.wake_here(task_id)
+        if self.on_wake is not None:
+            self.on_wake(task_id)
+
+    def wake_here(self, task_id: str) -> None:
         for future in self._waiting.pop(task_id, ()):
             if not future.done():
                 future.set_result(None)

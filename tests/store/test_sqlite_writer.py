@@ -5,6 +5,7 @@ a group that fails leaves nothing behind and the rest of its batch commits."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -211,3 +212,28 @@ async def test_a_batch_that_fails_outside_the_database_fails_its_callers_and_the
     assert inserted == 1
     conn = sqlite3.connect(tmp_path / "defect.db")
     assert [row[0] for row in conn.execute("SELECT name FROM item")] == ["after"]
+
+
+async def test_a_writer_sharing_the_file_holds_its_turn_through_each_batch(tmp_path: Path) -> None:
+    """With API_PROCESSES > 1 each process's writer takes the turn lock around a batch:
+    another holder of the lock cannot take it while a batch runs, and can once it ends."""
+    conn = sqlite3.connect(tmp_path / "turns.db", isolation_level=None, check_same_thread=False)
+    conn.execute("CREATE TABLE item (name TEXT PRIMARY KEY)")
+    turns = tmp_path / "turns.db.write.lock"
+    writer = Writer(conn, turns=turns)
+
+    def blocked_elsewhere(conn: sqlite3.Connection) -> bool:
+        with (tmp_path / "turns.db.write.lock").open("ab") as elsewhere:
+            try:
+                fcntl.flock(elsewhere, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+
+    writer.start()
+    try:
+        assert await writer.submit(blocked_elsewhere) is True
+    finally:
+        await writer.close()
+    with turns.open("ab") as after:
+        fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free between batches

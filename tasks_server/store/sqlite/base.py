@@ -93,8 +93,11 @@ class StoreBase:
         on_commit: CommitObserver | None = None,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         keep_attempts: int = 0,
+        shared: bool = False,
     ) -> None:
         self.path = path
+        # other processes write to the file too (API_PROCESSES): writers take turns
+        self._shared = shared
         # attempts kept per task: the first and the last N (0: all); the rest are counted
         self._keep_attempts = keep_attempts
         self._busy_timeout_ms = busy_timeout_ms
@@ -121,7 +124,8 @@ class StoreBase:
         except BaseException:
             conn.close()
             raise
-        self._writer = Writer(conn, self._on_commit)
+        turns = self.path.with_name(f"{self.path.name}.write.lock") if self._shared else None
+        self._writer = Writer(conn, self._on_commit, turns)
         self._writer.start()
         self._reader = await self._read_connection()
         self._scanner = await self._read_connection()
