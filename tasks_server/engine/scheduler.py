@@ -167,7 +167,8 @@ class Scheduler:
         self._results: list[Result] = []
         self._results_ready = asyncio.Event()
         # calls that ended, their outcomes not decided yet (see _answered)
-        self._answers: deque[tuple[Attempt, asyncio.Future[Outcome]]] = deque()
+        # (attempt, its call, when the call ended: epoch ms)
+        self._answers: deque[tuple[Attempt, asyncio.Future[Outcome], int]] = deque()
         self._answers_since = 0.0  # loop time the oldest of them was put off
         self._answers_check: asyncio.Handle | None = None
         self._in_flight: dict[str, asyncio.Future[Outcome]] = {}
@@ -594,7 +595,7 @@ class Scheduler:
             self._wake.set()  # a slot of its key is free: a waiting task may start
         if self.start_gate is not None:
             self.start_gate.answered(attempt.task_id)
-        self._answers.append((attempt, future))
+        self._answers.append((attempt, future, self._clock.now_ms()))
         if self._answers_check is None:
             loop = asyncio.get_running_loop()
             if len(self._answers) == 1:
@@ -627,7 +628,9 @@ class Scheduler:
         if self._answers:  # the rest after the loop's I/O, in order
             self._answers_check = loop.call_soon(self._decide_answers)
 
-    def _finished(self, attempt: Attempt, future: asyncio.Future[Outcome]) -> None:
+    def _finished(self, attempt: Attempt, future: asyncio.Future[Outcome], ended_ms: int) -> None:
+        """Decide the outcome of a call that ended at ``ended_ms`` (its finish time and
+        the base of its retry delay, however long the decision was put off)."""
         exc = future.exception()
         outcome = future.result() if exc is None else Outcome(status=0, error=repr(exc))
         outcome = cap_headers(outcome, self._options.max_header_bytes)
@@ -635,7 +638,7 @@ class Scheduler:
         result = decide(
             attempt,
             outcome,
-            self._clock.now_ms(),
+            ended_ms,
             options.max_response_bytes,
             self._rng,
             options.retry_after_max_ms,

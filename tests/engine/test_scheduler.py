@@ -13,6 +13,7 @@ import pytest
 
 from tasks_server.dispatch import Prepared
 from tasks_server.engine import scheduler as scheduler_module
+from tasks_server.engine.retry import retry_delay_ms
 from tasks_server.engine.scheduler import (
     MAX_CLAIM_AHEAD_MS,
     Scheduler,
@@ -24,6 +25,7 @@ from tasks_server.models import (
     HttpRequest,
     NewTask,
     Outcome,
+    Result,
     RetryPolicy,
     TaskConfig,
     TaskSpec,
@@ -355,3 +357,33 @@ async def test_outcomes_are_decided_at_once_when_nothing_waits_to_start(
     assert decided == [task_id]
     await settle(scheduler)
     assert (await store.get_task(owner_id, task_id)).state is TaskState.SUCCESS
+
+
+async def test_an_outcome_decided_late_keeps_the_time_its_call_ended(
+    store: Store, owner_id: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Putting off the decision moves neither the finish time nor the retry's base."""
+    monkeypatch.setattr(scheduler_module, "ANSWER_DEFER_MAX_S", 3600.0)
+    dispatcher = QueueingDispatcher()
+    dispatcher.script = lambda call: Outcome(status=500)
+    scheduler = Scheduler(store, dispatcher, clock, SchedulerOptions(horizon_ms=60_000))
+    decided: list[Result] = []
+    scheduler.stats.observe = lambda attempt, result: decided.append(result)
+    recorder = asyncio.create_task(scheduler.run_recorder())
+    await scheduler.tick(T0)
+    task_id = await add(store, owner_id, scheduler, T0, retry=1, retry_interval_ms=100)
+    assert await scheduler.tick(T0) == 1
+    dispatcher.queued = 1
+    ended_ms = clock.now_ms()
+    dispatcher.release()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert decided == []
+    clock.advance(0.5)  # the decision waits half a second
+    dispatcher.queued = 0
+    await settle(scheduler)
+    [result] = decided
+    assert result.task_id == task_id and result.finished_at_ms == ended_ms
+    assert result.next_due_at_ms == ended_ms + retry_delay_ms(100, 1, False)
+    await scheduler.stop(0.1)
+    await recorder
