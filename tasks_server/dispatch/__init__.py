@@ -92,3 +92,9 @@ class Dispatcher(Protocol):
     def waiting_for_host(self) -> int:
         """Calls submitted that wait behind their host's connection cap: they hold no
         connection, and their timeout has not started."""
+
+    @property
+    def draining_host_queues(self) -> bool:
+        """Calls wait behind their host's cap and one of them got its slot a moment ago:
+        a burst going through its host's slots (a host whose calls all hang keeps its
+        queue still)."""

@@ -313,6 +313,9 @@ def _doh_needs_pin(call: Call) -> bool:
 
 _FAILED = select.EPOLLERR | select.EPOLLHUP
 
+# a host queue that gave a call its slot this recently is draining (draining_host_queues)
+DRAINING_S = 0.02
+
 _VERDICTS_KEPT = 4096  # first-hop verdicts remembered; all forgotten at once beyond this
 
 _CERTIFICATE_ERRORS = {
@@ -398,6 +401,7 @@ class CurlDispatcher:
         self._active: dict[Any, _Transfer] = {}
         self._hosts: dict[str, _Host] = {}
         self._host_waiting = 0  # calls waiting for a slot to their host
+        self._queue_moved_at = float("-inf")  # loop time a queued call last got its slot
         # egress verdicts of first hops by (host, port, owner's domains): the policy is
         # fixed for the dispatcher's life, so each is worked out once
         self._verdicts: dict[tuple[str, int, tuple[str, ...] | None], str | None] = {}
@@ -413,6 +417,13 @@ class CurlDispatcher:
     def waiting_for_host(self) -> int:
         """Calls queued behind their host's connection cap."""
         return self._host_waiting
+
+    @property
+    def draining_host_queues(self) -> bool:
+        """Calls wait for their host and one of them got its slot within DRAINING_S."""
+        if not self._host_waiting or self._loop is None:
+            return False
+        return self._loop.time() - self._queue_moved_at < DRAINING_S
 
     async def start(self) -> None:
         if self._loop is not None:
@@ -759,6 +770,8 @@ class CurlDispatcher:
             transfer = host.waiting.popleft()
             self._left_host_queue(transfer)
             self._take_host_slot(transfer)
+            if self._loop is not None:
+                self._queue_moved_at = self._loop.time()
         self._start_waiting()
         self._arm_host_wake(host)
         self._forget_idle_host(host)

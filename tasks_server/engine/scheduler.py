@@ -585,7 +585,7 @@ class Scheduler:
     def _answered(self, attempt: Attempt, future: asyncio.Future[Outcome]) -> None:
         """A call ended. Its key's slot and the start gate are told at once; deciding
         the outcome and writing it wait while calls are still being started (a burst:
-        attempts due and not started, or calls queued behind their host's cap), so that
+        attempts due and not started, or calls leaving their host's queue), so that
         the last calls of a burst leave as early as the first. Nothing is lost by the
         wait: the attempt is claimed durably, and an outcome recorded later changes no
         guarantee (docs/architecture.md)."""
@@ -607,11 +607,12 @@ class Scheduler:
 
     def _starting(self) -> bool:
         """Whether calls are being started: attempts due and not started yet, or calls
-        waiting for a slot to their host."""
+        getting their slots from a host's queue as others end (a host whose calls hang
+        keeps its queue still, and holds up no other task's outcome)."""
         if self._stopping:
             return False
         held_due = bool(self._held) and self._held[0][0] <= self._clock.now_ms()
-        return held_due or self._dispatcher.waiting_for_host > 0
+        return held_due or self._dispatcher.draining_host_queues
 
     def _decide_answers(self) -> None:
         """Decide the outcomes put off, ANSWER_CHUNK per pass, once no call is being

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from tasks_server.dispatch import CurlDispatcher, CurlSettings
+from tasks_server.dispatch import curl as curl_module
 from tasks_server.dispatch.egress import EgressPolicy
 from tasks_server.models import Call, HttpRequest, Outcome, TaskConfig
 from tests.support.targets import Reply, TargetServer
@@ -118,3 +119,30 @@ async def test_a_call_that_never_gets_a_slot_says_so() -> None:
         )
         first.cancel()
         await wait_until(lambda: dispatcher.in_flight == 0, message="the cancelled call to go")
+
+
+async def test_a_host_queue_drains_only_while_its_calls_get_their_slots(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Calls queued behind a host whose calls hang are not draining; once the host
+    answers and the queued calls get their slots, the queue is draining until it is
+    empty. (The moment a move counts for is stretched: a busy machine cannot end it.)"""
+    monkeypatch.setattr(curl_module, "DRAINING_S", 3600.0)
+    gate = asyncio.Event()
+    async with TargetServer() as target, curl(max_host_connections=1) as dispatcher:
+        target.route("/held", Reply(200, b"held", gate=gate))
+        futures = [dispatcher.submit(call(target.url("/held"), 30_000)) for _ in range(3)]
+        assert dispatcher.waiting_for_host == 2
+        assert not dispatcher.draining_host_queues  # nothing has left the queue
+        await wait_until(lambda: len(target.arrivals) == 1, message="the first call")
+        assert not dispatcher.draining_host_queues
+        seen: list[bool] = []
+
+        def look(future: asyncio.Future[Outcome]) -> None:
+            seen.append(dispatcher.draining_host_queues)
+
+        futures[0].add_done_callback(look)  # runs after the next call took the slot
+        gate.set()
+        await all_outcomes(futures)
+        assert seen == [True]
+        assert not dispatcher.draining_host_queues  # the queue is empty

@@ -303,17 +303,23 @@ def test_claim_window_opens_early_enough_to_claim_a_burst_before_it_is_due() -> 
 
 
 class QueueingDispatcher(RecordingDispatcher):
-    """Holds every call and reports ``queued`` calls waiting for their host's cap, as
-    CurlDispatcher does while it starts a burst."""
+    """Holds every call and reports ``queued`` calls waiting for their host's cap, their
+    queue moving (``moving``: a burst going through its host's slots) or not (a host whose
+    calls hang), as CurlDispatcher does."""
 
     def __init__(self) -> None:
         super().__init__()
         self.hold = True
         self.queued = 0
+        self.moving = True
 
     @property
     def waiting_for_host(self) -> int:
         return self.queued
+
+    @property
+    def draining_host_queues(self) -> bool:
+        return self.queued > 0 and self.moving
 
 
 async def test_outcomes_wait_while_calls_are_started_and_are_all_recorded_after(
@@ -385,5 +391,27 @@ async def test_an_outcome_decided_late_keeps_the_time_its_call_ended(
     [result] = decided
     assert result.task_id == task_id and result.finished_at_ms == ended_ms
     assert result.next_due_at_ms == ended_ms + retry_delay_ms(100, 1, False)
+    await scheduler.stop(0.1)
+    await recorder
+
+
+async def test_a_host_queue_that_does_not_move_holds_up_no_outcome(
+    store: Store, owner_id: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls queued behind a host whose calls hang are not a burst being started: the
+    outcomes of other calls are decided at once."""
+    monkeypatch.setattr(scheduler_module, "ANSWER_DEFER_MAX_S", 3600.0)
+    dispatcher = QueueingDispatcher()
+    dispatcher.queued, dispatcher.moving = 5, False
+    scheduler = Scheduler(store, dispatcher, clock, SchedulerOptions(horizon_ms=60_000))
+    decided: list[str] = []
+    scheduler.stats.observe = lambda attempt, result: decided.append(result.task_id)
+    recorder = asyncio.create_task(scheduler.run_recorder())
+    await scheduler.tick(T0)
+    task_id = await add(store, owner_id, scheduler, T0)
+    assert await scheduler.tick(T0) == 1
+    dispatcher.release()
+    await wait_until(lambda: decided == [task_id], message="the outcome decided")
+    await settle(scheduler)
     await scheduler.stop(0.1)
     await recorder

@@ -34,6 +34,10 @@ class RecordingDispatcher:
     def waiting_for_host(self) -> int:
         return 0
 
+    @property
+    def draining_host_queues(self) -> bool:
+        return False
+
     def prepare(self, call: Call) -> Prepared:
         return Prepared(call)
 
