@@ -629,6 +629,13 @@ class Scheduler:
         if self._answers:  # the rest after the loop's I/O, in order
             self._answers_check = loop.call_soon(self._decide_answers)
 
+    def _decide_all_answers(self) -> None:
+        if self._answers_check is not None:
+            self._answers_check.cancel()
+            self._answers_check = None
+        while self._answers:
+            self._finished(*self._answers.popleft())
+
     def _finished(self, attempt: Attempt, future: asyncio.Future[Outcome], ended_ms: int) -> None:
         """Decide the outcome of a call that ended at ``ended_ms`` (its finish time and
         the base of its retry delay, however long the decision was put off)."""
@@ -667,6 +674,8 @@ class Scheduler:
                 batch, self._results = self._results, []
                 if await self._record(batch):
                     backoff.reset()
+                    if self._abandoned:
+                        self._results_ready.set()  # stopping: look once more, then end
                     continue
                 self._results = batch + self._results  # kept in memory, written later
                 if self._abandoned:
@@ -751,6 +760,9 @@ class Scheduler:
         pending = list(self._in_flight.values())
         if pending:
             await asyncio.wait(pending, timeout=grace_s)
+        # outcomes put off while a burst was being started: decided now, so that the
+        # recorder writes them before it ends (else those calls would be made again)
+        self._decide_all_answers()
         self.leases.stop()  # renewed until here: the calls in flight kept their claims
         self._abandoned = True
         self._stop_waiting.set()

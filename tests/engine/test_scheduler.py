@@ -415,3 +415,25 @@ async def test_a_host_queue_that_does_not_move_holds_up_no_outcome(
     await settle(scheduler)
     await scheduler.stop(0.1)
     await recorder
+
+
+async def test_outcomes_put_off_when_the_scheduler_stops_are_written_before_it_ends(
+    store: Store, owner_id: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop during a burst: the calls that ended are recorded, not left claimed to be
+    made again at the next start, and the recorder ends."""
+    monkeypatch.setattr(scheduler_module, "ANSWER_DEFER_MAX_S", 3600.0)
+    dispatcher = QueueingDispatcher()
+    scheduler = Scheduler(store, dispatcher, clock, SchedulerOptions(horizon_ms=60_000))
+    recorder = asyncio.create_task(scheduler.run_recorder())
+    await scheduler.tick(T0)
+    ids = [await add(store, owner_id, scheduler, T0) for _ in range(10)]
+    assert await scheduler.tick(T0) == 10
+    dispatcher.queued = 5  # a burst still draining: the outcomes are put off
+    dispatcher.release()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert scheduler.in_flight == 10
+    await scheduler.stop(0.1)
+    await asyncio.wait_for(recorder, timeout=10)
+    assert {(await store.get_task(owner_id, i)).state for i in ids} == {TaskState.SUCCESS}
