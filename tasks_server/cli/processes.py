@@ -29,6 +29,7 @@ RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 BACKLOG = 2048  # as uvicorn's own listener
 _PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def serve_processes(settings: Settings, serve_one: ServeOne) -> int:
@@ -80,7 +81,7 @@ class _Supervisor:
         self._failed = False
 
     def run(self) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in _STOP_SIGNALS:
             signal.signal(signum, self._stop)
         logger.info(
             "serving %s:%d with %d API processes",
@@ -104,8 +105,8 @@ class _Supervisor:
     def _ended(self, index: int, pid: int, code: int) -> None:
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         if self._stopping:
-            # ended by the SIGTERM itself: stopped before it had started anything (once
-            # started, uvicorn's handler turns SIGTERM into a graceful stop)
+            # ended by the SIGTERM: uvicorn stops gracefully on it and then raises the
+            # signal it stopped on again, so a process stopped this way ends by it
             if code not in (0, -signal.SIGTERM):
                 logger.error("API process %d (pid %d) stopped with %s", index, pid, how)
                 self._failed = True
@@ -141,16 +142,24 @@ class _Supervisor:
 
     def _start(self, index: int) -> None:
         parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            self._child(index, parent)
-        self._children[pid] = index
+        # No stop signal between the fork and the bookkeeping: the parent would not know
+        # the new process (and would wait for it forever), and the child would run the
+        # parent's handler. A signal that comes meanwhile is taken when unblocked.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._child(index, parent, mask)
+            self._children[pid] = index
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
-    def _child(self, index: int, parent: int) -> None:
+    def _child(self, index: int, parent: int, mask: set[int | signal.Signals]) -> None:
         code = 1
         try:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in _STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             _end_with(parent)
             code = self._serve(self._settings, self._listener, self._channels.of_process(index))
         except BaseException:
