@@ -403,6 +403,12 @@ async def _engine_once_elected(server: Server) -> None:
     held the lock before has ended: its claimed attempts are requeued as at a restart."""
     assert server.election is not None and server.relay is not None
     await server.election.won()
+    if server.election.stopping():
+        # the process that ran it ended as the server stops: starting it here would make
+        # calls after the stop was asked for, and abandon them a moment later
+        logger.info("process %d is stopping: it does not take the scheduler over", os.getpid())
+        await server.election.resigned.wait()  # until the lifespan ends (cancelled there)
+        return
     logger.info("process %d now runs the scheduler", os.getpid())
     async with contextlib.AsyncExitStack() as stack:
         await _start_engine(server, stack)

@@ -25,6 +25,7 @@ import json
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -81,6 +82,9 @@ class Election:
     def __init__(self, database: Path) -> None:
         self.path = database.with_name(f"{database.name}.scheduler.lock")
         self.resigned = asyncio.Event()
+        # whether this process has been asked to stop (the CLI tells it uvicorn's flag):
+        # a process draining its requests after SIGTERM must not take the engine over
+        self.stopping: Callable[[], bool] = lambda: False
         self._file: IO[bytes] | None = None
 
     async def won(self) -> None:

@@ -246,6 +246,8 @@ def _run_server(
         uv.should_exit = True
 
     server.fatal.listen(stop)
+    if server.election is not None:  # one of API_PROCESSES
+        server.election.stopping = lambda: uv.should_exit
     # uvicorn re-raises the signal that stopped it once shutdown is done; with these
     # handlers in place that re-raise is a no-op, so a clean SIGTERM stop exits 0.
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -132,3 +132,26 @@ async def test_adopting_an_attempt_outside_the_engine_is_refused(channels: Chann
     other, _, _ = relay(channels, 1)
     with pytest.raises(RuntimeError):
         other.adopt(SimpleNamespace(task_id="t1"))  # type: ignore[arg-type]
+
+
+async def test_a_process_asked_to_stop_does_not_take_the_scheduler_over(tmp_path: Any) -> None:
+    """Elected while it drains its requests after SIGTERM (the scheduler's process ended
+    first): the process leaves the engine alone, so no call starts after the stop."""
+    from tasks_server.app import _engine_once_elected
+    from tasks_server.processes import Election
+
+    election = Election(tmp_path / "tasks.db")
+    asked: list[bool] = []
+    election.stopping = lambda: asked.append(True) is None  # True, once elected
+    led: list[bool] = []
+    server = SimpleNamespace(
+        election=election, relay=SimpleNamespace(lead=lambda: led.append(True))
+    )
+    waiting = asyncio.create_task(_engine_once_elected(server))  # type: ignore[arg-type]
+    await wait_until(lambda: asked == [True], message="the election won")
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert led == [] and not waiting.done()  # it waits, as a loop of the server, to end
+    waiting.cancel()
+    assert election._file is not None
+    election._file.close()  # the process would hold the lock until it ends
