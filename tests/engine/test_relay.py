@@ -4,6 +4,7 @@ pairs, in one process, stand for the process running the engine and another one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -73,15 +74,35 @@ def relay(channels: Channels, index: int) -> tuple[Relay, FakeScheduler, FakeSch
     return made, scheduler, schedules
 
 
-async def test_calls_in_another_process_reach_the_engine_as_the_same_calls(
+@contextlib.contextmanager
+def engine_and_other(
     channels: Channels,
-) -> None:
+) -> Iterator[tuple[Relay, FakeScheduler, FakeSchedules, Relay, FakeScheduler]]:
+    """Process 0 runs the engine, process 1 serves the API only: both relays started,
+    closed after the test (the engine's relay, its scheduler and schedules, then the
+    other's relay and scheduler)."""
     engine, engine_scheduler, engine_schedules = relay(channels, 0)
     other, other_scheduler, _ = relay(channels, 1)
     engine.start()
     other.start()
     engine.lead()
     try:
+        yield engine, engine_scheduler, engine_schedules, other, other_scheduler
+    finally:
+        engine.close()
+        other.close()
+
+
+async def test_calls_in_another_process_reach_the_engine_as_the_same_calls(
+    channels: Channels,
+) -> None:
+    with engine_and_other(channels) as (
+        engine,
+        engine_scheduler,
+        engine_schedules,
+        other,
+        other_scheduler,
+    ):
         limits = FlowControl("k", rate=5, period=FlowPeriod.MINUTE, parallelism=2)
         other.notify("t1", 1_000, 3, ("owner", "k"))
         other.notify("t2", 2_000)
@@ -103,29 +124,18 @@ async def test_calls_in_another_process_reach_the_engine_as_the_same_calls(
         assert engine_scheduler.calls[-1] == ("notify", "t3", 3_000, 0, None)
         # only the engine's process lets the store claim for its scheduler
         assert (engine.free_claims(), other.free_claims()) == (7, 0)
-    finally:
-        engine.close()
-        other.close()
 
 
 async def test_a_wake_in_one_process_wakes_the_waiters_of_the_others(
     channels: Channels,
 ) -> None:
-    engine, engine_scheduler, _ = relay(channels, 0)
-    other, other_scheduler, _ = relay(channels, 1)
-    engine.start()
-    other.start()
-    engine.lead()
-    try:
+    with engine_and_other(channels) as (engine, engine_scheduler, _, other, other_scheduler):
         task_waiter = other.wait_final("t1")
         run_waiter = engine.runs.wait("run-1")
         engine_scheduler.waiters.wake("t1")  # the engine committed t1's final outcome
         other.runs.wake("run-1")  # a run ended through the other process's API
         await asyncio.wait_for(asyncio.gather(task_waiter, run_waiter), timeout=5)
         assert not other_scheduler.waiters.wait("t2").done()
-    finally:
-        engine.close()
-        other.close()
 
 
 async def test_adopting_an_attempt_outside_the_engine_is_refused(channels: Channels) -> None:

@@ -143,6 +143,19 @@ def two_processes(directory: Path) -> ServerProcess:
     return ServerProcess(directory, API_PROCESSES="2", SCHEDULER_HORIZON_MS=str(HOUR_MS))
 
 
+async def outside_the_engine(
+    server: ServerProcess,
+) -> tuple[dict[str, str], int, int, dict[int, list[Client]]]:
+    """An owner's headers, the engine's pid, the other process's pid, and a client of
+    each process (close them with ``close_all``)."""
+    headers = await asyncio.to_thread(owner_headers, server)
+    engine = engine_pid(server)
+    assert engine is not None
+    by_pid = await asyncio.to_thread(clients_of_every_process, server, 1)
+    (other,) = (pid for pid in by_pid if pid != engine)
+    return headers, engine, other, by_pid
+
+
 def queue_ids(target: TargetServer) -> collections.Counter[str | None]:
     return collections.Counter(a.header("X-Tasks-Queue-Id") for a in target.arrivals)
 
@@ -180,10 +193,7 @@ async def test_a_task_registered_outside_the_engine_process_arrives_without_poll
     async with TargetServer() as target:
         target.route("/hook", Reply(200, b"ok"))
         with two_processes(tmp_path) as server:
-            headers = await asyncio.to_thread(owner_headers, server)
-            engine = engine_pid(server)
-            by_pid = await asyncio.to_thread(clients_of_every_process, server, 1)
-            (other,) = (pid for pid in by_pid if pid != engine)
+            headers, _, other, by_pid = await outside_the_engine(server)
             client = by_pid[other][0]
             registered_at = time.monotonic()
             try:
@@ -206,11 +216,7 @@ async def test_killing_the_engine_process_hands_the_engine_to_the_other(
     async with TargetServer() as target:
         target.route("/hook", Reply(200, b"ok"))
         with two_processes(tmp_path) as server:
-            headers = await asyncio.to_thread(owner_headers, server)
-            engine = engine_pid(server)
-            assert engine is not None
-            by_pid = await asyncio.to_thread(clients_of_every_process, server, 1)
-            (other,) = (pid for pid in by_pid if pid != engine)
+            headers, engine, other, by_pid = await outside_the_engine(server)
             client = by_pid[other][0]
 
             def register(count: int, delay_ms: int) -> list[str]:
