@@ -79,6 +79,15 @@ def _options_plan(call: Call, settings: CurlSettings) -> dict[str, Any]:
     }
 
 
+def _header_field(text: str) -> tuple[str, str] | None:
+    """A response header line's name and value; None for a line that is none (a folded
+    continuation, no colon, the empty line that ends the headers)."""
+    name, colon, value = text.partition(":")
+    if colon and name and not name[0].isspace():
+        return name.strip(), value.strip()
+    return None
+
+
 @dataclass(slots=True, eq=False)
 class _Transfer:
     """One call's mutable state while libcurl works on it."""
@@ -129,11 +138,11 @@ class _Transfer:
             code = text.split(" ", 2)[1:2]
             self.hop_status = int(code[0]) if code and code[0].isdigit() else 0
             return None
-        name, colon, value = text.partition(":")
-        if colon and name and not name[0].isspace():
-            self.headers.append((name.strip(), value.strip()))
-            if name.strip().lower() == "location" and self._follows_redirect():
-                return self._next_hop(value.strip())
+        field = _header_field(text)
+        if field is not None:
+            self.headers.append(field)
+            if field[0].lower() == "location" and self._follows_redirect():
+                return self._next_hop(field[1])
         return None
 
     def response_headers(self) -> tuple[tuple[str, str], ...]:
@@ -146,10 +155,8 @@ class _Transfer:
             text = line.decode("latin-1").rstrip("\r\n")
             if text.startswith("HTTP/"):
                 headers.clear()
-                continue
-            name, colon, value = text.partition(":")
-            if colon and name and not name[0].isspace():
-                headers.append((name.strip(), value.strip()))
+            elif (field := _header_field(text)) is not None:
+                headers.append(field)
         return tuple(headers)
 
     def _follows_redirect(self) -> bool:
