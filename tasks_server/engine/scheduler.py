@@ -169,7 +169,6 @@ class Scheduler:
         # calls that ended, their outcomes not decided yet (see _answered)
         # (attempt, its call, when the call ended: epoch ms)
         self._answers: deque[tuple[Attempt, asyncio.Future[Outcome], int]] = deque()
-        self._answers_since = 0.0  # loop time the oldest of them was put off
         self._answers_check: asyncio.Handle | None = None
         self._in_flight: dict[str, asyncio.Future[Outcome]] = {}
         self._rng = random.Random(self._options.seed)
@@ -597,13 +596,7 @@ class Scheduler:
             self.start_gate.answered(attempt.task_id)
         self._answers.append((attempt, future, self._clock.now_ms()))
         if self._answers_check is None:
-            loop = asyncio.get_running_loop()
-            if len(self._answers) == 1:
-                self._answers_since = loop.time()
-            if self._starting():
-                self._answers_check = loop.call_later(ANSWER_POLL_S, self._decide_answers)
-            else:
-                self._decide_answers()
+            self._decide_answers()
 
     def _starting(self) -> bool:
         """Whether calls are being started: attempts due and not started yet, or calls
@@ -621,7 +614,8 @@ class Scheduler:
         if not self._answers:
             return
         loop = asyncio.get_running_loop()
-        if self._starting() and loop.time() - self._answers_since < ANSWER_DEFER_MAX_S:
+        waited_ms = self._clock.now_ms() - self._answers[0][2]  # the oldest's wait
+        if self._starting() and waited_ms < ANSWER_DEFER_MAX_S * 1000:
             self._answers_check = loop.call_later(ANSWER_POLL_S, self._decide_answers)
             return
         for _ in range(min(ANSWER_CHUNK, len(self._answers))):
