@@ -56,11 +56,9 @@ async def register_many(
 
 async def wait_arrivals(sink: Sink, count: int, timeout: float) -> list[tuple[float, str, str]]:
     deadline = time.monotonic() + timeout
-    while True:
-        arrivals = sink.arrivals()
-        if len(arrivals) >= count or time.monotonic() > deadline:
-            return arrivals
+    while sink.count() < count and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
+    return sink.arrivals()
 
 
 async def registrations(server: Server, sink: Sink, headers: dict[str, str]) -> None:

@@ -72,12 +72,11 @@ async def run(hanging: int, healthy: int, extra_env: dict[str, str]) -> None:
         )
         due_of = dict(zip(ids[hanging:], due, strict=True))
         deadline = time.monotonic() + 60
-        arrivals: list[tuple[float, str, str]] = []
         while time.monotonic() < deadline:
             await asyncio.sleep(0.5)
-            arrivals = sink.arrivals()
-            if len(arrivals) >= healthy:
+            if sink.count() >= healthy:
                 break
+        arrivals = sink.arrivals()
         lateness = [at * 1000 - due_of[task_id] for at, task_id, _ in arrivals]
         worst = max(
             ((at * 1000 - due_of[i], due_of[i] - start) for at, i, _ in arrivals), default=None

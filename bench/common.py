@@ -129,6 +129,17 @@ class Sink:
             text = response.read().decode()
         return [tuple(json.loads(line)) for line in text.splitlines() if line]  # type: ignore[misc]
 
+    def count(self) -> int:
+        """How many calls arrived: cheap for the sink, unlike ``arrivals``."""
+        with urllib.request.urlopen(self.url("/__count"), timeout=30) as response:
+            return int(response.read())
+
+    def wait_count(self, count: int, timeout: float) -> None:
+        """Poll until ``count`` calls arrived or ``timeout`` seconds passed."""
+        deadline = time.monotonic() + timeout
+        while self.count() < count and time.monotonic() < deadline:
+            time.sleep(0.2)
+
     def reset(self) -> None:
         urllib.request.urlopen(self.url("/__reset"), timeout=5).close()
 

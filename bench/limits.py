@@ -271,12 +271,8 @@ async def register_all(port: int, headers: dict[str, str], bodies: list[bytes]) 
 
 
 def wait_arrivals(sink: Sink, count: int, timeout: float) -> list[float]:
-    deadline = time.monotonic() + timeout
-    while True:
-        arrivals = sink.arrivals()
-        if len(arrivals) >= count or time.monotonic() > deadline:
-            return sorted(a[0] * 1000 for a in arrivals)
-        time.sleep(0.2)
+    sink.wait_count(count, timeout)
+    return sorted(a[0] * 1000 for a in sink.arrivals())
 
 
 def burst_figures(arrivals: list[float], due_ms: int) -> tuple[float, float]:

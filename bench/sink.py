@@ -1,7 +1,12 @@
 """A fast local HTTP sink for benchmarks: records (wall time, task id, attempt) per call.
 
 Run: python -m bench.sink PORT [STATUS]. ``GET /__arrivals`` answers the records as JSON
-lines and ``POST /__reset`` clears them. Every other request answers STATUS (default 200).
+lines, ``GET /__count`` how many there are, and ``POST /__reset`` clears them. Every other
+request answers STATUS (default 200).
+
+Wait for arrivals by polling ``/__count``: answering ``/__arrivals`` encodes every record
+on the sink's one thread, a few ms for a few thousand, and calls arriving meanwhile are
+stamped that much late.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class Sink(asyncio.Protocol):
         _, path = request_line
         if path == "/__arrivals":
             body = "\n".join(json.dumps(a) for a in Sink.arrivals).encode()
+        elif path == "/__count":
+            body = b"%d" % len(Sink.arrivals)
         elif path == "/__reset":
             Sink.arrivals = []
             body = b"ok"
