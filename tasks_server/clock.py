@@ -12,6 +12,11 @@ class Clock(Protocol):
     def now_ms(self) -> int:
         """Wall-clock time in integer epoch milliseconds (UTC)."""
 
+    def seconds_until(self, at_ms: int) -> float:
+        """Seconds of wall-clock time from now until ``at_ms`` (negative once it has
+        passed), to the clock's full precision: ``at_ms - now_ms()`` is up to a
+        millisecond too long, since ``now_ms`` drops the fraction."""
+
     def monotonic(self) -> float:
         """Seconds from an arbitrary origin; never goes backwards."""
 
@@ -25,6 +30,9 @@ class Clock(Protocol):
 class SystemClock:
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
+
+    def seconds_until(self, at_ms: int) -> float:
+        return at_ms / 1000 - time.time()
 
     def monotonic(self) -> float:
         return time.monotonic()

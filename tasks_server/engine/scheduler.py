@@ -450,7 +450,8 @@ class Scheduler:
                 await asyncio.sleep(0)
                 continue
             self._held_changed.clear()
-            delay_s = (self._held[0][0] - now_ms) / 1000 if self._held else MAX_NAP_S
+            # to the due time itself, not from the whole millisecond now_ms stands for
+            delay_s = self._clock.seconds_until(self._held[0][0]) if self._held else MAX_NAP_S
             reopens_at = self._gate_reopens_at_ms()
             if reopens_at is not None:
                 delay_s = min(delay_s, max(reopens_at - now_ms, 0) / 1000)

@@ -284,6 +284,45 @@ async def test_calls_queued_behind_a_busy_host_free_their_slots_at_once(
     await running
 
 
+class FractionalClock(FakeClock):
+    """A FakeClock whose wall time moves by fractions of a millisecond, as a real one
+    does: ``now_ms`` drops the fraction."""
+
+    def __init__(self, now_ms: int) -> None:
+        super().__init__(now_ms)
+        self.wall = float(now_ms)
+
+    def now_ms(self) -> int:
+        return int(self.wall)
+
+    def seconds_until(self, at_ms: int) -> float:
+        return (at_ms - self.wall) / 1000
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds * 1000
+        super().advance(seconds)
+
+
+async def test_a_held_call_starts_at_its_due_time_not_up_to_a_millisecond_later(
+    store: Store, owner_id: str
+) -> None:
+    """Claimed ahead and held, a call starts when the wall clock reaches its due time;
+    a sleep measured from the whole millisecond would end up to a millisecond late."""
+    clock, dispatcher = FractionalClock(T0), RecordingDispatcher()
+    scheduler = Scheduler(store, dispatcher, clock, SchedulerOptions(lookahead_ms=100))
+    task = await store.create_task(owner_id, NewTask(spec(), T0 + 1000), T0)
+    running = asyncio.create_task(scheduler.run())
+    await wait_until(scheduler.idle.is_set, message="the loop naps until the lookahead")
+    clock.advance(0.9991)  # claimed and held; its due time is 0.9 ms away
+    await wait_until(lambda: bool(scheduler._held) and scheduler.idle.is_set(), message="held")
+    assert dispatcher.calls == []
+    clock.advance(0.0009)
+    await wait_until(lambda: len(dispatcher.calls) == 1, message="started on time")
+    assert dispatcher.calls[0].headers[0] == ("X-Tasks-Queue-Id", task.id)
+    await scheduler.stop(0.1)
+    await running
+
+
 def test_claim_window_is_the_lookahead_without_a_burst() -> None:
     assert claim_window([(T0 + 2_000, 10)], T0, 250, 0.1) == (250, T0 + 2_000 - 250 - 1)
     assert claim_window([], T0, 250, 0.1) == (250, None)

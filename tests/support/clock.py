@@ -19,6 +19,9 @@ class FakeClock:
     def now_ms(self) -> int:
         return self._wall_ms
 
+    def seconds_until(self, at_ms: int) -> float:
+        return (at_ms - self._wall_ms) / 1000
+
     def monotonic(self) -> float:
         return self._mono
 
