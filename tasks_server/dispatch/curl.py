@@ -838,6 +838,8 @@ class CurlDispatcher:
         The set is changed in place (one ``epoll_ctl``), not through the loop's reader and
         writer registrations: libcurl changes a socket's interest three or four times per
         call (send, receive, idle), and each loop registration builds handles in Python.
+        A socket not in ``_interest`` (new, or an idle connection back in use after its
+        POLL_REMOVE) is added at once, sparing a failed ``modify`` and its exception.
         ``modify`` goes by the open socket, not the number: libcurl can close a socket and
         get the same fd number back without a POLL_REMOVE in between; the new socket is
         then not in the set (ENOENT) and is added. A closed socket's entry that outlives it
@@ -856,7 +858,11 @@ class CurlDispatcher:
         mask = (select.EPOLLIN if event & pycurl.POLL_IN else 0) | (
             select.EPOLLOUT if event & pycurl.POLL_OUT else 0
         )
+        known = fd in self._interest
         self._interest[fd] = mask
+        if not known:  # a new socket, or an idle one back in use after its POLL_REMOVE
+            epoll.register(fd, mask)
+            return
         try:
             epoll.modify(fd, mask)
         except FileNotFoundError:
