@@ -88,6 +88,22 @@ def _header_field(text: str) -> tuple[str, str] | None:
     return None
 
 
+class _CallFuture(asyncio.Future[Outcome]):
+    """The future ``submit`` returns for a call it takes on. ``cancel`` itself drops the
+    call (``dropped``), queued or running: a done callback would be paid for by every
+    call, not only cancelled ones (a context copy, then a loop handle once the outcome
+    is set: 2.2 µs against 0.5 µs for the future alone)."""
+
+    __slots__ = ("dropped",)
+    dropped: Callable[[], None]
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self.dropped()
+        return True
+
+
 @dataclass(slots=True, eq=False)
 class _Transfer:
     """One call's mutable state while libcurl works on it."""
@@ -484,16 +500,17 @@ class CurlDispatcher:
         plan = prepared.plan
         if not isinstance(plan, _Plan):  # prepared by another dispatcher
             plan = self._plan(prepared.call)
-        future: asyncio.Future[Outcome] = self._loop.create_future()
         refusal = plan.refusal
         if refusal is not None or plan.failure is not None or self._closed:
+            ended: asyncio.Future[Outcome] = self._loop.create_future()
             denied = Outcome(status=0, error=refusal, denied=True) if refusal else None
-            future.set_result(denied or plan.failure or _failure("dispatcher is closed"))
-            return future
+            ended.set_result(denied or plan.failure or _failure("dispatcher is closed"))
+            return ended
+        future = _CallFuture(loop=self._loop)
         host = self._hosts.get(plan.host) or self._hosts.setdefault(plan.host, _Host(plan.host))
         policy = self._settings.egress
         transfer = _Transfer(prepared.call, future, host, plan, policy=policy, hop_url=plan.url)
-        future.add_done_callback(partial(self._on_future_done, transfer))
+        future.dropped = partial(self._drop, transfer)
         if plan.options is None:
             pinning = self._loop.create_task(self._pin_doh(transfer))
             self._pinning.add(pinning)
@@ -686,11 +703,10 @@ class CurlDispatcher:
         for resource in transfer.resources:
             resource.close()
 
-    def _on_future_done(self, transfer: _Transfer, future: asyncio.Future[Outcome]) -> None:
-        """The caller cancelled the call: drop it, queued or running, and give its host
-        slot to the next call waiting for that host. (A call that ends otherwise was
-        settled by whoever resolved it.)"""
-        if not future.cancelled() or self._multi is None:
+    def _drop(self, transfer: _Transfer) -> None:
+        """The caller cancelled the call (``_CallFuture.cancel``): drop it, queued or
+        running, and give its host slot to the next call waiting for that host."""
+        if self._multi is None:
             return
         if transfer.curl is not None and self._active.get(transfer.curl) is transfer:
             self._detach(transfer)

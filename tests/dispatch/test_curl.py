@@ -1259,6 +1259,21 @@ async def test_cancelling_a_future_aborts_its_transfer(
     assert (await send(dispatcher, make_call(target.url("/hang")))).status == 200
 
 
+async def test_cancelling_the_task_awaiting_a_call_aborts_its_transfer(
+    dispatcher: CurlDispatcher, target: TargetServer
+) -> None:
+    """A task cancelled while it awaits the call cancels the call's future for it, as
+    asyncio.wait_for and gather do: the transfer is dropped all the same."""
+    target.route("/hang", Reply(hang=True))
+    waiter = asyncio.ensure_future(
+        send(dispatcher, make_call(target.url("/hang"), timeout_ms=20_000))
+    )
+    await wait_until(lambda: len(target.arrivals) == 1)
+    waiter.cancel()
+    await wait_until(lambda: dispatcher.in_flight == 0)
+    assert waiter.cancelled()
+
+
 async def test_close_aborts_what_is_still_running(target: TargetServer) -> None:
     target.route("/hang", Reply(hang=True))
     dispatcher = CurlDispatcher(CurlSettings(egress=LOOPBACK), close_grace_s=0.1)
