@@ -53,6 +53,7 @@ import time
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pycurl
 
@@ -190,19 +191,26 @@ class Ceiling:
     started_ms: float
 
 
-def curl_alone(url: str, count: int) -> Ceiling:
-    """CurlMulti POSTing ``count`` small bodies, CURL_PARALLEL at a time."""
-    multi = pycurl.CurlMulti()
-    multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, CURL_PARALLEL)
+def easy_handles(url: str) -> list[Any]:
+    """CURL_PARALLEL handles, each set to POST a small JSON body to ``url``."""
     body = json.dumps({"n": 1})
-    free = []
+    handles = []
     for _ in range(CURL_PARALLEL):
         easy = pycurl.Curl()
         easy.setopt(pycurl.URL, url)
         easy.setopt(pycurl.POSTFIELDS, body)
         easy.setopt(pycurl.HTTPHEADER, ["Content-Type: application/json"])
+        handles.append(easy)
+    return handles
+
+
+def curl_alone(url: str, count: int) -> Ceiling:
+    """CurlMulti POSTing ``count`` small bodies, CURL_PARALLEL at a time."""
+    multi = pycurl.CurlMulti()
+    multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, CURL_PARALLEL)
+    free = easy_handles(url)
+    for easy in free:
         easy.setopt(pycurl.WRITEDATA, BytesIO())
-        free.append(easy)
     pending, done = count, 0
     started_ms = time.time() * 1000
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -255,14 +263,7 @@ def socket_driven_alone(url: str, count: int) -> Ceiling:
     multi.setopt(pycurl.M_SOCKETFUNCTION, on_socket)
     multi.setopt(pycurl.M_TIMERFUNCTION, on_timer)
     multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, CURL_PARALLEL)
-    body = json.dumps({"n": 1})
-    free = []
-    for _ in range(CURL_PARALLEL):
-        easy = pycurl.Curl()
-        easy.setopt(pycurl.URL, url)
-        easy.setopt(pycurl.POSTFIELDS, body)
-        easy.setopt(pycurl.HTTPHEADER, ["Content-Type: application/json"])
-        free.append(easy)
+    free = easy_handles(url)
     pending, done = count, 0
     started_ms = time.time() * 1000
     started, cpu_started = time.perf_counter(), time.process_time()
