@@ -92,15 +92,27 @@ class _CallFuture(asyncio.Future[Outcome]):
     """The future ``submit`` returns for a call it takes on. ``cancel`` itself drops the
     call (``dropped``), queued or running: a done callback would be paid for by every
     call, not only cancelled ones (a context copy, then a loop handle once the outcome
-    is set: 2.2 µs against 0.5 µs for the future alone)."""
+    is set: 2.2 µs against 0.5 µs for the future alone).
+
+    The future and the call's transfer refer to each other until the call ends: then
+    ``resolve`` or ``cancel`` lets go of ``dropped``, so that reference counting frees
+    them at once instead of the cycle collector, later and at a cost."""
 
     __slots__ = ("dropped",)
-    dropped: Callable[[], None]
+    dropped: Callable[[], None] | None
+
+    def resolve(self, outcome: Outcome) -> None:
+        """End the call with ``outcome`` (unless its caller cancelled it first)."""
+        self.dropped = None
+        if not self.done():
+            self.set_result(outcome)
 
     def cancel(self, msg: Any | None = None) -> bool:
         if not super().cancel(msg):
             return False
-        self.dropped()
+        dropped, self.dropped = self.dropped, None
+        if dropped is not None:
+            dropped()
         return True
 
 
@@ -109,7 +121,7 @@ class _Transfer:
     """One call's mutable state while libcurl works on it."""
 
     call: Call
-    future: asyncio.Future[Outcome]
+    future: _CallFuture
     host: _Host
     plan: _Plan
     curl: Any = None
@@ -359,11 +371,6 @@ def _doh_refusal(call: Call, policy: EgressPolicy) -> str | None:
     return hop_refusal(policy, call.allowed_hosts, doh_url)
 
 
-def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
-    if not future.done():
-        future.set_result(outcome)
-
-
 class CurlDispatcher:
     """The libcurl ``Dispatcher``: one CurlMulti driven by the loop, no thread per call.
 
@@ -543,7 +550,7 @@ class CurlDispatcher:
         if outcome is None:
             self._enqueue(transfer)
         else:
-            _resolve(transfer.future, outcome)
+            transfer.future.resolve(outcome)
             self._forget_idle_host(transfer.host)
 
     async def _pinned_doh(self, transfer: _Transfer) -> Outcome | None:
@@ -593,12 +600,12 @@ class CurlDispatcher:
             while host.waiting:
                 transfer = host.waiting.popleft()
                 self._left_host_queue(transfer)
-                _resolve(transfer.future, aborted)
+                transfer.future.resolve(aborted)
         while self._waiting:
-            _resolve(self._waiting.popleft().future, aborted)
+            self._waiting.popleft().future.resolve(aborted)
         for transfer in list(self._active.values()):
             self._detach(transfer)
-            _resolve(transfer.future, aborted)
+            transfer.future.resolve(aborted)
         self._free_handles()
 
     # -- starting and finishing transfers -------------------------------------------------
@@ -676,7 +683,7 @@ class CurlDispatcher:
         """End a call: its host slot goes to the next call waiting for that host, and
         its caller gets the outcome."""
         self._release_host_slot(transfer, outcome)
-        _resolve(transfer.future, outcome)
+        transfer.future.resolve(outcome)
 
     def _detach(self, transfer: _Transfer) -> None:
         """Take an active transfer out of the multi and give its handle back."""
@@ -783,7 +790,7 @@ class CurlDispatcher:
         while host.waiting and (host.waiting[0].queued_at or 0.0) + wait_s <= now:
             transfer = host.waiting.popleft()
             self._left_host_queue(transfer)
-            _resolve(transfer.future, Outcome(status=0, error=message, timed_out=True))
+            transfer.future.resolve(Outcome(status=0, error=message, timed_out=True))
         self._arm_expiry(host)
         self._forget_idle_host(host)
 

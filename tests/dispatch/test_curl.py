@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -1137,7 +1138,7 @@ def test_collected_header_lines_read_as_the_line_callback_reads_them(lines: list
         transfers = [
             curl_module._Transfer(
                 make_call(config=TaskConfig(location=False)),
-                loop.create_future(),
+                curl_module._CallFuture(loop=loop),
                 curl_module._Host("h:80"),
                 curl_module._Plan("http://h/", "h:80", None),
             )
@@ -1272,6 +1273,41 @@ async def test_cancelling_the_task_awaiting_a_call_aborts_its_transfer(
     waiter.cancel()
     await wait_until(lambda: dispatcher.in_flight == 0)
     assert waiter.cancelled()
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+async def test_ended_calls_leave_nothing_to_the_cycle_collector(
+    dispatcher: CurlDispatcher, target: TargetServer, cancel: bool
+) -> None:
+    """A call's future and its transfer refer to each other while it runs; once it ends
+    (answered or cancelled) and the next call takes its handle, reference counting
+    alone frees them. (A burst would otherwise leave every call to the collector.)"""
+    target.route("/ok", Reply())
+    target.route("/hang", Reply(hang=True))
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds stays in gc.garbage
+    try:
+        for number in range(1, 6):  # one after another: each takes the previous handle
+            future = dispatcher.submit(make_call(target.url("/hang" if cancel else "/ok")))
+            if cancel:
+
+                def arrived(count: int = number) -> bool:
+                    return len(target.arrivals) == count
+
+                await wait_until(arrived)
+                future.cancel()
+                await wait_until(lambda: dispatcher.in_flight == 0)
+            else:
+                assert (await future).status == 200
+        del future
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, curl_module._CallFuture)]
+        assert left == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
 
 
 async def test_close_aborts_what_is_still_running(target: TargetServer) -> None:
