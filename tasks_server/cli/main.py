@@ -152,6 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 SWITCH_INTERVAL_S = 0.0005  # see _run_server
 
 
+def tune_collector() -> None:
+    """The cycle collector as the server runs it. Objects made at start-up live as long
+    as the process: keep them out of the collector's scans, and collect the young
+    generation less often (every request allocates many short-lived objects; the default
+    threshold of 700 runs it constantly)."""
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     _check_files(settings)
     if settings.uses_postgres:
@@ -252,11 +261,7 @@ def _run_server(
     # handlers in place that re-raise is a no-op, so a clean SIGTERM stop exits 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    # Objects made at start-up live as long as the process: keep them out of the
-    # collector's scans, and collect the young generation less often (every request
-    # allocates many short-lived objects; the default threshold of 700 runs it constantly).
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    tune_collector()
     # The SQLite writer thread lets go of the GIL at every statement and must take it
     # back from the event loop, which keeps it for up to the switch interval when busy
     # (5 ms by default): a transaction of a few hundred statements could take seconds
