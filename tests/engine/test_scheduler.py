@@ -314,7 +314,12 @@ async def test_a_held_call_starts_at_its_due_time_not_up_to_a_millisecond_later(
     running = asyncio.create_task(scheduler.run())
     await wait_until(scheduler.idle.is_set, message="the loop naps until the lookahead")
     clock.advance(0.9991)  # claimed and held; its due time is 0.9 ms away
-    await wait_until(lambda: bool(scheduler._held) and scheduler.idle.is_set(), message="held")
+
+    async def claimed_and_napping() -> bool:
+        claimed = (await store.get_task(owner_id, task.id)).attempts == 1
+        return claimed and scheduler.idle.is_set()
+
+    await wait_until(claimed_and_napping, message="claimed ahead, held")
     assert dispatcher.calls == []
     clock.advance(0.0009)
     await wait_until(lambda: len(dispatcher.calls) == 1, message="started on time")
