@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,131 +157,123 @@ async def outside_the_engine(
     return headers, engine, other, by_pid
 
 
+@pytest.fixture
+async def target() -> AsyncIterator[TargetServer]:
+    """The tasks' target: ``/hook`` answers 200."""
+    async with TargetServer() as hook:
+        hook.route("/hook", Reply(200, b"ok"))
+        yield hook
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of two API processes, stopped after the test."""
+    with two_processes(tmp_path) as started:
+        yield started
+
+
 def queue_ids(target: TargetServer) -> collections.Counter[str | None]:
     return collections.Counter(a.header("X-Tasks-Queue-Id") for a in target.arrivals)
 
 
 async def test_tasks_registered_through_both_processes_are_each_called_once(
-    tmp_path: Path,
+    target: TargetServer, server: ServerProcess
 ) -> None:
-    async with TargetServer() as target:
-        target.route("/hook", Reply(200, b"ok"))
-        with two_processes(tmp_path) as server:
-            headers = await asyncio.to_thread(owner_headers, server)
-            by_pid = await asyncio.to_thread(clients_of_every_process, server, 4)
-            assert len(by_pid) == 2
+    headers = await asyncio.to_thread(owner_headers, server)
+    by_pid = await asyncio.to_thread(clients_of_every_process, server, 4)
+    assert len(by_pid) == 2
 
-            def register_many(client: Client) -> list[str]:
-                return [client.register(headers, target.url("/hook"), 1500) for _ in range(25)]
+    def register_many(client: Client) -> list[str]:
+        return [client.register(headers, target.url("/hook"), 1500) for _ in range(25)]
 
-            clients = [client for group in by_pid.values() for client in group]
-            try:
-                batches = await asyncio.gather(
-                    *(asyncio.to_thread(register_many, client) for client in clients)
-                )
-            finally:
-                close_all(by_pid)
-            registered = [task_id for batch in batches for task_id in batch]
-            await wait_until(lambda: len(target.arrivals) >= len(registered), timeout=30)
-            counts = queue_ids(target)
-            assert sorted(counts) == sorted(registered)
-            assert set(counts.values()) == {1}
+    clients = [client for group in by_pid.values() for client in group]
+    try:
+        batches = await asyncio.gather(
+            *(asyncio.to_thread(register_many, client) for client in clients)
+        )
+    finally:
+        close_all(by_pid)
+    registered = [task_id for batch in batches for task_id in batch]
+    await wait_until(lambda: len(target.arrivals) >= len(registered), timeout=30)
+    counts = queue_ids(target)
+    assert sorted(counts) == sorted(registered)
+    assert set(counts.values()) == {1}
 
 
 async def test_a_task_registered_outside_the_engine_process_arrives_without_polling(
-    tmp_path: Path,
+    target: TargetServer, server: ServerProcess
 ) -> None:
-    async with TargetServer() as target:
-        target.route("/hook", Reply(200, b"ok"))
-        with two_processes(tmp_path) as server:
-            headers, _, other, by_pid = await outside_the_engine(server)
-            client = by_pid[other][0]
-            registered_at = time.monotonic()
-            try:
-                task_id = await asyncio.to_thread(
-                    client.register, headers, target.url("/hook"), 1000
-                )
-            finally:
-                close_all(by_pid)
-            # the scheduler reads the database next in half an hour: only the wake-up
-            # from the other process can bring the task in within the deadline
-            await wait_until(lambda: target.arrivals, timeout=15)
-            (arrival,) = target.arrivals
-            assert arrival.header("X-Tasks-Queue-Id") == task_id
-            assert arrival.arrived_at >= registered_at + 0.9
+    headers, _, other, by_pid = await outside_the_engine(server)
+    client = by_pid[other][0]
+    registered_at = time.monotonic()
+    try:
+        task_id = await asyncio.to_thread(client.register, headers, target.url("/hook"), 1000)
+    finally:
+        close_all(by_pid)
+    # the scheduler reads the database next in half an hour: only the wake-up
+    # from the other process can bring the task in within the deadline
+    await wait_until(lambda: target.arrivals, timeout=15)
+    (arrival,) = target.arrivals
+    assert arrival.header("X-Tasks-Queue-Id") == task_id
+    assert arrival.arrived_at >= registered_at + 0.9
 
 
 async def test_killing_the_engine_process_hands_the_engine_to_the_other(
-    tmp_path: Path,
+    target: TargetServer, server: ServerProcess
 ) -> None:
-    async with TargetServer() as target:
-        target.route("/hook", Reply(200, b"ok"))
-        with two_processes(tmp_path) as server:
-            headers, engine, other, by_pid = await outside_the_engine(server)
-            client = by_pid[other][0]
+    headers, engine, other, by_pid = await outside_the_engine(server)
+    client = by_pid[other][0]
 
-            def register(count: int, delay_ms: int) -> list[str]:
-                return [
-                    client.register(headers, target.url("/hook"), delay_ms) for _ in range(count)
-                ]
+    def register(count: int, delay_ms: int) -> list[str]:
+        return [client.register(headers, target.url("/hook"), delay_ms) for _ in range(count)]
 
-            try:
-                before = await asyncio.to_thread(register, 20, 3000)
-                os.kill(engine, 9)
-                await wait_until(lambda: engine_pid(server) == other, timeout=10)
-                # the killed process is replaced, and the replacement serves the API only
-                await wait_until(
-                    lambda: len(processes(server)) == 2 and engine not in processes(server),
-                    timeout=15,
-                )
-                after = await asyncio.to_thread(register, 10, 500)
-            finally:
-                close_all(by_pid)
-            expected = {*before, *after}
-            await wait_until(lambda: set(queue_ids(target)) >= expected, timeout=30)
-            assert set(queue_ids(target)) == expected
-            assert engine_pid(server) == other
-
-
-async def test_sigterm_ends_every_process(tmp_path: Path) -> None:
-    server = two_processes(tmp_path).start()
     try:
-        children = processes(server)
-        assert len(children) == 2
-        # both serve (their start-up is done) before the stop
-        close_all(await asyncio.to_thread(clients_of_every_process, server, 1))
-        assert server.terminate() == 0
-        for pid in children:
-            with pytest.raises(ProcessLookupError):
-                os.kill(pid, 0)
+        before = await asyncio.to_thread(register, 20, 3000)
+        os.kill(engine, 9)
+        await wait_until(lambda: engine_pid(server) == other, timeout=10)
+        # the killed process is replaced, and the replacement serves the API only
+        await wait_until(
+            lambda: len(processes(server)) == 2 and engine not in processes(server),
+            timeout=15,
+        )
+        after = await asyncio.to_thread(register, 10, 500)
     finally:
-        if server.process is not None and server.process.poll() is None:
-            server.process.kill()
+        close_all(by_pid)
+    expected = {*before, *after}
+    await wait_until(lambda: set(queue_ids(target)) >= expected, timeout=30)
+    assert set(queue_ids(target)) == expected
+    assert engine_pid(server) == other
 
 
-async def test_processes_that_keep_dying_stop_the_whole_server(tmp_path: Path) -> None:
-    server = two_processes(tmp_path).start()
-    try:
-        killed: set[int] = set()
+async def test_sigterm_ends_every_process(server: ServerProcess) -> None:
+    children = processes(server)
+    assert len(children) == 2
+    # both serve (their start-up is done) before the stop
+    close_all(await asyncio.to_thread(clients_of_every_process, server, 1))
+    assert server.terminate() == 0
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
-        def kill_the_next() -> bool:
-            assert server.process is not None
-            if server.process.poll() is not None:
-                return True
-            for pid in processes(server):
-                if pid not in killed:
-                    killed.add(pid)
-                    os.kill(pid, 9)
-            return False
 
-        # every death is answered by a restart until five came within a minute; the
-        # sixth stops the other process too, and the server with it
-        await wait_until(kill_the_next, timeout=30, interval=0.01)
-        assert server.process is not None and server.process.wait(10) == 1
-        assert len(killed) >= 6
-        for pid in killed:
-            with pytest.raises(ProcessLookupError):
-                os.kill(pid, 0)
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            server.process.kill()
+async def test_processes_that_keep_dying_stop_the_whole_server(server: ServerProcess) -> None:
+    killed: set[int] = set()
+
+    def kill_the_next() -> bool:
+        assert server.process is not None
+        if server.process.poll() is not None:
+            return True
+        for pid in processes(server):
+            if pid not in killed:
+                killed.add(pid)
+                os.kill(pid, 9)
+        return False
+
+    # every death is answered by a restart until five came within a minute; the
+    # sixth stops the other process too, and the server with it
+    await wait_until(kill_the_next, timeout=30, interval=0.01)
+    assert server.process is not None and server.process.wait(10) == 1
+    assert len(killed) >= 6
+    for pid in killed:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
